@@ -1,0 +1,109 @@
+"""The Connector interface: how fedctl runs commands and moves files on ONE host.
+
+Small on purpose (pyinfra's connectors have the same few verbs): a new backend is one module.
+Implementations: ``local`` (subprocesses on this machine) and ``ssh`` (paramiko). Optional abilities
+live in ``capabilities`` and are checked with ``require``, never by growing the interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from fedctl.errors import FedctlError
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Outcome of one command on one host. ``exit_code`` is -1 when the command timed out."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """Where and how to reach one host, as the connectors need it (already resolved from inventory)."""
+
+    name: str
+    address: str
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    password_env: str | None = None
+    host_key_policy: str = "accept-new"  # accept-new | strict | off
+    workdir: str = "~/fedctl"
+    python: str = "python3"
+    private_address: str | None = None
+    roles: tuple[str, ...] = ()
+    price_per_hour: float | None = None
+    currency: str = "USD"
+    kind: str = "ssh"  # ssh | local
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+class Connector(abc.ABC):
+    """Run commands and transfer files on one host. Use as a context manager or call ``close``."""
+
+    #: abilities beyond the basic verbs, e.g. {"sftp", "pty"}; see ``require``.
+    capabilities: frozenset[str] = frozenset()
+
+    def __init__(self, host: HostInfo) -> None:
+        self.host = host
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Open the connection (idempotent). Raises ConnectError / HostKeyError."""
+
+    @abc.abstractmethod
+    def run(
+        self,
+        command: str,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+    ) -> CommandResult:
+        """Run ``command`` with a POSIX shell on the host. Never raises for a non-zero exit.
+
+        ``env`` is for non-secret values only (it may show in process listings); secrets travel as
+        files written with ``put_bytes(mode=0o600)`` or on ``stdin``.
+        """
+
+    @abc.abstractmethod
+    def put(self, local: str, remote: str, mode: int | None = None) -> None:
+        """Copy a local file to ``remote`` (parent directories must exist)."""
+
+    @abc.abstractmethod
+    def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
+        """Write ``data`` to ``remote`` atomically, created with ``mode`` (0600 for secrets)."""
+
+    @abc.abstractmethod
+    def get(self, remote: str, local: str) -> None:
+        """Copy ``remote`` to the local path ``local``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection (idempotent)."""
+
+    def require(self, capability: str) -> None:
+        """Raise a readable error when this connector lacks ``capability``."""
+        if capability not in self.capabilities:
+            raise FedctlError(
+                f"{type(self).__name__} for host {self.host.name} cannot do {capability!r}"
+                f" (it can: {', '.join(sorted(self.capabilities)) or 'nothing optional'})"
+            )
+
+    def __enter__(self) -> "Connector":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
