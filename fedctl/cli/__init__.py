@@ -1,0 +1,1 @@
+"""The Typer CLI: one module per command (group), wired together in ``app``. Library calls only."""

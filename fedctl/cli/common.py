@@ -1,0 +1,74 @@
+"""What every command module shares: the injected environment, common options, printing helpers.
+
+``CliEnv`` is passed around like httpie's Environment so tests can swap the console, the clock and
+the state directory. Library modules are imported inside command functions, never at the top, so
+``fedctl --help`` stays fast and never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+
+from fedctl.state import StateStore
+
+
+@dataclass
+class CliEnv:
+    """The environment a command runs in (console, clock, state dir). Tests build their own."""
+
+    console: Console = field(default_factory=lambda: Console(highlight=False))
+    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    clock: Callable[[], float] = time.time
+    state_dir: Path = field(default_factory=lambda: Path(os.environ.get("FEDCTL_STATE_DIR", ".fedctl")))
+    interactive: bool = field(default_factory=lambda: sys.stdin.isatty())
+
+    @property
+    def store(self) -> StateStore:
+        return StateStore(self.state_dir, clock=self.clock)
+
+    def print_json(self, data: Any) -> None:
+        """Machine output goes to stdout as plain JSON (no rich markup)."""
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        sys.stdout.flush()
+
+    def confirm(self, question: str, assume_yes: bool) -> bool:
+        """Ask unless --yes; without a terminal, refuse rather than hang (the user must pass --yes)."""
+        if assume_yes:
+            return True
+        if not self.interactive:
+            from fedctl.errors import UsageError
+
+            raise UsageError(f"{question} needs confirmation", hint="pass --yes to run without a terminal")
+        return typer.confirm(question, default=False)
+
+
+ENV = CliEnv()
+
+
+def env() -> CliEnv:
+    """The process-wide environment (replaced by tests through ``set_env``)."""
+    return ENV
+
+
+def set_env(new: CliEnv) -> None:
+    global ENV
+    ENV = new
+
+
+# Options shared by many commands (Typer reads the defaults' metadata).
+InventoryOpt = typer.Option(None, "--inventory", "-i", help="inventory.yaml (hosts). None: this machine.")
+ConfigOpt = typer.Option(None, "--config", "-c", help="experiment config (default: ./fedctl.yaml if present)")
+SetOpt = typer.Option(None, "--set", help="override one config key: key.path=value (repeatable)")
+JsonOpt = typer.Option(False, "--json", help="print machine-readable JSON")
+YesOpt = typer.Option(False, "--yes", "-y", help="do not ask for confirmation")
+
+OptList = Optional[List[str]]

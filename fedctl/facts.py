@@ -1,0 +1,170 @@
+"""Provision-time checks of one host: Python, the payload's imports (TensorFlow), GPUs, disk, memory.
+
+All checks run in ONE round trip: a small stdlib-only script is sent on stdin to the host's
+interpreter and prints JSON. What failed comes back as a reason, not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from fedctl.connectors.base import Connector
+from fedctl.shell import join
+
+# Runs on the host with the host's python. Keep it stdlib-only and Python-3.6 compatible so it
+# can report "too old" instead of failing to parse.
+_PROBE = r"""
+import json, os, platform, shutil, subprocess, sys, importlib
+args = json.loads(sys.argv[1])
+out = {"python": platform.python_version(), "executable": sys.executable,
+       "home": os.path.expanduser("~"), "imports": {}, "tools": {}}
+for name in args["imports"]:
+    try:
+        m = importlib.import_module(name)
+        out["imports"][name] = {"ok": True, "version": str(getattr(m, "__version__", "?"))}
+    except Exception as e:  # report, do not crash: the table shows the reason
+        out["imports"][name] = {"ok": False, "error": (type(e).__name__ + ": " + str(e))[:300]}
+for tool in ("setsid", "nohup", "pgrep", "sha256sum", "nvidia-smi"):
+    out["tools"][tool] = shutil.which(tool) is not None
+if out["tools"]["nvidia-smi"]:
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total",
+                            "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
+        if r.returncode == 0:
+            out["gpus"] = [l.strip() for l in r.stdout.splitlines() if l.strip()]
+        else:
+            out["gpu_error"] = (r.stdout + r.stderr).strip()[:300]
+    except Exception as e:
+        out["gpu_error"] = str(e)[:300]
+else:
+    out["gpus"] = []
+wd = os.path.expanduser(args["workdir"])
+probe = wd
+while probe and not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+try:
+    st = os.statvfs(probe or "/")
+    out["disk_free_gb"] = round(st.f_bavail * st.f_frsize / 1e9, 2)
+except OSError as e:
+    out["disk_error"] = str(e)
+try:
+    with open("/proc/meminfo") as f:
+        mem = dict(l.split(":", 1) for l in f)
+    out["mem_total_gb"] = round(int(mem["MemTotal"].split()[0]) / 1e6, 2)
+    out["mem_available_gb"] = round(int(mem["MemAvailable"].split()[0]) / 1e6, 2)
+except (OSError, KeyError, ValueError) as e:
+    out["mem_error"] = str(e)
+out["cpus"] = os.cpu_count()
+print(json.dumps(out))
+"""
+
+#: tools fedctl needs on every host (for detached processes, stop, payload sync)
+REQUIRED_TOOLS = ("setsid", "nohup", "pgrep", "sha256sum")
+
+
+@dataclass
+class HostFacts:
+    """What provision learned about one host, and why it is unusable if it is."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    python: str | None = None
+    home: str | None = None
+    imports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gpus: list[str] = field(default_factory=list)
+    gpu_error: str | None = None
+    disk_free_gb: float | None = None
+    mem_total_gb: float | None = None
+    mem_available_gb: float | None = None
+    cpus: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        tf = self.imports.get("tensorflow")
+        if tf and tf.get("ok"):
+            d["tensorflow"] = tf.get("version")
+        return d
+
+    @property
+    def summary(self) -> str:
+        """One short cell for the provision table."""
+        if not self.ok:
+            return "; ".join(self.problems)
+        parts = [f"py {self.python}"]
+        tf = self.imports.get("tensorflow")
+        if tf and tf.get("ok"):
+            parts.append(f"tf {tf.get('version')}")
+        parts.append(f"{len(self.gpus)} GPU" if self.gpus else ("GPU error" if self.gpu_error else "no GPU"))
+        if self.mem_available_gb is not None:
+            parts.append(f"{self.mem_available_gb:.0f}G free")
+        return ", ".join(parts)
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"3.11.7" -> (3, 11, 7)``; non-numeric tails are ignored."""
+    out = []
+    for piece in text.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+def satisfies(version: str, spec: str | None) -> bool:
+    """Does ``version`` satisfy a simple ``>=X.Y`` spec (the only form manifests use)?"""
+    if not spec:
+        return True
+    spec = spec.strip()
+    if not spec.startswith(">="):
+        return True
+    return parse_version(version) >= parse_version(spec[2:])
+
+
+def gather_facts(
+    conn: Connector,
+    python: str,
+    imports: Sequence[str],
+    workdir: str,
+    python_spec: str | None = ">=3.8",
+    min_disk_gb: float = 0.5,
+    timeout: float = 180.0,
+) -> HostFacts:
+    """Run the probe on the host and judge the answer; never raises for a host problem."""
+    arg = json.dumps({"imports": list(imports), "workdir": workdir})
+    res = conn.run(f"{join([python, '-', arg])}", timeout=timeout, stdin=_PROBE.encode())
+    if res.timed_out:
+        return HostFacts(ok=False, problems=[f"checks timed out after {timeout:.0f}s"])
+    if res.exit_code == 127:
+        return HostFacts(ok=False, problems=[f"python {python!r} not found on the host"])
+    try:
+        data = json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        detail = (res.stderr or res.stdout).strip().splitlines()
+        return HostFacts(ok=False, problems=[f"python check failed: {detail[-1] if detail else res.exit_code}"])
+    facts = HostFacts(
+        ok=True,
+        python=data.get("python"),
+        home=data.get("home"),
+        imports=data.get("imports", {}),
+        gpus=data.get("gpus", []),
+        gpu_error=data.get("gpu_error"),
+        disk_free_gb=data.get("disk_free_gb"),
+        mem_total_gb=data.get("mem_total_gb"),
+        mem_available_gb=data.get("mem_available_gb"),
+        cpus=data.get("cpus"),
+    )
+    if facts.python and not satisfies(facts.python, python_spec):
+        facts.problems.append(f"python {facts.python} is older than {python_spec}")
+    for name, info in facts.imports.items():
+        if not info.get("ok"):
+            facts.problems.append(f"cannot import {name}: {info.get('error')}")
+    missing = [t for t in REQUIRED_TOOLS if not data.get("tools", {}).get(t)]
+    if missing:
+        facts.problems.append(f"missing tools: {', '.join(missing)}")
+    if facts.disk_free_gb is not None and facts.disk_free_gb < min_disk_gb:
+        facts.problems.append(f"only {facts.disk_free_gb} GB free disk (need {min_disk_gb})")
+    facts.ok = not facts.problems
+    return facts

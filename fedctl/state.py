@@ -1,0 +1,253 @@
+"""The run state in ``.fedctl/``: what fedctl intends, did and believes exists.
+
+Rules (so a crash at any line can be torn down):
+- write intent BEFORE acting (host ``provisioning``, process ``starting``) and confirm after;
+- every write is atomic (temp file + fsync + rename): a reader never sees half a file;
+- one fedctl at a time changes the state: ``StateStore.lock()`` takes ``.fedctl/lock`` (flock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from fedctl.connectors.base import HostInfo
+from fedctl.errors import StateError, StateLockedError
+
+STATE_VERSION = 1
+
+#: run phases, in the order a run normally goes through them
+PHASES = (
+    "provisioning",
+    "provisioned",
+    "starting",
+    "running",
+    "finished",
+    "failed",
+    "stopped",
+    "tearing_down",
+    "torn_down",
+)
+
+#: host statuses: pending -> provisioning -> provisioned | failed -> tearing_down -> torn_down
+HOST_STATUSES = ("pending", "provisioning", "provisioned", "failed", "tearing_down", "torn_down")
+
+
+def new_run_id(clock: Callable[[], float] = time.time) -> str:
+    """A sortable, unique run id such as ``20261124-171500-a1b2``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(clock()))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class ProcessRecord:
+    """One payload process (the server or a client process) on one host."""
+
+    role: str  # server | client
+    index: int  # 0 for the server; k for the k-th client process on that host
+    client_ids: list[int] = field(default_factory=list)
+    pid: int | None = None
+    pidfile: str = ""
+    log: str = ""
+    status: str = "starting"  # starting | running | exited | stopped | failed
+    started_at: float | None = None
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return "server" if self.role == "server" else f"client-{self.index}"
+
+
+@dataclass
+class HostRecord:
+    """One host of the run: how to reach it, what fedctl did there, what runs there."""
+
+    info: HostInfo
+    status: str = "pending"
+    error: str | None = None
+    workdir: str | None = None  # absolute, resolved on the host at provision time
+    created_workdir: bool = False  # True when fedctl created the workdir itself (so it may remove it)
+    facts: dict[str, Any] = field(default_factory=dict)
+    acquired_at: float | None = None  # ledger: when the host became part of the run (billing starts)
+    released_at: float | None = None  # ledger: when fedctl let the host go
+    processes: list[ProcessRecord] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def role(self) -> str:
+        roles = set(self.info.roles)
+        if {"server", "client"} <= roles:
+            return "server+client"
+        return next(iter(roles), "client")
+
+
+@dataclass
+class RunState:
+    """Everything ``.fedctl/state.json`` holds. Mutated in place, saved with ``StateStore.save``."""
+
+    run_id: str
+    phase: str = "provisioning"
+    provider: str = "local"
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    inventory_path: str | None = None
+    config_path: str | None = None
+    clients: int = 0
+    rounds: int = 0
+    payload_name: str = ""
+    payload_dir: str = ""
+    experiment: dict[str, Any] = field(default_factory=dict)  # resolved config written to hosts
+    plan: dict[str, Any] = field(default_factory=dict)  # Plan.to_dict()
+    server: dict[str, Any] = field(default_factory=dict)  # {host, address, port}
+    hosts: list[HostRecord] = field(default_factory=list)
+    started_at: float | None = None
+    finished_at: float | None = None
+    results_dir: str | None = None
+    error: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    version: int = STATE_VERSION
+
+    def host(self, name: str) -> HostRecord:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise StateError(f"no host named {name!r} in run {self.run_id}")
+
+    def event(self, message: str, clock: Callable[[], float] = time.time, **data: Any) -> None:
+        """Append a line to the run's event history (kept short: the last 500)."""
+        self.events.append({"time": clock(), "message": message, **data})
+        del self.events[:-500]
+
+    @property
+    def run_dir_rel(self) -> str:
+        return f"runs/{self.run_id}"
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for h in d["hosts"]:
+            h["info"]["roles"] = list(h["info"]["roles"])
+            h["info"]["extra"] = dict(h["info"]["extra"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunState":
+        d = dict(d)
+        hosts = []
+        for h in d.pop("hosts", []):
+            h = dict(h)
+            info = dict(h.pop("info"))
+            info["roles"] = tuple(info.get("roles", ()))
+            procs = [ProcessRecord(**p) for p in h.pop("processes", [])]
+            hosts.append(HostRecord(info=HostInfo(**info), processes=procs, **h))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(hosts=hosts, **{k: v for k, v in d.items() if k in known})
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class StateStore:
+    """The ``.fedctl/`` directory: state.json, the lock, fedctl's known_hosts, archived runs."""
+
+    def __init__(self, root: str | Path = ".fedctl", clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root).absolute()
+        self.clock = clock
+        self._lock_fd: int | None = None
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    @property
+    def local_root(self) -> Path:
+        """Where the local provider makes its host workspaces."""
+        return self.root / "local"
+
+    def exists(self) -> bool:
+        return self.state_file.exists()
+
+    def load(self) -> RunState:
+        """Read the state; a missing or corrupt file is a StateError that says what to do."""
+        try:
+            raw = self.state_file.read_text()
+        except FileNotFoundError:
+            raise StateError(
+                f"no run here: {self.state_file} does not exist",
+                hint="start one with `fedctl provision --clients N` or `fedctl run --clients N`",
+            ) from None
+        try:
+            data = json.loads(raw)
+            if data.get("version") != STATE_VERSION:
+                raise ValueError(f"state version {data.get('version')!r}, expected {STATE_VERSION}")
+            return RunState.from_dict(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StateError(f"{self.state_file} is unreadable: {exc}") from None
+
+    def load_or_none(self) -> RunState | None:
+        return self.load() if self.exists() else None
+
+    def save(self, state: RunState) -> None:
+        """Atomically replace state.json (mode 0600: it names hosts and paths, never secrets)."""
+        state.updated_at = self.clock()
+        data = json.dumps(state.to_dict(), indent=1, sort_keys=True).encode()
+        atomic_write(self.state_file, data, mode=0o600)
+
+    def archive(self, state: RunState) -> Path:
+        """Keep a finished run's state under ``runs/<run-id>/`` and free state.json for the next run."""
+        dest = self.root / "runs" / state.run_id / "state.json"
+        atomic_write(dest, json.dumps(state.to_dict(), indent=1, sort_keys=True).encode(), 0o600)
+        return dest
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``.fedctl/lock`` for the block; a second fedctl gets StateLockedError at once."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateLockedError(
+                f"another fedctl (pid {holder}) is changing the run in {self.root}",
+                hint="wait for it to finish; if it was killed, the lock is released with it",
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
