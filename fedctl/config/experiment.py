@@ -1,0 +1,245 @@
+"""``fedctl.yaml``: the experiment. Core keys are fedctl's; every other top-level key is the payload's.
+
+Order of precedence: the file, then ``--set`` overrides (applied to the raw mapping, so they are
+validated like the file), then the ``--clients`` / ``--rounds`` flags. Core keys are validated here;
+payload keys must be listed in the manifest's ``config.keys`` and are resolved by the payload's own
+validator (a pure-python function loaded from the payload folder).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from fedctl.config.loader import (
+    check_choice,
+    check_int,
+    check_keys,
+    check_number,
+    check_str,
+    load_yaml,
+    require_mapping,
+)
+from fedctl.config.overrides import Override, apply_overrides, parse_overrides, source_for
+from fedctl.errors import ConfigError, PayloadError
+from fedctl.payload import PayloadManifest, load_manifest, resolve_payload
+
+DEFAULT_FILE = "fedctl.yaml"
+DEFAULT_PAYLOAD = "fedavg_tf"
+CORE_KEYS = ("name", "payload", "clients", "rounds", "seed", "placement", "server", "budget", "on_finish")
+PLACEMENT_KEYS = ("clients_per_host",)
+SERVER_KEYS = ("port", "bind")
+BUDGET_KEYS = ("max_cost", "max_hours", "idle_minutes")
+ON_FINISH = ("stop", "teardown", "poweroff")
+
+_VALIDATOR_MSG = re.compile(r"^(?P<path>[A-Za-z0-9_.\[\]-]+): (?P<problem>.*?)(?: \(valid: (?P<valid>.*)\))?$", re.S)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """``clients_per_host``: "auto" or an int >= 1 (see fedctl.plan for what each means)."""
+
+    clients_per_host: int | str = "auto"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``port``: "auto" (the server picks a free port) or a fixed port; ``bind``: listen address."""
+
+    port: int | str = "auto"
+    bind: str = "0.0.0.0"
+
+    @property
+    def port_number(self) -> int:
+        """The ``{port}`` placeholder value: 0 for auto (the server reports the real port)."""
+        return 0 if self.port == "auto" else int(self.port)
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_cost: float | None = None
+    max_hours: float | None = None
+    idle_minutes: float | None = None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment. ``path`` is None when no file was found (all defaults)."""
+
+    path: str | None
+    name: str | None
+    payload_ref: str  # as written: a payload name or a path
+    clients: int
+    rounds: int
+    seed: int
+    placement: Placement
+    server: ServerSettings
+    budget: Budget
+    on_finish: str | None
+    payload: PayloadManifest
+    payload_config: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)  # file + overrides + flags, before validation
+
+    def resolved(self) -> dict[str, Any]:
+        """The full resolved config (core + payload keys) written to hosts as ``config.yaml``."""
+        core: dict[str, Any] = {
+            "name": self.name,
+            "payload": self.payload.name,
+            "clients": self.clients,
+            "rounds": self.rounds,
+            "seed": self.seed,
+            "placement": {"clients_per_host": self.placement.clients_per_host},
+            "server": {"port": self.server.port, "bind": self.server.bind},
+            "budget": {
+                "max_cost": self.budget.max_cost,
+                "max_hours": self.budget.max_hours,
+                "idle_minutes": self.budget.idle_minutes,
+            },
+            "on_finish": self.on_finish,
+        }
+        return {**core, **copy.deepcopy(self.payload_config)}
+
+
+def load_experiment(
+    path: str | None,
+    overrides: Sequence[str] = (),
+    clients: int | None = None,
+    rounds: int | None = None,
+    cwd: str | Path | None = None,
+) -> Experiment:
+    """Load ``path`` (or ``./fedctl.yaml`` when None; missing => all defaults), apply ``--set``
+    overrides and the ``--clients``/``--rounds`` flags, validate everything, resolve the payload."""
+    cwd = Path(cwd or Path.cwd())
+    if path is None:
+        candidate = cwd / DEFAULT_FILE
+        file: str | None = str(candidate) if candidate.exists() else None
+        raw = load_yaml(candidate) if file else {}
+    else:
+        p = Path(path).expanduser()
+        if not p.is_absolute():
+            p = cwd / p
+        file = str(path)
+        raw = load_yaml(p, name=file)  # messages name the path as the user gave it
+    base_dir = (cwd / Path(path).expanduser()).parent if path is not None else cwd
+
+    ovs = parse_overrides(overrides)
+    merged = apply_overrides(raw, ovs)
+    flag_sources: dict[str, str] = {}
+    if clients is not None:
+        merged["clients"] = clients
+        flag_sources["clients"] = "--clients"
+    if rounds is not None:
+        merged["rounds"] = rounds
+        flag_sources["rounds"] = "--rounds"
+
+    try:
+        return _build(file, merged, ovs, base_dir, cwd)
+    except ConfigError as exc:
+        if exc.file not in (file, None) or exc.key_path is None:
+            raise
+        top = re.split(r"[.\[]", exc.key_path)[0]
+        source = flag_sources.get(top) if exc.key_path == top else None
+        source = source or source_for(exc.key_path, ovs, file)
+        if source == exc.file:
+            raise
+        raise ConfigError(source, exc.key_path, exc.problem, exc.valid) from None
+
+
+def _build(
+    file: str | None, raw: dict[str, Any], ovs: list[Override], base_dir: Path, cwd: Path,
+) -> Experiment:
+    payload_ref = raw.get("payload", DEFAULT_PAYLOAD)
+    payload_ref = check_str(file, ("payload",), payload_ref)
+    try:
+        payload_dir = resolve_payload(payload_ref, base_dir=base_dir, cwd=cwd)
+    except PayloadError as exc:
+        raise ConfigError(file, ("payload",), exc.message) from None
+    manifest = load_manifest(payload_dir)
+
+    valid_keys = list(CORE_KEYS) + [k for k in manifest.config_keys if k not in CORE_KEYS]
+    check_keys(file, (), raw, valid_keys)
+
+    name = raw.get("name")
+    if name is not None:
+        name = check_str(file, ("name",), name)
+    n_clients = check_int(file, ("clients",), raw.get("clients", 10), minimum=1)
+    n_rounds = check_int(file, ("rounds",), raw.get("rounds", 20), minimum=1)
+    seed = check_int(file, ("seed",), raw.get("seed", 42))
+
+    pl = require_mapping(file, ("placement",), raw.get("placement"))
+    check_keys(file, ("placement",), pl, PLACEMENT_KEYS)
+    cph = pl.get("clients_per_host", "auto")
+    if cph != "auto":
+        if isinstance(cph, str):
+            raise ConfigError(file, ("placement", "clients_per_host"), f"{cph!r} is not valid",
+                              ["auto", "an integer >= 1"])
+        cph = check_int(file, ("placement", "clients_per_host"), cph, minimum=1)
+
+    sv = require_mapping(file, ("server",), raw.get("server"))
+    check_keys(file, ("server",), sv, SERVER_KEYS)
+    port = sv.get("port", "auto")
+    if port != "auto":
+        if isinstance(port, str):
+            raise ConfigError(file, ("server", "port"), f"{port!r} is not valid", ["auto", "an integer 1..65535"])
+        port = check_int(file, ("server", "port"), port, 1, 65535)
+    bind = check_str(file, ("server", "bind"), sv.get("bind", "0.0.0.0"))
+
+    bd = require_mapping(file, ("budget",), raw.get("budget"))
+    check_keys(file, ("budget",), bd, BUDGET_KEYS)
+    budget_values = {
+        k: None if bd.get(k) is None else check_number(file, ("budget", k), bd[k], 0.0, exclusive_min=True)
+        for k in BUDGET_KEYS
+    }
+
+    on_finish = raw.get("on_finish")
+    if on_finish is not None:
+        on_finish = check_choice(file, ("on_finish",), on_finish, ON_FINISH)
+
+    payload_raw = {k: copy.deepcopy(v) for k, v in raw.items() if k not in CORE_KEYS}
+    payload_config = _validate_payload(file, manifest, payload_raw)
+
+    return Experiment(
+        path=file,
+        name=name,
+        payload_ref=payload_ref,
+        clients=n_clients,
+        rounds=n_rounds,
+        seed=seed,
+        placement=Placement(cph),
+        server=ServerSettings(port, bind),
+        budget=Budget(**budget_values),
+        on_finish=on_finish,
+        payload=manifest,
+        payload_config=payload_config,
+        raw=copy.deepcopy(raw),
+    )
+
+
+def _validate_payload(file: str | None, manifest: PayloadManifest, data: dict[str, Any]) -> dict[str, Any]:
+    """Run the payload's validator on its keys; wrap its ValueError into a ConfigError."""
+    validator = manifest.load_validator()
+    if validator is None:
+        return data
+    try:
+        result = validator(copy.deepcopy(data))
+    except ValueError as exc:
+        key_path = getattr(exc, "key_path", None)
+        problem = getattr(exc, "problem", None)
+        valid = getattr(exc, "valid", None)
+        if problem is None:
+            m = _VALIDATOR_MSG.match(str(exc))
+            if m and key_path is None:
+                key_path, problem, valid = m.group("path"), m.group("problem"), m.group("valid")
+            else:
+                problem = str(exc)
+        if isinstance(key_path, (list, tuple)):
+            key_path = tuple(key_path)
+        raise ConfigError(file, key_path, problem, valid) from None
+    if not isinstance(result, dict):
+        raise PayloadError(
+            f"{manifest.path}: validator {manifest.validator!r} returned {type(result).__name__}, not a dict"
+        )
+    return result

@@ -1,0 +1,268 @@
+"""``inventory.yaml``: which hosts exist and how to reach them, validated into frozen HostInfo records.
+
+Hand-written validation rather than a pydantic model: the messages name the file and the key path in
+fedctl's form (``hosts[2].port``) and list the valid keys, and ranges (``{01..10}``) have to be
+expanded between parsing and typing anyway. No inventory at all means the ``local`` provider.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from fedctl.config import ranges
+from fedctl.config.loader import (
+    KeyPath,
+    check_choice,
+    check_int,
+    check_keys,
+    check_number,
+    check_str,
+    load_yaml,
+    require_mapping,
+    type_name,
+)
+from fedctl.connectors.base import HostInfo
+from fedctl.errors import ConfigError
+
+PROVIDERS = ("static", "local")
+HOST_KEY_POLICIES = ("accept-new", "strict", "off")
+ROLES = ("server", "client")
+TOP_KEYS = ("provider", "defaults", "hosts")
+#: keys allowed under ``defaults`` and, individually, on every host
+SETTING_KEYS = (
+    "user", "port", "identity_file", "password_env", "workdir", "python",
+    "price_per_hour", "currency", "host_key_policy",
+)
+HOST_KEYS = ("name", "address", "private_address", "roles", *SETTING_KEYS)
+RANGE_KEYS = ("name", "address", "private_address")
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "user": None,
+    "port": None,
+    "identity_file": None,
+    "password_env": None,
+    "workdir": "~/fedctl",
+    "python": "python3",
+    "price_per_hour": None,
+    "currency": "USD",
+    "host_key_policy": "accept-new",
+}
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The validated inventory. ``path`` is None when there was none (local provider)."""
+
+    path: str | None
+    provider: str
+    hosts: tuple[HostInfo, ...]
+
+    def host(self, name: str) -> HostInfo:
+        """The host called ``name``; KeyError lists the known names."""
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(f"no host {name!r} in the inventory (hosts: {', '.join(h.name for h in self.hosts)})")
+
+
+def load_inventory(path: str | None) -> Inventory:
+    """Load and validate ``path``; ``None`` means no inventory: the local provider with no hosts."""
+    if path is None:
+        return Inventory(path=None, provider="local", hosts=())
+    raw = load_yaml(path)
+    return parse_inventory(raw, str(path))
+
+
+def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
+    """Validate an already-parsed inventory mapping (``file`` is only used in messages)."""
+    check_keys(file, (), raw, TOP_KEYS)
+    provider = check_choice(file, ("provider",), raw.get("provider", "static"), PROVIDERS)
+    defaults_raw = require_mapping(file, ("defaults",), raw.get("defaults"))
+    hosts_raw = raw.get("hosts")
+    if hosts_raw is None:
+        hosts_raw = []
+    if not isinstance(hosts_raw, list):
+        raise ConfigError(file, ("hosts",), f"must be a list of hosts, not {type_name(hosts_raw)}")
+
+    if provider == "local":
+        if hosts_raw:
+            raise ConfigError(
+                file, ("hosts",), "provider local runs everything on this machine and takes no hosts"
+                " (remove hosts, or use provider: static)",
+            )
+        if defaults_raw:
+            raise ConfigError(
+                file, ("defaults",), "provider local takes no defaults (workdir, python and price are"
+                " fixed for this machine); remove the section",
+            )
+        return Inventory(path=file, provider="local", hosts=())
+
+    defaults = {**DEFAULT_SETTINGS, **_check_settings(file, ("defaults",), defaults_raw, SETTING_KEYS)}
+    if not hosts_raw:
+        raise ConfigError(file, ("hosts",), "provider static needs at least one host")
+
+    hosts: list[HostInfo] = []
+    first_seen: dict[str, str] = {}  # host name -> key path where it was defined
+    endpoints: dict[tuple[Any, ...], str] = {}
+    for i, entry in enumerate(hosts_raw):
+        path: KeyPath = ("hosts", i)
+        entry = require_mapping(file, path, entry)
+        for item in _expand_entry(file, path, entry):
+            host = _make_host(file, path, item, defaults)
+            where = f"hosts[{i}]"
+            if host.name in first_seen:
+                raise ConfigError(
+                    file, (*path, "name"),
+                    f"duplicate host name {host.name!r} (also defined at {first_seen[host.name]});"
+                    " host names must be unique",
+                )
+            first_seen[host.name] = where
+            endpoint = (host.address, host.port, host.user, host.workdir)
+            if endpoint in endpoints:
+                raise ConfigError(
+                    file, (*path, "address"),
+                    f"host {host.name!r} has the same address, port, user and workdir as"
+                    f" {endpoints[endpoint]!r}; two hosts would write into the same directory"
+                    " (give one a different workdir)",
+                )
+            endpoints[endpoint] = host.name
+            hosts.append(host)
+    return Inventory(path=file, provider="static", hosts=tuple(hosts))
+
+
+def _check_settings(file: str, path: KeyPath, data: dict[str, Any], valid: tuple[str, ...]) -> dict[str, Any]:
+    """Type-check the keys shared by ``defaults`` and hosts; returns only the keys present."""
+    if "password" in data:
+        raise ConfigError(
+            file, (*path, "password"),
+            "passwords are never stored in the inventory; set password_env to the NAME of an"
+            " environment variable that holds the password (e.g. password_env: FEDCTL_PASSWORD)",
+        )
+    check_keys(file, path, data, valid)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in SETTING_KEYS:
+            continue
+        kp = (*path, key)
+        if key == "port":
+            out[key] = None if value is None else check_int(file, kp, value, 1, 65535)
+        elif key == "price_per_hour":
+            out[key] = None if value is None else check_number(file, kp, value, minimum=0.0)
+        elif key == "host_key_policy":
+            out[key] = check_choice(file, kp, value, HOST_KEY_POLICIES)
+        elif key == "password_env":
+            if value is None:
+                out[key] = None
+                continue
+            if not isinstance(value, str) or not _ENV_NAME.match(value):
+                # Never echo the value: it may be the password itself.
+                raise ConfigError(
+                    file, kp,
+                    "must be the NAME of an environment variable (letters, digits, _; not starting"
+                    " with a digit); the value given does not look like one, and it may be a"
+                    " password: never put a password in the inventory",
+                )
+            out[key] = value
+        elif key == "currency":
+            value = check_str(file, kp, value)
+            if not _CURRENCY.match(value):
+                raise ConfigError(file, kp, f"must be a 3-letter currency code like USD or CNY, got {value!r}")
+            out[key] = value.upper()
+        elif key in ("user", "identity_file"):
+            out[key] = None if value is None else check_str(file, kp, value)
+        else:  # workdir, python
+            out[key] = check_str(file, kp, value)
+    return out
+
+
+def _expand_entry(file: str, path: KeyPath, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Expand the ranges of one host entry into one mapping per host (zipping name and addresses)."""
+    if "password" in entry:
+        _check_settings(file, path, {"password": None}, HOST_KEYS)
+    check_keys(file, path, entry, HOST_KEYS)
+    for key in ("name", "address"):
+        if key not in entry or entry[key] is None:
+            raise ConfigError(file, (*path, key), "is required")
+    expanded: dict[str, list[str]] = {}
+    for key in RANGE_KEYS:
+        if key in entry and entry[key] is not None:
+            value = check_str(file, (*path, key), entry[key])
+            try:
+                expanded[key] = ranges.expand(value)
+            except ranges.RangeError as exc:
+                raise ConfigError(file, (*path, key), str(exc)) from None
+    n_names = len(expanded["name"])
+    for key in ("address", "private_address"):
+        items = expanded.get(key)
+        if items is None or len(items) == 1 and not ranges.has_range(entry[key]):
+            if n_names > 1 and key == "address":
+                raise ConfigError(
+                    file, (*path, "address"),
+                    f"name {entry['name']!r} expands to {n_names} hosts but address {entry['address']!r}"
+                    f" is a single address; give address a range of {n_names} items to zip with the names",
+                )
+            continue
+        if n_names == 1 and not ranges.has_range(entry["name"]):
+            raise ConfigError(
+                file, (*path, key),
+                f"{key} {entry[key]!r} is a range but name {entry['name']!r} is not; host names must be"
+                f" unique, so give name a range of {len(items)} items too",
+            )
+        if len(items) != n_names:
+            raise ConfigError(
+                file, (*path, key),
+                f"name {entry['name']!r} expands to {n_names} hosts but {key} {entry[key]!r} expands"
+                f" to {len(items)}; the two ranges must have the same length",
+            )
+    out = []
+    for j in range(n_names):
+        item = dict(entry)
+        for key, items in expanded.items():
+            item[key] = items[j] if len(items) > 1 or ranges.has_range(entry[key]) else items[0]
+        out.append(item)
+    return out
+
+
+def _make_host(file: str, path: KeyPath, item: dict[str, Any], defaults: dict[str, Any]) -> HostInfo:
+    name = item["name"]
+    if not _HOST_NAME.match(name):
+        raise ConfigError(
+            file, (*path, "name"),
+            f"host name {name!r} may only hold letters, digits, '.', '_' and '-' (it names folders and logs)",
+        )
+    address = check_str(file, (*path, "address"), item["address"])
+    private = item.get("private_address")
+    roles_raw = item.get("roles")
+    roles: tuple[str, ...] = ()
+    if roles_raw is not None:
+        if not isinstance(roles_raw, list):
+            raise ConfigError(file, (*path, "roles"), f"must be a list, not {type_name(roles_raw)}", ROLES)
+        for k, role in enumerate(roles_raw):
+            check_choice(file, (*path, "roles", k), role, ROLES)
+        if len(set(roles_raw)) != len(roles_raw):
+            raise ConfigError(file, (*path, "roles"), "lists a role twice", ROLES)
+        roles = tuple(r for r in ROLES if r in roles_raw)
+    own = _check_settings(file, path, {k: v for k, v in item.items() if k in SETTING_KEYS}, HOST_KEYS)
+    s = {**defaults, **own}
+    return HostInfo(
+        name=name,
+        address=address,
+        user=s["user"],
+        port=s["port"],
+        identity_file=s["identity_file"],
+        password_env=s["password_env"],
+        host_key_policy=s["host_key_policy"],
+        workdir=s["workdir"],
+        python=s["python"],
+        private_address=private,
+        roles=roles,
+        price_per_hour=s["price_per_hour"],
+        currency=s["currency"],
+        kind="ssh",
+    )

@@ -1,0 +1,277 @@
+"""The plan: which host runs the server, which client ids run in which process on which host.
+
+Made before anything is touched, so an impossible request (too few hosts) fails with the numbers.
+
+Rules (static inventories):
+- The server goes on the first host whose roles list ``server``; if none does, on the first host.
+- Client hosts: if ANY host lists roles, only hosts whose roles list ``client`` take clients. If no
+  host lists roles, every host except the server host takes clients; the server host takes clients
+  only when it is the only host.
+- ``clients_per_host: auto``: every client host gets ceil(N / hosts) clients in one process, filled in
+  order with contiguous id blocks (0-based); the last hosts may get fewer, and a host left with none
+  is not used. ``clients_per_host: k``: hosts are filled k at a time, one process each; N > k * hosts
+  is a PlanError.
+- Hosts that end up with neither the server nor clients are left out of the plan (``unused``).
+
+Local provider: the plan makes its own hosts, ``local-server`` and ``local-client-1..P`` (one client
+process each), P = min(N, cpu count) for auto or ceil(N / k) for ``clients_per_host: k``, with the N
+clients spread as evenly as possible (sizes differ by at most one).
+
+Cost: all priced hosts must share one currency (mixed currencies cannot be summed against a budget,
+so they are a PlanError); hosts without a price count as 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fedctl.config.experiment import Experiment
+from fedctl.config.inventory import Inventory
+from fedctl.connectors.base import HostInfo
+from fedctl.errors import PlanError
+
+PLAN_VERSION = 1
+LOCAL_ADDRESS = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class PlannedHost:
+    """One host of the plan: its record, whether it runs the server, its client processes."""
+
+    host: HostInfo
+    role_server: bool
+    client_processes: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def client_ids(self) -> tuple[int, ...]:
+        return tuple(i for proc in self.client_processes for i in proc)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Roles and placement for one run. JSON round trip with ``to_dict`` / ``from_dict``."""
+
+    provider: str
+    clients: int
+    hosts: tuple[PlannedHost, ...]
+    unused: tuple[str, ...] = ()
+
+    @property
+    def server(self) -> PlannedHost:
+        for ph in self.hosts:
+            if ph.role_server:
+                return ph
+        raise PlanError("the plan has no server host")  # cannot happen for a plan from make_plan
+
+    @property
+    def server_host(self) -> HostInfo:
+        return self.server.host
+
+    @property
+    def server_address(self) -> str:
+        """What clients dial: the server's private address when set, else its address."""
+        h = self.server_host
+        return h.private_address or h.address
+
+    @property
+    def client_hosts(self) -> tuple[HostInfo, ...]:
+        """Hosts running at least one client process, in plan order."""
+        return tuple(ph.host for ph in self.hosts if ph.client_processes)
+
+    def planned(self, host: HostInfo | str) -> PlannedHost:
+        name = host if isinstance(host, str) else host.name
+        for ph in self.hosts:
+            if ph.name == name:
+                return ph
+        raise KeyError(f"host {name!r} is not in the plan (hosts: {', '.join(p.name for p in self.hosts)})")
+
+    def clients_of(self, host: HostInfo | str) -> tuple[int, ...]:
+        """All client ids on ``host`` (a HostInfo or a host name), in process order."""
+        return self.planned(host).client_ids
+
+    def processes_of(self, host: HostInfo | str) -> tuple[tuple[int, ...], ...]:
+        return self.planned(host).client_processes
+
+    @property
+    def price_per_hour_total(self) -> float:
+        """Sum of the planned hosts' hourly prices (hosts without a price count 0)."""
+        return float(sum(ph.host.price_per_hour or 0.0 for ph in self.hosts))
+
+    @property
+    def currency(self) -> str:
+        """The one currency of the priced hosts (make_plan refuses mixed ones)."""
+        priced = [ph.host.currency for ph in self.hosts if ph.host.price_per_hour]
+        if priced:
+            return priced[0]
+        return self.hosts[0].host.currency if self.hosts else "USD"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form for the state file."""
+        return {
+            "version": PLAN_VERSION,
+            "provider": self.provider,
+            "clients": self.clients,
+            "unused": list(self.unused),
+            "hosts": [
+                {
+                    "host": _host_to_dict(ph.host),
+                    "role_server": ph.role_server,
+                    "client_processes": [list(p) for p in ph.client_processes],
+                }
+                for ph in self.hosts
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        version = data.get("version")
+        if version != PLAN_VERSION:
+            raise PlanError(f"plan format version {version!r} is not supported (this fedctl reads {PLAN_VERSION})")
+        return cls(
+            provider=data["provider"],
+            clients=int(data["clients"]),
+            unused=tuple(data.get("unused", ())),
+            hosts=tuple(
+                PlannedHost(
+                    host=_host_from_dict(h["host"]),
+                    role_server=bool(h["role_server"]),
+                    client_processes=tuple(tuple(int(i) for i in p) for p in h["client_processes"]),
+                )
+                for h in data["hosts"]
+            ),
+        )
+
+
+def _host_to_dict(h: HostInfo) -> dict[str, Any]:
+    d = asdict(h)
+    d["roles"] = list(h.roles)
+    d["extra"] = dict(h.extra)
+    return d
+
+
+def _host_from_dict(d: dict[str, Any]) -> HostInfo:
+    d = dict(d)
+    d["roles"] = tuple(d.get("roles", ()))
+    d["extra"] = dict(d.get("extra", {}))
+    return HostInfo(**d)
+
+
+def make_plan(
+    inventory: Inventory,
+    experiment: Experiment,
+    clients: int,
+    cpu_count: int | None = None,
+    cwd: str | Path | None = None,
+) -> Plan:
+    """Place the server and ``clients`` clients on the inventory's hosts (or on this machine)."""
+    if clients < 1:
+        raise PlanError(f"need at least 1 client, got {clients}")
+    per_host = experiment.placement.clients_per_host
+    if inventory.provider == "local":
+        plan = _local_plan(clients, per_host, cpu_count, Path(cwd or Path.cwd()))
+    else:
+        plan = _static_plan(inventory, clients, per_host)
+    _check_currency(plan)
+    return plan
+
+
+def _static_plan(inventory: Inventory, n: int, per_host: int | str) -> Plan:
+    hosts = list(inventory.hosts)
+    if not hosts:
+        raise PlanError(f"the inventory {inventory.path} has no hosts")
+    server = next((h for h in hosts if "server" in h.roles), hosts[0])
+    if any(h.roles for h in hosts):
+        candidates = [h for h in hosts if "client" in h.roles]
+        if not candidates:
+            raise PlanError(
+                f"no host in {inventory.path} has the role client, so the {n} clients have nowhere to run",
+                hint="add client to some host's roles, or remove roles everywhere to let fedctl choose",
+            )
+    elif len(hosts) == 1:
+        candidates = hosts
+    else:
+        candidates = [h for h in hosts if h is not server]
+
+    if per_host == "auto":
+        k = math.ceil(n / len(candidates))
+    else:
+        k = int(per_host)
+        if n > k * len(candidates):
+            raise PlanError(
+                f"{n} clients do not fit: {len(candidates)} client host(s) x clients_per_host {k}"
+                f" = {k * len(candidates)} slots",
+                hint=f"add hosts (need {math.ceil(n / k)}), raise placement.clients_per_host to"
+                f" {math.ceil(n / len(candidates))}, or set it to auto",
+            )
+    assignment: dict[str, tuple[tuple[int, ...], ...]] = {}
+    next_id = 0
+    for h in candidates:
+        take = min(k, n - next_id)
+        if take <= 0:
+            break
+        assignment[h.name] = (tuple(range(next_id, next_id + take)),)
+        next_id += take
+
+    planned = []
+    unused = []
+    for h in hosts:
+        procs = assignment.get(h.name, ())
+        is_server = h is server
+        if not is_server and not procs:
+            unused.append(h.name)
+            continue
+        planned.append(PlannedHost(host=h, role_server=is_server, client_processes=procs))
+    return Plan(provider=inventory.provider, clients=n, hosts=tuple(planned), unused=tuple(unused))
+
+
+def even_split(n: int, parts: int) -> list[int]:
+    """Sizes of ``parts`` groups holding ``n`` items, differing by at most one, larger first."""
+    base, extra = divmod(n, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def local_host(name: str, cwd: Path, roles: tuple[str, ...]) -> HostInfo:
+    """A host record for this machine: workdir ``<cwd>/.fedctl/local/<name>``, this interpreter."""
+    return HostInfo(
+        name=name,
+        address=LOCAL_ADDRESS,
+        workdir=str((cwd / ".fedctl" / "local" / name).absolute()),
+        python=sys.executable,
+        roles=roles,
+        price_per_hour=0.0,
+        kind="local",
+    )
+
+
+def _local_plan(n: int, per_host: int | str, cpu_count: int | None, cwd: Path) -> Plan:
+    if per_host == "auto":
+        cpus = cpu_count or os.cpu_count() or 1
+        processes = max(1, min(n, cpus))
+    else:
+        processes = math.ceil(n / int(per_host))
+    hosts = [PlannedHost(local_host("local-server", cwd, ("server",)), role_server=True)]
+    next_id = 0
+    for i, size in enumerate(even_split(n, processes), start=1):
+        ids = tuple(range(next_id, next_id + size))
+        next_id += size
+        hosts.append(PlannedHost(local_host(f"local-client-{i}", cwd, ("client",)), False, (ids,)))
+    return Plan(provider="local", clients=n, hosts=tuple(hosts))
+
+
+def _check_currency(plan: Plan) -> None:
+    priced = {ph.host.currency: ph.name for ph in plan.hosts if ph.host.price_per_hour}
+    if len(priced) > 1:
+        detail = ", ".join(f"{host} in {cur}" for cur, host in priced.items())
+        raise PlanError(
+            f"hosts are priced in different currencies ({detail}); cost and budgets cannot be summed",
+            hint="set one currency (defaults.currency) and convert the prices",
+        )
