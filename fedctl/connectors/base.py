@@ -11,7 +11,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from fedctl.errors import FedctlError
+from fedctl.errors import FedctlError, RemoteError
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,27 @@ class Connector(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the connection (idempotent)."""
+
+    def home(self) -> str:
+        """The host's ``$HOME`` (asked once, then cached): SFTP and Python paths do not expand ``~``."""
+        cached: str | None = getattr(self, "_home_cache", None)
+        if cached is None:
+            res = self.run('printf "%s" "$HOME"', timeout=30)
+            if not res.ok or not res.stdout.startswith("/"):
+                raise RemoteError(
+                    f"host {self.host.name}: cannot read $HOME (exit {res.exit_code}: {res.stderr.strip()[:200]})"
+                )
+            cached = res.stdout
+            self._home_cache = cached
+        return cached
+
+    def expand(self, path: str) -> str:
+        """Resolve a leading ``~`` or ``~/`` against the host's ``$HOME``; other paths are returned as-is."""
+        if path == "~":
+            return self.home()
+        if path.startswith("~/"):
+            return self.home().rstrip("/") + path[1:]
+        return path
 
     def require(self, capability: str) -> None:
         """Raise a readable error when this connector lacks ``capability``."""

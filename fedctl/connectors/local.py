@@ -1,0 +1,148 @@
+"""Local connector: the Connector verbs on this machine, with subprocesses and plain file copies.
+
+It is what the ``local`` provider uses (``host.kind == "local"``), so a whole experiment can run
+without SSH. Commands go through ``/bin/sh -c`` exactly as a remote shell would run them, so the same
+quoted command strings work on both connectors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+import uuid
+from typing import Mapping
+
+from fedctl.connectors.base import CommandResult, Connector, HostInfo
+from fedctl.errors import RemoteError
+
+
+class LocalConnector(Connector):
+    """Run commands and copy files on this machine. ``connect``/``close`` have nothing to do."""
+
+    capabilities = frozenset({"local"})
+
+    def __init__(self, host: HostInfo) -> None:
+        super().__init__(host)
+
+    def connect(self) -> None:
+        """Nothing to open; present for the interface."""
+
+    def close(self) -> None:
+        """Nothing to release; present for the interface."""
+
+    def run(
+        self,
+        command: str,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+    ) -> CommandResult:
+        """Run ``command`` with ``/bin/sh -c`` in a new process group; on timeout the whole group is
+        killed (a shell's children too) and the result has ``exit_code=-1, timed_out=True``."""
+        full_env = dict(os.environ)
+        if env:
+            full_env.update({k: str(v) for k, v in env.items()})
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            start_new_session=True,  # own process group, so a timeout can kill what the shell started
+        )
+        timed_out = False
+        try:
+            out, err = proc.communicate(input=stdin, timeout=timeout)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+            try:
+                # a grandchild that left the group may still hold the pipes: do not wait forever
+                out, err = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                out, err = b"", b""
+            code = -1
+        return CommandResult(
+            exit_code=code,
+            stdout=(out or b"").decode("utf-8", "replace"),
+            stderr=(err or b"").decode("utf-8", "replace"),
+            duration=time.monotonic() - start,
+            timed_out=timed_out,
+        )
+
+    def put(self, local: str, remote: str, mode: int | None = None) -> None:
+        """Copy ``local`` to ``remote`` atomically; mode defaults to the source file's."""
+        if mode is None:
+            mode = stat.S_IMODE(os.stat(local).st_mode)
+        with open(local, "rb") as src:
+            self._write_atomic(remote, mode, lambda fd: _copy_to_fd(src, fd))
+
+    def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
+        """Write ``data`` to ``remote`` atomically, created with ``mode`` (no window with a wider mode)."""
+        self._write_atomic(remote, mode, lambda fd: _write_all(fd, data))
+
+    def _write_atomic(self, remote: str, mode: int, write: "object") -> None:
+        remote = self.expand(remote)
+        directory, base = os.path.split(os.path.abspath(remote))
+        tmp = os.path.join(directory, f".{base}.fedctl-tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            try:
+                os.fchmod(fd, mode)  # os.open's mode is filtered by the umask; the caller's mode wins
+                write(fd)  # type: ignore[operator]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, remote)
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise RemoteError(f"host {self.host.name}: cannot write {remote}: {e}") from e
+
+    def get(self, remote: str, local: str) -> None:
+        """Copy ``remote`` to ``local`` (temp name, then rename)."""
+        remote = self.expand(remote)
+        tmp = f"{local}.fedctl-tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            shutil.copyfile(remote, tmp)
+            os.replace(tmp, local)
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise RemoteError(f"host {self.host.name}: cannot fetch {remote}: {e}") from e
+
+    def home(self) -> str:
+        """This user's home directory (no subprocess needed)."""
+        return os.path.expanduser("~")
+
+    def __repr__(self) -> str:
+        return f"LocalConnector({self.host.name!r})"
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # already gone
+    proc.wait()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _copy_to_fd(src: object, fd: int) -> None:
+    while True:
+        chunk = src.read(1 << 20)  # type: ignore[attr-defined]
+        if not chunk:
+            return
+        _write_all(fd, chunk)
