@@ -1,0 +1,1 @@
+"""The watch dashboard: pure renderers of a Snapshot and the Live loop."""

@@ -1,0 +1,356 @@
+"""Pure renderers of a watch Snapshot: ``render`` (a rich renderable) and ``render_lines`` (plain text).
+
+No I/O, no clock: the same snapshot always renders the same screen, which is what the tests check.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Sequence
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from fedctl.monitor.snapshot import Alert, ClientSnapshot, GpuReport, HostSnapshot, Snapshot
+
+SPARK = "▁▂▃▄▅▆▇█"
+STATE_STYLE = {
+    "training": "cyan",
+    "uploading": "blue",
+    "reported": "green",
+    "waiting": "dim",
+    "dropped": "yellow",
+    "dead": "bold red",
+    "finished": "green",
+    "unknown": "dim",
+}
+
+
+# -- small formatters (pure, shared by both renderers) ----------------------------------------------
+def fmt_duration(seconds: float | None) -> str:
+    """``3725 -> "1h02m"``, ``75 -> "1m15s"``, ``4.2 -> "4.2s"``; None -> ``-``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = max(0.0, seconds)
+    if s < 10:
+        return f"{s:.1f}s"
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+
+def fmt_num(value: float | None, digits: int = 3) -> str:
+    """A float for a table cell: None -> ``-``, NaN -> ``NaN``."""
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "NaN"
+    return f"{value:.{digits}f}"
+
+
+def fmt_money(value: float | None, currency: str) -> str:
+    if value is None:
+        return "-"
+    digits = 2 if abs(value) >= 1 or value == 0 else 4
+    return f"{value:.{digits}f} {currency}"
+
+
+def sparkline(values: Sequence[float | None]) -> str:
+    """Block-character chart of ``values`` (None/NaN drawn as a space)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    out = []
+    for v in values:
+        if v is None or not math.isfinite(v):
+            out.append(" ")
+        elif hi == lo:
+            out.append(SPARK[len(SPARK) // 2])
+        else:
+            out.append(SPARK[int((v - lo) / (hi - lo) * (len(SPARK) - 1))])
+    return "".join(out)
+
+
+def gpu_text(report: GpuReport) -> list[str]:
+    """One line per GPU (or one line saying there is none / why nvidia-smi failed)."""
+    if report.status == "none":
+        return ["no GPU"]
+    if report.status == "error":
+        return [f"nvidia-smi error: {report.error}"]
+    if report.status != "ok":
+        return ["-"]
+    lines = []
+    for g in report.gpus:
+        util = "n/a" if g.util_pct is None else f"{g.util_pct:.0f}%"
+        used = "n/a" if g.mem_used_mib is None else f"{g.mem_used_mib / 1024:.1f}"
+        total = "n/a" if g.mem_total_mib is None else f"{g.mem_total_mib / 1024:.1f}G"
+        temp = "n/a" if g.temp_c is None else f"{g.temp_c:.0f}°C"
+        power = "n/a" if g.power_w is None else f"{g.power_w:.0f}W"
+        run = f" run {g.run_mem_mib / 1024:.1f}G" if g.run_pids else " run 0G"
+        lines.append(f"{g.index}:{g.name} {util} {used}/{total} {temp} {power}{run}")
+    if report.error:
+        lines.append(report.error)
+    return lines
+
+
+def host_reach(h: HostSnapshot) -> tuple[str, str]:
+    """(text, style) for a host's reachability cell, saying how stale its data is."""
+    if h.reachable is None:
+        return "connecting", "dim"
+    if not h.reachable:
+        age = f", data {fmt_duration(h.age_s)} old" if h.age_s is not None else ""
+        return f"NO ({h.error}){age}", "bold red"
+    if h.stale:
+        return f"stale {fmt_duration(h.age_s)}", "yellow"
+    return "yes", "green"
+
+
+def stragglers(snapshot: Snapshot) -> dict[int, int]:
+    """round -> straggler client id (the reporting client with the largest response time)."""
+    return {p.round: p.straggler for p in snapshot.federation.history if p.straggler is not None}
+
+
+def _heat_cell(value: float | None, median: float | None, straggler: bool) -> Text:
+    if value is None:
+        return Text("  · ", style="dim")
+    if value < 0:
+        return Text("  ✗ ", style="bold white on red")
+    if math.isnan(value):
+        return Text("  ? ", style="dim")
+    ratio = value / median if median else 1.0
+    style = "black on green" if ratio <= 1.25 else "black on yellow" if ratio <= 2.0 else "white on red"
+    if straggler:  # the straggler gets a marker, not only a style: visible without colours too
+        label = (f"{value:3.1f}" if value < 10 else f"{value:3.0f}")[:3] + "*"
+        style += " bold underline"
+    else:
+        label = f"{value:4.1f}" if value < 10 else f"{value:4.0f}"
+    return Text(label[:4].rjust(4), style=style)
+
+
+# -- rich renderer -----------------------------------------------------------------------------------
+def render(snapshot: Snapshot, max_log_lines: int = 10, heat_columns: int | None = None) -> RenderableType:
+    """The whole watch screen for ``snapshot``: header, federation, clients (+heatmap), hosts, logs."""
+    parts: list[RenderableType] = [
+        _header(snapshot),
+        _federation(snapshot),
+        _clients(snapshot, heat_columns),
+        _hosts(snapshot),
+    ]
+    if max_log_lines > 0:
+        parts.append(_logs(snapshot, max_log_lines))
+    return Group(*parts)
+
+
+def _header(s: Snapshot) -> RenderableType:
+    f = s.federation
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column()
+    grid.add_column()
+    title = Text.assemble(
+        ("fedctl watch ", "bold"), (s.run_id, "bold cyan"),
+        f"  payload {s.payload or '-'}  strategy {s.strategy or '-'}  phase ",
+        (f.phase, "bold green" if f.phase == "finished" else "bold red" if f.phase == "failed" else "bold"),
+    )
+    done_rounds = len(f.history) and f.history[-1].round or 0
+    bar = ProgressBar(total=max(1, f.rounds), completed=min(done_rounds, max(1, f.rounds)), width=30)
+    progress = Table.grid(padding=(0, 1))
+    progress.add_row(
+        Text(f"round {f.round} of {f.rounds or '?'}", style="bold"),
+        bar,
+        Text(f"elapsed {fmt_duration(s.elapsed_s)}  ETA {fmt_duration(s.eta_s) if not s.done else 'done'}"
+             f"  cost {fmt_money(s.cost, s.currency)} ({fmt_money(s.cost_per_hour, s.currency)}/h)"),
+    )
+    grid.add_row(title)
+    grid.add_row(progress)
+    return grid
+
+
+def _federation(s: Snapshot) -> RenderableType:
+    f = s.federation
+    left = Table.grid(padding=(0, 1))
+    left.add_column(style="bold")
+    left.add_column()
+    left.add_row("sampled", _ids(f.sampled))
+    left.add_row("reported", _ids(f.reported))
+    left.add_row("waiting", Text(_ids(f.waiting), style="cyan") if f.waiting else "-")
+    if f.round_age_s is not None:
+        left.add_row("this round", fmt_duration(f.round_age_s))
+    acc = [p.accuracy for p in f.history]
+    loss = [p.loss for p in f.history]
+    left.add_row("accuracy", Text.assemble((sparkline(acc), "green"), f" {fmt_num(s.accuracy)}"))
+    left.add_row("loss", Text.assemble((sparkline(loss), "magenta"), f" {fmt_num(s.loss)}"))
+    last = f.history[-1] if f.history else None
+    if last and last.straggler is not None:
+        left.add_row("straggler", Text(f"round {last.round}: client {last.straggler} ({fmt_num(last.straggler_s, 2)}s)",
+                                       style="yellow"))
+    right = _alerts(s.alerts)
+    grid = Table.grid(expand=True, padding=(0, 2))
+    grid.add_column(ratio=1)
+    grid.add_column(ratio=1)
+    grid.add_row(left, right)
+    return Panel(grid, title="federation", title_align="left")
+
+
+def _ids(ids: Sequence[int]) -> str:
+    if not ids:
+        return "-"
+    text = ",".join(str(i) for i in ids[:24])
+    return f"{len(ids)}: {text}" + (" ..." if len(ids) > 24 else "")
+
+
+def _alerts(alerts: Sequence[Alert]) -> RenderableType:
+    if not alerts:
+        return Text("no alerts", style="green")
+    t = Text()
+    for i, a in enumerate(alerts[:8]):
+        if i:
+            t.append("\n")
+        t.append("✖ " if a.level == "error" else "! ", style="bold red" if a.level == "error" else "yellow")
+        t.append(a.message, style="red" if a.level == "error" else "yellow")
+    if len(alerts) > 8:
+        t.append(f"\n... {len(alerts) - 8} more")
+    return t
+
+
+def _clients(s: Snapshot, heat_columns: int | None) -> RenderableType:
+    f = s.federation
+    rounds = list(f.heat_rounds)
+    if heat_columns is not None:
+        rounds = rounds[-heat_columns:] if heat_columns > 0 else []
+    offset = len(f.heat_rounds) - len(rounds)
+    strag = stragglers(s)
+    medians: list[float | None] = []
+    for j in range(len(rounds)):
+        vals = [c.heat[offset + j] for c in s.clients if len(c.heat) > offset + j]
+        good = [v for v in vals if v is not None and v >= 0 and math.isfinite(v)]
+        medians.append(statistics.median(good) if good else None)
+    t = Table(expand=False, box=None, padding=(0, 1), header_style="bold")
+    for col in ("client", "host", "state", "last resp", "rounds", "last loss"):
+        t.add_column(col, justify="right" if col in ("client", "last resp", "rounds", "last loss") else "left")
+    for r in rounds:
+        t.add_column(f"r{r}", justify="right", no_wrap=True, min_width=4)
+    for c in s.clients:
+        cells: list[RenderableType] = [
+            str(c.id),
+            c.host,
+            Text(c.state, style=STATE_STYLE.get(c.state, "")),
+            "-" if c.last_response_s is None else f"{c.last_response_s:.2f}s",
+            str(c.rounds_taken),
+            fmt_num(c.last_loss),
+        ]
+        for j, rnum in enumerate(rounds):
+            v = c.heat[offset + j] if len(c.heat) > offset + j else None
+            cells.append(_heat_cell(v, medians[j], strag.get(rnum) == c.id))
+        t.add_row(*cells)
+    title = "clients (response time per round; * = straggler, ✗ = dropped, · = not sampled)"
+    return Panel(t, title=title, title_align="left")
+
+
+def _hosts(s: Snapshot) -> RenderableType:
+    t = Table(box=None, padding=(0, 1), header_style="bold")
+    for col in ("host", "role", "reachable", "load", "RAM", "GPU (util mem temp power run-mem)", "processes"):
+        t.add_column(col, overflow="fold")
+    for h in s.hosts:
+        reach, style = host_reach(h)
+        load = "-" if h.load1 is None else f"{h.load1:.2f}" + (f"/{h.ncpu}" if h.ncpu else "")
+        ram = "-" if h.mem_total_mib is None else f"{(h.mem_used_mib or 0) / 1024:.1f}/{h.mem_total_mib / 1024:.1f}G"
+        gpu = Text("\n".join(gpu_text(h.gpu)), style="red" if h.gpu.status == "error" else "")
+        procs = Text()
+        for i, p in enumerate(h.processes):
+            if i:
+                procs.append(" ")
+            mark, pst = ("●", "green") if p.alive else ("✖", "red") if p.alive is False else ("?", "dim")
+            procs.append(f"{p.label}{mark}", style=pst)
+        t.add_row(h.name, h.role, Text(reach, style=style), load, ram, gpu, procs)
+    return Panel(t, title="hosts", title_align="left")
+
+
+def _logs(s: Snapshot, n: int) -> RenderableType:
+    t = Text(no_wrap=True, overflow="ellipsis")
+    lines = s.logs[-n:]
+    for i, ln in enumerate(lines):
+        if i:
+            t.append("\n")
+        t.append(f"{ln.host} {ln.label}", style="cyan" if ln.role == "server" else "blue")
+        t.append(" | ")
+        t.append(ln.text)
+    if not lines:
+        t.append("(no log lines yet)", style="dim")
+    flt = f" [filter: {s.log_filter}]" if s.log_filter else ""
+    return Panel(t, title=f"logs{flt}  (f: filter, q: quit - training keeps running)", title_align="left")
+
+
+# -- plain renderer ------------------------------------------------------------------------------------
+def status_line(s: Snapshot) -> str:
+    """One line summing up the run (for non-TTY streaming output)."""
+    f = s.federation
+    reach = sum(1 for h in s.hosts if h.reachable)
+    last = f.history[-1] if f.history else None
+    strag = f" straggler=c{last.straggler}({fmt_num(last.straggler_s, 2)}s)" if last and last.straggler is not None else ""
+    return (
+        f"run={s.run_id} phase={f.phase} round={f.round}/{f.rounds} acc={fmt_num(s.accuracy)} loss={fmt_num(s.loss)}"
+        f" sampled={len(f.sampled)} reported={len(f.reported)} waiting={len(f.waiting)}"
+        f" hosts={reach}/{len(s.hosts)} alerts={len(s.alerts)}{strag}"
+    )
+
+
+def render_lines(s: Snapshot, max_log_lines: int = 10) -> list[str]:
+    """The whole snapshot as plain text lines (no colours), for pipes and logs."""
+    f = s.federation
+    out = [
+        f"run {s.run_id}  payload {s.payload or '-'}  strategy {s.strategy or '-'}  phase {f.phase}",
+        f"round {f.round} of {f.rounds or '?'}  elapsed {fmt_duration(s.elapsed_s)}  ETA {fmt_duration(s.eta_s)}"
+        f"  cost {fmt_money(s.cost, s.currency)} ({fmt_money(s.cost_per_hour, s.currency)}/h)",
+        f"federation: sampled {_ids(f.sampled)}  reported {_ids(f.reported)}  waiting {_ids(f.waiting)}",
+        f"accuracy {fmt_num(s.accuracy)} {sparkline([p.accuracy for p in f.history])}"
+        f"  loss {fmt_num(s.loss)} {sparkline([p.loss for p in f.history])}",
+    ]
+    for p in f.history[-5:]:
+        strag = f" straggler client {p.straggler} ({fmt_num(p.straggler_s, 2)}s)" if p.straggler is not None else ""
+        drop = f" dropped {','.join(map(str, p.dropped))}" if p.dropped else ""
+        out.append(f"  round {p.round}: acc {fmt_num(p.accuracy)} loss {fmt_num(p.loss)}"
+                   f" {p.reported}/{p.sampled} reported in {fmt_duration(p.duration_s)}{strag}{drop}")
+    for a in s.alerts:
+        out.append(f"ALERT {a.level}: {a.message}")
+    out.append("clients:")
+    for c in s.clients:
+        resp = "-" if c.last_response_s is None else f"{c.last_response_s:.2f}s"
+        heat = " ".join(_plain_heat(v) for v in c.heat)
+        out.append(f"  client {c.id:>3} {c.host:<12} {c.state:<9} resp {resp:>7} rounds {c.rounds_taken:>3}"
+                   f" loss {fmt_num(c.last_loss)}  [{heat}]")
+    out.append("hosts:")
+    for h in s.hosts:
+        reach, _ = host_reach(h)
+        load = "-" if h.load1 is None else f"{h.load1:.2f}"
+        ram = "-" if h.mem_total_mib is None else f"{(h.mem_used_mib or 0) / 1024:.1f}/{h.mem_total_mib / 1024:.1f}G"
+        procs = " ".join(f"{p.label}:{'alive' if p.alive else 'dead' if p.alive is False else '?'}" for p in h.processes)
+        out.append(f"  {h.name:<12} {h.role:<13} reachable {reach}  load {load}  RAM {ram}  {procs}")
+        for g in gpu_text(h.gpu):
+            out.append(f"    gpu {g}")
+    if max_log_lines > 0:
+        for ln in s.logs[-max_log_lines:]:
+            out.append(format_log_line(ln.host, ln.label, ln.text))
+    return out
+
+
+def _plain_heat(v: float | None) -> str:
+    if v is None:
+        return "."
+    if v < 0:
+        return "X"
+    if math.isnan(v):
+        return "?"
+    return f"{v:.1f}"
+
+
+def format_log_line(host: str, label: str, text: str) -> str:
+    """``h2 client-0 | text``: how every log line is prefixed, in watch and in ``fedctl logs``."""
+    return f"{host} {label} | {text}"
+
