@@ -17,8 +17,9 @@ Local provider: the plan makes its own hosts, ``local-server`` and ``local-clien
 process each), P = min(N, cpu count) for auto or ceil(N / k) for ``clients_per_host: k``, with the N
 clients spread as evenly as possible (sizes differ by at most one).
 
-Cost: all priced hosts must share one currency (mixed currencies cannot be summed against a budget,
-so they are a PlanError); hosts without a price count as 0.
+Cost: prices are summed per currency (fedctl never converts money): ``price_per_hour_by_currency``
+always works; ``price_per_hour_total`` and ``currency`` raise PlanError when the priced hosts use
+more than one currency. Hosts without a price count as 0.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ LOCAL_ADDRESS = "127.0.0.1"
 
 @dataclass(frozen=True)
 class PlannedHost:
-    """One host of the plan: its record, whether it runs the server, its client processes."""
+    """One host of the plan: its record, whether it runs the server, its client processes.
+
+    It reads like its HostInfo too (``ph.name``, ``ph.address``, ``ph.price_per_hour``...), so code
+    that only needs the host's fields can take either.
+    """
 
     host: HostInfo
     role_server: bool
@@ -50,6 +55,15 @@ class PlannedHost:
     @property
     def name(self) -> str:
         return self.host.name
+
+    def __getattr__(self, attr: str) -> Any:
+        # Only reached for attributes PlannedHost lacks; guard against recursion during copy/pickle.
+        if attr == "host" or attr.startswith("__"):
+            raise AttributeError(attr)
+        try:
+            return getattr(self.host, attr)
+        except AttributeError:
+            raise AttributeError(f"PlannedHost has no attribute {attr!r}") from None
 
     @property
     def client_ids(self) -> tuple[int, ...]:
@@ -73,46 +87,63 @@ class Plan:
         raise PlanError("the plan has no server host")  # cannot happen for a plan from make_plan
 
     @property
-    def server_host(self) -> HostInfo:
-        return self.server.host
+    def server_host(self) -> PlannedHost:
+        """The planned host running the server (``.host`` is its HostInfo)."""
+        return self.server
 
     @property
     def server_address(self) -> str:
         """What clients dial: the server's private address when set, else its address."""
-        h = self.server_host
+        h = self.server.host
         return h.private_address or h.address
 
     @property
-    def client_hosts(self) -> tuple[HostInfo, ...]:
-        """Hosts running at least one client process, in plan order."""
-        return tuple(ph.host for ph in self.hosts if ph.client_processes)
+    def client_hosts(self) -> tuple[PlannedHost, ...]:
+        """Planned hosts running at least one client process, in plan order."""
+        return tuple(ph for ph in self.hosts if ph.client_processes)
 
-    def planned(self, host: HostInfo | str) -> PlannedHost:
+    def planned(self, host: PlannedHost | HostInfo | str) -> PlannedHost:
+        """The PlannedHost for a host name, HostInfo or PlannedHost; KeyError lists the plan's hosts."""
         name = host if isinstance(host, str) else host.name
         for ph in self.hosts:
             if ph.name == name:
                 return ph
         raise KeyError(f"host {name!r} is not in the plan (hosts: {', '.join(p.name for p in self.hosts)})")
 
-    def clients_of(self, host: HostInfo | str) -> tuple[int, ...]:
+    def clients_of(self, host: PlannedHost | HostInfo | str) -> tuple[int, ...]:
         """All client ids on ``host`` (a HostInfo or a host name), in process order."""
         return self.planned(host).client_ids
 
-    def processes_of(self, host: HostInfo | str) -> tuple[tuple[int, ...], ...]:
+    def processes_of(self, host: PlannedHost | HostInfo | str) -> tuple[tuple[int, ...], ...]:
         return self.planned(host).client_processes
 
     @property
-    def price_per_hour_total(self) -> float:
-        """Sum of the planned hosts' hourly prices (hosts without a price count 0)."""
-        return float(sum(ph.host.price_per_hour or 0.0 for ph in self.hosts))
+    def price_per_hour_by_currency(self) -> dict[str, float]:
+        """Hourly price of the planned hosts summed per currency (unpriced hosts are left out)."""
+        sums: dict[str, float] = {}
+        for ph in self.hosts:
+            if ph.host.price_per_hour is not None:
+                sums[ph.host.currency] = sums.get(ph.host.currency, 0.0) + float(ph.host.price_per_hour)
+        return sums
 
     @property
     def currency(self) -> str:
-        """The one currency of the priced hosts (make_plan refuses mixed ones)."""
-        priced = [ph.host.currency for ph in self.hosts if ph.host.price_per_hour]
-        if priced:
-            return priced[0]
+        """The one currency of the priced hosts; PlanError when they use several (never converted)."""
+        sums = {c: v for c, v in self.price_per_hour_by_currency.items() if v > 0}
+        if len(sums) > 1:
+            raise PlanError(
+                f"hosts are priced in several currencies ({', '.join(sorted(sums))}); there is no single total",
+                hint="use price_per_hour_by_currency, or price all hosts in one currency",
+            )
+        if sums:
+            return next(iter(sums))
         return self.hosts[0].host.currency if self.hosts else "USD"
+
+    @property
+    def price_per_hour_total(self) -> float:
+        """Sum of the hourly prices (unpriced hosts count 0); PlanError for mixed currencies."""
+        self.currency  # noqa: B018 - raises for mixed currencies
+        return float(sum(self.price_per_hour_by_currency.values()))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for the state file."""
@@ -180,7 +211,6 @@ def make_plan(
         plan = _local_plan(clients, per_host, cpu_count, Path(cwd or Path.cwd()))
     else:
         plan = _static_plan(inventory, clients, per_host)
-    _check_currency(plan)
     return plan
 
 
@@ -266,12 +296,3 @@ def _local_plan(n: int, per_host: int | str, cpu_count: int | None, cwd: Path) -
         hosts.append(PlannedHost(local_host(f"local-client-{i}", cwd, ("client",)), False, (ids,)))
     return Plan(provider="local", clients=n, hosts=tuple(hosts))
 
-
-def _check_currency(plan: Plan) -> None:
-    priced = {ph.host.currency: ph.name for ph in plan.hosts if ph.host.price_per_hour}
-    if len(priced) > 1:
-        detail = ", ".join(f"{host} in {cur}" for cur, host in priced.items())
-        raise PlanError(
-            f"hosts are priced in different currencies ({detail}); cost and budgets cannot be summed",
-            hint="set one currency (defaults.currency) and convert the prices",
-        )
