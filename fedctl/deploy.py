@@ -52,15 +52,6 @@ def check(result_ok: bool, host: str, what: str, detail: str) -> None:
         raise RemoteError(f"{host}: {what} failed: {detail.strip()[-500:] or 'no output'}")
 
 
-def expand_home(conn: Connector, path: str) -> str:
-    """Resolve a leading ``~`` with the host's $HOME (SFTP and quoting never expand it)."""
-    if not (path == "~" or path.startswith("~/")):
-        return path
-    res = conn.run('printf %s "$HOME"', timeout=30)
-    check(res.ok and res.stdout.startswith("/"), conn.host.name, "reading $HOME", res.stderr)
-    return res.stdout.rstrip("/") + path[1:]
-
-
 def spawn_detached(
     conn: Connector,
     command: str,

@@ -116,6 +116,7 @@ class RunState:
     finished_at: float | None = None
     results_dir: str | None = None
     error: str | None = None
+    previous_runs: list[str] = field(default_factory=list)  # earlier run ids started on these hosts
     events: list[dict[str, Any]] = field(default_factory=list)
     version: int = STATE_VERSION
 

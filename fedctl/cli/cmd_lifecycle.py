@@ -1,0 +1,327 @@
+"""``provision``, ``start``, ``status``, ``stop``, ``teardown`` and the all-in-one ``run``.
+
+Each command: parse, call the library (fedctl.ops.*), print the typed report. Library imports are
+inside the functions so ``fedctl --help`` stays light.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import typer
+
+from fedctl.cli.common import ConfigOpt, InventoryOpt, JsonOpt, OptList, SetOpt, YesOpt, env
+
+
+def _progress(msg: str) -> None:
+    env().err.print(f"[dim]·[/] {msg}", highlight=False)
+
+
+def _print_estimate(state_or_plan: Any, rounds: int) -> None:
+    from fedctl.cost import estimate, format_totals
+
+    est = estimate(state_or_plan, rounds)
+    if not est.per_hour:
+        return
+    env().console.print(
+        f"per hour: {format_totals(est.per_hour)}; whole run (~{est.hours:.2f} h at an assumed "
+        f"{est.seconds_per_round:.0f} s/round, updated once rounds are measured): {format_totals(est.total)}"
+    )
+
+
+def _do_provision(
+    clients: Optional[int],
+    inventory: Optional[str],
+    config: Optional[str],
+    sets: OptList,
+    yes: bool,
+    dry_run: bool,
+    as_json: bool,
+    rounds: Optional[int] = None,
+) -> Any:
+    """Validate, plan, confirm, provision. Returns the ProvisionReport (None for a dry run)."""
+    from fedctl.errors import ExitCode, HostsFailed
+    from fedctl.ops.common import load_inputs
+    from fedctl.ops.provision import plan_rows, provision
+    from fedctl.cli.render import plan_table
+
+    e = env()
+    store = e.store
+    inputs = load_inputs(inventory, config, sets or [], clients=clients, rounds=rounds, store=store)
+    if not as_json:
+        e.console.print(plan_table(plan_rows(inputs.plan), title=f"plan: {inputs.experiment.clients} clients"))
+        _print_estimate(inputs.plan, inputs.experiment.rounds)
+    if dry_run:
+        if as_json:
+            e.print_json({"plan": inputs.plan.to_dict(), "dry_run": True})
+        return None
+    # On this machine nothing is rented, so there is nothing to agree to.
+    if inputs.inventory.provider != "local" and not e.confirm("provision these hosts?", yes):
+        raise typer.Exit(int(ExitCode.ABORTED))
+    with store.lock():
+        report = provision(store, inputs, config, progress=_progress)
+    if as_json:
+        e.print_json({"run_id": report.state.run_id, "ok": report.ok, "hosts": [r.__dict__ for r in report.rows]})
+    else:
+        from fedctl.cli.render import plan_table as pt
+
+        e.console.print(pt(report.rows, title=f"run {report.state.run_id}: provision"))
+    if not report.ok:
+        raise HostsFailed(
+            "provision failed on: " + ", ".join(r.name for r in report.rows if r.status != "provisioned"),
+            hint="fix the hosts and run the same command again (provisioned hosts are kept), "
+            "or `fedctl teardown` to clean up",
+        )
+    return report
+
+
+def provision_cmd(
+    clients: Optional[int] = typer.Option(None, "--clients", "-n", help="number of FL clients"),
+    inventory: Optional[str] = InventoryOpt,
+    config: Optional[str] = ConfigOpt,
+    sets: OptList = SetOpt,
+    yes: bool = YesOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and print the plan; touch nothing"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check the hosts of the plan and prepare their workdirs."""
+    _do_provision(clients, inventory, config, sets, yes, dry_run, as_json)
+
+
+def _load_experiment_for(state: Any, config: Optional[str], sets: OptList, rounds: Optional[int]) -> Any:
+    """The experiment for ``start``: the file given now, else the one recorded at provision."""
+    from fedctl.config.experiment import load_experiment
+    from fedctl.errors import UsageError
+
+    path = config or state.config_path
+    exp = load_experiment(path, sets or [], clients=state.clients, rounds=rounds)
+    if exp.clients != state.clients:
+        raise UsageError(
+            f"the hosts were provisioned for {state.clients} clients, the config asks for {exp.clients}",
+            hint="teardown and provision again to change the number of clients",
+        )
+    return exp
+
+
+def _do_start(config: Optional[str], sets: OptList, rounds: Optional[int], as_json: bool) -> Any:
+    from fedctl.errors import HostsFailed
+    from fedctl.ops.start import start
+
+    e = env()
+    store = e.store
+    with store.lock():
+        state = store.load()
+        exp = _load_experiment_for(state, config, sets, rounds)
+        report = start(store, state, exp, progress=_progress)
+    if as_json:
+        e.print_json({"run_id": state.run_id, "ok": report.ok, "failures": report.failures, "server": state.server})
+    if not report.ok:
+        raise HostsFailed(
+            "start failed: " + "; ".join(f"{h}: {m}" for h, m in report.failures.items()),
+            hint="`fedctl logs` / `fedctl status` to look, `fedctl stop` or `fedctl teardown` to clean up",
+        )
+    if not as_json:
+        n = sum(len(r.processes) for r in state.hosts)
+        e.console.print(
+            f"run [bold]{state.run_id}[/] running: {n} process(es), server at "
+            f"{state.server['address']}:{state.server['port']}. `fedctl watch` to follow it."
+        )
+    return report
+
+
+def start_cmd(
+    rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="override the number of rounds"),
+    config: Optional[str] = ConfigOpt,
+    sets: OptList = SetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Push the payload and start the server and clients, detached."""
+    _do_start(config, sets, rounds, as_json)
+
+
+def status_cmd(as_json: bool = JsonOpt) -> None:
+    """Phase, round k of R, accuracy, and which processes are alive on each host."""
+    from fedctl.cli.render import status_table
+    from fedctl.ops.status import observe
+
+    e = env()
+    store = e.store
+    state = store.load()
+    st = observe(store, state)
+    if as_json:
+        e.print_json(st.to_dict())
+        return
+    acc = "-" if st.accuracy is None else f"{st.accuracy:.4f}"
+    e.console.print(
+        f"run [bold]{st.run_id}[/]  phase [bold]{st.phase}[/]  round {st.round}/{st.rounds}  accuracy {acc}"
+    )
+    if st.error:
+        e.console.print(f"[red]{st.error}[/]", highlight=False, markup=True)
+    e.console.print(status_table(st))
+
+
+def stop_cmd(
+    grace: float = typer.Option(10.0, "--grace", help="seconds between TERM and KILL"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Stop the run's processes (TERM, then KILL); the hosts stay provisioned."""
+    from fedctl.errors import HostsFailed
+    from fedctl.ops.stop import stop
+
+    e = env()
+    store = e.store
+    with store.lock():
+        state = store.load()
+        report = stop(store, state, grace_s=grace, progress=_progress)
+    if as_json:
+        e.print_json({"ok": report.ok, "stopped": report.stopped, "survivors": report.survivors, "failures": report.failures})
+    else:
+        for host, n in report.stopped.items():
+            e.console.print(f"{host}: {n} process(es) stopped")
+    if not report.ok:
+        raise HostsFailed("stop incomplete: " + "; ".join(f"{h}: {m}" for h, m in report.failures.items()))
+
+
+def _do_teardown(keep_files: bool, as_json: bool, grace: float = 10.0) -> Any:
+    from fedctl.errors import HostsFailed
+    from fedctl.ops.teardown import teardown
+
+    e = env()
+    store = e.store
+    with store.lock():
+        state = store.load()
+        if state.phase == "torn_down":
+            if not as_json:
+                e.console.print(f"run {state.run_id} is already torn down")
+            return None
+        report = teardown(store, state, keep_files=keep_files, grace_s=grace, progress=_progress)
+    _print_teardown(report, as_json)
+    if not report.ok:
+        bad = [h for h in report.hosts if not h.ok]
+        raise HostsFailed(
+            "teardown incomplete on: " + ", ".join(f"{h.name} ({h.error or 'leftovers'})" for h in bad),
+            hint="those hosts stay in the state; run `fedctl teardown` again when they are reachable",
+        )
+    return report
+
+
+def _print_teardown(report: Any, as_json: bool) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    e = env()
+    if as_json:
+        e.print_json(
+            {
+                "run_id": report.state.run_id,
+                "ok": report.ok,
+                "phase": report.state.phase,
+                "results": report.state.results_dir,
+                "hosts": [h.__dict__ for h in report.hosts],
+            }
+        )
+        return
+    t = Table(title=f"run {report.state.run_id}: teardown", title_justify="left")
+    for col in ("host", "stopped", "files removed", "left running", "result"):
+        t.add_column(col)
+    for h in report.hosts:
+        t.add_row(
+            h.name,
+            str(h.stopped),
+            "yes" if h.removed else "kept" if h.error is None and not h.leftover_files else "no",
+            ", ".join(map(str, h.leftover_pids)) or "none",
+            Text("ok", style="green") if h.ok else Text(h.error or "leftovers", style="red"),
+        )
+    e.console.print(t)
+    if report.state.results_dir:
+        e.console.print(f"results: {report.state.results_dir}")
+    if report.report_error:
+        e.err.print(f"[yellow]results report incomplete:[/] {report.report_error}")
+
+
+def teardown_cmd(
+    yes: bool = YesOpt,
+    keep_files: bool = typer.Option(False, "--keep-files", help="keep fedctl's files on the hosts"),
+    grace: float = typer.Option(10.0, "--grace", help="seconds between TERM and KILL"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Stop everything, collect results, remove fedctl's files, release, verify."""
+    from fedctl.errors import ExitCode
+
+    e = env()
+    state = e.store.load()
+    if state.phase != "torn_down" and not e.confirm(f"tear down run {state.run_id}?", yes or state.provider == "local"):
+        raise typer.Exit(int(ExitCode.ABORTED))
+    _do_teardown(keep_files, as_json, grace)
+
+
+def _wait(interval: float) -> Any:
+    """Follow the run until it finishes; prints a line per round. Returns the last status."""
+    from fedctl.ops.status import observe
+
+    e = env()
+    store = e.store
+    last_round = -1
+    while True:
+        state = store.load()
+        st = observe(store, state)
+        if st.round != last_round:
+            acc = "-" if st.accuracy is None else f"{st.accuracy:.4f}"
+            e.console.print(f"round {st.round}/{st.rounds}  accuracy {acc}  ({st.phase})")
+            last_round = st.round
+        if st.phase not in ("starting", "running"):
+            return st
+        dead = [f"{h.name}:{p}" for h in st.hosts for p, ok in h.alive.items() if not ok and p != "server"]
+        if dead and st.phase == "running":
+            e.err.print(f"[yellow]dead client processes:[/] {', '.join(dead)}")
+        time.sleep(interval)
+
+
+def run_cmd(
+    clients: Optional[int] = typer.Option(None, "--clients", "-n", help="number of FL clients"),
+    inventory: Optional[str] = InventoryOpt,
+    config: Optional[str] = ConfigOpt,
+    sets: OptList = SetOpt,
+    rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="override the number of rounds"),
+    yes: bool = YesOpt,
+    keep: bool = typer.Option(False, "--keep", help="leave the hosts provisioned at the end (no teardown)"),
+    interval: float = typer.Option(2.0, "--interval", help="seconds between progress checks"),
+) -> None:
+    """provision + start + wait for the last round + teardown, in one command."""
+    from fedctl.errors import FedctlError
+
+    e = env()
+    _do_provision(clients, inventory, config, sets, yes, False, False, rounds=rounds)
+    final = None
+    try:
+        _do_start(config, sets, rounds, False)
+        final = _wait(interval)
+    except KeyboardInterrupt:
+        e.err.print("[yellow]interrupted: tearing the run down[/]")
+    except FedctlError as exc:
+        e.err.print(f"[red]{exc}[/]")
+    finally:
+        if keep:
+            e.console.print("hosts kept (--keep): `fedctl teardown` when done")
+        else:
+            _do_teardown(False, False)
+    if final is not None and final.summary:
+        s = final.summary
+        e.console.print(
+            f"[bold]{final.phase}[/]: {s.get('rounds_completed')} rounds, final accuracy "
+            f"{s.get('final_accuracy')}, wall {s.get('wall_s')} s"
+        )
+    if final is None or final.phase != "finished":
+        from fedctl.errors import FedctlError as FE
+
+        raise FE(f"the run did not finish: {final.phase if final else 'interrupted or failed to start'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("provision")(provision_cmd)
+    app.command("start")(start_cmd)
+    app.command("status")(status_cmd)
+    app.command("stop")(stop_cmd)
+    app.command("teardown")(teardown_cmd)
+    app.command("run")(run_cmd)

@@ -1,0 +1,78 @@
+"""Helpers the lifecycle operations share: loading the inputs, the fleet of a run, progress events."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fedctl.connectors.base import HostInfo
+from fedctl.state import HostRecord, RunState, StateStore
+
+#: progress callback: operations report what they are doing; the CLI decides how to show it
+Progress = Callable[[str], None]
+
+
+def quiet(_: str) -> None:
+    """A Progress that shows nothing."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The validated inventory, experiment and plan of a run (everything checked before any SSH)."""
+
+    inventory: object  # fedctl.config.inventory.Inventory
+    experiment: object  # fedctl.config.experiment.Experiment
+    plan: object  # fedctl.plan.Plan
+
+
+def load_inputs(
+    inventory_path: str | None,
+    config_path: str | None,
+    overrides: Sequence[str] = (),
+    clients: int | None = None,
+    rounds: int | None = None,
+    store: StateStore | None = None,
+    cpu_count: int | None = None,
+) -> Inputs:
+    """Validate inventory + experiment completely and make the plan. Raises ConfigError/PlanError."""
+    from fedctl.config.experiment import load_experiment
+    from fedctl.config.inventory import load_inventory
+    from fedctl.plan import make_plan
+
+    inventory = load_inventory(inventory_path)
+    experiment = load_experiment(config_path, overrides, clients=clients, rounds=rounds)
+    root = store.root.parent if store else Path.cwd()
+    plan = make_plan(inventory, experiment, experiment.clients, cpu_count=cpu_count, cwd=root)
+    return Inputs(inventory, experiment, plan)
+
+
+def known_hosts_path(store: StateStore) -> str:
+    store.root.mkdir(parents=True, exist_ok=True)
+    return str(store.known_hosts)
+
+
+def host_infos(records: Sequence[HostRecord]) -> list[HostInfo]:
+    """HostInfo of each record with the workdir resolved when known."""
+    from dataclasses import replace
+
+    return [replace(r.info, workdir=r.workdir) if r.workdir else r.info for r in records]
+
+
+def open_fleet(store: StateStore, records: Sequence[HostRecord], pool: int = 32, connect_timeout: float = 10.0):
+    """A Fleet over ``records`` that pins host keys into ``.fedctl/known_hosts``."""
+    from fedctl.fleet import Fleet
+
+    return Fleet(
+        host_infos(records),
+        known_hosts=known_hosts_path(store),
+        pool=int(os.environ.get("FEDCTL_POOL", pool)),
+        connect_timeout=connect_timeout,
+    )
+
+
+def server_record(state: RunState) -> HostRecord | None:
+    """The host running the FL server, if the plan has one."""
+    name = state.server.get("host")
+    return state.host(name) if name else None

@@ -1,0 +1,180 @@
+"""``provision``: make the plan's hosts usable: connect, check, create the workdir; record it all.
+
+Intent is saved before any host is touched (hosts ``provisioning``), so fedctl killed at any point
+leaves a state that ``teardown`` can finish. Re-running with the same plan only retries the hosts
+that are not provisioned yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedctl.connectors.base import Connector
+from fedctl.deploy import OWNED_MARKER
+from fedctl.errors import UsageError
+from fedctl.facts import HostFacts, gather_facts
+from fedctl.ops.common import Inputs, Progress, open_fleet, quiet
+from fedctl.shell import quote
+from fedctl.state import HostRecord, RunState, StateStore, new_run_id
+
+#: phases in which a state file still describes hosts that need a teardown
+ACTIVE = ("provisioning", "provisioned", "starting", "running", "finished", "failed", "stopped", "tearing_down")
+
+
+@dataclass
+class HostRow:
+    """One row of the provision table."""
+
+    name: str
+    address: str
+    role: str
+    client_ids: list[int]
+    price_per_hour: float | None
+    currency: str
+    status: str
+    detail: str
+
+
+@dataclass
+class ProvisionReport:
+    state: RunState
+    rows: list[HostRow] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == "provisioned" for r in self.rows)
+
+
+def new_state(inputs: Inputs, store: StateStore, config_path: str | None) -> RunState:
+    """A fresh RunState for the plan: run id, hosts pending, nothing touched yet."""
+    from pathlib import Path
+
+    plan, exp, inv = inputs.plan, inputs.experiment, inputs.inventory
+    state = RunState(
+        run_id=new_run_id(store.clock),
+        provider=inv.provider,
+        created_at=store.clock(),
+        inventory_path=str(Path(inv.path).absolute()) if inv.path else None,
+        config_path=str(Path(exp.path).absolute()) if exp.path else None,
+        clients=exp.clients,
+        rounds=exp.rounds,
+        payload_name=exp.payload.name,
+        payload_dir=str(exp.payload.dir),
+        experiment=exp.resolved(),
+        plan=plan.to_dict(),
+    )
+    for ph in plan.hosts:
+        state.hosts.append(HostRecord(info=ph.host))
+    state.server = {"host": plan.server_host.host.name}
+    return state
+
+
+def _provision_host(conn: Connector, rec: HostRecord, imports: list[str], python_spec: str | None) -> dict[str, Any]:
+    """Check one host and create its workdir. Returns what to record; raises nothing for host issues."""
+    workdir = conn.expand(rec.info.workdir)
+    facts: HostFacts = gather_facts(conn, rec.info.python, imports, workdir, python_spec)
+    if not facts.ok:
+        return {"ok": False, "facts": facts, "workdir": workdir, "created": False}
+    w = quote(workdir)
+    # The marker is written only into a workdir fedctl created, so teardown may remove that folder.
+    res = conn.run(
+        f"if [ -d {w} ]; then echo existed; else mkdir -p {w} && touch {w}/{OWNED_MARKER} && echo created; fi",
+        timeout=60,
+    )
+    if not res.ok:
+        facts.ok = False
+        facts.problems.append(f"cannot create workdir {workdir}: {res.stderr.strip()[:200]}")
+    return {"ok": facts.ok, "facts": facts, "workdir": workdir, "created": res.stdout.strip() == "created"}
+
+
+def provision(
+    store: StateStore,
+    inputs: Inputs,
+    config_path: str | None = None,
+    progress: Progress = quiet,
+) -> ProvisionReport:
+    """Provision the plan's hosts in parallel. The caller holds the state lock."""
+    from fedctl.providers import get_provider
+
+    plan = inputs.plan
+    state = store.load_or_none()
+    if state is not None and state.phase in ACTIVE:
+        if state.plan != plan.to_dict():
+            raise UsageError(
+                f"run {state.run_id} is still {state.phase} with a different plan",
+                hint="`fedctl teardown` it first (results are collected), then provision again",
+            )
+        progress(f"run {state.run_id} exists with the same plan: checking what is left to do")
+    else:
+        state = new_state(inputs, store, config_path)
+        state.event("provision requested", store.clock)
+        store.save(state)  # intent first: from here on teardown knows these hosts
+
+    provider_kwargs = {"root": store.local_root} if state.provider == "local" else {"hosts": [r.info for r in state.hosts]}
+    provider = get_provider(state.provider, **provider_kwargs)
+    todo = [r for r in state.hosts if r.status != "provisioned"]
+    now = store.clock()
+    for rec in todo:
+        rec.status = "provisioning"
+        rec.error = None
+        rec.acquired_at = rec.acquired_at or now
+        rec.released_at = None
+    state.phase = "provisioning"
+    store.save(state)
+
+    if todo:
+        provider.acquire([r.info for r in todo])
+        imports = list(inputs.experiment.payload.imports)
+        spec = inputs.experiment.payload.python_requirement
+        progress(f"checking {len(todo)} host(s) in parallel")
+        with open_fleet(store, todo) as fleet:
+            results = fleet.map(lambda c: _provision_host(c, state.host(c.host.name), imports, spec))
+        for res in results:
+            rec = state.host(res.host)
+            if not res.ok:
+                rec.status, rec.error = "failed", res.error
+                continue
+            out = res.value
+            rec.workdir = out["workdir"]
+            rec.created_workdir = rec.created_workdir or out["created"]
+            rec.facts = out["facts"].to_dict()
+            if out["ok"]:
+                rec.status = "provisioned"
+            else:
+                rec.status, rec.error = "failed", "; ".join(out["facts"].problems)
+    ok = all(r.status == "provisioned" for r in state.hosts)
+    state.phase = "provisioned" if ok else "provisioning"
+    state.error = None if ok else "some hosts failed to provision"
+    state.event("provisioned" if ok else "provision incomplete", store.clock)
+    store.save(state)
+    return ProvisionReport(state, plan_rows(plan, state))
+
+
+def plan_rows(plan: Any, state: RunState | None = None) -> list[HostRow]:
+    """The table rows: planned role and client ids next to each host's status (``planned`` when
+    no state is given, i.e. before anything was touched)."""
+    rows = []
+    for ph in plan.hosts:
+        rec = state.host(ph.host.name) if state else None
+        ids = [i for proc in ph.client_processes for i in proc]
+        role = "server" if ph.role_server else ""
+        if ids:
+            role = f"{role}+client" if role else "client"
+        detail = (rec.error or "") if rec else ""
+        if rec and rec.status == "provisioned" and rec.facts:
+            fields = {k: v for k, v in rec.facts.items() if k in HostFacts.__dataclass_fields__ and k != "ok"}
+            detail = HostFacts(ok=True, **fields).summary
+        rows.append(
+            HostRow(
+                name=ph.host.name,
+                address=ph.host.address,
+                role=role or "-",
+                client_ids=ids,
+                price_per_hour=ph.host.price_per_hour,
+                currency=ph.host.currency,
+                status=rec.status if rec else "planned",
+                detail=detail,
+            )
+        )
+    return rows

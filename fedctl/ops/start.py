@@ -1,0 +1,276 @@
+"""``start``: push the payload, config and a fresh run token; start the server, wait until it is
+ready, start the clients pointed at it; record every pid.
+
+Every process is recorded as ``starting`` (with its pid file path) BEFORE it is spawned, and its pid
+right after, so a fedctl killed in the middle leaves nothing untracked: teardown stops what the
+state, the pid files or ``pgrep`` for the run id find.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from fedctl.connectors.base import Connector
+from fedctl.deploy import (
+    pids_alive,
+    push_files,
+    read_file,
+    remote_payload_dir,
+    remote_run_dir,
+    spawn_detached,
+    tail_file,
+)
+from fedctl.errors import HostsFailed, PayloadError, UsageError
+from fedctl.ops.common import Progress, open_fleet, quiet, server_record
+from fedctl.shell import quote
+from fedctl.state import HostRecord, ProcessRecord, RunState, StateStore, new_run_id
+
+
+@dataclass
+class StartReport:
+    state: RunState
+    pushed: dict[str, int] = field(default_factory=dict)  # host -> files sent (others unchanged)
+    failures: dict[str, str] = field(default_factory=dict)  # host -> reason
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _values(state: RunState, rec: HostRecord, experiment: Any) -> dict[str, Any]:
+    """Placeholder values for the manifest's command templates on one host."""
+    run_dir = remote_run_dir(rec, state.run_id)
+    return {
+        "python": rec.info.python,
+        "payload_dir": remote_payload_dir(rec, state.payload_name),
+        "run_dir": run_dir,
+        "config": posixpath.join(run_dir, "config.yaml"),
+        "token_file": posixpath.join(run_dir, "token"),
+        "workdir": rec.workdir,
+        "run_id": state.run_id,
+        "bind": "127.0.0.1" if rec.info.kind == "local" else experiment.server.bind,
+        "port": experiment.server.port_number,
+    }
+
+
+def _prepare_host(conn: Connector, state: RunState, rec: HostRecord, files: list, config: bytes, token: bytes) -> int:
+    """Push payload files (changed ones only), config.yaml and the 0600 token. Returns files sent."""
+    run_dir = remote_run_dir(rec, state.run_id)
+    report = push_files(conn, files, remote_payload_dir(rec, state.payload_name))
+    res = conn.run(f"mkdir -p {quote(run_dir)} && chmod 700 {quote(run_dir)}", timeout=60)
+    if not res.ok:
+        raise PayloadError(f"{rec.name}: cannot create {run_dir}: {res.stderr.strip()}")
+    conn.put_bytes(config, posixpath.join(run_dir, "config.yaml"), mode=0o644)
+    conn.put_bytes(token, posixpath.join(run_dir, "token"), mode=0o600)
+    return len(report.sent)
+
+
+def begin_new_run(store: StateStore, state: RunState, progress: Progress = quiet) -> None:
+    """Give a state whose previous run already started a new run id (collecting the old results)."""
+    if state.started_at is None:
+        return
+    from fedctl.ops.collect import collect_raw
+
+    old = state.run_id
+    try:
+        collect_raw(store, state, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - collection is best effort here; teardown retries it
+        progress(f"could not collect results of run {old}: {exc}")
+    state.previous_runs.append(old)
+    state.run_id = new_run_id(store.clock)
+    state.started_at = state.finished_at = None
+    state.results_dir = None
+    for rec in state.hosts:
+        rec.processes = []
+    progress(f"new run {state.run_id} (previous: {old})")
+
+
+def _wait_ready(conn: Connector, ready_file: str, pid: int, log: str, timeout: float) -> dict[str, Any]:
+    """Poll the ready file; fail fast with the log tail when the server process died."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while time.monotonic() < deadline:
+        text = read_file(conn, ready_file)
+        if text:
+            try:
+                info = json.loads(text)
+                if int(info.get("port", 0)) > 0:
+                    return info
+            except ValueError:
+                pass  # being written; atomic writers make this rare, so just poll again
+        if not pids_alive(conn, [pid]).get(pid, False):
+            raise PayloadError(
+                f"{conn.host.name}: the server exited before it was ready; last log lines:\n"
+                + tail_file(conn, log, 15)
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+    raise PayloadError(f"{conn.host.name}: the server was not ready after {timeout:.0f}s (see {log})")
+
+
+def start(
+    store: StateStore,
+    state: RunState,
+    experiment: Any,
+    progress: Progress = quiet,
+    ready_timeout: float = 300.0,
+) -> StartReport:
+    """Start the run's server and clients. The caller holds the state lock."""
+    if any(r.status != "provisioned" for r in state.hosts):
+        bad = ", ".join(f"{r.name} ({r.status})" for r in state.hosts if r.status != "provisioned")
+        raise UsageError(f"not every host is provisioned: {bad}", hint="run `fedctl provision` again")
+    if state.phase in ("starting", "running"):
+        raise UsageError(
+            f"run {state.run_id} is {state.phase}",
+            hint="`fedctl stop` it first, or `fedctl status` to see it",
+        )
+    begin_new_run(store, state, progress)
+    manifest = experiment.payload
+    state.experiment = experiment.resolved()
+    state.rounds = experiment.rounds
+    state.phase = "starting"
+    state.error = None
+    state.event("start requested", store.clock)
+    store.save(state)
+
+    config_bytes = yaml.safe_dump(state.experiment, sort_keys=False).encode()
+    token = secrets.token_urlsafe(32).encode()  # lives only in 0600 files on the hosts
+    files = [(f.rel_path, str(f.abs_path), f.sha256) for f in manifest.files()]
+    report = StartReport(state)
+    server_rec = server_record(state)
+    assert server_rec is not None
+    plan_procs = {h["host"]["name"]: h["client_processes"] for h in state.plan["hosts"]}
+
+    with open_fleet(store, state.hosts) as fleet:
+        progress(f"pushing payload {manifest.name} to {len(state.hosts)} host(s)")
+        pushed = fleet.map(lambda c: _prepare_host(c, state, state.host(c.host.name), files, config_bytes, token))
+        for r in pushed:
+            if r.ok:
+                report.pushed[r.host] = r.value
+            else:
+                report.failures[r.host] = r.error or "push failed"
+        if report.failures:
+            return _fail(store, state, report, "payload push failed")
+
+        # -- the server -----------------------------------------------------------------------
+        values = _values(state, server_rec, experiment)
+        log = manifest.render_path(manifest.server.log, **values)
+        proc = ProcessRecord(role="server", index=0, pidfile=posixpath.join(values["run_dir"], "server.pid"), log=log)
+        server_rec.processes.append(proc)
+        store.save(state)  # intent: a server is being started here
+        progress(f"starting the server on {server_rec.name}")
+        conn = fleet.connector(server_rec.name)
+        try:
+            proc.pid = spawn_detached(
+                conn, manifest.render(manifest.server.command, **values), values["run_dir"], proc.pidfile, log
+            )
+            proc.started_at = store.clock()
+            store.save(state)
+            ready = _wait_ready(
+                conn, manifest.render_path(manifest.server.ready_file, **values), proc.pid, log, ready_timeout
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure here is reported per host
+            proc.status, proc.error = "failed", str(exc)
+            report.failures[server_rec.name] = str(exc)
+            return _fail(store, state, report, "the server did not start")
+        proc.status = "running"
+        address = "127.0.0.1" if server_rec.info.kind == "local" else (
+            server_rec.info.private_address or server_rec.info.address
+        )
+        state.server = {"host": server_rec.name, "address": address, "port": int(ready["port"])}
+        store.save(state)
+        progress(f"server ready on {address}:{ready['port']}")
+
+        # -- the clients ----------------------------------------------------------------------
+        client_hosts = [r for r in state.hosts if plan_procs.get(r.name)]
+        for rec in client_hosts:
+            vals = _values(state, rec, experiment)
+            for k, ids in enumerate(plan_procs[rec.name]):
+                rec.processes.append(
+                    ProcessRecord(
+                        role="client",
+                        index=k,
+                        client_ids=list(ids),
+                        pidfile=posixpath.join(vals["run_dir"], f"client-{k}.pid"),
+                        log=manifest.render_path(manifest.client.log, **vals, process=k),
+                    )
+                )
+        store.save(state)  # intent: these client processes are being started
+
+        def start_clients(c: Connector) -> list[int]:
+            rec = state.host(c.host.name)
+            vals = _values(state, rec, experiment)
+            pids = []
+            for proc in (p for p in rec.processes if p.role == "client"):
+                cmd = manifest.render(
+                    manifest.client.command,
+                    **{**vals, "port": state.server["port"]},
+                    process=proc.index,
+                    server_address=state.server["address"],
+                    client_ids=",".join(str(i) for i in proc.client_ids),
+                )
+                proc.pid = spawn_detached(c, cmd, vals["run_dir"], proc.pidfile, proc.log)
+                proc.started_at = store.clock()
+                pids.append(proc.pid)
+            return pids
+
+        progress(f"starting {sum(len(p) for p in plan_procs.values())} client process(es) on {len(client_hosts)} host(s)")
+        for r in fleet.map(start_clients, hosts=[h.name for h in client_hosts]):
+            if not r.ok:
+                report.failures[r.host] = r.error or "client start failed"
+                for p in state.host(r.host).processes:
+                    if p.role == "client" and p.pid is None:
+                        p.status, p.error = "failed", r.error
+        store.save(state)
+        if report.failures:
+            return _fail(store, state, report, "some clients did not start")
+
+        # a client that dies at once (bad config, missing module) should fail start, not watch
+        time.sleep(1.0)
+        for r in fleet.map(lambda c: _check_alive(c, state.host(c.host.name)), hosts=[h.name for h in client_hosts]):
+            if not r.ok:
+                report.failures[r.host] = r.error or "unreachable"
+            elif r.value:
+                report.failures[r.host] = r.value
+    for rec in state.hosts:
+        for p in rec.processes:
+            if p.status == "starting" and p.pid:
+                p.status = "running"
+    if report.failures:
+        return _fail(store, state, report, "some clients exited right after starting")
+    state.phase = "running"
+    state.started_at = store.clock()
+    state.event("running", store.clock)
+    store.save(state)
+    return report
+
+
+def _check_alive(conn: Connector, rec: HostRecord) -> str | None:
+    """None when every client process of the host is alive, else a reason with the log tail."""
+    procs = [p for p in rec.processes if p.role == "client" and p.pid]
+    alive = pids_alive(conn, [p.pid for p in procs])
+    for p in procs:
+        if not alive.get(p.pid, False):
+            # Exited already: fine if the run is over (tiny runs), a failure otherwise.
+            p.status = "exited"
+            tail = tail_file(conn, p.log, 8)
+            if "Traceback" in tail or "rror" in tail:
+                p.status = "failed"
+                return f"{p.label} exited: {tail.strip()[-600:]}"
+    return None
+
+
+def _fail(store: StateStore, state: RunState, report: StartReport, why: str) -> StartReport:
+    """Record a failed start. Started processes stay tracked so stop/teardown can end them."""
+    state.phase = "failed"
+    state.error = f"{why}: " + "; ".join(f"{h}: {e}" for h, e in report.failures.items())
+    state.event(state.error, store.clock)
+    store.save(state)
+    return report

@@ -1,0 +1,167 @@
+"""``teardown``: stop everything, collect results, remove what fedctl wrote, release, verify.
+
+Idempotent: each host moves to ``torn_down`` only after its own verification passed; an
+unreachable host keeps its status and stays in the state as still to be torn down, so a second call
+(or a call after fedctl was killed anywhere) finishes the job.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedctl.connectors.base import Connector
+from fedctl.deploy import OWNED_DIRS, OWNED_MARKER, find_run_pids, remote_run_dir
+from fedctl.ops.collect import CollectReport, collect_raw
+from fedctl.ops.common import Progress, open_fleet, quiet
+from fedctl.ops.stop import run_ids, stop_host
+from fedctl.shell import join, quote
+from fedctl.state import HostRecord, RunState, StateStore
+
+
+@dataclass
+class HostTeardown:
+    name: str
+    ok: bool
+    stopped: int = 0
+    removed: bool = False
+    leftover_pids: list[int] = field(default_factory=list)
+    leftover_files: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class TeardownReport:
+    state: RunState
+    hosts: list[HostTeardown] = field(default_factory=list)
+    collect: CollectReport | None = None
+    report_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(h.ok for h in self.hosts)
+
+
+def _remove_files(conn: Connector, state: RunState, rec: HostRecord) -> list[str]:
+    """Remove the runs' dirs and the payload; the workdir itself only if fedctl created it and it
+    is empty then. Returns paths that are still there afterwards (should be none)."""
+    wd = rec.workdir or conn.expand(rec.info.workdir)
+    ours = [remote_run_dir(rec, rid) for rid in run_ids(state)]
+    ours.append(posixpath.join(wd, "payloads", state.payload_name))
+    owned_dirs = [posixpath.join(wd, d) for d in OWNED_DIRS]
+    marker = posixpath.join(wd, OWNED_MARKER)
+    script = (
+        f"rm -rf -- {join(ours)}; "
+        f"rmdir -- {join(owned_dirs)} 2>/dev/null; "
+        # the marker says fedctl created the workdir: then (and only then) remove it when empty
+        f"if [ -f {quote(marker)} ]; then rm -f -- {quote(marker)}; "
+        f"rmdir -- {quote(wd)} 2>/dev/null || touch {quote(marker)}; fi; "
+        f"for p in {join(ours)}; do [ -e \"$p\" ] && echo \"$p\"; done; true"
+    )
+    res = conn.run(script, timeout=120)
+    if not res.ok:
+        return [f"(removal failed: {res.stderr.strip()[:200]})"]
+    return [line for line in res.stdout.splitlines() if line.strip()]
+
+
+def teardown(
+    store: StateStore,
+    state: RunState,
+    keep_files: bool = False,
+    collect: bool = True,
+    grace_s: float = 10.0,
+    progress: Progress = quiet,
+    build_report: bool = True,
+) -> TeardownReport:
+    """Tear the run down. The caller holds the state lock."""
+    from fedctl.providers import get_provider
+
+    report = TeardownReport(state)
+    if state.phase != "tearing_down":
+        state.event(f"teardown requested (was {state.phase})", store.clock)
+    state.phase = "tearing_down"
+    store.save(state)  # intent first
+    recs = [r for r in state.hosts if r.status != "torn_down"]
+    outcome: dict[str, HostTeardown] = {r.name: HostTeardown(r.name, ok=False) for r in recs}
+
+    if recs:
+        with open_fleet(store, recs) as fleet:
+            progress(f"stopping processes on {len(recs)} host(s)")
+            for r in fleet.map(lambda c: stop_host(c, state, state.host(c.host.name), grace_s)):
+                if r.ok:
+                    outcome[r.host].stopped = r.value[0]
+                    for p in state.host(r.host).processes:
+                        if p.status in ("starting", "running"):
+                            p.status = "stopped"
+                else:
+                    outcome[r.host].error = r.error
+            store.save(state)
+            reachable = [n for n, o in outcome.items() if o.error is None]
+            if collect and (state.started_at is not None or any(r.processes for r in state.hosts)):
+                report.collect = collect_raw(store, state, progress=progress, fleet=fleet)
+                store.save(state)
+                if build_report:
+                    report.report_error = _build_report(store, state)
+            if not keep_files:
+                progress("removing fedctl's files from the hosts")
+                for r in fleet.map(lambda c: _remove_files(c, state, state.host(c.host.name)), hosts=reachable):
+                    if r.ok:
+                        outcome[r.host].leftover_files = r.value
+                        outcome[r.host].removed = not r.value
+                    else:
+                        outcome[r.host].error = r.error
+            progress("verifying that nothing of the run is left")
+            for r in fleet.map(lambda c: find_run_pids(c, run_ids(state)), hosts=reachable):
+                if r.ok:
+                    outcome[r.host].leftover_pids = r.value
+                else:
+                    outcome[r.host].error = r.error
+
+    now = store.clock()
+    released = []
+    for name, o in outcome.items():
+        rec = state.host(name)
+        o.ok = o.error is None and not o.leftover_pids and not o.leftover_files
+        if o.ok:
+            rec.status = "torn_down"
+            rec.released_at = rec.released_at or now
+            rec.processes = []
+            rec.error = None
+            released.append(rec.info)
+        else:
+            rec.error = o.error or (
+                f"left behind: pids {o.leftover_pids}" if o.leftover_pids else f"files {o.leftover_files}"
+            )
+    if released and not keep_files:
+        kwargs: dict[str, Any] = {"root": store.local_root} if state.provider == "local" else {"hosts": released}
+        get_provider(state.provider, **kwargs).release(released)
+    report.hosts = list(outcome.values())
+    if all(r.status == "torn_down" for r in state.hosts):
+        state.phase = "torn_down"
+        state.event("torn down", store.clock)
+        store.save(state)
+        store.archive(state)
+    else:
+        state.event("teardown incomplete", store.clock)
+        store.save(state)
+    return report
+
+
+def _build_report(store: StateStore, state: RunState) -> str | None:
+    """Make plots and summary.md from the collected files (fedctl.results); None when it worked."""
+    try:
+        from fedctl import results
+    except ImportError:
+        return "results report not available in this version"
+    try:
+        results.build_report(results_dir_of(store, state), state)
+    except Exception as exc:  # noqa: BLE001 - a plot failure must not stop a teardown
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def results_dir_of(store: StateStore, state: RunState):
+    from fedctl.ops.collect import results_dir
+
+    return results_dir(store, state.run_id)
