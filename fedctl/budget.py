@@ -1,0 +1,323 @@
+"""Budget guards: stop a run before it costs more than ``max_cost``, runs longer than ``max_hours`` or
+sits idle for ``idle_minutes``.
+
+Two enforcers apply the same rules:
+- fedctl's own loop (``run``/``watch``) calls ``check_guards`` every few seconds and, on a trip,
+  collects results and tears the run down;
+- the watchdog (``fedctl/watchdog.py``), started on every host of the run, applies them there, so the
+  budget holds with the researcher's laptop closed. Its inputs are ``watchdog_spec``.
+
+Limits are applied with a safety margin so that a run stops *before* the limit, not after: the watchdog
+trips ``poll_s + grace_s`` (+ the power-off window) early, fedctl ``DEFAULT_MARGIN_S`` early, so fedctl,
+which can collect results, normally acts first. Margins are clamped to a fraction of the limit so that a
+guard of a few seconds (tests) still means something.
+
+Hours are billing hours: measured from the first host acquisition (the cost ledger's clock), not from
+``fedctl start``, because that is what the provider charges for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from fedctl.cost import run_cost
+from fedctl.errors import ConfigError, UsageError
+from fedctl.state import RunState
+
+#: fedctl's own loop trips this many seconds before a limit (clamped to FEDCTL_MARGIN_FRACTION of it)
+DEFAULT_MARGIN_S = 90.0
+FEDCTL_MARGIN_FRACTION = 0.2
+#: the watchdog's margin is at most this fraction of the limit (smaller than fedctl's: fedctl goes first)
+WATCHDOG_MARGIN_FRACTION = 0.1
+#: idle means GPU utilisation under this many percent (where there is a GPU) ...
+IDLE_GPU_PERCENT = 5.0
+#: ... and no round completed for ``idle_minutes``
+WATCHDOG_POLL_S = 5.0
+WATCHDOG_GRACE_S = 10.0  # TERM -> KILL
+#: with on_finish: poweroff, the watchdog waits this long after stopping the processes before powering
+#: off, so a running fedctl can still copy the results (it is part of the margin: billing still stops
+#: before the limit)
+POWEROFF_DELAY_S = 60.0
+#: with on_finish: poweroff and a run that finished on its own, the watchdog powers the host off after
+#: this long unless fedctl's teardown stopped it first (laptop closed: billing must still stop)
+FINISH_WAIT_S = 900.0
+DEFAULT_POWEROFF_COMMAND = "sudo -n poweroff || poweroff"
+ON_FINISH = ("stop", "teardown", "poweroff")
+
+GUARD_FILE = "guard.json"
+WATCHDOG_SPEC_FILE = "watchdog.json"
+WATCHDOG_PID_FILE = "watchdog.pid"
+WATCHDOG_LOG_FILE = "watchdog.log"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The three guards; None means off. Values are > 0 (validated in ``from_mapping``)."""
+
+    max_cost: float | None = None
+    max_hours: float | None = None
+    idle_minutes: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.max_cost, self.max_hours, self.idle_minutes))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None, file: str | None = None) -> "Budget":
+        """From the ``budget:`` mapping of fedctl.yaml (or ``state.experiment["budget"]``)."""
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise ConfigError(file, "budget", "must be a mapping", ["max_cost", "max_hours", "idle_minutes"])
+        known = ("max_cost", "max_hours", "idle_minutes")
+        for k in data:
+            if k not in known:
+                raise ConfigError(file, ("budget", str(k)), "unknown key", known)
+        values = {k: _positive(data.get(k), file, k) for k in known}
+        return cls(**values)
+
+    @classmethod
+    def from_experiment(cls, experiment: Any) -> "Budget":
+        """From an experiment config: a dict with a ``budget`` key, or an object with ``.budget``."""
+        raw = experiment.get("budget") if isinstance(experiment, Mapping) else getattr(experiment, "budget", None)
+        if isinstance(raw, Budget):
+            return raw
+        if raw is not None and not isinstance(raw, Mapping):
+            raw = {k: getattr(raw, k, None) for k in ("max_cost", "max_hours", "idle_minutes")}
+        return cls.from_mapping(raw)
+
+    def with_overrides(
+        self, max_cost: float | None = None, max_hours: float | None = None, idle_minutes: float | None = None
+    ) -> "Budget":
+        """Flags (``--max-cost`` ...) win over the file; None leaves the file's value."""
+        return Budget(
+            max_cost=_positive(max_cost, None, "max_cost", flag=True) if max_cost is not None else self.max_cost,
+            max_hours=_positive(max_hours, None, "max_hours", flag=True) if max_hours is not None else self.max_hours,
+            idle_minutes=(_positive(idle_minutes, None, "idle_minutes", flag=True)
+                          if idle_minutes is not None else self.idle_minutes),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _positive(value: Any, file: str | None, key: str, flag: bool = False) -> float | None:
+    if value is None:
+        return None
+    where = None if flag else ("budget", key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(file or ("--" + key.replace("_", "-") if flag else None), where,
+                          f"must be a number > 0 or null, not {value!r}")
+    if value <= 0:
+        raise ConfigError(file or ("--" + key.replace("_", "-") if flag else None), where,
+                          f"must be > 0 (or null to switch the guard off), not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class GuardTrip:
+    """Why a run must stop now. ``reason`` is max_cost | max_hours | idle."""
+
+    reason: str
+    message: str
+    time: float
+    value: float  # the measured quantity (cost, hours, idle minutes)
+    limit: float
+    by: str = "fedctl"  # fedctl | watchdog
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        """What goes into ``<run_dir>/guard.json``."""
+        return (json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GuardTrip":
+        return cls(
+            reason=str(d.get("reason", "?")),
+            message=str(d.get("message", "")),
+            time=float(d.get("time") or 0.0),
+            value=float(d.get("value") or 0.0),
+            limit=float(d.get("limit") or 0.0),
+            by=str(d.get("by", "watchdog")),
+        )
+
+
+def clamp_margin(margin_s: float, limit_s: float, fraction: float) -> float:
+    """The margin, but never more than ``fraction`` of the limit (both in seconds)."""
+    return max(0.0, min(margin_s, fraction * limit_s))
+
+
+def billing_start(state: RunState) -> float | None:
+    """When the first host was acquired (the ledger's start); falls back to started/created time."""
+    starts = [h.acquired_at for h in state.hosts if h.acquired_at is not None]
+    if starts:
+        return min(starts)
+    return state.started_at if state.started_at is not None else state.created_at
+
+
+def budget_currency(state: RunState) -> str:
+    """The one currency a ``max_cost`` is in; mixed currencies cannot be compared with one number."""
+    cur = sorted({h.info.currency or "USD" for h in state.hosts if h.info.price_per_hour is not None})
+    if len(cur) > 1:
+        raise UsageError(
+            f"budget.max_cost cannot be checked: hosts are priced in {', '.join(cur)}",
+            hint="price every host of the inventory in one currency, or use budget.max_hours",
+        )
+    return cur[0] if cur else "USD"
+
+
+def check_guards(
+    budget: Budget,
+    state: RunState,
+    now: float,
+    last_round_end: float | None,
+    gpu_util: float | None,
+    margin_s: float = DEFAULT_MARGIN_S,
+) -> GuardTrip | None:
+    """The first guard that trips at ``now``, or None. Pure: no I/O, no clock of its own.
+
+    ``last_round_end``: ``end`` of the latest completed round (``cost.last_round_end``), None before the
+    first; idle is then measured from ``state.started_at``. ``gpu_util``: the highest GPU utilisation
+    (percent) across the run's hosts, None where there is no GPU. ``margin_s``: trip this many seconds
+    early (clamped to 20% of the limit; for max_cost converted with the fleet's rate per hour).
+    """
+    start = billing_start(state)
+    if budget.max_hours is not None and start is not None:
+        limit_s = budget.max_hours * 3600.0
+        elapsed = max(0.0, now - start)
+        if elapsed + clamp_margin(margin_s, limit_s, FEDCTL_MARGIN_FRACTION) >= limit_s:
+            return GuardTrip(
+                "max_hours",
+                f"the run has held its hosts for {elapsed / 3600:.3f} h; budget.max_hours is {budget.max_hours:g}",
+                now, elapsed / 3600.0, budget.max_hours,
+            )
+    if budget.max_cost is not None:
+        currency = budget_currency(state)
+        rc = run_cost(state, now)
+        spent = rc.total.get(currency, 0.0)
+        rate = rc.per_hour.get(currency, 0.0)
+        limit_s = budget.max_cost / rate * 3600.0 if rate > 0 else 0.0
+        ahead = rate * clamp_margin(margin_s, limit_s, FEDCTL_MARGIN_FRACTION) / 3600.0
+        if spent + ahead >= budget.max_cost:
+            return GuardTrip(
+                "max_cost",
+                f"the run has cost {spent:.4f} {currency}; budget.max_cost is {budget.max_cost:g} {currency}",
+                now, spent, budget.max_cost,
+            )
+    if budget.idle_minutes is not None:
+        since = last_round_end if last_round_end is not None else (state.started_at or start)
+        if since is not None:
+            idle_s = max(0.0, now - since)
+            gpu_idle = gpu_util is None or gpu_util < IDLE_GPU_PERCENT
+            if idle_s >= budget.idle_minutes * 60.0 and gpu_idle:
+                gpu = "" if gpu_util is None else f", GPU utilisation {gpu_util:.0f}%"
+                return GuardTrip(
+                    "idle",
+                    f"no round completed for {idle_s / 60:.1f} min{gpu}; budget.idle_minutes is {budget.idle_minutes:g}",
+                    now, idle_s / 60.0, budget.idle_minutes,
+                )
+    return None
+
+
+# -- the watchdog's inputs -------------------------------------------------------------------------------
+def fleet_rate(state: RunState, now: float) -> tuple[float, str]:
+    """What the hosts still held cost per hour together, in the budget's currency."""
+    currency = budget_currency(state)
+    return run_cost(state, now).per_hour.get(currency, 0.0), currency
+
+
+def _on_finish(state: RunState) -> str | None:
+    value = state.experiment.get("on_finish") if isinstance(state.experiment, Mapping) else None
+    return value if value in ON_FINISH else None
+
+
+def watchdog_spec(
+    state: RunState,
+    host_record: Any,
+    now: float,
+    budget: Budget | None = None,
+    run_dir: str | None = None,
+    poweroff_command: str | None = None,
+    poll_s: float = WATCHDOG_POLL_S,
+    grace_s: float = WATCHDOG_GRACE_S,
+) -> dict[str, Any]:
+    """The JSON the watchdog on ``host_record`` reads (write it to ``<run_dir>/watchdog.json``).
+
+    Times in the spec are *relative* (seconds already billed at ``now``), so the host's clock need not
+    agree with this machine's: the watchdog counts from its own start with a monotonic clock.
+    ``budget`` None: from ``state.experiment["budget"]``. ``run_dir`` None: ``deploy.remote_run_dir``.
+    Only the server host gets the metrics path (the idle guard needs it).
+    """
+    if budget is None:
+        budget = Budget.from_experiment(state.experiment)
+    if run_dir is None:
+        from fedctl.deploy import remote_run_dir
+
+        run_dir = remote_run_dir(host_record, state.run_id)
+    run_dir = run_dir.rstrip("/")
+    start = billing_start(state)
+    rate, currency = fleet_rate(state, now) if budget.max_cost is not None else (0.0, "USD")
+    spent = run_cost(state, now).total.get(currency, 0.0) if budget.max_cost is not None else 0.0
+    is_server = "server" in tuple(host_record.info.roles)
+    pidfiles = sorted({p.pidfile for p in host_record.processes if p.pidfile})
+    if not pidfiles:  # the processes may not be recorded yet: the contract's names
+        pidfiles = [f"{run_dir}/server.pid"] if is_server else []
+        pidfiles += [f"{run_dir}/client-*.pid"]
+    on_finish = _on_finish(state)
+    return {
+        "version": 1,
+        "run_id": state.run_id,
+        "host": host_record.name,
+        "run_dir": run_dir,
+        "pidfiles": pidfiles,  # absolute; a "*" matches like a shell glob
+        # a pid counts only when its command line names the run (guards against a reused pid)
+        "match": f"runs/{state.run_id}",
+        "elapsed_s": max(0.0, now - start) if start is not None else 0.0,
+        "spent": spent,
+        "rate_per_hour": rate,
+        "currency": currency,
+        "max_hours": budget.max_hours,
+        "max_cost": budget.max_cost,
+        "idle_minutes": budget.idle_minutes if is_server else None,
+        "idle_gpu_percent": IDLE_GPU_PERCENT,
+        "metrics": f"{run_dir}/metrics.jsonl" if is_server else None,
+        "on_finish": on_finish,
+        "poweroff_command": poweroff_command or DEFAULT_POWEROFF_COMMAND,
+        "poweroff_delay_s": POWEROFF_DELAY_S if on_finish == "poweroff" else 0.0,
+        "finish_wait_s": FINISH_WAIT_S,
+        "poll_s": poll_s,
+        "grace_s": grace_s,
+        "margin_fraction": WATCHDOG_MARGIN_FRACTION,
+        "startup_s": 120.0,  # no process ever seen after this long: nothing to guard, exit
+        "guard_file": f"{run_dir}/{GUARD_FILE}",
+    }
+
+
+def watchdog_command(python: str, script_path: str, spec_path: str) -> str:
+    """The shell command that runs the watchdog (give it to ``deploy.spawn_detached``)."""
+    from fedctl.shell import join
+
+    return join([python, script_path, "--spec", spec_path])
+
+
+def watchdog_script() -> bytes:
+    """The watchdog's source, to ``put_bytes`` onto a host (stdlib only; any python >= 3.6)."""
+    from pathlib import Path
+
+    return (Path(__file__).parent / "watchdog.py").read_bytes()
+
+
+def parse_guard(text: str | bytes | None) -> GuardTrip | None:
+    """A ``guard.json`` read back from a host (None when absent or unreadable)."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return GuardTrip.from_dict(data) if isinstance(data, dict) else None

@@ -1,0 +1,364 @@
+"""What a run costs: the estimate shown before provisioning, and the ledger of what it has cost so far.
+
+Prices come from the inventory (``price_per_hour``, ``currency`` per host). A host is billed from
+``acquired_at`` to ``released_at`` (or ``now`` while it is still held), the way pay-per-use clouds bill
+compute time. Hosts without a price cost nothing in the sums but are listed as ``unpriced`` so a table
+never claims a total it does not know. Sums are kept per currency: fedctl never converts money.
+
+Pure functions over the state and a clock: the ledger arithmetic is tested with an injected ``now``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from fedctl.state import RunState
+
+#: the guess for one round's wall time before any round was measured (seconds). A round of the
+#: fedavg_tf payload on CPU hosts (a small Keras model, a few hundred examples per client, one local
+#: epoch, upload + aggregation) takes 10-60 s; 60 s errs on the expensive side.
+DEFAULT_SECONDS_PER_ROUND = 60.0
+#: the guess for provisioning + starting + collecting results, on top of the rounds (seconds)
+DEFAULT_OVERHEAD_S = 180.0
+
+
+# -- helpers shared by the estimate and the ledger ------------------------------------------------
+@dataclass(frozen=True)
+class PricedHost:
+    """One host as far as money is concerned."""
+
+    name: str
+    price_per_hour: float | None
+    currency: str = "USD"
+    role: str = ""
+
+
+def _priced_hosts(plan_or_state: Any) -> list[PricedHost]:
+    """Hosts of a RunState, a Plan (object or ``to_dict()``), or a plain list of HostInfo/HostRecord."""
+    hosts: Any = plan_or_state
+    if isinstance(plan_or_state, Mapping):
+        hosts = plan_or_state.get("hosts", [])
+    elif hasattr(plan_or_state, "hosts"):
+        hosts = plan_or_state.hosts
+    out = []
+    for h in hosts:
+        info = getattr(h, "info", h)  # HostRecord -> HostInfo; a plan's host may wrap one too
+        if isinstance(info, Mapping):
+            info = info.get("info", info)
+            name = str(info.get("name", "?"))
+            price = info.get("price_per_hour")
+            currency = info.get("currency") or "USD"
+            roles = info.get("roles") or ()
+        else:
+            name = str(getattr(info, "name", "?"))
+            price = getattr(info, "price_per_hour", None)
+            currency = getattr(info, "currency", None) or "USD"
+            roles = getattr(info, "roles", ()) or ()
+        role = "+".join(sorted(roles)) if not isinstance(roles, str) else roles
+        out.append(PricedHost(name, None if price is None else float(price), str(currency), role))
+    return out
+
+
+def _add(sums: dict[str, float], currency: str, amount: float) -> None:
+    sums[currency] = sums.get(currency, 0.0) + amount
+
+
+def format_money(amount: float | None, currency: str) -> str:
+    """``1.2345, "USD" -> "1.23 USD"``; small amounts keep more digits so they do not show as 0.00."""
+    if amount is None:
+        return "unpriced"
+    digits = 2 if abs(amount) >= 1 or amount == 0 else 4
+    return f"{amount:.{digits}f} {currency}"
+
+
+def format_totals(totals: Mapping[str, float]) -> str:
+    """``{"USD": 1.5, "EUR": 2} -> "1.50 USD + 2.00 EUR"`` (``-`` when nothing is priced)."""
+    return " + ".join(format_money(v, c) for c, v in sorted(totals.items())) or "-"
+
+
+# -- estimate ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EstimateRow:
+    name: str
+    role: str
+    price_per_hour: float | None
+    currency: str
+    cost: float | None  # for the whole estimated run
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What the whole run will cost if every host is held for the estimated duration.
+
+    ``measured`` is False while ``seconds_per_round`` is the documented default guess
+    (``DEFAULT_SECONDS_PER_ROUND``); ``updated_from_metrics`` replaces it with the measured mean.
+    """
+
+    rows: tuple[EstimateRow, ...]
+    rounds: int
+    seconds_per_round: float
+    measured: bool
+    overhead_s: float = DEFAULT_OVERHEAD_S
+    rounds_done: int = 0
+    elapsed_s: float = 0.0  # wall time already spent on the rounds done (measured runs only)
+
+    @property
+    def hours(self) -> float:
+        """Estimated hours the hosts are held for the whole run."""
+        remaining = max(0, self.rounds - self.rounds_done) * self.seconds_per_round
+        return (self.overhead_s + self.elapsed_s + remaining) / 3600.0
+
+    @property
+    def per_hour(self) -> dict[str, float]:
+        """Price of the whole fleet per hour, by currency."""
+        sums: dict[str, float] = {}
+        for r in self.rows:
+            if r.price_per_hour is not None:
+                _add(sums, r.currency, r.price_per_hour)
+        return sums
+
+    @property
+    def total(self) -> dict[str, float]:
+        """Estimated cost of the whole run, by currency."""
+        return {c: v * self.hours for c, v in self.per_hour.items()}
+
+    @property
+    def unpriced(self) -> list[str]:
+        return [r.name for r in self.rows if r.price_per_hour is None]
+
+    def updated_from_metrics(self, metrics: str | Path | Iterable[Mapping[str, Any]]) -> "CostEstimate":
+        """A new estimate whose round time is measured from metrics.jsonl round ``start``/``end``.
+
+        The mean round time is taken over completed rounds (first start to last end divided by the
+        number of rounds, so gaps between rounds count too). Without a completed round the estimate is
+        returned unchanged.
+        """
+        rounds = round_lines(metrics)
+        times = [(float(r["start"]), float(r["end"])) for r in rounds if _is_num(r.get("start")) and _is_num(r.get("end"))]
+        if not times:
+            return self
+        first = min(s for s, _ in times)
+        last = max(e for _, e in times)
+        spr = max(0.0, last - first) / len(times)
+        rows = tuple(
+            EstimateRow(r.name, r.role, r.price_per_hour, r.currency, None) for r in self.rows
+        )
+        new = CostEstimate(rows, self.rounds, spr, True, self.overhead_s, len(times), max(0.0, last - first))
+        return new._with_costs(rows)
+
+    def _with_costs(self, rows: Sequence[EstimateRow]) -> "CostEstimate":
+        hours = self.hours
+        priced = tuple(
+            EstimateRow(r.name, r.role, r.price_per_hour, r.currency,
+                        None if r.price_per_hour is None else r.price_per_hour * hours)
+            for r in rows
+        )
+        return CostEstimate(priced, self.rounds, self.seconds_per_round, self.measured, self.overhead_s,
+                            self.rounds_done, self.elapsed_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hosts": [asdict(r) for r in self.rows],
+            "rounds": self.rounds,
+            "rounds_done": self.rounds_done,
+            "seconds_per_round": self.seconds_per_round,
+            "measured": self.measured,
+            "overhead_s": self.overhead_s,
+            "hours": self.hours,
+            "per_hour": self.per_hour,
+            "total": self.total,
+            "unpriced": self.unpriced,
+        }
+
+
+def estimate(
+    plan_or_state: Any,
+    rounds: int,
+    seconds_per_round: float | None = None,
+    overhead_s: float = DEFAULT_OVERHEAD_S,
+) -> CostEstimate:
+    """Estimate the cost of a whole run on the hosts of ``plan_or_state``.
+
+    ``plan_or_state``: a RunState, a Plan (or its ``to_dict()``), or a list of HostInfo/HostRecord.
+    ``seconds_per_round`` None means no round was measured yet: ``DEFAULT_SECONDS_PER_ROUND`` is used
+    and the estimate says ``measured=False``. Hours = (overhead_s + rounds * seconds_per_round) / 3600.
+    """
+    hosts = _priced_hosts(plan_or_state)
+    measured = seconds_per_round is not None
+    spr = float(seconds_per_round) if seconds_per_round is not None else DEFAULT_SECONDS_PER_ROUND
+    rows = tuple(EstimateRow(h.name, h.role, h.price_per_hour, h.currency, None) for h in hosts)
+    return CostEstimate(rows, int(rounds), spr, measured, overhead_s)._with_costs(rows)
+
+
+# -- metrics.jsonl (the part cost and budget need) --------------------------------------------------
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every JSON object line of a metrics.jsonl; a torn last line or garbage line is skipped."""
+    out: list[dict[str, Any]] = []
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+def round_lines(metrics: str | Path | Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The ``type: round`` lines of a metrics file (path) or of already parsed lines."""
+    lines = read_jsonl(metrics) if isinstance(metrics, (str, Path)) else list(metrics)
+    return [m for m in lines if m.get("type") == "round"]
+
+
+def last_round_end(metrics: str | Path | Iterable[Mapping[str, Any]]) -> float | None:
+    """``end`` time of the latest completed round, None before the first (for the idle guard)."""
+    ends = [float(r["end"]) for r in round_lines(metrics) if _is_num(r.get("end"))]
+    return max(ends) if ends else None
+
+
+# -- ledger -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HostCost:
+    """What one host has cost so far."""
+
+    name: str
+    role: str
+    price_per_hour: float | None
+    currency: str
+    acquired_at: float | None
+    released_at: float | None
+    hours: float
+    cost: float | None  # None when the host has no price
+    running: bool  # still held (billing)
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """The ledger at ``now``: per-host rows and totals by currency (``watch`` and ``cost`` print it)."""
+
+    run_id: str
+    now: float
+    rows: tuple[HostCost, ...]
+    total: dict[str, float] = field(default_factory=dict)
+    per_hour: dict[str, float] = field(default_factory=dict)  # what the hosts still held cost per hour
+
+    @property
+    def currencies(self) -> list[str]:
+        return sorted({r.currency for r in self.rows if r.price_per_hour is not None})
+
+    @property
+    def unpriced(self) -> list[str]:
+        return [r.name for r in self.rows if r.price_per_hour is None]
+
+    @property
+    def hours(self) -> float:
+        """Wall time from the first acquisition to now or the last release."""
+        starts = [r.acquired_at for r in self.rows if r.acquired_at is not None]
+        if not starts:
+            return 0.0
+        ends = [self.now if r.running else (r.released_at or self.now) for r in self.rows if r.acquired_at is not None]
+        return max(0.0, max(ends) - min(starts)) / 3600.0
+
+    def total_in(self, currency: str | None = None) -> float:
+        """The total in one currency (the only one when None; 0 when nothing is priced)."""
+        if currency is None:
+            cur = self.currencies
+            if len(cur) > 1:
+                raise ValueError(f"run {self.run_id} is priced in several currencies: {', '.join(cur)}")
+            currency = cur[0] if cur else "USD"
+        return self.total.get(currency, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "now": self.now,
+            "hours": self.hours,
+            "hosts": [asdict(r) for r in self.rows],
+            "total": dict(self.total),
+            "per_hour": dict(self.per_hour),
+            "currencies": self.currencies,
+            "unpriced": self.unpriced,
+        }
+
+
+def host_cost(record: Any, now: float) -> HostCost:
+    """One HostRecord's cost from ``acquired_at`` to ``released_at`` (or ``now`` while held)."""
+    info = record.info
+    acquired = record.acquired_at
+    released = record.released_at
+    running = acquired is not None and acquired <= now and (released is None or released > now)
+    if acquired is None:
+        hours = 0.0
+    else:
+        end = now if released is None else min(released, now)
+        hours = max(0.0, end - acquired) / 3600.0
+    price = info.price_per_hour
+    return HostCost(
+        name=info.name,
+        role=record.role,
+        price_per_hour=price,
+        currency=info.currency or "USD",
+        acquired_at=acquired,
+        released_at=released,
+        hours=hours,
+        cost=None if price is None else price * hours,
+        running=running,
+    )
+
+
+def run_cost(state: RunState, now: float) -> RunCost:
+    """What each host and the whole run has cost at ``now`` (per-host rows, totals by currency)."""
+    rows = tuple(host_cost(h, now) for h in state.hosts)
+    total: dict[str, float] = {}
+    per_hour: dict[str, float] = {}
+    for r in rows:
+        if r.cost is not None:
+            _add(total, r.currency, r.cost)
+        if r.running and r.price_per_hour is not None:
+            _add(per_hour, r.currency, r.price_per_hour)
+    return RunCost(state.run_id, now, rows, total, per_hour)
+
+
+def cost_timeline(state: RunState, now: float, points: int = 200) -> tuple[list[float], dict[str, list[float]]]:
+    """Times (seconds since the first acquisition) and the run's cumulative cost at each, by currency.
+
+    The cost is piecewise linear between acquisitions and releases; every such instant is included so
+    a plot of the result is exact.
+    """
+    starts = [h.acquired_at for h in state.hosts if h.acquired_at is not None]
+    if not starts:
+        return [], {}
+    t0 = min(starts)
+    t1 = max([now] if any(h.released_at is None for h in state.hosts if h.acquired_at is not None)
+             else [h.released_at for h in state.hosts if h.released_at is not None] or [now])
+    t1 = max(t1, t0)
+    instants = {t0, t1}
+    for h in state.hosts:
+        for t in (h.acquired_at, h.released_at):
+            if t is not None and t0 <= t <= t1:
+                instants.add(t)
+    n = max(2, points)
+    instants.update(t0 + (t1 - t0) * i / (n - 1) for i in range(n))
+    times = sorted(instants)
+    currencies = sorted({h.info.currency or "USD" for h in state.hosts if h.info.price_per_hour is not None})
+    series: dict[str, list[float]] = {c: [] for c in currencies}
+    for t in times:
+        rc = run_cost(state, t)
+        for cur in currencies:
+            series[cur].append(rc.total.get(cur, 0.0))
+    return [t - t0 for t in times], series

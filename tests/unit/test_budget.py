@@ -1,0 +1,150 @@
+"""Budget guards: config parsing, check_guards with an injected clock, the watchdog's spec and logic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from fedctl.budget import (
+    Budget,
+    GuardTrip,
+    check_guards,
+    parse_guard,
+    watchdog_command,
+    watchdog_script,
+    watchdog_spec,
+)
+from fedctl.connectors.base import HostInfo
+from fedctl.errors import ConfigError, UsageError
+from fedctl.state import HostRecord, ProcessRecord, RunState
+
+T0 = 1_764_000_000.0
+
+
+def _state(price=1.0, currency="USD", experiment=None) -> RunState:
+    srv = HostRecord(
+        info=HostInfo(name="srv", address="a", roles=("server",), price_per_hour=price, currency=currency),
+        status="provisioned", workdir="/w/srv", acquired_at=T0,
+        processes=[ProcessRecord(role="server", index=0, pidfile="/w/srv/runs/r1/server.pid")],
+    )
+    cli = HostRecord(
+        info=HostInfo(name="c1", address="b", roles=("client",), price_per_hour=price, currency="USD"),
+        status="provisioned", workdir="/w/c1", acquired_at=T0,
+    )
+    return RunState(run_id="r1", hosts=[srv, cli], created_at=T0, started_at=T0 + 60,
+                    experiment=experiment or {})
+
+
+def test_budget_from_mapping_validates():
+    assert Budget.from_mapping(None) == Budget()
+    b = Budget.from_mapping({"max_cost": 5, "max_hours": None, "idle_minutes": 10})
+    assert b == Budget(5.0, None, 10.0) and b.active
+    for bad in ({"max_cost": 0}, {"max_hours": -1}, {"idle_minutes": "x"}, {"max_cost": True}, {"nope": 1}):
+        with pytest.raises(ConfigError, match="budget"):
+            Budget.from_mapping(bad, file="fedctl.yaml")
+    assert b.with_overrides(max_hours=2).max_hours == 2.0 and b.with_overrides().max_cost == 5.0
+    with pytest.raises(ConfigError, match="--max-hours"):
+        b.with_overrides(max_hours=0)
+    assert Budget.from_experiment({"budget": {"max_hours": 1}}).max_hours == 1.0
+
+
+def test_max_hours_trips_at_limit_minus_margin():
+    s = _state()
+    b = Budget(max_hours=1.0)
+    assert check_guards(b, s, T0 + 3500, None, None, margin_s=0) is None
+    trip = check_guards(b, s, T0 + 3600, None, None, margin_s=0)
+    assert trip and trip.reason == "max_hours" and trip.value == pytest.approx(1.0)
+    # the default margin trips a little early (so the run stops before the limit, not after)
+    assert check_guards(b, s, T0 + 3600 - 60, None, None) is not None
+    assert check_guards(b, s, T0 + 3600 - 200, None, None) is None
+    # the margin never exceeds 20% of the limit: a 10 s guard still runs for 8 s
+    tiny = Budget(max_hours=10 / 3600)
+    assert check_guards(tiny, s, T0 + 7, None, None) is None
+    assert check_guards(tiny, s, T0 + 8.5, None, None) is not None
+
+
+def test_max_cost_uses_the_ledger():
+    s = _state(price=1.5)  # 3.0 per hour for the fleet
+    b = Budget(max_cost=3.0)
+    assert check_guards(b, s, T0 + 3000, None, None, margin_s=0) is None
+    trip = check_guards(b, s, T0 + 3600, None, None, margin_s=0)
+    assert trip and trip.reason == "max_cost" and trip.value == pytest.approx(3.0)
+    s.hosts[1].released_at = T0 + 1200  # client released early: the run spends slower
+    assert check_guards(b, s, T0 + 3600, None, None, margin_s=0) is None
+    assert check_guards(b, s, T0 + 6000, None, None, margin_s=0) is not None
+
+
+def test_max_cost_with_mixed_currencies_is_refused():
+    s = _state(currency="EUR")
+    with pytest.raises(UsageError, match="EUR, USD"):
+        check_guards(Budget(max_cost=1), s, T0, None, None)
+    assert check_guards(Budget(max_hours=1), s, T0, None, None) is None  # other guards still work
+
+
+def test_idle_needs_no_round_and_an_idle_gpu():
+    s = _state()
+    b = Budget(idle_minutes=10)
+    last = T0 + 100
+    assert check_guards(b, s, last + 599, last, None) is None
+    trip = check_guards(b, s, last + 600, last, None)
+    assert trip and trip.reason == "idle"
+    assert check_guards(b, s, last + 600, last, gpu_util=50.0) is None  # the GPU is busy: not idle
+    assert check_guards(b, s, last + 600, last, gpu_util=2.0) is not None
+    # before the first round, idle counts from the start
+    assert check_guards(b, s, T0 + 60 + 600, None, None) is not None
+    assert check_guards(b, s, T0 + 60 + 500, None, None) is None
+
+
+def test_guard_trip_round_trips_through_guard_json():
+    trip = GuardTrip("max_hours", "too long", T0, 1.0, 1.0, by="watchdog")
+    assert parse_guard(trip.to_json()) == trip
+    assert parse_guard(None) is None and parse_guard("garbage") is None
+
+
+def test_watchdog_spec_and_command():
+    s = _state(price=2.0, experiment={"budget": {"max_cost": 10, "max_hours": 2, "idle_minutes": 5},
+                                      "on_finish": "poweroff"})
+    spec = watchdog_spec(s, s.hosts[0], now=T0 + 1800, run_dir="/w/srv/runs/r1", poweroff_command="true")
+    assert spec["elapsed_s"] == 1800 and spec["spent"] == pytest.approx(2.0) and spec["rate_per_hour"] == 4.0
+    assert spec["max_hours"] == 2 and spec["idle_minutes"] == 5 and spec["metrics"] == "/w/srv/runs/r1/metrics.jsonl"
+    assert spec["pidfiles"] == ["/w/srv/runs/r1/server.pid"] and spec["poweroff_command"] == "true"
+    assert spec["on_finish"] == "poweroff" and spec["poweroff_delay_s"] > 0 and spec["match"] == "runs/r1"
+    client = watchdog_spec(s, s.hosts[1], now=T0, run_dir="/w/c1/runs/r1")
+    assert client["idle_minutes"] is None and client["metrics"] is None  # only the server sees rounds
+    assert client["pidfiles"] == ["/w/c1/runs/r1/client-*.pid"]
+    json.dumps(spec)
+    cmd = watchdog_command("python3", "/w/srv/runs/r1/fedctl-watchdog.py", "/w/a b/watchdog.json")
+    assert shlex.split(cmd) == ["python3", "/w/srv/runs/r1/fedctl-watchdog.py", "--spec", "/w/a b/watchdog.json"]
+    assert b"import fedctl" not in watchdog_script()
+
+
+def _watchdog():
+    path = Path(__file__).parents[2] / "fedctl" / "watchdog.py"
+    spec = importlib.util.spec_from_file_location("fedctl_watchdog_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_watchdog_check_mirrors_check_guards(tmp_path):
+    wd = _watchdog()
+    spec = {"max_hours": 1.0, "elapsed_s": 1800, "poll_s": 5, "grace_s": 10, "poweroff_delay_s": 0}
+    assert wd.check(spec, 1700, None, None, 0, 0) is None
+    assert wd.check(spec, 1800 - 15, None, None, 0, 0)[0] == "max_hours"  # margin = poll + grace
+    spec = {"max_cost": 2.0, "spent": 1.0, "rate_per_hour": 2.0, "poll_s": 0, "grace_s": 0}
+    assert wd.check(spec, 1700, None, None, 0, 0) is None
+    assert wd.check(spec, 1800, None, None, 0, 0)[0] == "max_cost"
+    spec = {"idle_minutes": 1, "metrics": "m"}
+    assert wd.check(spec, 0, 100.0, None, 159.0, 0) is None
+    assert wd.check(spec, 0, 100.0, None, 160.0, 0)[0] == "idle"
+    assert wd.check(spec, 0, 100.0, 40.0, 160.0, 0) is None  # busy GPU
+    m = tmp_path / "metrics.jsonl"
+    m.write_text('{"type": "round", "round": 1, "end": 5.0}\n{"type": "round", "round": 2, "end": 7.5}\n{"ty')
+    assert wd.last_round_end(str(m)) == 7.5
+    assert wd.last_round_end(str(tmp_path / "none")) is None
+    assert wd.gpu_utilisation(("false",)) is None
+    assert wd.gpu_utilisation(("printf", "3\\n71\\n")) == 71.0
