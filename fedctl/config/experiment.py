@@ -116,7 +116,8 @@ def load_experiment(
     if path is None:
         candidate = cwd / DEFAULT_FILE
         file: str | None = str(candidate) if candidate.exists() else None
-        raw = load_yaml(candidate) if file else {}
+        # messages say "fedctl.yaml" when it is the one in the current folder
+        raw = load_yaml(candidate, name=_display(candidate)) if file else {}
     else:
         p = Path(path).expanduser()
         if not p.is_absolute():
@@ -140,12 +141,22 @@ def load_experiment(
     except ConfigError as exc:
         if exc.file not in (file, None) or exc.key_path is None:
             raise
+        if file is not None and path is None:
+            exc = ConfigError(_display(Path(file)), exc.key_path, exc.problem, exc.valid)
         top = re.split(r"[.\[]", exc.key_path)[0]
         source = flag_sources.get(top) if exc.key_path == top else None
-        source = source or source_for(exc.key_path, ovs, file)
+        source = source or source_for(exc.key_path, ovs, exc.file)
         if source == exc.file:
-            raise
+            raise exc from None
         raise ConfigError(source, exc.key_path, exc.problem, exc.valid) from None
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the process's current folder when it is inside it, else as is."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _build(
