@@ -1,0 +1,241 @@
+"""fedavg_tf client process: serves several virtual clients with one TF runtime and one model.
+
+    python client.py --config C --run-dir D --token-file T --server HOST:PORT --client-ids 0,1,2
+
+Long-polls the server for rounds that sample one of its ids (one weight download per round per
+process), trains the sampled ids one after another, uploads one update per id. Exits 0 when the
+server says the run finished, 4 when it failed, 1 when the server stays unreachable for
+FEDTF_UNREACHABLE_S seconds (default 600).
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fedtf import config  # noqa: E402
+from fedtf.metrics import log  # noqa: E402
+
+EXIT_OK, EXIT_UNREACHABLE, EXIT_CONFIG, EXIT_RUN_FAILED = 0, 1, 2, 4
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="fedavg_tf federated client (virtual clients)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--token-file", required=True)
+    p.add_argument("--server", required=True, help="HOST:PORT")
+    p.add_argument("--client-ids", required=True, help="comma list, e.g. 0,1,2")
+    return p.parse_args(argv)
+
+
+def parse_ids(text: str, clients: int) -> list[int]:
+    try:
+        ids = sorted({int(x) for x in text.split(",") if x.strip() != ""})
+    except ValueError:
+        raise ValueError(f"--client-ids: expected a comma list of integers, got {text!r}") from None
+    bad = [i for i in ids if not 0 <= i < clients]
+    if not ids or bad:
+        raise ValueError(f"--client-ids: ids must be in 0..{clients - 1}, got {text!r}")
+    return ids
+
+
+class VirtualClient:
+    """One federated client's own state inside a shared process."""
+
+    def __init__(self, cid: int, x, y, n: int, slow: bool) -> None:
+        self.cid, self.x, self.y, self.n, self.slow = cid, x, y, n, slow
+        self.c_i = None  # SCAFFOLD control variate (flat), zeros until first trained
+
+
+class Client:
+    def __init__(self, args: argparse.Namespace, cfg: dict, token: bytes, ids: list[int]) -> None:
+        from fedtf import data, models, training  # noqa: PLC0415
+        from fedtf.realism import Realism  # noqa: PLC0415
+        import numpy as np  # noqa: PLC0415
+        import tensorflow as tf  # noqa: PLC0415
+
+        self.np, self.cfg, self.ids, self.token, self.args = np, cfg, ids, token, args
+        self.role = f"client {','.join(map(str, ids)) if len(ids) <= 8 else f'{ids[0]}..{ids[-1]}'}"
+        training.configure_threads()
+        training.seed_everything(cfg["seed"])
+        ds = data.load_dataset(cfg["data"], cfg["seed"])
+        shards = data.client_shards(ds, cfg)
+        self.realism = Realism(cfg["realism"], cfg["clients"], cfg["seed"])
+        self.clients = {k: VirtualClient(k, tf.constant(ds.x_train[shards[k]]),
+                                         tf.constant(ds.y_train[shards[k]]), len(shards[k]),
+                                         self.realism.is_slow(k)) for k in ids}
+        input_shape = ds.x_train.shape[1:]
+        model = models.build_model(cfg["model"], input_shape, ds.classes,
+                                   base_dir=os.path.dirname(os.path.abspath(args.config)))
+        st = cfg["strategy"]
+        self.trainer = training.Trainer(model, input_shape, cfg["train"], st["name"], st["mu"])
+        self.layout = self.trainer.layout
+        del ds  # only the own shards stay in memory
+        first = self.clients[ids[0]]
+        self.trainer.warmup(first.x, first.y)  # trace the train step now, not inside round 1
+        host, _, port = args.server.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
+        self.proc = uuid.uuid4().hex[:12]
+        self.uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload")
+        self.unreachable_s = float(os.environ.get("FEDTF_UNREACHABLE_S", 600))
+        self._local = threading.local()
+        log(self.role, f"{len(ids)} virtual clients, {sum(c.n for c in self.clients.values())} examples; "
+                       f"server {self.host}:{self.port}")
+
+    # -- network ------------------------------------------------------------------------------
+    def _conn(self):
+        from fedtf.transport import Connection  # noqa: PLC0415
+        c = getattr(self._local, "conn", None)
+        if c is None or (c.host, c.port) != (self.host, self.port):
+            c = self._local.conn = Connection(self.host, self.port, self.token)
+        return c
+
+    def _reread_ready(self) -> None:
+        """A server restarted on this host may listen on a new port: follow its ready file."""
+        ready = os.path.join(self.args.run_dir, "server.ready")
+        try:
+            with open(ready, encoding="utf-8") as f:
+                port = int(json.load(f)["port"])
+        except (OSError, ValueError, KeyError):
+            return
+        if port != self.port and self.host in ("127.0.0.1", "localhost", "::1"):
+            log(self.role, f"server.ready names port {port}; switching from {self.port}")
+            self.port = port
+
+    def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 60.0,
+                give_up_s: float | None = None) -> tuple[int, bytes]:
+        """A request with retry and backoff while the server is unreachable."""
+        first_fail, delay = None, 0.2
+        limit = self.unreachable_s if give_up_s is None else give_up_s
+        while True:
+            try:
+                return self._conn().request(method, path, body, timeout=timeout)
+            except (OSError, http.client.HTTPException) as e:
+                now = time.time()
+                first_fail = first_fail or now
+                if now - first_fail > limit:
+                    raise ConnectionError(f"server unreachable for {now - first_fail:.0f}s: {e}") from e
+                if delay >= 1.6:
+                    self._reread_ready()
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- main loop ----------------------------------------------------------------------------
+    def run(self) -> int:
+        from fedtf.transport import TransportError, decode  # noqa: PLC0415
+        after, inst, ids_q = 0, "", ",".join(map(str, self.ids))
+        while True:
+            try:
+                code, body = self.request("GET", f"/task?after={after}&inst={inst}&ids={ids_q}&proc={self.proc}",
+                                          timeout=60.0)
+            except ConnectionError as e:
+                log(self.role, f"giving up: {e}", "error")
+                return EXIT_UNREACHABLE
+            if code == 401:
+                log(self.role, "server rejected the run token (401)", "error")
+                return EXIT_CONFIG
+            if code != 200:
+                log(self.role, f"unexpected reply {code} to a task poll: {body[:200]!r}", "warning")
+                time.sleep(1.0)
+                continue
+            try:
+                msg = decode(body)
+            except TransportError as e:
+                log(self.role, f"bad task message: {e}", "warning")
+                continue
+            status = msg.meta.get("status")
+            if status == "wait":
+                continue
+            if status in ("finished", "failed"):
+                self.uploads.shutdown(wait=True)
+                log(self.role, f"server reports the run {status}; exiting")
+                return EXIT_OK if status == "finished" else EXIT_RUN_FAILED
+            after, inst = int(msg.meta["seq"]), str(msg.meta.get("instance", ""))
+            self.train_round(msg, len(body))
+
+    def train_round(self, msg, download_bytes: int) -> None:
+        np, cfg = self.np, self.cfg
+        seq, rnd = int(msg.meta["seq"]), int(msg.meta["round"])
+        global_w = msg.flat("w")
+        c = msg.flat("c") if self.trainer.scaffold else None
+        mine = [k for k in msg.meta["sampled"] if k in self.clients]
+        for k in mine:
+            vc = self.clients[k]
+            rng = np.random.default_rng([cfg["seed"], k, rnd, int(msg.meta.get("attempt", 0))])
+            if self.realism.drops_out(rng):
+                self.uploads.submit(self._post, f"/drop?seq={seq}&id={k}", b"", k, 0.0)
+                log(self.role, f"round {rnd}: client {k} drops out (simulated)")
+                continue
+            self.layout.set(global_w)
+            correction = None
+            if c is not None:
+                if vc.c_i is None:
+                    vc.c_i = np.zeros_like(c)
+                correction = c - vc.c_i
+            t0 = time.perf_counter()
+            loss = self.trainer.train(vc.x, vc.y, vc.n, rng, global_w, correction)
+            new_w = self.layout.get()
+            train_s = time.perf_counter() - t0
+            groups = {"w": self.layout.split(new_w)}
+            if c is not None:  # SCAFFOLD option II: c_i+ = c_i - c + (x - y) / (K lr)
+                steps = self.trainer.steps(vc.n)
+                c_new = vc.c_i - c + (global_w - new_w) / np.float32(steps * cfg["train"]["lr"])
+                groups["dc"] = self.layout.split((c_new - vc.c_i).astype(np.float32))
+                vc.c_i = c_new.astype(np.float32)
+            from fedtf.transport import encode  # noqa: PLC0415
+            meta = {"client": k, "round": rnd, "seq": seq, "examples": vc.n, "loss": loss,
+                    "train_s": round(train_s, 4)}
+            body_size_guess = 4 * self.layout.size * len(groups)
+            delay = self.realism.delay(rng, download_bytes, body_size_guess, train_s, vc.slow)
+            meta["simulated_delay_s"] = round(delay, 4)
+            body = encode(meta, groups)
+            self.uploads.submit(self._post, f"/update?seq={seq}&id={k}", body, k, delay)
+
+    def _post(self, path: str, body: bytes, k: int, delay: float) -> None:
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            code, reply = self.request("POST", path, body, timeout=60.0, give_up_s=60.0)
+        except ConnectionError as e:
+            log(self.role, f"client {k}: upload failed: {e}", "warning")
+            return
+        if code != 200:
+            log(self.role, f"client {k}: server answered {code}: {reply[:200].decode(errors='replace')}",
+                "warning")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = config.load(args.config)
+        ids = parse_ids(args.client_ids, cfg["clients"])
+    except (ValueError, OSError) as e:
+        log("client", f"config: {e}", "error")
+        return EXIT_CONFIG
+    from fedtf.transport import read_token  # noqa: PLC0415
+    try:
+        token, warning = read_token(args.token_file)
+    except (OSError, ValueError) as e:
+        log("client", f"cannot read the token file: {e}", "error")
+        return EXIT_CONFIG
+    if warning:
+        log("client", warning, "warning")
+    try:
+        client = Client(args, cfg, token, ids)
+    except ValueError as e:
+        log("client", str(e), "error")
+        return EXIT_CONFIG
+    return client.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

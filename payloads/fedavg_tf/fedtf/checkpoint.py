@@ -1,0 +1,56 @@
+"""Atomic checkpoints: global weights + strategy state (npz, no pickle) + round and RNG state (JSON).
+
+Writes ckpt-<round>.npz first, then commits by replacing checkpoint.json (which names that npz);
+a crash at any point leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def save(ckpt_dir: str, round_no: int, weights: np.ndarray, strategy_state: dict[str, np.ndarray],
+         info: dict) -> None:
+    """Save the state after `round_no` completed rounds; `info` must be JSON-serialisable."""
+    os.makedirs(ckpt_dir, exist_ok=True)
+    name = f"ckpt-{round_no:06d}.npz"
+    tmp = os.path.join(ckpt_dir, f".{name}.tmp.{os.getpid()}")
+    arrays = {"weights": weights, **{f"strategy__{k}": v for k, v in strategy_state.items()}}
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(ckpt_dir, name))
+    atomic_write_json(os.path.join(ckpt_dir, "checkpoint.json"),
+                      {"round": round_no, "file": name, "info": info})
+    for old in os.listdir(ckpt_dir):  # keep only the committed one
+        if old.startswith("ckpt-") and old.endswith(".npz") and old != name:
+            os.remove(os.path.join(ckpt_dir, old))
+
+
+def load(ckpt_dir: str) -> tuple[int, np.ndarray, dict[str, np.ndarray], dict] | None:
+    """(round, weights, strategy_state, info) of the last committed checkpoint, or None."""
+    meta_path = os.path.join(ckpt_dir, "checkpoint.json")
+    if not os.path.exists(meta_path):
+        return None
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    with np.load(os.path.join(ckpt_dir, meta["file"]), allow_pickle=False) as z:
+        weights = np.array(z["weights"], np.float32)
+        state = {k[len("strategy__"):]: np.array(z[k]) for k in z.files if k.startswith("strategy__")}
+    return int(meta["round"]), weights, state, meta["info"]

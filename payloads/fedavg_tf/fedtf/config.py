@@ -1,0 +1,236 @@
+"""Experiment keys owned by the fedavg_tf payload: validation, defaults and the config-file loader.
+
+Pure python on purpose: fedctl imports `validate` in its light CLI, so nothing here may import
+TensorFlow or numpy at module import time.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from typing import Any
+
+MODELS = ("mlp", "cnn", "logreg")
+DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "npz")
+PARTITIONS = ("iid", "dirichlet", "shards")
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam")
+OPTIMIZERS = ("sgd", "adam")
+
+# Keys the payload never reads: owned by fedctl core (they may sit in the same config file).
+FEDCTL_ONLY_KEYS = ("payload", "placement", "server", "budget", "on_finish", "name")
+CORE_KEYS = ("clients", "rounds", "seed")
+
+DEFAULTS: dict[str, Any] = {
+    "model": "mlp",
+    "data": {
+        "dataset": "digits",
+        "path": None,
+        "partition": "iid",
+        "alpha": 0.5,
+        "shards_per_client": 2,
+        "test_fraction": 0.2,
+        "synthetic": {"train": 6000, "test": 1000, "features": 784, "classes": 10, "noise": 1.0},
+    },
+    "strategy": {"name": "fedavg", "mu": 0.01, "server_lr": None, "server_momentum": 0.9},
+    "sampling": {"fraction": 1.0, "min_clients": 2, "round_timeout_s": 120.0, "retries": 2},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "optimizer": "sgd"},
+    "realism": {"latency_ms": 0.0, "bandwidth_mbps": 0.0, "dropout": 0.0,
+                "slow_fraction": 0.0, "slow_factor": 1.0},
+    "evaluate_every": 1,
+    "tensorboard": False,
+}
+# server_lr default depends on the strategy: a server Adam with step 1.0 diverges.
+SERVER_LR_DEFAULT = {"fedadam": 0.01}
+PAYLOAD_KEYS = tuple(DEFAULTS)
+
+
+class ConfigProblem(ValueError):
+    """One invalid experiment key: where it is, what is wrong, what would be valid."""
+
+    def __init__(self, key_path: str, problem: str, valid: str | None = None) -> None:
+        self.key_path = key_path
+        self.problem = problem
+        self.valid = valid
+        msg = f"{key_path}: {problem}"
+        if valid:
+            msg += f" (valid: {valid})"
+        super().__init__(msg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _int(v: Any, path: str, lo: int | None = None) -> int:
+    if not _is_int(v):
+        raise ConfigProblem(path, f"expected an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise ConfigProblem(path, f"must be >= {lo}, got {v}")
+    return v
+
+
+def _num(v: Any, path: str, lo: float | None = None, lo_open: bool = False,
+         hi: float | None = None) -> float:
+    if not _is_num(v):
+        raise ConfigProblem(path, f"expected a number, got {v!r}")
+    v = float(v)
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise ConfigProblem(path, f"must be {'>' if lo_open else '>='} {lo:g}, got {v:g}")
+    if hi is not None and v > hi:
+        raise ConfigProblem(path, f"must be <= {hi:g}, got {v:g}")
+    return v
+
+
+def _choice(v: Any, path: str, options: tuple[str, ...], what: str) -> str:
+    if not isinstance(v, str) or v not in options:
+        raise ConfigProblem(path, f"unknown {what} {v!r}", ", ".join(options))
+    return v
+
+
+def _section(d: Any, path: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigProblem(path, f"expected a mapping, got {type(d).__name__}")
+    unknown = sorted(str(k) for k in d if k not in defaults)
+    if unknown:
+        raise ConfigProblem(f"{path}.{unknown[0]}", "unknown key", ", ".join(defaults))
+    out = copy.deepcopy(defaults)
+    out.update(d)
+    return out
+
+
+def _model(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigProblem("model", f"expected a string, got {v!r}", ", ".join(MODELS) + ", file.py:build_fn")
+    if v in MODELS:
+        return v
+    if ":" in v:
+        file, _, fn = v.rpartition(":")
+        if file.endswith(".py") and fn.isidentifier():
+            return v
+    raise ConfigProblem("model", f"unknown model {v!r}", ", ".join(MODELS) + ", file.py:build_fn")
+
+
+def validate(d: dict) -> dict:
+    """Check the payload's keys, fill defaults, return the resolved dict.
+
+    Receives only the keys listed in payload.yaml `config.keys`. Raises ConfigProblem.
+    """
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigProblem("(root)", f"expected a mapping, got {type(d).__name__}")
+    unknown = sorted(str(k) for k in d if k not in DEFAULTS)
+    if unknown:
+        raise ConfigProblem(unknown[0], "unknown key", ", ".join(PAYLOAD_KEYS))
+    out: dict[str, Any] = {"model": _model(d.get("model", DEFAULTS["model"]))}
+
+    data = _section(d.get("data"), "data", DEFAULTS["data"])
+    _choice(data["dataset"], "data.dataset", DATASETS, "dataset")
+    if data["path"] is not None and not isinstance(data["path"], str):
+        raise ConfigProblem("data.path", f"expected a file path or null, got {data['path']!r}")
+    if data["dataset"] == "npz" and not data["path"]:
+        raise ConfigProblem("data.path", "dataset npz needs a path to a .npz file "
+                            "with x_train, y_train, x_test, y_test")
+    _choice(data["partition"], "data.partition", PARTITIONS, "partition")
+    data["alpha"] = _num(data["alpha"], "data.alpha", 0.0, lo_open=True)
+    data["shards_per_client"] = _int(data["shards_per_client"], "data.shards_per_client", 1)
+    data["test_fraction"] = _num(data["test_fraction"], "data.test_fraction", 0.0, True, 0.9)
+    syn = _section(data["synthetic"], "data.synthetic", DEFAULTS["data"]["synthetic"])
+    for k in ("train", "test", "features"):
+        syn[k] = _int(syn[k], f"data.synthetic.{k}", 1)
+    syn["classes"] = _int(syn["classes"], "data.synthetic.classes", 2)
+    syn["noise"] = _num(syn["noise"], "data.synthetic.noise", 0.0)
+    data["synthetic"] = syn
+    out["data"] = data
+
+    st = _section(d.get("strategy"), "strategy", DEFAULTS["strategy"])
+    _choice(st["name"], "strategy.name", STRATEGIES, "strategy")
+    st["mu"] = _num(st["mu"], "strategy.mu", 0.0)
+    if st["server_lr"] is None:
+        st["server_lr"] = SERVER_LR_DEFAULT.get(st["name"], 1.0)
+    st["server_lr"] = _num(st["server_lr"], "strategy.server_lr", 0.0, lo_open=True)
+    st["server_momentum"] = _num(st["server_momentum"], "strategy.server_momentum", 0.0, hi=0.999999)
+    if st["server_momentum"] >= 1.0:
+        raise ConfigProblem("strategy.server_momentum", "must be < 1")
+    out["strategy"] = st
+
+    sm = _section(d.get("sampling"), "sampling", DEFAULTS["sampling"])
+    sm["fraction"] = _num(sm["fraction"], "sampling.fraction", 0.0, lo_open=True, hi=1.0)
+    sm["min_clients"] = _int(sm["min_clients"], "sampling.min_clients", 1)
+    sm["round_timeout_s"] = _num(sm["round_timeout_s"], "sampling.round_timeout_s", 0.0, lo_open=True)
+    sm["retries"] = _int(sm["retries"], "sampling.retries", 0)
+    out["sampling"] = sm
+
+    tr = _section(d.get("train"), "train", DEFAULTS["train"])
+    tr["epochs"] = _int(tr["epochs"], "train.epochs", 1)
+    tr["batch_size"] = _int(tr["batch_size"], "train.batch_size", 1)
+    tr["lr"] = _num(tr["lr"], "train.lr", 0.0, lo_open=True)
+    _choice(tr["optimizer"], "train.optimizer", OPTIMIZERS, "optimizer")
+    out["train"] = tr
+
+    re = _section(d.get("realism"), "realism", DEFAULTS["realism"])
+    re["latency_ms"] = _num(re["latency_ms"], "realism.latency_ms", 0.0)
+    re["bandwidth_mbps"] = _num(re["bandwidth_mbps"], "realism.bandwidth_mbps", 0.0)
+    re["dropout"] = _num(re["dropout"], "realism.dropout", 0.0, hi=1.0)
+    if re["dropout"] >= 1.0:
+        raise ConfigProblem("realism.dropout", "must be < 1 (every client would vanish)")
+    re["slow_fraction"] = _num(re["slow_fraction"], "realism.slow_fraction", 0.0, hi=1.0)
+    re["slow_factor"] = _num(re["slow_factor"], "realism.slow_factor", 1.0)
+    out["realism"] = re
+
+    out["evaluate_every"] = _int(d.get("evaluate_every", DEFAULTS["evaluate_every"]), "evaluate_every", 1)
+    tb = d.get("tensorboard", DEFAULTS["tensorboard"])
+    if not isinstance(tb, bool):
+        raise ConfigProblem("tensorboard", f"expected true or false, got {tb!r}")
+    out["tensorboard"] = tb
+    return out
+
+
+def resolve(full: dict) -> dict:
+    """Validate a whole experiment config (core + payload + fedctl-only keys) for the payload.
+
+    Returns the payload keys resolved plus `clients`, `rounds`, `seed`.
+    """
+    if not isinstance(full, dict):
+        raise ConfigProblem("(root)", "the config file must hold a mapping")
+    if "clients" not in full:
+        raise ConfigProblem("clients", "missing (number of federated clients)")
+    clients = _int(full["clients"], "clients", 1)
+    rounds = _int(full.get("rounds", 20), "rounds", 1)
+    seed = _int(full.get("seed", 42), "seed", 0)
+    payload = {k: v for k, v in full.items() if k not in FEDCTL_ONLY_KEYS and k not in CORE_KEYS}
+    out = validate(payload)
+    if out["sampling"]["min_clients"] > clients:
+        raise ConfigProblem("sampling.min_clients",
+                            f"{out['sampling']['min_clients']} is more than the {clients} clients")
+    out.update(clients=clients, rounds=rounds, seed=seed)
+    return out
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Read the experiment config file (YAML; JSON also accepted) and resolve it."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        import yaml  # noqa: PLC0415 - optional on hosts; JSON is valid YAML for the fallback
+    except ImportError:
+        yaml = None
+    try:
+        full = yaml.safe_load(text) if yaml is not None else json.loads(text)
+    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: report, don't guess
+        raise ConfigProblem("(file)", f"{path} is not valid YAML: {e}") from e
+    return resolve(full or {})
+
+
+def samples_per_round(cfg: dict) -> int:
+    """How many clients the server samples each round: max(round(C*K), min_clients), at most K."""
+    k = cfg["clients"]
+    m = max(1, int(round(cfg["sampling"]["fraction"] * k)))
+    return min(k, max(m, cfg["sampling"]["min_clients"]))

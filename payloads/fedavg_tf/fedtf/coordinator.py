@@ -1,0 +1,322 @@
+"""The server's shared round state and its HTTP endpoints (no TensorFlow here).
+
+One Coordinator holds the open round (task body, sampled ids, received updates) behind a
+condition variable; HTTP handler threads long-poll on it and deliver updates into it, the
+server's main loop opens and closes rounds.
+
+Endpoints (all need `Authorization: Bearer <run token>`, else 401):
+    GET  /task?after=SEQ&ids=0,1,2&proc=P   long poll: the next round that samples one of `ids`
+    POST /update?seq=SEQ&id=K               one client update (binary message)
+    POST /drop?seq=SEQ&id=K                 a sampled client announces a simulated dropout
+    GET  /health                            JSON status
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from .metrics import log
+from .strategies import Update
+from .transport import TransportError, decode, encode, token_ok
+
+POLL_WAIT_S = 20.0
+
+
+@dataclass
+class RoundState:
+    seq: int = 0
+    round_no: int = 0
+    sampled: list[int] = field(default_factory=list)
+    task_body: bytes = b""
+    open: bool = False
+    opened_at: float = 0.0
+    updates: dict[int, Update] = field(default_factory=dict)
+    client_metrics: dict[int, dict] = field(default_factory=dict)
+    dropped: dict[int, str] = field(default_factory=dict)
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class Coordinator:
+    def __init__(self, token: bytes, shapes: list[tuple], shard_sizes: list[int],
+                 extras: tuple[str, ...], events=None) -> None:
+        self.token = token
+        self.shapes = shapes
+        self.shard_sizes = shard_sizes
+        self.extras = extras
+        self.events = events            # MetricsWriter for warning events (or None)
+        self.size = int(sum(int(np.prod(s, dtype=np.int64)) for s in shapes))
+        self.max_body = self.size * 4 * (1 + len(extras)) + (1 << 16)
+        self.cv = threading.Condition()
+        self.state = RoundState()
+        self.finished: str | None = None     # "finished" | "failed" once the run is over
+        self.seen: dict[int, float] = {}      # client id -> last poll
+        self.procs: dict[str, float] = {}     # client process -> last poll
+        self.told: set[str] = set()           # processes told that the run is over
+        self.instance = uuid.uuid4().hex[:12]  # a restarted (resumed) server counts seq anew
+
+    # -- main-loop side -----------------------------------------------------------------------
+    def open_round(self, round_no: int, sampled: list[int], weights: np.ndarray,
+                   broadcast: dict[str, np.ndarray], meta: dict) -> None:
+        groups = {"w": _split(weights, self.shapes)}
+        for k, v in broadcast.items():
+            groups[k] = _split(v, self.shapes)
+        with self.cv:
+            seq = self.state.seq + 1
+            body = encode({"status": "train", "seq": seq, "instance": self.instance, "round": round_no, "sampled": sampled, **meta},
+                          groups)
+            self.state = RoundState(seq=seq, round_no=round_no, sampled=list(sampled), task_body=body,
+                                    open=True, opened_at=time.time())
+            self.cv.notify_all()
+
+    def wait_round(self, deadline: float) -> None:
+        """Block until every sampled client reported or dropped, or the deadline passes."""
+        with self.cv:
+            while True:
+                st = self.state
+                if all(k in st.updates or k in st.dropped for k in st.sampled):
+                    return
+                left = deadline - time.time()
+                if left <= 0:
+                    return
+                self.cv.wait(left)
+
+    def close_round(self) -> RoundState:
+        with self.cv:
+            st = self.state
+            st.open = False
+            for k in st.sampled:
+                if k not in st.updates and k not in st.dropped:
+                    st.dropped[k] = "timeout"
+            return st
+
+    def finish(self, status: str) -> None:
+        with self.cv:
+            self.finished = status
+            self.cv.notify_all()
+
+    def wait_clients_told(self, timeout: float) -> None:
+        """After the run: give polling client processes a moment to hear that it is over."""
+        end = time.time() + timeout
+        with self.cv:
+            while time.time() < end:
+                active = {p for p, t in self.procs.items() if time.time() - t < POLL_WAIT_S + 30}
+                if active <= self.told:
+                    return
+                self.cv.wait(min(0.2, max(0.0, end - time.time())))
+
+    def wait_for_clients(self, clients: int, timeout: float) -> int:
+        """Before the first round: wait until every client id has polled once (or timeout)."""
+        end = time.time() + timeout
+        with self.cv:
+            while len(self.seen) < clients and time.time() < end:
+                self.cv.wait(min(1.0, max(0.0, end - time.time())))
+            return len(self.seen)
+
+    # -- handler side -------------------------------------------------------------------------
+    def poll(self, after: int, ids: list[int], proc: str, instance: str = "") -> bytes:
+        if instance != self.instance:
+            after = -1  # the client's last task came from an earlier server process
+        now = time.time()
+        end = now + POLL_WAIT_S
+        with self.cv:
+            for k in ids:
+                self.seen[k] = now
+            self.procs[proc] = now
+            self.cv.notify_all()
+            while True:
+                if self.finished:
+                    self.told.add(proc)
+                    self.cv.notify_all()
+                    return encode({"status": self.finished}, {})
+                st = self.state
+                if st.open and st.seq > after and any(
+                        k in st.sampled and k not in st.updates and k not in st.dropped for k in ids):
+                    st.bytes_out += len(st.task_body)
+                    return st.task_body
+                left = end - time.time()
+                if left <= 0:
+                    return encode({"status": "wait", "seq": st.seq, "instance": self.instance}, {})
+                self.cv.wait(left)
+
+    def deliver(self, seq: int, client: int, body: bytes) -> tuple[int, str]:
+        """Validate and store one update. Returns (http status, reason)."""
+        received = time.time()
+        try:
+            msg = decode(body)
+            upd, cm = self._check(msg, client)
+        except TransportError as e:
+            return self._reject(seq, client, str(e))
+        with self.cv:
+            st = self.state
+            if seq != st.seq or not st.open:
+                return 409, f"round {seq} is closed"
+            if client not in st.sampled:
+                return self._reject(seq, client, "client not sampled this round", locked=True)
+            if client in st.updates or client in st.dropped:
+                return 409, "client already reported or dropped this round"
+            cm.update(upload_bytes=len(body), response_s=round(received - st.opened_at, 4))
+            st.updates[client] = upd
+            st.client_metrics[client] = cm
+            st.bytes_in += len(body)
+            self.cv.notify_all()
+        return 200, "accepted"
+
+    def drop(self, seq: int, client: int, reason: str) -> tuple[int, str]:
+        with self.cv:
+            st = self.state
+            if seq != st.seq or not st.open or client not in st.sampled or client in st.updates:
+                return 409, "not droppable"
+            st.dropped.setdefault(client, reason)
+            self.cv.notify_all()
+        return 200, "dropped"
+
+    def _reject(self, seq: int, client: int, reason: str, locked: bool = False) -> tuple[int, str]:
+        """Drop a bad update with a logged reason; the model is untouched."""
+        log("server", f"rejected update from client {client}: {reason}", "warning")
+        if self.events is not None:
+            self.events.event("warning", f"rejected update: {reason}", client, self.state.round_no)
+        if not locked:
+            self.cv.acquire()
+        try:
+            st = self.state
+            if seq == st.seq and st.open and client in st.sampled and client not in st.updates:
+                st.dropped.setdefault(client, f"rejected: {reason}")
+                self.cv.notify_all()
+        finally:
+            if not locked:
+                self.cv.release()
+        return 400, reason
+
+    def _check(self, msg, client: int) -> tuple[Update, dict]:
+        meta = msg.meta
+        if meta.get("client") != client:
+            raise TransportError("client id in the message does not match the request")
+        ex = meta.get("examples")
+        if not isinstance(ex, int) or isinstance(ex, bool) or ex <= 0:
+            raise TransportError(f"example count must be a positive integer, got {ex!r}")
+        if not 0 <= client < len(self.shard_sizes):
+            raise TransportError(f"unknown client id {client}")
+        if ex > self.shard_sizes[client]:
+            raise TransportError(f"example count {ex} exceeds the client's shard of {self.shard_sizes[client]}")
+        groups = ("w",) + self.extras
+        expected = len(self.shapes) * len(groups)
+        if len(msg.tensors) != expected:
+            raise TransportError(f"expected {expected} tensors, got {len(msg.tensors)}")
+        flats = {}
+        for g in groups:
+            ts = msg.group(g)
+            if len(ts) != len(self.shapes):
+                raise TransportError(f"group {g}: expected {len(self.shapes)} tensors, got {len(ts)}")
+            for i, (t, s) in enumerate(zip(ts, self.shapes)):
+                if t.dtype != np.float32:
+                    raise TransportError(f"{g}/{i}: dtype {t.dtype}, expected float32")
+                if tuple(t.shape) != tuple(s):
+                    raise TransportError(f"{g}/{i}: shape {tuple(t.shape)}, expected {tuple(s)}")
+            flat = msg.flat(g)
+            if not np.isfinite(flat).all():
+                raise TransportError(f"group {g}: non-finite values")
+            flats[g] = flat
+        cm = {"examples": ex}
+        for k in ("train_s", "simulated_delay_s", "loss"):
+            v = meta.get(k)
+            cm[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        return Update(client, ex, flats["w"], {g: flats[g] for g in self.extras}), cm
+
+
+def _split(flat: np.ndarray, shapes: list[tuple]) -> list[np.ndarray]:
+    out, pos = [], 0
+    for s in shapes:
+        n = int(np.prod(s, dtype=np.int64))
+        out.append(flat[pos:pos + n].reshape(s))
+        pos += n
+    return out
+
+
+def make_http_server(coord: Coordinator, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, fmt, *args):  # quiet: the round loop logs what matters
+            pass
+
+        def _reply(self, code: int, body: bytes, ctype: str = "application/octet-stream") -> None:
+            # Headers and body in one write where small: no Nagle/delayed-ACK stall on keep-alive.
+            reason = self.responses.get(code, ("",))[0]
+            head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\n")
+            if self.close_connection:
+                head += "Connection: close\r\n"
+            head_b = (head + "\r\n").encode()
+            if len(body) < (1 << 16):
+                self.wfile.write(head_b + body)
+            else:
+                self.wfile.write(head_b)
+                self.wfile.write(body)
+
+        def _text(self, code: int, text: str) -> None:
+            self._reply(code, json.dumps({"message": text}).encode(), "application/json")
+
+        def _auth(self) -> bool:
+            if token_ok(self.headers.get("Authorization"), coord.token):
+                return True
+            self.close_connection = True
+            self._text(401, "unauthorized")
+            return False
+
+        def _query(self) -> tuple[str, dict]:
+            u = urlparse(self.path)
+            return u.path, {k: v[-1] for k, v in parse_qs(u.query).items()}
+
+        def do_GET(self):
+            if not self._auth():
+                return
+            path, q = self._query()
+            try:
+                if path == "/task":
+                    ids = [int(i) for i in q.get("ids", "").split(",") if i != ""]
+                    self._reply(200, coord.poll(int(q.get("after", "0")), ids, q.get("proc", "?"),
+                                                q.get("inst", "")))
+                elif path == "/health":
+                    st = coord.state
+                    self._reply(200, json.dumps({"round": st.round_no, "seq": st.seq,
+                                                 "finished": coord.finished}).encode(), "application/json")
+                else:
+                    self._text(404, "no such endpoint")
+            except ValueError as e:
+                self._text(400, f"bad query: {e}")
+
+        def do_POST(self):
+            if not self._auth():
+                return
+            path, q = self._query()
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > coord.max_body:
+                self.close_connection = True
+                self._text(413, f"body of {length} bytes exceeds the limit of {coord.max_body}")
+                return
+            body = self.rfile.read(length) if length else b""
+            try:
+                seq, client = int(q["seq"]), int(q["id"])
+            except (KeyError, ValueError):
+                self._text(400, "seq and id query parameters are required")
+                return
+            if path == "/update":
+                code, reason = coord.deliver(seq, client, body)
+            elif path == "/drop":
+                code, reason = coord.drop(seq, client, "dropout (simulated)")
+            else:
+                code, reason = 404, "no such endpoint"
+            self._text(code, reason)
+
+    srv = ThreadingHTTPServer((host, port), Handler)
+    srv.daemon_threads = True
+    return srv

@@ -1,0 +1,237 @@
+"""fedavg_tf server: samples clients, serves global weights, aggregates, evaluates, checkpoints.
+
+    python server.py --config C --run-dir D --token-file T [--host H] [--port P] [--resume]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fedtf import checkpoint, config  # noqa: E402
+from fedtf.metrics import MetricsWriter, log, write_status  # noqa: E402
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 3, 2
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="fedavg_tf federated server")
+    p.add_argument("--config", required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--token-file", required=True)
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    return p.parse_args(argv)
+
+
+class Server:
+    def __init__(self, args: argparse.Namespace, cfg: dict, token: bytes) -> None:
+        from fedtf import data, models, training  # noqa: PLC0415 - TF only after the config is good
+        from fedtf.coordinator import Coordinator  # noqa: PLC0415
+        from fedtf.strategies import make_strategy  # noqa: PLC0415
+        import numpy as np  # noqa: PLC0415
+
+        self.np, self.training = np, training
+        self.args, self.cfg, self.run_dir = args, cfg, os.path.abspath(args.run_dir)
+        training.configure_threads()
+        training.seed_everything(cfg["seed"])
+        self.ds = data.load_dataset(cfg["data"], cfg["seed"])
+        shards = data.client_shards(self.ds, cfg)
+        input_shape = self.ds.x_train.shape[1:]
+        self.model = models.build_model(cfg["model"], input_shape, self.ds.classes,
+                                        base_dir=os.path.dirname(os.path.abspath(args.config)))
+        self.trainer = training.Trainer(self.model, input_shape, cfg["train"])
+        self.layout = self.trainer.layout
+        self.weights = self.layout.get()
+        self.trainer.evaluate(self.ds.x_test[:2], self.ds.y_test[:2])  # trace eval before round 1
+        self.strategy = make_strategy(cfg["strategy"], self.layout.size, cfg["clients"])
+        self.metrics = MetricsWriter(os.path.join(self.run_dir, "metrics.jsonl"))
+        self.coord = Coordinator(token, self.layout.shapes, [len(s) for s in shards],
+                                 self.strategy.client_extras, self.metrics)
+        self.rng = np.random.default_rng([cfg["seed"], 7])
+        self.start_round, self.best_acc, self.final = 1, None, (None, None)
+        self.wall_before = 0.0
+        self.ckpt_dir = os.path.join(self.run_dir, "checkpoint")
+        self.tb = None
+        if cfg["tensorboard"]:
+            import tensorflow as tf  # noqa: PLC0415
+            self.tb = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard"))
+        log("server", f"{cfg['clients']} clients, {cfg['rounds']} rounds, strategy "
+                      f"{cfg['strategy']['name']}, model {cfg['model']} ({self.layout.size} weights), "
+                      f"data {cfg['data']['dataset']} {len(self.ds.y_train)} train / {len(self.ds.y_test)} test")
+
+    # -- resume -------------------------------------------------------------------------------
+    def restore(self) -> None:
+        got = checkpoint.load(self.ckpt_dir)
+        if got is None:
+            log("server", "--resume given but no checkpoint found: starting from round 1", "warning")
+            return
+        rnd, weights, state, info = got
+        if weights.shape != (self.layout.size,):
+            raise SystemExit(f"checkpoint has {weights.size} weights, the model has {self.layout.size}")
+        self.weights = weights
+        self.strategy.load_state(state)
+        self.rng.bit_generator.state = info["rng"]
+        self.best_acc, self.final = info["best_accuracy"], tuple(info["final"])
+        self.wall_before = info["wall_s"]
+        self.start_round = rnd + 1
+        done = {m["round"] for m in self.metrics.round_lines()}
+        if info.get("line") and rnd not in done:  # crashed between checkpoint and metrics line
+            self.metrics.write(info["line"])
+        log("server", f"resumed from checkpoint after round {rnd}")
+
+    # -- serving ------------------------------------------------------------------------------
+    def serve(self) -> None:
+        from fedtf.coordinator import make_http_server  # noqa: PLC0415
+        port = self.args.port
+        ready = os.path.join(self.run_dir, "server.ready")
+        candidates = [port]
+        if port == 0 and self.args.resume and os.path.exists(ready):
+            try:  # clients still dial the old port: take it back if it is free
+                with open(ready, encoding="utf-8") as f:
+                    candidates = [int(json.load(f)["port"]), 0]
+            except (OSError, ValueError, KeyError):
+                pass
+        for i, p in enumerate(candidates):
+            try:
+                self.httpd = make_http_server(self.coord, self.args.host, p)
+                break
+            except OSError as e:
+                if i == len(candidates) - 1:
+                    raise SystemExit(f"cannot bind {self.args.host}:{p}: {e}") from e
+        threading.Thread(target=self.httpd.serve_forever, daemon=True, name="http").start()
+        actual = self.httpd.server_address[1]
+        checkpoint.atomic_write_json(ready, {"port": actual, "pid": os.getpid()})
+        log("server", f"listening on {self.args.host}:{actual}")
+
+    # -- rounds -------------------------------------------------------------------------------
+    def run(self) -> int:
+        np, cfg = self.np, self.cfg
+        t_start = time.time()
+        m = config.samples_per_round(cfg)
+        sm = cfg["sampling"]
+        if self.start_round <= cfg["rounds"]:
+            # Client processes need a while to import TensorFlow; wait for all ids once.
+            seen = self.coord.wait_for_clients(cfg["clients"], max(sm["round_timeout_s"], 300.0))
+            log("server", f"{seen}/{cfg['clients']} clients connected; starting at round {self.start_round}")
+        for r in range(self.start_round, cfg["rounds"] + 1):
+            started = time.time()
+            for attempt in range(sm["retries"] + 1):
+                sampled = sorted(int(k) for k in self.rng.choice(cfg["clients"], m, replace=False))
+                self.coord.open_round(r, sampled, self.weights, self.strategy.broadcast(),
+                                      {"rounds": cfg["rounds"], "attempt": attempt})
+                write_status(self.run_dir, round=r, rounds=cfg["rounds"], phase="training",
+                             sampled=sampled, reported=[], waiting=sampled)
+                self.coord.wait_round(time.time() + sm["round_timeout_s"])
+                st = self.coord.close_round()
+                if len(st.updates) >= sm["min_clients"]:
+                    break
+                msg = (f"round {r}: {len(st.updates)} updates < min_clients {sm['min_clients']} "
+                       f"(attempt {attempt + 1}/{sm['retries'] + 1}; dropped {st.dropped})")
+                log("server", msg, "warning")
+                self.metrics.event("warning", msg, None, r)
+            else:
+                return self.finish("failed", f"round {r}: fewer than min_clients={sm['min_clients']} "
+                                   f"updates after {sm['retries'] + 1} attempts", t_start)
+            updates = [st.updates[k] for k in sorted(st.updates)]
+            self.weights = np.ascontiguousarray(self.strategy.aggregate(self.weights, updates), np.float32)
+            loss = acc = None
+            if r % cfg["evaluate_every"] == 0 or r == cfg["rounds"]:
+                self.layout.set(self.weights)
+                loss, acc = self.trainer.evaluate(self.ds.x_test, self.ds.y_test)
+                self.final = (loss, acc)
+                self.best_acc = acc if self.best_acc is None else max(self.best_acc, acc)
+            line = {"type": "round", "round": r, "rounds": cfg["rounds"], "start": started,
+                    "end": time.time(), "sampled": st.sampled, "reported": sorted(st.updates),
+                    "dropped": [{"id": k, "reason": v} for k, v in sorted(st.dropped.items())],
+                    "clients": {str(k): st.client_metrics[k] for k in sorted(st.updates)},
+                    "loss": loss, "accuracy": acc, "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
+                    "strategy": cfg["strategy"]["name"]}
+            wall = self.wall_before + time.time() - t_start
+            checkpoint.save(self.ckpt_dir, r, self.weights, self.strategy.state(),
+                            {"rng": self.rng.bit_generator.state, "best_accuracy": self.best_acc,
+                             "final": list(self.final), "wall_s": wall, "line": line})
+            self.metrics.write(line)
+            self._tensorboard(r, loss, acc, line["end"] - started)
+            log("server", f"round {r}/{cfg['rounds']}: {len(st.updates)}/{len(st.sampled)} updates, "
+                          f"loss {_fmt(loss)} accuracy {_fmt(acc)} ({line['end'] - started:.2f}s)"
+                          + (f", dropped {dict(st.dropped)}" if st.dropped else ""))
+        return self.finish("finished", None, t_start)
+
+    def _tensorboard(self, r: int, loss, acc, round_s: float) -> None:
+        if self.tb is None:
+            return
+        import tensorflow as tf  # noqa: PLC0415
+        with self.tb.as_default(step=r):
+            if loss is not None:
+                tf.summary.scalar("test/loss", loss)
+                tf.summary.scalar("test/accuracy", acc)
+            tf.summary.scalar("round_s", round_s)
+        self.tb.flush()
+
+    def finish(self, status: str, reason: str | None, t_start: float) -> int:
+        cfg = self.cfg
+        done = [m["round"] for m in self.metrics.round_lines()]
+        summary = {"type": "summary", "rounds_completed": max(done, default=0),
+                   "final_accuracy": self.final[1], "final_loss": self.final[0],
+                   "best_accuracy": self.best_acc, "wall_s": round(self.wall_before + time.time() - t_start, 3),
+                   "status": status, "reason": reason}
+        self.metrics.write(summary)
+        checkpoint.atomic_write_json(os.path.join(self.run_dir, "summary.json"),
+                                     {**summary, "rounds": cfg["rounds"], "clients": cfg["clients"],
+                                      "strategy": cfg["strategy"]["name"], "model": cfg["model"],
+                                      "dataset": cfg["data"]["dataset"], "seed": cfg["seed"]})
+        if status == "finished":
+            self.layout.set(self.weights)
+            tmp = os.path.join(self.run_dir, f".final_model.{os.getpid()}.weights.h5")
+            self.model.save_weights(tmp)
+            os.replace(tmp, os.path.join(self.run_dir, "final_model.weights.h5"))
+        write_status(self.run_dir, round=summary["rounds_completed"], rounds=cfg["rounds"], phase=status,
+                     sampled=[], reported=[], waiting=[])
+        self.coord.finish(status)
+        self.coord.wait_clients_told(10.0)
+        self.httpd.shutdown()
+        log("server", f"run {status}" + (f": {reason}" if reason else "") +
+            f"; final accuracy {_fmt(self.final[1])}", "error" if status == "failed" else "info")
+        return EXIT_OK if status == "finished" else EXIT_FAILED
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = config.load(args.config)
+    except (ValueError, OSError) as e:
+        log("server", f"config {args.config}: {e}", "error")
+        return EXIT_CONFIG
+    from fedtf.transport import read_token  # noqa: PLC0415
+    try:
+        token, warning = read_token(args.token_file)
+    except (OSError, ValueError) as e:
+        log("server", f"cannot read the token file: {e}", "error")
+        return EXIT_CONFIG
+    if warning:
+        log("server", warning, "warning")
+    os.makedirs(args.run_dir, exist_ok=True)
+    try:
+        server = Server(args, cfg, token)
+    except ValueError as e:  # data/model problems (e.g. too few examples for the shards)
+        log("server", str(e), "error")
+        return EXIT_CONFIG
+    if args.resume:
+        server.restore()
+    server.serve()
+    return server.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
