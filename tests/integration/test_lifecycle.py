@@ -1,0 +1,219 @@
+"""provision -> start -> status -> exec -> stop -> teardown against real sshd hosts on loopback.
+
+fedctl runs as a real subprocess (``python -m fedctl``) in a temporary project folder, exactly as
+a user runs it; the hosts are real OpenSSH servers started by the ``sshd_fleet`` fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ECHO = REPO / "tests" / "payloads" / "echo"
+
+
+def fedctl(cwd: Path, *args: str, timeout: float = 180, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would; never interactive (stdin closed)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "fedctl", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(f"fedctl {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def project(tmp_path: Path, fleet, rounds: int = 4, round_s: float = 0.3, **extra) -> Path:
+    """A project folder with fedctl.yaml (echo payload) and an inventory for ``fleet``."""
+    proj = tmp_path / "proj"
+    proj.mkdir(exist_ok=True)
+    cfg = {"payload": str(ECHO), "rounds": rounds, "echo_round_s": round_s, **extra}
+    (proj / "fedctl.yaml").write_text(yaml.safe_dump(cfg))
+    fleet.write_inventory(proj / "inventory.yaml")
+    return proj
+
+
+def run_pids(run_id: str) -> list[int]:
+    """Pids on this machine (all loopback hosts are this machine) whose argv names the run."""
+    out = subprocess.run(["pgrep", "-f", f"runs/[{run_id[0]}]{run_id[1:]}"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def files_under(fleet) -> list[str]:
+    """Every file left in the hosts' workdirs."""
+    return [str(p) for h in fleet.hosts for p in Path(h.workdir).rglob("*")]
+
+
+def state(proj: Path) -> dict:
+    return json.loads((proj / ".fedctl" / "state.json").read_text())
+
+
+def test_full_lifecycle_with_echo_payload(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(3)
+    proj = project(tmp_path, fleet, rounds=200, round_s=0.2)
+
+    res = fedctl(proj, "provision", "--clients", "4", "-i", "inventory.yaml", "--yes", check=True)
+    assert "h1" in res.stdout and "provisioned" in res.stdout
+    st = state(proj)
+    assert [h["status"] for h in st["hosts"]] == ["provisioned"] * 3
+    assert st["hosts"][0]["facts"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    # re-running with the same arguments changes nothing
+    again = fedctl(proj, "provision", "--clients", "4", "-i", "inventory.yaml", "--yes", check=True)
+    assert state(proj)["run_id"] == st["run_id"]
+    assert "provisioned" in again.stdout
+
+    fedctl(proj, "start", check=True)
+    st = state(proj)
+    run_id = st["run_id"]
+    assert st["phase"] == "running"
+    clients = {h["info"]["name"]: [p["client_ids"] for p in h["processes"] if p["role"] == "client"] for h in st["hosts"]}
+    assert clients == {"h1": [], "h2": [[0, 1]], "h3": [[2, 3]]}
+    token = (fleet.hosts[0].workdir / "runs" / run_id / "token")
+    assert oct(token.stat().st_mode & 0o777) == "0o600"
+    secret = token.read_text()
+    # the token is on no command line and in no state file
+    assert secret not in (proj / ".fedctl" / "state.json").read_text()
+    for pid in run_pids(run_id):
+        assert secret not in Path(f"/proc/{pid}/cmdline").read_text()
+
+    time.sleep(1.5)
+    status = json.loads(fedctl(proj, "status", "--json", check=True).stdout)
+    assert status["run_id"] == run_id and status["phase"] == "running"
+    assert status["rounds"] == 200 and status["round"] >= 1
+    assert all(h["reachable"] for h in status["hosts"])
+    assert all(all(h["alive"].values()) and h["alive"] for h in status["hosts"])
+
+    # a killed client shows as dead
+    victim = next(p for p in state(proj)["hosts"][2]["processes"] if p["role"] == "client")
+    os.kill(victim["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    status = json.loads(fedctl(proj, "status", "--json", check=True).stdout)
+    h3 = next(h for h in status["hosts"] if h["name"] == "h3")
+    assert h3["alive"] == {"client-0": False}
+
+    ex = fedctl(proj, "exec", "--role", "client", "--", "echo hi-$((6*7))", check=True)
+    assert "h2" in ex.stdout and "hi-42" in ex.stdout and "h1 " not in ex.stdout
+    bad = fedctl(proj, "exec", "--host", "h2", "--", "exit 3")
+    assert bad.returncode != 0 and "3" in bad.stdout
+
+    fedctl(proj, "stop", "--grace", "3", check=True)
+    assert run_pids(run_id) == []
+    assert state(proj)["phase"] == "stopped"
+
+    td = fedctl(proj, "teardown", "--yes", check=True)
+    assert "ok" in td.stdout
+    assert run_pids(run_id) == []
+    assert files_under(fleet) == []
+    results = proj / "results" / run_id
+    assert (results / "metrics.jsonl").exists()
+    assert (results / "logs" / "h1" / "server.log").exists()
+    assert (results / "logs" / "h2" / "client-0.log").exists()
+    assert state(proj)["phase"] == "torn_down"
+    # idempotent
+    assert fedctl(proj, "teardown", "--yes").returncode == 0
+
+
+def test_run_finishes_and_leaves_nothing(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(2)
+    proj = project(tmp_path, fleet, rounds=3, round_s=0.1)
+    res = fedctl(proj, "run", "--clients", "3", "-i", "inventory.yaml", "--yes", "--interval", "0.3", check=True)
+    assert "finished" in res.stdout
+    run_id = state(proj)["run_id"]
+    assert state(proj)["phase"] == "torn_down"
+    assert run_pids(run_id) == [] and files_under(fleet) == []
+    lines = [json.loads(x) for x in (proj / "results" / run_id / "metrics.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines if x.get("type") == "round"] == [1, 2, 3]
+
+
+def test_dead_host_is_reported_by_provision_and_teardown(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(3)
+    proj = project(tmp_path, fleet)
+    fleet.stop(2)
+    res = fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes")
+    assert res.returncode != 0
+    assert "h3" in res.stderr and "failed" in res.stdout
+    st = state(proj)
+    assert {h["info"]["name"]: h["status"] for h in st["hosts"]} == {"h1": "provisioned", "h2": "provisioned", "h3": "failed"}
+    # start refuses while a host is not provisioned
+    assert fedctl(proj, "start").returncode != 0
+    td = fedctl(proj, "teardown", "--yes")
+    assert td.returncode != 0 and "h3" in td.stderr
+    st = state(proj)
+    assert {h["info"]["name"]: h["status"] for h in st["hosts"]}["h3"] != "torn_down"
+    assert st["phase"] == "tearing_down"
+    fleet.start(2)
+    assert fedctl(proj, "teardown", "--yes").returncode == 0
+    assert state(proj)["phase"] == "torn_down"
+    assert files_under(fleet) == []
+
+
+def test_changed_host_key_aborts_with_hint(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(2)
+    proj = project(tmp_path, fleet)
+    fedctl(proj, "exec", "-i", "inventory.yaml", "--", "true", check=True)
+    known = (proj / ".fedctl" / "known_hosts").read_text()
+    assert fleet.hosts[1].address in known
+    fleet.regen_host_key(1)
+    res = fedctl(proj, "exec", "-i", "inventory.yaml", "--", "true")
+    assert res.returncode != 0
+    assert "ssh-keygen" in res.stdout + res.stderr and "-R" in res.stdout + res.stderr
+    assert "h2" in res.stdout
+
+
+def test_unknown_inventory_key_is_a_clear_error(tmp_path):
+    proj = tmp_path / "p"
+    proj.mkdir()
+    (proj / "inv.yaml").write_text("provider: static\nhosts:\n  - name: a\n    adress: 127.0.0.2\n")
+    res = fedctl(proj, "provision", "--clients", "1", "-i", "inv.yaml", "--yes")
+    assert res.returncode == 2
+    assert "inv.yaml" in res.stderr and "hosts[0]" in res.stderr and "address" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (proj / ".fedctl" / "state.json").exists()
+
+
+def _kill_when(proc: subprocess.Popen, cond, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if cond():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("phase", ["provision", "start"])
+def test_fedctl_killed_then_teardown_leaves_nothing(sshd_fleet, tmp_path, phase):
+    fleet = sshd_fleet(3)
+    proj = project(tmp_path, fleet, rounds=100, round_s=0.2)
+    args = [sys.executable, "-m", "fedctl"]
+    env = {**os.environ}
+    if phase == "provision":
+        proc = subprocess.Popen(args + ["provision", "--clients", "4", "-i", "inventory.yaml", "--yes"],
+                                cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _kill_when(proc, lambda: (proj / ".fedctl" / "state.json").exists())
+    else:
+        fedctl(proj, "provision", "--clients", "4", "-i", "inventory.yaml", "--yes", check=True)
+        proc = subprocess.Popen(args + ["start"], cwd=proj, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # killed right after the server was spawned, before clients were recorded
+        _kill_when(proc, lambda: any((fleet.hosts[0].workdir / "runs").glob("*/server.pid")))
+    st = state(proj)
+    td = fedctl(proj, "teardown", "--yes")
+    assert td.returncode == 0, td.stdout + td.stderr
+    assert run_pids(st["run_id"]) == []
+    assert files_under(fleet) == []
+    assert state(proj)["phase"] == "torn_down"
