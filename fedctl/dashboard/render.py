@@ -283,8 +283,9 @@ def _logs(s: Snapshot, n: int) -> RenderableType:
         t.append(ln.text)
     if not lines:
         t.append("(no log lines yet)", style="dim")
-    flt = f" [filter: {s.log_filter}]" if s.log_filter else ""
-    return Panel(t, title=f"logs{flt}  (f: filter, q: quit - training keeps running)", title_align="left")
+    flt = f" - filter: {s.log_filter}" if s.log_filter else ""
+    title = Text(f"logs{flt}  (f: filter, q: quit - training keeps running)")
+    return Panel(t, title=title, title_align="left")
 
 
 # -- plain renderer ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from fedctl.monitor.metrics import FileCursor, LineBuffer
 from fedctl.monitor.nvidia import parse_gpus
-from fedctl.monitor.probe import FileReq, ProbeResult, ProcReq, build_probe, new_nonce, parse_probe
+from fedctl.monitor.probe import MAX_CHUNK_BYTES, FileReq, ProbeResult, ProcReq, build_probe, new_nonce, parse_probe
 from fedctl.monitor.snapshot import GpuReport
 from fedctl.state import HostRecord, RunState
 
@@ -90,6 +90,7 @@ class HostProbe:
         self.system = system
         self.clock = clock
         self.log_tail_bytes = log_tail_bytes
+        self.chunk_cap = MAX_CHUNK_BYTES  # most bytes of one file per probe (the rest comes next tick)
         self.nonce = new_nonce()
         self.procs = [ProcReq(p.label, p.pid, p.pidfile) for p in host.processes]
         self.cursors: dict[str, FileCursor] = {}
@@ -111,7 +112,8 @@ class HostProbe:
     def command(self) -> str:
         """The probe command for this tick (depends on the current offsets)."""
         files = [
-            FileReq(k, c.path, c.offset, c.inode, self.log_tail_bytes) for k, c in self.cursors.items()
+            FileReq(k, c.path, c.offset, c.inode, self.log_tail_bytes, self.chunk_cap)
+            for k, c in self.cursors.items()
         ]
         if self.status_path:
             files.append(FileReq(STATUS_KEY, self.status_path, whole=True, cap=64 * 1024))

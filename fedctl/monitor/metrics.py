@@ -98,12 +98,19 @@ class RoundRecord:
         return _f(self.clients.get(cid, {}).get("response_s"))
 
     def straggler(self) -> tuple[int | None, float | None]:
-        """The reporting client that answered last (largest response time)."""
+        """The reporting client that answered last (largest response time); (None, None) when no
+        client stands out (fewer than two responses, or all equal)."""
         best: tuple[int | None, float | None] = (None, None)
+        values = []
         for cid in self.reported:
             r = self.response(cid)
-            if r is not None and (best[1] is None or r > best[1]):
+            if r is None or not math.isfinite(r):
+                continue
+            values.append(r)
+            if best[1] is None or r > best[1]:
                 best = (cid, r)
+        if len(values) < 2 or max(values) == min(values):
+            return (None, None)
         return best
 
 

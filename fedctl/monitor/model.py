@@ -88,6 +88,15 @@ class WatchModel:
         self.clients_map = client_hosts(state)
         self._roles = {h.name: h.role for h in state.hosts}
 
+    def update_state(self, state: RunState) -> None:
+        """Take a re-read state (phase, processes) without losing what was collected."""
+        self.state = state
+        for h in state.hosts:
+            self.hosts.setdefault(h.name, _HostView())
+        self.server = server_host_name(state)
+        self.clients_map = client_hosts(state)
+        self._roles = {h.name: h.role for h in state.hosts}
+
     # -- input -------------------------------------------------------------------------------------
     def apply(self, sample: HostSample) -> list[LogLine]:
         """Fold one sample in; returns the new log lines it brought (for plain-line output)."""
