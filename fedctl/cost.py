@@ -46,20 +46,21 @@ def _priced_hosts(plan_or_state: Any) -> list[PricedHost]:
         hosts = plan_or_state.hosts
     out = []
     for h in hosts:
-        info = getattr(h, "info", h)  # HostRecord -> HostInfo; a plan's host may wrap one too
-        if isinstance(info, Mapping):
-            info = info.get("info", info)
-            name = str(info.get("name", "?"))
-            price = info.get("price_per_hour")
-            currency = info.get("currency") or "USD"
-            roles = info.get("roles") or ()
+        # HostRecord (.info), PlannedHost (.host, reads like its HostInfo), a plan dict's {"host": {...}}
+        if isinstance(h, Mapping):
+            info: Any = h.get("info") or h.get("host") or h
+            role_server, procs = h.get("role_server"), h.get("client_processes")
         else:
-            name = str(getattr(info, "name", "?"))
-            price = getattr(info, "price_per_hour", None)
-            currency = getattr(info, "currency", None) or "USD"
-            roles = getattr(info, "roles", ()) or ()
-        role = "+".join(sorted(roles)) if not isinstance(roles, str) else roles
-        out.append(PricedHost(name, None if price is None else float(price), str(currency), role))
+            info = getattr(h, "info", None) or getattr(h, "host", None) or h
+            role_server, procs = getattr(h, "role_server", None), getattr(h, "client_processes", None)
+        get = info.get if isinstance(info, Mapping) else (lambda k, d=None, _i=info: getattr(_i, k, d))
+        price = get("price_per_hour")
+        roles: Any = get("roles") or ()
+        if role_server is not None:  # a plan knows the roles better than the inventory's restriction
+            roles = (["server"] if role_server else []) + (["client"] if procs else [])
+        role = roles if isinstance(roles, str) else "+".join(sorted(roles))
+        out.append(PricedHost(str(get("name", "?")), None if price is None else float(price),
+                              str(get("currency") or "USD"), role))
     return out
 
 

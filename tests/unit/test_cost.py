@@ -119,3 +119,26 @@ def test_format_money():
     assert format_money(1.234, "USD") == "1.23 USD"
     assert format_money(0.00123, "EUR") == "0.0012 EUR"
     assert format_money(None, "USD") == "unpriced"
+
+
+def test_cost_command_prints_the_ledger_as_json(tmp_path, monkeypatch, capsys):
+    from fedctl.cli.app import app
+    from fedctl.cli.common import CliEnv, env, set_env
+    from fedctl.state import StateStore
+
+    s = state(host("srv", 2.0, roles=("server",), acquired=T0), host("c1", 1.0, acquired=T0, released=T0 + 1800))
+    s.experiment = {"budget": {"max_cost": 10, "max_hours": 4}}
+    StateStore(tmp_path / ".fedctl").save(s)
+    old = env()
+    set_env(CliEnv(state_dir=tmp_path / ".fedctl", clock=lambda: T0 + 3600, interactive=False))
+    try:
+        app(args=["cost", "--json"], standalone_mode=False)
+        data = json.loads(capsys.readouterr().out)
+        assert data["total"] == pytest.approx({"USD": 2.5}) and data["per_hour"] == {"USD": 2.0}
+        assert data["budget_left"] == pytest.approx({"cost": 7.5, "hours": 3.0})
+        assert [h["name"] for h in data["hosts"]] == ["srv", "c1"]
+        app(args=["cost"], standalone_mode=False)
+        text = capsys.readouterr().out
+        assert "2.50 USD" in text and "held" in text
+    finally:
+        set_env(old)

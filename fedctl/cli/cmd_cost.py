@@ -1,0 +1,117 @@
+"""``fedctl cost [--json] [--run ID]``: what each host and the whole run has cost so far."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from fedctl.cli.common import JsonOpt, env
+
+
+def load_run_state(run_id: Optional[str]) -> Any:
+    """The current run's state, or an archived run's (``.fedctl/runs/<id>/state.json``)."""
+    from fedctl.errors import StateError
+    from fedctl.state import RunState
+
+    e = env()
+    if not run_id:
+        return e.store.load()
+    path = e.store.root / "runs" / run_id / "state.json"
+    current = e.store.load_or_none()
+    if current is not None and current.run_id == run_id:
+        return current
+    try:
+        return RunState.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        runs = sorted(p.name for p in (e.store.root / "runs").glob("*") if p.is_dir())
+        raise StateError(f"no run {run_id!r} in {e.store.root}",
+                         hint=f"runs kept there: {', '.join(runs[-10:]) or 'none'}") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StateError(f"{path} is unreadable: {exc}") from None
+
+
+def _local_metrics(state: Any) -> Path | None:
+    """metrics.jsonl already collected for this run, if any (for the measured estimate)."""
+    candidates = [Path(state.results_dir)] if state.results_dir else []
+    candidates.append(env().store.root.parent / "results" / state.run_id)
+    for c in candidates:
+        if (c / "metrics.jsonl").is_file():
+            return c / "metrics.jsonl"
+    return None
+
+
+def cost_report(state: Any, now: float) -> dict[str, Any]:
+    """Everything ``cost --json`` prints: the ledger, the budget and what is left of it, the estimate."""
+    from fedctl.budget import Budget, billing_start
+    from fedctl.cost import estimate, run_cost
+
+    rc = run_cost(state, now)
+    try:
+        budget = Budget.from_experiment(state.experiment)
+    except Exception:  # noqa: BLE001 - an odd budget in an old state must not hide the ledger
+        budget = Budget()
+    left: dict[str, Any] = {}
+    if budget.max_cost is not None and len(rc.currencies) <= 1:
+        left["cost"] = budget.max_cost - rc.total_in()
+    start = billing_start(state)
+    if budget.max_hours is not None and start is not None:
+        left["hours"] = budget.max_hours - max(0.0, now - start) / 3600.0
+    est = estimate(state, state.rounds or 0) if state.rounds else None
+    metrics = _local_metrics(state)
+    if est is not None and metrics is not None:
+        est = est.updated_from_metrics(metrics)
+    return {**rc.to_dict(), "budget": budget.to_dict(), "budget_left": left,
+            "estimate": est.to_dict() if est else None}
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def cost_cmd(
+    run: Optional[str] = typer.Option(None, "--run", help="an archived run id (default: the current run)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """What each host and the whole run has cost so far (inventory price_per_hour x hours held)."""
+    from rich.table import Table
+
+    from fedctl.cost import format_money, format_totals
+
+    e = env()
+    state = load_run_state(run)
+    data = cost_report(state, e.clock())
+    if as_json:
+        e.print_json(data)
+        return
+    t = Table(title=f"cost of run {state.run_id}", title_justify="left")
+    for col, just in (("host", "left"), ("role", "left"), ("per hour", "right"), ("acquired", "left"),
+                      ("released", "left"), ("hours", "right"), ("cost", "right")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in data["hosts"]:
+        price = "-" if r["price_per_hour"] is None else format_money(r["price_per_hour"], r["currency"])
+        released = "held" if r["running"] else _when(r["released_at"])
+        t.add_row(r["name"], r["role"], price, _when(r["acquired_at"]), released, f"{r['hours']:.3f}",
+                  format_money(r["cost"], r["currency"]))
+    t.add_row("total", "", format_totals(data["per_hour"]), "", "", f"{data['hours']:.3f}",
+              format_totals(data["total"]), style="bold")
+    e.console.print(t)
+    if data["unpriced"]:
+        e.console.print(f"[yellow]no price_per_hour in the inventory for:[/] {', '.join(data['unpriced'])}")
+    b, left = data["budget"], data["budget_left"]
+    if "cost" in left:
+        e.console.print(f"budget: max_cost {b['max_cost']:g}, left {left['cost']:.4f}")
+    if "hours" in left:
+        e.console.print(f"budget: max_hours {b['max_hours']:g}, left {left['hours']:.3f} h")
+    est = data["estimate"]
+    if est and est["per_hour"]:
+        how = (f"measured {est['seconds_per_round']:.1f} s/round over {est['rounds_done']} round(s)"
+               if est["measured"] else f"assumed {est['seconds_per_round']:.0f} s/round")
+        e.console.print(f"estimate for the whole run ({est['rounds']} rounds, {how}): {format_totals(est['total'])}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cost")(cost_cmd)
