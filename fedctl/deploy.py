@@ -129,12 +129,12 @@ def stop_pids(conn: Connector, pids: Iterable[int], grace_s: float = 10.0) -> li
     plist = join(pids)
     steps = max(1, int(grace_s * 5))
     script = (
-        f"for p in {plist}; do kill -TERM -- -$p 2>/dev/null; kill -TERM $p 2>/dev/null; done; "
+        f"for p in {plist}; do kill -TERM -$p 2>/dev/null; kill -TERM $p 2>/dev/null; done; "
         f"i=0; while [ $i -lt {steps} ]; do left=''; "
         f"for p in {plist}; do kill -0 $p 2>/dev/null && "
         "! grep -q '^[0-9]* ([^)]*) Z' /proc/$p/stat 2>/dev/null && left=\"$left $p\"; done; "
         '[ -z "$left" ] && break; sleep 0.2; i=$((i+1)); done; '
-        f"for p in {plist}; do kill -KILL -- -$p 2>/dev/null; kill -KILL $p 2>/dev/null; done; "
+        f"for p in {plist}; do kill -KILL -$p 2>/dev/null; kill -KILL $p 2>/dev/null; done; "
         "sleep 0.2; "
         f"for p in {plist}; do kill -0 $p 2>/dev/null && "
         "! grep -q '^[0-9]* ([^)]*) Z' /proc/$p/stat 2>/dev/null && echo $p; done; true"
