@@ -88,6 +88,7 @@ class Client:
         self.uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload")
         self.unreachable_s = float(os.environ.get("FEDTF_UNREACHABLE_S", 600))
         self._local = threading.local()
+        self.stop = threading.Event()  # set when the run is over: wakes delayed uploads
         log(self.role, f"{len(ids)} virtual clients, {sum(c.n for c in self.clients.values())} examples; "
                        f"server {self.host}:{self.port}")
 
@@ -156,7 +157,8 @@ class Client:
             if status == "wait":
                 continue
             if status in ("finished", "failed"):
-                self.uploads.shutdown(wait=True)
+                self.stop.set()
+                self.uploads.shutdown(wait=True, cancel_futures=True)
                 log(self.role, f"server reports the run {status}; exiting")
                 return EXIT_OK if status == "finished" else EXIT_RUN_FAILED
             after, inst = int(msg.meta["seq"]), str(msg.meta.get("instance", ""))
@@ -201,8 +203,8 @@ class Client:
             self.uploads.submit(self._post, f"/update?seq={seq}&id={k}", body, k, delay)
 
     def _post(self, path: str, body: bytes, k: int, delay: float) -> None:
-        if delay > 0:
-            time.sleep(delay)
+        if delay > 0 and self.stop.wait(delay):
+            return  # the run ended while this (simulated) straggler was still on its way
         try:
             code, reply = self.request("POST", path, body, timeout=60.0, give_up_s=60.0)
         except ConnectionError as e:
