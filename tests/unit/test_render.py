@@ -1,0 +1,194 @@
+"""The dashboard renders snapshots built from fabricated probes: every host, GPU state, straggler, alert."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from rich.console import Console
+
+from fedctl.connectors.base import HostInfo
+from fedctl.dashboard.render import fmt_duration, render, render_lines, sparkline, status_line
+from fedctl.monitor.collect import HostProbe, HostSample
+from fedctl.monitor.model import WatchModel
+from fedctl.monitor.probe import FileChunk, ProbeResult
+from fedctl.state import HostRecord, ProcessRecord, RunState
+from tests.unit.test_nvidia import APPS, DRIVER_FAILED, NA_FIELDS, TWO_A100
+
+NOW = 2000.0
+GPU_OUT = {"h1": (TWO_A100, 0, APPS), "h2": (NA_FIELDS, 0, ""), "h4": (DRIVER_FAILED, 9, "")}
+
+
+def make_state(phase: str = "running") -> RunState:
+    hosts = [HostRecord(HostInfo("h1", "10.0.0.1", roles=("server",), price_per_hour=3.0), status="provisioned",
+                        workdir="/w/h1", acquired_at=NOW - 3600,
+                        processes=[ProcessRecord("server", 0, [], pid=31337, log="/w/h1/runs/r1/server.log",
+                                                 status="running")])]
+    for i in range(2, 7):  # h2..h6 run clients 2 each: 10 clients
+        ids = [2 * (i - 2), 2 * (i - 2) + 1]
+        hosts.append(HostRecord(HostInfo(f"h{i}", f"10.0.0.{i}", roles=("client",), price_per_hour=0.5),
+                                status="provisioned", workdir=f"/w/h{i}", acquired_at=NOW - 3600,
+                                processes=[ProcessRecord("client", 0, ids, pid=500 + i,
+                                                         log=f"/w/h{i}/runs/r1/client-0.log", status="running")]))
+    return RunState("r1", phase=phase, clients=10, rounds=20, payload_name="fedavg_tf", server={"host": "h1"},
+                    hosts=hosts, started_at=NOW - 100, experiment={"strategy": "fedavg"})
+
+
+def round_line(r: int, slow: int, dropped: int | None = None, loss: float = 0.5) -> str:
+    reported = [c for c in range(10) if c != dropped]
+    return json.dumps({
+        "type": "round", "round": r, "rounds": 20, "start": NOW - 100 + 10 * r, "end": NOW - 92 + 10 * r,
+        "sampled": list(range(10)), "reported": reported,
+        "dropped": [{"id": dropped, "reason": "timeout"}] if dropped is not None else [],
+        "clients": {str(c): {"response_s": 4.0 if c == slow else 1.0 + c / 100, "loss": loss} for c in reported},
+        "loss": loss, "accuracy": 0.5 + r / 100, "strategy": "fedavg",
+    })
+
+
+def build_model(dead: str | None = None, unreachable: str | None = None, metrics: str | None = None,
+                status: dict | None = None, phase: str = "running") -> WatchModel:
+    state = make_state(phase)
+    model = WatchModel(state, interval=1.0, clock=lambda: NOW)
+    if metrics is None:
+        metrics = "\n".join(round_line(r, slow=r % 3 + 5, dropped=9 if r == 4 else None) for r in range(1, 7)) + "\n"
+    if status is None:
+        status = {"round": 7, "rounds": 20, "phase": "training", "sampled": [0, 1, 2, 3],
+                  "reported": [0, 1], "waiting": [2, 3]}
+    for h in state.hosts:
+        probe = HostProbe(h, "r1", h.name == "h1", clock=lambda: NOW)
+        gq, grc, apps = GPU_OUT.get(h.name, ("", 0, ""))
+        pr = ProbeResult(load1=1.5, ncpu=8, mem_total_kib=16 << 20, mem_avail_kib=12 << 20, complete=True,
+                         pids={p.label: (p.pid, h.name != dead) for p in h.processes},
+                         gpu_present=h.name in GPU_OUT, gpu_text=gq, gpu_rc=grc, apps_text=apps,
+                         pgid_pids={31337, 31338} if h.name == "h1" else set())
+        pr.files["L0"] = FileChunk("L0", False, 30, "1", 0, 30, f"log of {h.name}: step 1\nlog of {h.name}: step 2\n")
+        if h.name == "h1":
+            pr.files["metrics"] = FileChunk("metrics", False, len(metrics), "2", 0, len(metrics), metrics)
+            st = json.dumps(status)
+            pr.files["status"] = FileChunk("status", False, len(st), "3", 0, len(st), st)
+        model.apply(probe.absorb(pr, 0.05))
+    if unreachable:
+        model.apply(HostSample(unreachable, NOW, False, 10.0, error="ConnectError: connection refused"))
+        model.hosts[unreachable].last_ok.time = NOW - 42  # its last good data is 42 s old
+    return model
+
+
+def text_of(renderable, width: int = 220) -> str:
+    console = Console(width=width, record=True, force_terminal=True, color_system="truecolor")
+    console.print(renderable)
+    return console.export_text()
+
+
+@pytest.fixture
+def snap():
+    return build_model().snapshot()
+
+
+def test_every_host_client_and_gpu_on_one_screen(snap):
+    out = text_of(render(snap))
+    for h in ("h1", "h2", "h3", "h4", "h5", "h6"):
+        assert f" {h} " in out
+    assert "round 7 of 20" in out and "fedavg_tf" in out and "fedavg" in out
+    # two A100s with the run's own memory (pids 31337+31338 = 29512 MiB), not pid 4242's
+    assert "0:NVIDIA A100-SXM4-40GB 87% 29.4/40.0G 61°C 287W run 28.8G" in out
+    assert "1:NVIDIA A100-SXM4-40GB 0% 0.0/40.0G 33°C 52W run 0G" in out
+    assert "n/a 1.0/6.0G 47°C n/a" in out  # [N/A] shows as n/a, never as 0
+    assert "no GPU" in out
+    assert "nvidia-smi error: NVIDIA-SMI has failed because it couldn't communicate" in out
+    for c in range(10):
+        assert re.search(rf"│\s+{c}\s+h{c // 2 + 2}\s", out), f"client {c} row missing"
+    assert "log of h4: step 2" in out
+
+
+def test_header_cost_eta_and_progress(snap):
+    assert snap.cost == pytest.approx(3.0 + 5 * 0.5) and snap.cost_per_hour == pytest.approx(5.5)
+    out = text_of(render(snap))
+    assert "cost 5.50 USD (5.50 USD/h)" in out
+    assert snap.elapsed_s == 100 and snap.eta_s is not None and snap.eta_s > 0
+    assert "elapsed 1m40s" in out
+
+
+def test_straggler_of_each_round_stands_out(snap):
+    history = {p.round: p for p in snap.federation.history}
+    assert [history[r].straggler for r in range(1, 7)] == [r % 3 + 5 for r in range(1, 7)]
+    assert history[4].dropped == (9,)
+    out = text_of(render(snap))
+    assert "straggler  round 6: client 5 (4.00s)" in out
+    row5 = next(line for line in out.splitlines() if line.lstrip("│ ").startswith("5  h4"))
+    assert row5.count("4.0*") == 2  # slowest in rounds 3 and 6
+    row9 = next(line for line in out.splitlines() if line.lstrip("│ ").startswith("9  h6"))
+    assert "✗" in row9  # dropped in round 4
+
+
+def test_client_states_follow_status_and_processes():
+    snap = build_model(dead="h6").snapshot()
+    states = {c.id: c.state for c in snap.clients}
+    assert states[0] == "reported" and states[2] == "training" and states[4] == "waiting"
+    assert states[8] == states[9] == "dead"
+    assert any(a.kind == "process_died" and a.host == "h6" for a in snap.alerts)
+    assert "client-0 on h6 (pid 506) is not running" in text_of(render(snap))
+
+
+def test_unreachable_host_says_how_stale_it_is():
+    snap = build_model(unreachable="h3").snapshot()
+    h3 = next(h for h in snap.hosts if h.name == "h3")
+    assert h3.reachable is False and h3.age_s == 42
+    out = text_of(render(snap))
+    assert "NO (ConnectError: connection refused), data 42s old" in out
+    assert "h3 unreachable: ConnectError: connection refused" in out
+
+
+def test_alerts_nan_timeout_rejected():
+    metrics = "\n".join([round_line(1, 3), round_line(2, 3, dropped=7, loss=float("nan"))]) + "\n"
+    metrics += json.dumps({"type": "event", "level": "warning", "message": "update of client 4 rejected: norm too large",
+                           "client": 4, "round": 2}) + "\n"
+    snap = build_model(metrics=metrics).snapshot()
+    kinds = {a.kind for a in snap.alerts}
+    assert {"nan_loss", "round_timeout", "update_rejected"} <= kinds
+    out = text_of(render(snap))
+    assert "round 2: loss is NaN" in out and "round 2: client 7 timed out" in out and "rejected" in out
+    json.dumps(snap.to_dict(), allow_nan=False)  # strict JSON even with a NaN loss
+
+
+def test_render_is_pure_and_plain_lines_have_the_same_facts(snap):
+    assert text_of(render(snap)) == text_of(render(snap))
+    lines = "\n".join(render_lines(snap))
+    for h in ("h1", "h6"):
+        assert f"  {h} " in lines
+    assert "round 7 of 20" in lines and "straggler client 5 (4.00s)" in lines
+    assert "gpu nvidia-smi error: NVIDIA-SMI has failed" in lines and "gpu no GPU" in lines
+    assert "\x1b[" not in lines
+    assert status_line(snap).startswith("run=r1 phase=training round=7/20")
+
+
+def test_json_snapshot_has_clients_hosts_gpus_round_accuracy_alerts(snap):
+    d = json.loads(json.dumps(snap.to_dict(), allow_nan=False))
+    assert d["round"] == 7 and d["rounds"] == 20 and d["accuracy"] == pytest.approx(0.56)
+    assert [c["id"] for c in d["clients"]] == list(range(10))
+    h1 = d["hosts"][0]
+    assert h1["gpu"]["status"] == "ok" and h1["gpu"]["gpus"][0]["run_mem_mib"] == 29512.0
+    assert d["hosts"][3]["gpu"]["status"] == "error"
+    assert "logs" not in d and isinstance(d["alerts"], list)
+
+
+def test_log_filter_by_host_role_and_client(snap):
+    model = build_model()
+    assert {ln.host for ln in model.snapshot(log_filter="h3").logs} == {"h3"}
+    assert {ln.host for ln in model.snapshot(log_filter="server").logs} == {"h1"}
+    assert {ln.host for ln in model.snapshot(log_filter="client-07").logs} == {"h5"}
+    assert "filter: h3" in text_of(render(model.snapshot(log_filter="h3")))
+
+
+def test_finished_run():
+    metrics = round_line(1, 2) + "\n" + json.dumps({"type": "summary", "rounds_completed": 1, "final_accuracy": 0.9,
+                                                     "final_loss": 0.1, "status": "finished", "wall_s": 12.0}) + "\n"
+    snap = build_model(metrics=metrics, status={"round": 1, "rounds": 1, "phase": "finished"}).snapshot()
+    assert snap.done and snap.summary["final_accuracy"] == 0.9 and snap.eta_s == 0.0
+    assert all(c.state == "finished" for c in snap.clients)
+    assert "phase finished" in text_of(render(snap))
+
+
+def test_formatters():
+    assert fmt_duration(None) == "-" and fmt_duration(4.25) == "4.2s" and fmt_duration(3725) == "1h02m"
+    assert sparkline([0.0, 0.5, 1.0]) == "▁▄█" and sparkline([None, 1.0]) == " ▅" and sparkline([]) == ""
