@@ -69,13 +69,29 @@ def _thread_lock_for(path: str) -> threading.Lock:
         return _PIN_LOCKS.setdefault(path, threading.Lock())
 
 
-def _load_host_keys(path: str) -> paramiko.HostKeys:
+_HOST_KEYS_CACHE: dict[str, tuple[tuple[int, int], paramiko.HostKeys]] = {}
+_HOST_KEYS_GUARD = threading.Lock()
+
+
+def _load_host_keys(path: str, cached: bool = True) -> paramiko.HostKeys:
+    """Parse a known_hosts file. Cached by (mtime, size): every connector of a 50-host fleet reads the
+    same files, and parsing them 50 times is quadratic. ``cached=False`` re-reads (under the pin lock)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return paramiko.HostKeys()
+    sig = (st.st_mtime_ns, st.st_size)
+    with _HOST_KEYS_GUARD:
+        hit = _HOST_KEYS_CACHE.get(path)
+    if cached and hit and hit[0] == sig:
+        return hit[1]
     keys = paramiko.HostKeys()
-    if os.path.exists(path):
-        try:
-            keys.load(path)
-        except (OSError, paramiko.SSHException) as e:  # a corrupt line must not pass silently
-            raise ConnectError(f"cannot read known_hosts file {path}: {e}") from e
+    try:
+        keys.load(path)
+    except (OSError, paramiko.SSHException) as e:  # a corrupt line must not pass silently
+        raise ConnectError(f"cannot read known_hosts file {path}: {e}") from e
+    with _HOST_KEYS_GUARD:
+        _HOST_KEYS_CACHE[path] = (sig, keys)
     return keys
 
 
@@ -86,14 +102,16 @@ class KnownHosts:
         self.pin_file = os.path.abspath(os.path.expanduser(pin_file))
         self.user_file = os.path.expanduser(user_file) if user_file else None
 
-    def load_into(self, client: paramiko.SSHClient) -> None:
-        """Give paramiko every known key, so it prefers a known key type and detects a changed key."""
-        for path, load in ((self.user_file, client.load_system_host_keys), (self.pin_file, client.load_host_keys)):
-            if path and os.path.exists(path):
-                try:
-                    load(path)
-                except (OSError, paramiko.SSHException) as e:  # a corrupt file must not pass silently
-                    raise ConnectError(f"cannot read known_hosts file {path}: {e}") from e
+    def load_into(self, client: paramiko.SSHClient, entry: str) -> None:
+        """Give paramiko the known keys of ``entry``, so it prefers a known key type and detects a
+        changed key itself (BadHostKeyException); unknown keys go to ``_PinningPolicy``."""
+        known = client.get_host_keys()
+        for path in (self.pin_file, self.user_file):  # the user's file last: it wins on a conflict
+            if not path:
+                continue
+            found = _load_host_keys(path).lookup(entry)
+            for ktype, key in (found or {}).items():
+                known.add(entry, ktype, key)
 
     def file_pinning(self, entry: str) -> str:
         """Which file holds the key for ``entry`` (the one the user must edit), fedctl's by default."""
@@ -112,7 +130,7 @@ class KnownHosts:
             lock_fd = os.open(self.pin_file + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
-                pinned = _load_host_keys(self.pin_file).lookup(entry)
+                pinned = _load_host_keys(self.pin_file, cached=False).lookup(entry)
                 if pinned is not None and key.get_name() in pinned:
                     if pinned[key.get_name()] == key:
                         return
@@ -419,7 +437,7 @@ class SSHConnector(Connector):
         client = paramiko.SSHClient()
         policy = self.host.host_key_policy
         if policy != "off":
-            self.known.load_into(client)
+            self.known.load_into(client, host_entry(target.hostname, target.port))
         client.set_missing_host_key_policy(_PinningPolicy(policy, self.known, self.host.name, target.port))
         try:
             client.connect(

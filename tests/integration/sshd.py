@@ -140,6 +140,9 @@ class SshdFleet:
                 "Subsystem sftp internal-sftp",
                 "PrintMotd no",
                 "LogLevel ERROR",
+                # bash sources ~/.bashrc for sshd sessions only while SHLVL < 2; here that file runs
+                # `pyenv init` (~130 ms CPU per command), which would swamp what the tests measure.
+                "SetEnv SHLVL=1",
                 "",
             ])
         )
