@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -45,6 +46,8 @@ POWEROFF_DELAY_S = 60.0
 #: this long unless fedctl's teardown stopped it first (laptop closed: billing must still stop)
 FINISH_WAIT_S = 900.0
 DEFAULT_POWEROFF_COMMAND = "sudo -n poweroff || poweroff"
+#: tests (and cautious users) replace the power-off command for every watchdog fedctl starts
+POWEROFF_ENV = "FEDCTL_POWEROFF_COMMAND"
 ON_FINISH = ("stop", "teardown", "poweroff")
 
 GUARD_FILE = "guard.json"
@@ -251,6 +254,8 @@ def watchdog_spec(
     Times in the spec are *relative* (seconds already billed at ``now``), so the host's clock need not
     agree with this machine's: the watchdog counts from its own start with a monotonic clock.
     ``budget`` None: from ``state.experiment["budget"]``. ``run_dir`` None: ``deploy.remote_run_dir``.
+    ``poweroff_command`` None: ``$FEDCTL_POWEROFF_COMMAND`` if set, else ``sudo -n poweroff || poweroff``
+    (it only ever runs with ``on_finish: poweroff``).
     Only the server host gets the metrics path (the idle guard needs it).
     """
     if budget is None:
@@ -287,7 +292,7 @@ def watchdog_spec(
         "idle_gpu_percent": IDLE_GPU_PERCENT,
         "metrics": f"{run_dir}/metrics.jsonl" if is_server else None,
         "on_finish": on_finish,
-        "poweroff_command": poweroff_command or DEFAULT_POWEROFF_COMMAND,
+        "poweroff_command": poweroff_command or os.environ.get(POWEROFF_ENV) or DEFAULT_POWEROFF_COMMAND,
         "poweroff_delay_s": POWEROFF_DELAY_S if on_finish == "poweroff" else 0.0,
         "finish_wait_s": FINISH_WAIT_S,
         "poll_s": poll_s,

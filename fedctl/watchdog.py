@@ -88,20 +88,25 @@ def _ours(pid):
         return False
 
 
-def group_members(pgid):
-    """Live (non-zombie) pids of the run in process group ``pgid``, via /proc; kill(0) elsewhere."""
+def group_members(pgid, check_ours=True):
+    """Live (non-zombie) pids of process group ``pgid`` when the group is the run's, else [].
+
+    The group is the run's when one of its members' command line contains MATCH (the leader runs
+    the payload with ``--run-dir .../runs/<run-id>``); then every member counts, children included.
+    Uses /proc; elsewhere a kill(0) test.
+    """
     if os.path.isdir("/proc/self"):
         members = []
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
             st = _proc_stat(int(name))
-            if st and st[1] == pgid and st[0] != "Z" and _ours(int(name)):
+            if st and st[1] == pgid and st[0] != "Z":
                 members.append(int(name))
         st = _proc_stat(pgid)  # the leader itself (it may have left its group: check it too)
-        if st and st[0] != "Z" and pgid not in members and _ours(pgid):
+        if st and st[0] != "Z" and pgid not in members:
             members.append(pgid)
-        return members
+        return members if not check_ours or any(_ours(m) for m in members) else []
     try:
         os.killpg(pgid, 0)
         return [pgid]
@@ -113,8 +118,8 @@ def group_members(pgid):
             return []
 
 
-def any_alive(pids):
-    return any(group_members(p) for p in pids)
+def any_alive(pids, check_ours=True):
+    return any(group_members(p, check_ours) for p in pids)
 
 
 def _signal(pid, sig):
@@ -126,22 +131,23 @@ def _signal(pid, sig):
 
 
 def stop_groups(pids, grace_s):
-    """TERM each group, wait up to grace_s, KILL what is left. Returns pids still alive.
+    """TERM each of the run's groups, wait up to grace_s, KILL what is left. Returns pids still alive.
 
-    Only groups that are the run's (``group_members`` non-empty) are signalled."""
+    Which groups are the run's is decided once, before signalling: a child that outlives its leader
+    (and does not carry the run dir in its command line) is still killed."""
     pids = [p for p in pids if group_members(p)]
     for p in pids:
         _signal(p, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any_alive(pids):
+    while time.monotonic() < deadline and any_alive(pids, False):
         time.sleep(0.2)
-    left = [p for p in pids if group_members(p)]
+    left = [p for p in pids if group_members(p, False)]
     for p in left:
         _signal(p, signal.SIGKILL)
-        for m in group_members(p):
+        for m in group_members(p, False):
             _signal(m, signal.SIGKILL)
     time.sleep(0.2)
-    return [p for p in pids if group_members(p)]
+    return [p for p in pids if group_members(p, False)]
 
 
 # -- measurements -----------------------------------------------------------------------------------------
@@ -276,9 +282,11 @@ def main(argv=None):
                 log("the run's processes are gone; powering off in %ss unless fedctl tears down first"
                     % spec.get("finish_wait_s", 900))
             elif t - finished_at >= float(spec.get("finish_wait_s", 900)):
-                write_guard(guard_file, {"reason": "finished", "message": "the run finished; nobody collected it "
-                                         "within finish_wait_s, so the watchdog powered the host off",
-                                         "time": time.time(), "value": 0.0, "limit": 0.0, "by": "watchdog"})
+                if not os.path.exists(guard_file):  # keep the reason of an earlier trip
+                    write_guard(guard_file, {
+                        "reason": "finished", "message": "the run finished and nobody tore it down within "
+                        "finish_wait_s, so the watchdog powered the host off",
+                        "time": time.time(), "value": 0.0, "limit": 0.0, "by": "watchdog"})
                 power_off(spec)
                 return 0
         gpu = gpu_utilisation() if (spec.get("idle_minutes") and spec.get("metrics")) else None
