@@ -136,6 +136,26 @@ def test_watchdog_exits_when_the_run_ends_on_its_own(tmp_path):
         wd.kill()
 
 
+def test_watchdog_with_poweroff_powers_off_a_finished_run_nobody_tore_down(tmp_path):
+    state, rec, run_dir, proc = _fake_run(tmp_path, child=False)  # on_finish: poweroff
+    marker = run_dir / "powered-off"
+    spec = watchdog_spec(state, rec, now=time.time(), budget=Budget(max_hours=1), run_dir=str(run_dir),
+                         poweroff_command=SAFE_POWEROFF.format(marker=marker), poll_s=0.2)
+    spec["finish_wait_s"] = 1.5
+    wd = _spawn_watchdog(spec, run_dir)
+    try:
+        time.sleep(0.6)
+        proc.terminate()  # the run ends on its own; fedctl is not there to tear it down
+        time.sleep(0.6)
+        assert wd.poll() is None and not marker.exists(), "powered off before finish_wait_s"
+        assert wd.wait(timeout=10) == 0
+        assert marker.exists()
+        assert json.loads((run_dir / "guard.json").read_text())["reason"] == "finished"
+    finally:
+        proc.kill()
+        wd.kill()
+
+
 def test_watchdog_idle_guard_and_a_reused_pid_is_never_killed(tmp_path):
     state, rec, run_dir, proc = _fake_run(tmp_path, child=False)
     state.experiment = {}
