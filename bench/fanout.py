@@ -93,6 +93,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="1,10,50")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-serial", action="store_true", help="skip the serial loop (slow at 50 hosts)")
+    ap.add_argument("--no-reexec", action="store_true", help="run sshd with -r (less sshd CPU per connection)")
     args = ap.parse_args()
     reason = sshd_available()
     if reason:
@@ -101,7 +102,8 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="fedctl-bench-") as tmp:
         os.environ["HOME"] = tmp  # no ~/.ssh config/keys/known_hosts of the developer in the numbers
-        cluster = SshdFleet(Path(tmp) / "sshd", max(sizes), first_address=100 if max(sizes) < 150 else 2)
+        cluster = SshdFleet(Path(tmp) / "sshd", max(sizes), first_address=100 if max(sizes) < 150 else 2,
+                           no_reexec=args.no_reexec)
         with cluster:
             known_hosts = str(Path(tmp) / "known_hosts")
             bench_fedctl(cluster, max(sizes), known_hosts)  # warm up sshd and pin the keys once

@@ -248,3 +248,16 @@ def test_fleet_five_hosts_one_dead_one_connection_each(sshd_fleet, known_hosts):
         assert all(c.connects == 1 for c in made if c.host.name != "h3")
         assert next(c for c in made if c.host.name == "h3").connects == 0
     assert not any(c.connected for c in made)
+
+
+def test_written_inventory_loads_and_drives_a_fleet(sshd_fleet, known_hosts, tmp_path):
+    inventory = pytest.importorskip("fedctl.config.inventory")
+    f = sshd_fleet(2)
+    path = f.write_inventory(tmp_path / "inventory.yaml", host_key_policy="accept-new")
+    inv = inventory.load_inventory(str(path))
+    hosts = list(inv.hosts)
+    assert [(h.name, h.address, h.port) for h in hosts] == [(h.name, h.address, h.port) for h in f.hosts]
+    with Fleet(hosts, known_hosts=known_hosts) as fleet:
+        res = fleet.run(f"{hosts[0].python} -c 'import sys; print(sys.version_info[0])'")
+    assert res.ok, [r.error for r in res.failed]
+    assert [r.value.stdout for r in res] == ["3\n", "3\n"]
