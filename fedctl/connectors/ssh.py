@@ -370,10 +370,6 @@ class SSHConnector(Connector):
                 except (HostKeyError, ConnectError):
                     self._close_quietly()
                     raise
-                except paramiko.BadHostKeyException as e:
-                    self._close_quietly()
-                    entry = host_entry(target.hostname, target.port)
-                    raise changed_key_error(self.host.name, entry, e.key, self.known.file_pinning(entry)) from e
                 except paramiko.AuthenticationException as e:
                     self._close_quietly()
                     raise ConnectError(
@@ -453,6 +449,10 @@ class SSHConnector(Connector):
                 look_for_keys=True,
                 sock=sock,  # type: ignore[arg-type]
             )
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            entry = host_entry(target.hostname, target.port)  # this hop's entry (maybe a jump host)
+            raise changed_key_error(self.host.name, entry, e.key, self.known.file_pinning(entry)) from e
         except BaseException:
             client.close()
             raise

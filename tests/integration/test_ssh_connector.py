@@ -245,6 +245,10 @@ def test_fleet_five_hosts_one_dead_one_connection_each(sshd_fleet, known_hosts):
         assert [r.host for r in again.failed] == ["h3"]
         assert {r.host: r.value.stdout.split()[1] for r in again.succeeded} == first  # same TCP connection
         assert len(made) == 5
+        # parallel first connects pinned each live host exactly once
+        assert sorted(Path(known_hosts).read_text().splitlines()) == sorted(
+            f"{h.entry} {f.host_key_line(h.index)}" for h in f.hosts if h.name != "h3"
+        )
         assert all(c.connects == 1 for c in made if c.host.name != "h3")
         assert next(c for c in made if c.host.name == "h3").connects == 0
     assert not any(c.connected for c in made)
@@ -261,3 +265,60 @@ def test_written_inventory_loads_and_drives_a_fleet(sshd_fleet, known_hosts, tmp
         res = fleet.run(f"{hosts[0].python} -c 'import sys; print(sys.version_info[0])'")
     assert res.ok, [r.error for r in res.failed]
     assert [r.value.stdout for r in res] == ["3\n", "3\n"]
+
+
+def test_proxy_command_from_inventory_extra(sshd_fleet, known_hosts, tmp_path):
+    f = sshd_fleet(2)
+    jump, target = f.hosts
+    proxy = (
+        f"ssh -q -i {f.identity_file} -o BatchMode=yes -o StrictHostKeyChecking=no"
+        f" -o UserKnownHostsFile={tmp_path / 'proxy_known_hosts'} -p {jump.port}"
+        f" -W {target.address}:{target.port} {f.user}@{jump.address}"
+    )
+    host = dataclasses.replace(f.host_infos()[1], extra={"proxy_command": proxy})
+    with _conn(host, known_hosts) as c:
+        assert c.run("echo via-proxy").stdout == "via-proxy\n"
+    assert target.entry in Path(known_hosts).read_text()
+
+
+def test_parallel_first_connects_pin_each_key_once(known_hosts):
+    """Many threads pinning at once (a 50-host first connect) leave a well-formed file, one line per
+    host; a second, different key for an already pinned entry is refused, not appended."""
+    import threading
+
+    import paramiko
+
+    from fedctl.connectors.ssh import KnownHosts
+
+    keys = [paramiko.Ed25519Key.from_private_key_file(_gen_key(Path(known_hosts).parent, i)) for i in range(20)]
+    kh = KnownHosts(known_hosts, None)
+    errors: list[BaseException] = []
+
+    def pin(i: int) -> None:
+        try:
+            kh.pin(f"[127.0.0.{i % 10 + 2}]:2222", keys[i % 10], f"h{i}")  # every entry pinned twice
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=pin, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    lines = Path(known_hosts).read_text().splitlines()
+    assert len(lines) == 10 and len(set(lines)) == 10
+    assert stat.S_IMODE(os.stat(known_hosts).st_mode) == 0o600
+    with pytest.raises(HostKeyError) as ei:
+        kh.pin("[127.0.0.2]:2222", keys[15], "h2")
+    assert f"ssh-keygen -f {os.path.abspath(known_hosts)} -R '[127.0.0.2]:2222'" in (ei.value.hint or "")
+    assert len(Path(known_hosts).read_text().splitlines()) == 10
+
+
+def _gen_key(directory: Path, i: int) -> str:
+    import subprocess
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"k{i}"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return str(path)
