@@ -28,7 +28,7 @@ import stat
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import paramiko
@@ -224,7 +224,6 @@ class Target:
     key_files: tuple[str, ...] = ()
     proxy_jump: tuple[str, ...] = ()
     proxy_command: str | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 def _parse_jump(spec: str) -> tuple[str | None, str, int | None]:
@@ -529,10 +528,13 @@ class SSHConnector(Connector):
             chan = self._transport().open_session(timeout=self.connect_timeout)
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise RemoteError(f"host {self.host.name}: cannot open a session: {_describe(e)}") from e
+        out: list[bytes] = []
+        err: list[bytes] = []
         try:
-            chan.exec_command(full)
-            out: list[bytes] = []
-            err: list[bytes] = []
+            try:
+                chan.exec_command(full)
+            except (OSError, EOFError, paramiko.SSHException) as e:
+                raise RemoteError(f"host {self.host.name}: cannot start the command: {_describe(e)}") from e
             # Separate readers for both streams (and a writer for stdin): a command that fills stderr
             # while we wait on stdout must not block on a full window.
             readers = [
