@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Callable
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 
-from fedctl.dashboard.render import format_log_line, render, render_lines, status_line
+from fedctl.dashboard.render import format_log_line, render, render_lines, render_logs, status_line
 from fedctl.monitor.collect import Collector, build_probes, collect_once
 from fedctl.monitor.model import WatchModel, log_filter_matches
 from fedctl.monitor.snapshot import LogLine, Snapshot
@@ -103,11 +103,35 @@ class _KeyReader:
             self._saved = None
 
 
-def _log_lines_budget(snap: Snapshot, height: int) -> int:
-    """How many log lines fit under the other panels on a ``height``-line screen."""
-    gpu_lines = sum(max(1, len(h.gpu.gpus)) for h in snap.hosts)
-    used = 2 + 9 + (len(snap.clients) + 3) + (gpu_lines + 3) + 2
-    return max(3, height - used)
+def heat_columns_for(width: int) -> int:
+    """How many heatmap rounds fit next to the client columns on a ``width``-column screen."""
+    return max(0, min(12, (width - 62) // 6))
+
+
+def fit_screen(snap: Snapshot, console: Console) -> RenderableType:
+    """``render(snap)`` sized to the terminal: the panels above are rendered once, and the logs
+    panel gets exactly the lines left (Live in screen mode crops whatever does not fit)."""
+    from rich.console import Group
+
+    width, height = console.size
+    upper = render(snap, max_log_lines=0, heat_columns=heat_columns_for(width))
+    lines = console.render_lines(upper, console.options, pad=False, new_lines=True)
+    room = height - len(lines) - 2  # the logs panel's borders
+    segments = [seg for line in lines for seg in line]
+    parts: list[RenderableType] = [_Segments(segments)]
+    if room >= 1:
+        parts.append(render_logs(snap, room))
+    return Group(*parts)
+
+
+class _Segments:
+    """Already rendered segments as a renderable (so the upper panels are rendered once per frame)."""
+
+    def __init__(self, segments: list[Any]) -> None:
+        self.segments = segments
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        yield from self.segments
 
 
 class WatchLoop:
@@ -208,7 +232,7 @@ class WatchLoop:
         with Live(console=self.console, auto_refresh=False, screen=True, transient=False) as live:
             while True:
                 snap = self.model.snapshot(log_filter=self.log_filter)
-                live.update(render(snap, _log_lines_budget(snap, self.console.height)), refresh=True)
+                live.update(fit_screen(snap, self.console), refresh=True)
                 if self.until_done and snap.done:
                     return WatchOutcome("done", snap)
                 if self._timed_out(start):

@@ -144,7 +144,7 @@ def render(snapshot: Snapshot, max_log_lines: int = 10, heat_columns: int | None
         _hosts(snapshot),
     ]
     if max_log_lines > 0:
-        parts.append(_logs(snapshot, max_log_lines))
+        parts.append(render_logs(snapshot, max_log_lines))
     return Group(*parts)
 
 
@@ -272,7 +272,8 @@ def _hosts(s: Snapshot) -> RenderableType:
     return Panel(t, title="hosts", title_align="left")
 
 
-def _logs(s: Snapshot, n: int) -> RenderableType:
+def render_logs(s: Snapshot, n: int) -> RenderableType:
+    """The logs panel with the last ``n`` lines (already filtered by the snapshot's log filter)."""
     t = Text(no_wrap=True, overflow="ellipsis")
     lines = s.logs[-n:]
     for i, ln in enumerate(lines):

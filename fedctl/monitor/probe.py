@@ -1,7 +1,7 @@
 """ONE remote shell command per host per tick that gathers everything ``watch`` needs.
 
 The command prints sections separated by marker lines ``@@fedctl-<nonce>@@ <section> ...``:
-``sys`` (loadavg, nproc, meminfo), ``pids`` (label pid alive), ``gpu`` (nvidia-smi query + exit code,
+``sys`` (loadavg, nproc, meminfo), ``pids`` (label pid alive; a zombie is dead), ``gpu`` (nvidia-smi query + exit code,
 compute apps, pid/pgid of the run's process groups) and ``file`` sections with the new bytes of each
 followed file since its offset (``tail -c +OFFSET | head -c CAP``; a file that shrank or whose inode
 changed is read from 0). ``build_probe`` makes the command (POSIX sh + coreutils, no python on the
@@ -82,7 +82,8 @@ def new_nonce() -> str:
 
 
 _FUNCS = r"""_p() { p=$2; if [ "$p" = - ]; then p=$(head -c 24 "$3" 2>/dev/null | tr -dc 0-9); fi
-if [ -n "$p" ] && { kill -0 "$p" 2>/dev/null || [ -d "/proc/$p" ]; }; then a=1; else a=0; fi
+if [ -n "$p" ] && { kill -0 "$p" 2>/dev/null || [ -d "/proc/$p" ]; } \
+&& ! grep -q '^[0-9]* (.*) Z' "/proc/$p/stat" 2>/dev/null; then a=1; else a=0; fi
 echo "$1 ${p:--} $a"; }
 _f() { st=$(stat -Lc '%s %i' "$2" 2>/dev/null) || { echo "$M file $1 missing"; return 0; }
 sz=${st% *}; ino=${st#* }; o=$3

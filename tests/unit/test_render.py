@@ -192,3 +192,21 @@ def test_finished_run():
 def test_formatters():
     assert fmt_duration(None) == "-" and fmt_duration(4.25) == "4.2s" and fmt_duration(3725) == "1h02m"
     assert sparkline([0.0, 0.5, 1.0]) == "▁▄█" and sparkline([None, 1.0]) == " ▅" and sparkline([]) == ""
+
+
+def test_live_frame_fits_the_terminal(snap):
+    from fedctl.dashboard.live import fit_screen, heat_columns_for
+
+    console = Console(width=200, height=60, force_terminal=True)
+    lines = console.render_lines(fit_screen(snap, console), console.options, pad=False)
+    assert len(lines) <= 60  # the logs panel takes at most the rows left
+    text = "\n".join("".join(seg.text for seg in line) for line in lines)
+    assert all(f"log of h{i}: step 2" in text for i in range(1, 7)) and " h6 " in text
+    tight = Console(width=200, height=45, force_terminal=True)
+    assert len(tight.render_lines(fit_screen(snap, tight), tight.options, pad=False)) == 45
+    assert heat_columns_for(80) == 3 and heat_columns_for(200) == 12
+    narrow = Console(width=100, height=30, force_terminal=True)
+    lines = narrow.render_lines(fit_screen(snap, narrow), narrow.options, pad=False)
+    text = "\n".join("".join(seg.text for seg in line) for line in lines)
+    assert " r6 " in text and " r1 " not in text.split("clients", 1)[1]  # heat columns shrink to what fits instead of wrapping
+    assert not any("logs" in "".join(s.text for s in line) for line in lines)  # no room: no logs panel
