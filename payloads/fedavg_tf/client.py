@@ -165,6 +165,7 @@ class Client:
             self.train_round(msg, len(body))
 
     def train_round(self, msg, download_bytes: int) -> None:
+        from fedtf.transport import encode  # noqa: PLC0415
         np, cfg = self.np, self.cfg
         seq, rnd = int(msg.meta["seq"]), int(msg.meta["round"])
         global_w = msg.flat("w")
@@ -193,7 +194,6 @@ class Client:
                 c_new = vc.c_i - c + (global_w - new_w) / np.float32(steps * cfg["train"]["lr"])
                 groups["dc"] = self.layout.split((c_new - vc.c_i).astype(np.float32))
                 vc.c_i = c_new.astype(np.float32)
-            from fedtf.transport import encode  # noqa: PLC0415
             meta = {"client": k, "round": rnd, "seq": seq, "examples": vc.n, "loss": loss,
                     "train_s": round(train_s, 4)}
             body_size_guess = 4 * self.layout.size * len(groups)
