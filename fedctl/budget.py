@@ -268,7 +268,8 @@ def watchdog_spec(
     start = billing_start(state)
     rate, currency = fleet_rate(state, now) if budget.max_cost is not None else (0.0, "USD")
     spent = run_cost(state, now).total.get(currency, 0.0) if budget.max_cost is not None else 0.0
-    is_server = "server" in tuple(host_record.info.roles)
+    server_host = state.server.get("host") if isinstance(state.server, Mapping) else None
+    is_server = host_record.name == server_host if server_host else "server" in tuple(host_record.info.roles)
     pidfiles = sorted({p.pidfile for p in host_record.processes if p.pidfile})
     if not pidfiles:  # the processes may not be recorded yet: the contract's names
         pidfiles = [f"{run_dir}/server.pid"] if is_server else []

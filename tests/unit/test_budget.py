@@ -114,6 +114,8 @@ def test_watchdog_spec_and_command():
     assert spec["pidfiles"] == ["/w/srv/runs/r1/server.pid"] and spec["poweroff_command"] == "true"
     assert spec["on_finish"] == "poweroff" and spec["poweroff_delay_s"] > 0 and spec["match"] == "runs/r1"
     client = watchdog_spec(s, s.hosts[1], now=T0, run_dir="/w/c1/runs/r1")
+    s.server = {"host": "c1"}  # the plan's server wins over the inventory's roles
+    assert watchdog_spec(s, s.hosts[1], now=T0, run_dir="/w/c1/runs/r1")["metrics"] == "/w/c1/runs/r1/metrics.jsonl"
     assert client["idle_minutes"] is None and client["metrics"] is None  # only the server sees rounds
     assert client["pidfiles"] == ["/w/c1/runs/r1/client-*.pid"]
     json.dumps(spec)
