@@ -108,13 +108,37 @@ def heat_columns_for(width: int) -> int:
     return max(0, min(12, (width - 62) // 6))
 
 
+def table_rows_for(snap: Snapshot, height: int, min_logs: int = 5) -> tuple[int, int]:
+    """(client rows, host rows) that fit on a ``height``-line screen with ``min_logs`` log lines.
+
+    Rendering rows nobody can see is the main CPU cost of a large fleet's screen, so they are cut
+    here (problem rows are kept first, see ``render.pick_rows``)."""
+    fixed = 2 + 11 + 4 + 4 + (min_logs + 2)  # header, federation, two table frames+headers, logs
+    room = max(4, height - fixed)
+    host_lines = [max(1, len(h.gpu.gpus)) for h in snap.hosts]
+    need_c, need_h = len(snap.clients), sum(host_lines)
+    if need_c + need_h <= room:
+        return need_c, len(snap.hosts)
+    c_room = max(2, min(need_c, room // 2 if need_h > room // 2 else room - need_h))
+    h_room = max(2, room - c_room)
+    rows, used = 0, 0
+    for n in host_lines:
+        if used + n > h_room:
+            break
+        used += n
+        rows += 1
+    return c_room, max(1, rows)
+
+
 def fit_screen(snap: Snapshot, console: Console) -> RenderableType:
     """``render(snap)`` sized to the terminal: the panels above are rendered once, and the logs
     panel gets exactly the lines left (Live in screen mode crops whatever does not fit)."""
     from rich.console import Group
 
     width, height = console.size
-    upper = render(snap, max_log_lines=0, heat_columns=heat_columns_for(width))
+    clients, hosts = table_rows_for(snap, height)
+    upper = render(snap, max_log_lines=0, heat_columns=heat_columns_for(width),
+                   max_client_rows=clients, max_host_rows=hosts)
     lines = console.render_lines(upper, console.options, pad=False, new_lines=True)
     room = height - len(lines) - 2  # the logs panel's borders
     segments = [seg for line in lines for seg in line]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -16,6 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fedctl.monitor.snapshot import Alert, ClientSnapshot, GpuReport, HostSnapshot, Snapshot
+
+T = TypeVar("T")
 
 SPARK = "▁▂▃▄▅▆▇█"
 STATE_STYLE = {
@@ -135,13 +137,50 @@ def _heat_cell(value: float | None, median: float | None, straggler: bool) -> Te
 
 
 # -- rich renderer -----------------------------------------------------------------------------------
-def render(snapshot: Snapshot, max_log_lines: int = 10, heat_columns: int | None = None) -> RenderableType:
-    """The whole watch screen for ``snapshot``: header, federation, clients (+heatmap), hosts, logs."""
+def pick_rows(items: Sequence[T], limit: int | None, severity: Callable[[T], int]) -> list[T]:
+    """At most ``limit`` of ``items``, the most severe first (then in order); shown in order.
+
+    A screen too small for every client/host still shows the dead, dropped and unreachable ones.
+    """
+    if limit is None or len(items) <= limit:
+        return list(items)
+    ranked = sorted(range(len(items)), key=lambda i: (-severity(items[i]), i))
+    return [items[i] for i in sorted(ranked[: max(0, limit)])]
+
+
+def client_severity(c: ClientSnapshot) -> int:
+    """How much a client row needs to be seen: dead > dropped > still training > the rest."""
+    return {"dead": 3, "dropped": 2, "training": 1, "uploading": 1}.get(c.state, 0)
+
+
+def host_severity(h: HostSnapshot) -> int:
+    """Unreachable > a dead process > stale data > nvidia-smi failing > the rest."""
+    if h.reachable is False:
+        return 4
+    if any(p.alive is False for p in h.processes):
+        return 3
+    if h.stale:
+        return 2
+    return 1 if h.gpu.status == "error" else 0
+
+
+def render(
+    snapshot: Snapshot,
+    max_log_lines: int = 10,
+    heat_columns: int | None = None,
+    max_client_rows: int | None = None,
+    max_host_rows: int | None = None,
+) -> RenderableType:
+    """The whole watch screen for ``snapshot``: header, federation, clients (+heatmap), hosts, logs.
+
+    ``max_client_rows``/``max_host_rows`` bound the tables for a small screen (problem rows first);
+    ``heat_columns`` bounds the heatmap to the most recent rounds.
+    """
     parts: list[RenderableType] = [
         _header(snapshot),
         _federation(snapshot),
-        _clients(snapshot, heat_columns),
-        _hosts(snapshot),
+        _clients(snapshot, heat_columns, max_client_rows),
+        _hosts(snapshot, max_host_rows),
     ]
     if max_log_lines > 0:
         parts.append(render_logs(snapshot, max_log_lines))
@@ -219,7 +258,7 @@ def _alerts(alerts: Sequence[Alert]) -> RenderableType:
     return t
 
 
-def _clients(s: Snapshot, heat_columns: int | None) -> RenderableType:
+def _clients(s: Snapshot, heat_columns: int | None, max_rows: int | None = None) -> RenderableType:
     f = s.federation
     rounds = list(f.heat_rounds)
     if heat_columns is not None:
@@ -236,7 +275,8 @@ def _clients(s: Snapshot, heat_columns: int | None) -> RenderableType:
         t.add_column(col, justify="right" if col in ("client", "last resp", "rounds", "last loss") else "left")
     for r in rounds:
         t.add_column(f"r{r}", justify="right", no_wrap=True, min_width=4)
-    for c in s.clients:
+    shown = pick_rows(s.clients, max_rows, client_severity)
+    for c in shown:
         cells: list[RenderableType] = [
             str(c.id),
             c.host,
@@ -250,14 +290,20 @@ def _clients(s: Snapshot, heat_columns: int | None) -> RenderableType:
             cells.append(_heat_cell(v, medians[j], strag.get(rnum) == c.id))
         t.add_row(*cells)
     title = "clients (response time per round; * = straggler, ✗ = dropped, · = not sampled)"
-    return Panel(t, title=title, title_align="left")
+    more = len(s.clients) - len(shown)
+    subtitle = f"{more} more clients not shown (bigger window, or --json)" if more else None
+    return Panel(t, title=title, title_align="left", subtitle=subtitle, subtitle_align="left")
 
 
-def _hosts(s: Snapshot) -> RenderableType:
+def _hosts(s: Snapshot, max_rows: int | None = None) -> RenderableType:
     t = Table(box=None, padding=(0, 1), header_style="bold")
-    for col in ("host", "role", "reachable", "load", "RAM", "GPU (util mem temp power run-mem)", "processes"):
+    for col in ("host", "role", "reachable", "load", "RAM"):
         t.add_column(col, overflow="fold")
-    for h in s.hosts:
+    # one line per GPU, cut rather than wrapped (the full nvidia-smi message is in --json)
+    t.add_column("GPU (util mem temp power run-mem)", no_wrap=True, overflow="ellipsis", max_width=72)
+    t.add_column("processes", overflow="fold")
+    shown = pick_rows(s.hosts, max_rows, host_severity)
+    for h in shown:
         reach, style = host_reach(h)
         load = "-" if h.load1 is None else f"{h.load1:.2f}" + (f"/{h.ncpu}" if h.ncpu else "")
         ram = "-" if h.mem_total_mib is None else f"{(h.mem_used_mib or 0) / 1024:.1f}/{h.mem_total_mib / 1024:.1f}G"
@@ -269,7 +315,10 @@ def _hosts(s: Snapshot) -> RenderableType:
             mark, pst = ("●", "green") if p.alive else ("✖", "red") if p.alive is False else ("?", "dim")
             procs.append(f"{p.label}{mark}", style=pst)
         t.add_row(h.name, h.role, Text(reach, style=style), load, ram, gpu, procs)
-    return Panel(t, title="hosts", title_align="left")
+    more = len(s.hosts) - len(shown)
+    subtitle = f"{more} more hosts not shown (bigger window, or --json)" if more else None
+    return Panel(t, title=f"hosts ({sum(1 for h in s.hosts if h.reachable)}/{len(s.hosts)} reachable)",
+                 title_align="left", subtitle=subtitle, subtitle_align="left")
 
 
 def render_logs(s: Snapshot, n: int) -> RenderableType:

@@ -134,7 +134,10 @@ def build_probe(
                 f"{int(f.tail_bytes)} {int(f.cap)}"
             )
     lines.append('echo "$M done"')
-    return "\n".join(lines) + "\n"
+    # Collect everything and write it at once: sshd sends each small write of the shell as its own
+    # packet, and each packet costs the watching process CPU (decrypt, MAC, wake a reader).
+    body = "\n".join(lines[1:])
+    return f"{lines[0]}\n_o=$(\n{body}\n)\nprintf '%s\\n' \"$_o\"\n"
 
 
 def parse_probe(stdout: str, nonce: str) -> ProbeResult:

@@ -209,4 +209,15 @@ def test_live_frame_fits_the_terminal(snap):
     lines = narrow.render_lines(fit_screen(snap, narrow), narrow.options, pad=False)
     text = "\n".join("".join(seg.text for seg in line) for line in lines)
     assert " r3 " in text and " r2 " not in text.split("clients", 1)[1]  # heat columns shrink to what fits instead of wrapping
-    assert not any("logs" in "".join(s.text for s in line) for line in lines)  # no room: no logs panel
+    assert len(lines) <= 30 and "logs" in text  # rows were cut so that some log lines still fit
+    assert "more clients not shown" in text and "more hosts not shown" in text
+
+
+def test_small_screen_keeps_problem_rows():
+    snap = build_model(dead="h6", unreachable="h5").snapshot()
+    console = Console(width=200, height=34, force_terminal=True, record=True)
+    from fedctl.dashboard.live import fit_screen
+
+    console.print(fit_screen(snap, console))
+    text = console.export_text()
+    assert re.search(r"│\s+9\s+h6\s+dead", text) and " h5 " in text and "NO (" in text
