@@ -118,7 +118,8 @@ class Server:
         sm = cfg["sampling"]
         if self.start_round <= cfg["rounds"]:
             # Client processes need a while to import TensorFlow; wait for all ids once.
-            seen = self.coord.wait_for_clients(cfg["clients"], max(sm["round_timeout_s"], 300.0))
+            wait_s = float(os.environ.get("FEDTF_CONNECT_WAIT_S", max(sm["round_timeout_s"], 300.0)))
+            seen = self.coord.wait_for_clients(cfg["clients"], wait_s)
             log("server", f"{seen}/{cfg['clients']} clients connected; starting at round {self.start_round}")
         for r in range(self.start_round, cfg["rounds"] + 1):
             started = time.time()

@@ -183,3 +183,18 @@ def test_server_killed_after_round_2_resumes_from_round_3(run_factory):
     assert "round 3/4" in second and "round 2/4" not in second
     summary = run.lines("summary")
     assert len(summary) == 1 and summary[0]["status"] == "finished" and summary[0]["rounds_completed"] == 4
+
+
+def test_min_clients_unmet_fails_clearly(run_factory, monkeypatch):
+    monkeypatch.setitem(ENV, "FEDTF_CONNECT_WAIT_S", "3")
+    run = run_factory(_cfg(sampling={"round_timeout_s": 2, "min_clients": 2, "retries": 1}, clients=2))
+    port = run.start_server()
+    run.start_clients(port, ["0"])  # client 1 never shows up
+    rc, crc = run.wait()
+    assert rc == 3 and crc == [4], run.log()
+    assert run.lines() == []
+    summary = run.lines("summary")[0]
+    assert summary["status"] == "failed" and "min_clients=2" in summary["reason"]
+    assert _read_json(run.d / "status.json")["phase"] == "failed"
+    assert not (run.d / "final_model.weights.h5").exists()
+    assert len([e for e in run.lines("event") if "min_clients" in e["message"]]) == 2
