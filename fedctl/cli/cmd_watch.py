@@ -48,7 +48,10 @@ def watch_cmd(
                 e.print_json(snap.to_dict())
                 return
             if not until_done or snap.done:
-                _print_snapshot(snap, e)
+                if as_json:
+                    e.print_json(snap.to_dict())
+                else:
+                    _print_snapshot(snap, e)
                 return
 
         from fedctl.dashboard.live import WatchLoop, summary_lines
