@@ -134,10 +134,13 @@ def start_cmd(
     rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="override the number of rounds"),
     config: Optional[str] = ConfigOpt,
     sets: OptList = SetOpt,
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="budget: stop the run before it costs this much"),
+    max_hours: Optional[float] = typer.Option(None, "--max-hours", help="budget: stop the run after this many hours"),
+    idle_minutes: Optional[float] = typer.Option(None, "--idle-minutes", help="budget: stop when no round completed for this long"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Push the payload and start the server and clients, detached."""
-    _do_start(config, sets, rounds, as_json)
+    """Push the payload and start the server and clients, detached (budget watchdogs included)."""
+    _do_start(config, budget_sets(sets, max_cost, max_hours, idle_minutes), rounds, as_json)
 
 
 def status_cmd(as_json: bool = JsonOpt) -> None:
@@ -256,13 +259,54 @@ def teardown_cmd(
     _do_teardown(keep_files, as_json, grace)
 
 
+MaxCostOpt = typer.Option(None, "--max-cost", help="budget: stop the run before it costs this much")
+MaxHoursOpt = typer.Option(None, "--max-hours", help="budget: stop the run after this many hours")
+IdleOpt = typer.Option(None, "--idle-minutes", help="budget: stop when no round completed for this long")
+
+
+def budget_sets(sets: OptList, max_cost: Optional[float], max_hours: Optional[float], idle: Optional[float]) -> list[str]:
+    """Budget flags as ``--set`` overrides: validated like the file and recorded in the run's config
+    (where the remote watchdogs read them)."""
+    out = list(sets or [])
+    for key, value in (("max_cost", max_cost), ("max_hours", max_hours), ("idle_minutes", idle)):
+        if value is not None:
+            out.append(f"budget.{key}={value}")
+    return out
+
+
+def _guard_tripped(store: Any, state: Any, last_round_end: Optional[float], gpu_util: Optional[float]) -> Any:
+    """Check the budget guards once; on a trip record why on the server (guard.json) and return it."""
+    from fedctl.budget import Budget, check_guards
+
+    budget = Budget.from_experiment(state.experiment)
+    if not budget.active:
+        return None
+    trip = check_guards(budget, state, store.clock(), last_round_end, gpu_util)
+    if trip is None:
+        return None
+    from fedctl.deploy import remote_run_dir
+    from fedctl.ops.common import open_fleet, server_record
+
+    server = server_record(state)
+    if server is not None and server.workdir:
+        import posixpath
+
+        with open_fleet(store, [server]) as fleet:
+            fleet.map(lambda c: c.put_bytes(trip.to_json(), posixpath.join(remote_run_dir(server, state.run_id), "guard.json")))
+    return trip
+
+
 def _wait(interval: float) -> Any:
-    """Follow the run until it finishes; prints a line per round. Returns the last status."""
+    """Follow the run until it finishes or a budget guard trips; a line per round.
+
+    Returns (last status, guard trip or None).
+    """
     from fedctl.ops.status import observe
 
     e = env()
     store = e.store
     last_round = -1
+    warned: set[str] = set()
     while True:
         state = store.load()
         st = observe(store, state)
@@ -271,11 +315,70 @@ def _wait(interval: float) -> Any:
             e.console.print(f"round {st.round}/{st.rounds}  accuracy {acc}  ({st.phase})")
             last_round = st.round
         if st.phase not in ("starting", "running"):
-            return st
-        dead = [f"{h.name}:{p}" for h in st.hosts for p, ok in h.alive.items() if not ok and p != "server"]
-        if dead and st.phase == "running":
-            e.err.print(f"[yellow]dead client processes:[/] {', '.join(dead)}")
+            return st, None
+        dead = {f"{h.name}:{p}" for h in st.hosts for p, ok in h.alive.items() if not ok and p != "server"}
+        if dead - warned:
+            e.err.print(f"[yellow]dead client processes:[/] {', '.join(sorted(dead - warned))}")
+            warned |= dead
+        # The round's end is on the server's clock; with no better source, trust it.
+        trip = _guard_tripped(store, state, st.last_round_end, None)
+        if trip is not None:
+            e.err.print(f"[bold red]budget guard:[/] {trip.message}; collecting results and stopping the run")
+            return st, trip
         time.sleep(interval)
+
+
+def _follow(interval: float) -> Any:
+    """Follow the run until it ends: the live dashboard on a terminal, progress lines otherwise.
+
+    Returns (final status or None when the user quit the screen, guard trip or None).
+    """
+    e = env()
+    if not e.console.is_terminal:
+        return _wait(interval)
+    from fedctl.dashboard.live import WatchLoop
+    from fedctl.ops.common import open_fleet
+    from fedctl.ops.status import observe
+
+    store = e.store
+    state = store.load()
+
+    def guard(snap: Any) -> Any:
+        age = snap.federation.round_age_s
+        utils = [g.util_pct for h in snap.hosts for g in h.gpu.gpus if g.util_pct is not None]
+        return _guard_tripped(store, store.load(), snap.now - age if age is not None else None,
+                              max(utils) if utils else None)
+
+    with open_fleet(store, state.hosts) as fleet:
+        loop = WatchLoop(state, fleet, e.console, interval=interval, until_done=True,
+                         reload_state=store.load_or_none, stop_when=guard)
+        outcome = loop.run()
+    if outcome.reason == "quit":
+        return None, None
+    trip = loop.stop_value if outcome.reason == "stopped" else None
+    if trip is not None:
+        e.err.print(f"[bold red]budget guard:[/] {trip.message}; collecting results and stopping the run")
+    return observe(store, store.load()), trip
+
+
+def _poweroff(store: Any) -> None:
+    """``on_finish: poweroff``: power the (static) hosts off; never this machine."""
+    import os
+
+    from fedctl.budget import DEFAULT_POWEROFF_COMMAND, POWEROFF_ENV
+    from fedctl.ops.common import open_fleet
+
+    e = env()
+    state = store.load() if store.exists() else None
+    if state is None:
+        return
+    if state.provider == "local":
+        e.err.print("on_finish: poweroff does nothing for the local provider (this machine stays on)")
+        return
+    command = os.environ.get(POWEROFF_ENV) or DEFAULT_POWEROFF_COMMAND
+    with open_fleet(store, state.hosts) as fleet:
+        for r in fleet.run(f"nohup sh -c {__import__('shlex').quote('sleep 2; ' + command)} >/dev/null 2>&1 &", timeout=30):
+            e.console.print(f"{r.host}: power-off {'requested' if r.ok else 'failed: ' + str(r.error)}")
 
 
 def run_cmd(
@@ -285,37 +388,63 @@ def run_cmd(
     sets: OptList = SetOpt,
     rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="override the number of rounds"),
     yes: bool = YesOpt,
-    keep: bool = typer.Option(False, "--keep", help="leave the hosts provisioned at the end (no teardown)"),
+    max_cost: Optional[float] = MaxCostOpt,
+    max_hours: Optional[float] = MaxHoursOpt,
+    idle_minutes: Optional[float] = IdleOpt,
+    on_finish: Optional[str] = typer.Option(
+        None, "--on-finish", help="stop | teardown (default) | poweroff; overrides the config's on_finish"
+    ),
     interval: float = typer.Option(2.0, "--interval", help="seconds between progress checks"),
 ) -> None:
-    """provision + start + wait for the last round + teardown, in one command."""
+    """provision + start + wait for the last round + teardown (or on_finish), in one command."""
     from fedctl.errors import FedctlError
 
     e = env()
-    _do_provision(clients, inventory, config, sets, yes, False, False, rounds=rounds)
-    final = None
+    sets = budget_sets(sets, max_cost, max_hours, idle_minutes)
+    if on_finish is not None:
+        sets.append(f"on_finish={on_finish}")
+    report = _do_provision(clients, inventory, config, sets, yes, False, False, rounds=rounds)
+    finish = report.state.experiment.get("on_finish") or "teardown"
+    final, trip, problem = None, None, None
     try:
         _do_start(config, sets, rounds, False)
-        final = _wait(interval)
+        final, trip = _follow(interval)
+        if final is None:
+            e.console.print("left the screen: the run goes on. `fedctl watch` to look again, "
+                            "`fedctl teardown` when done (budget watchdogs, if set, still guard it)")
+            return
     except KeyboardInterrupt:
-        e.err.print("[yellow]interrupted: tearing the run down[/]")
+        problem = "interrupted"
+        e.err.print("[yellow]interrupted: collecting results and tearing the run down[/]")
+        finish = "teardown" if finish == "stop" else finish
     except FedctlError as exc:
+        problem = str(exc)
         e.err.print(f"[red]{exc}[/]")
-    finally:
-        if keep:
-            e.console.print("hosts kept (--keep): `fedctl teardown` when done")
-        else:
-            _do_teardown(False, False)
+    if finish == "stop" and trip is None:
+        from fedctl.ops.collect import collect_raw
+        from fedctl.ops.stop import stop
+
+        store = e.store
+        with store.lock():
+            state = store.load()
+            stop(store, state, progress=_progress)
+            collect_raw(store, state, progress=_progress)
+            store.save(state)
+        e.console.print("processes stopped, hosts kept (on_finish: stop): `fedctl teardown` when done")
+    else:
+        _do_teardown(False, False)
+        if finish == "poweroff":
+            _poweroff(e.store)
     if final is not None and final.summary:
         s = final.summary
         e.console.print(
             f"[bold]{final.phase}[/]: {s.get('rounds_completed')} rounds, final accuracy "
             f"{s.get('final_accuracy')}, wall {s.get('wall_s')} s"
         )
+    if trip is not None:
+        raise FedctlError(f"stopped by the budget guard: {trip.message}")
     if final is None or final.phase != "finished":
-        from fedctl.errors import FedctlError as FE
-
-        raise FE(f"the run did not finish: {final.phase if final else 'interrupted or failed to start'}")
+        raise FedctlError(f"the run did not finish: {problem or (final.phase if final else 'failed to start')}")
 
 
 def register(app: typer.Typer) -> None:

@@ -174,8 +174,13 @@ class WatchLoop:
         clock: Callable[[], float] = time.time,
         reload_state: Callable[[], RunState | None] | None = None,
         max_duration: float | None = None,
+        stop_when: Callable[[Snapshot], Any] | None = None,
     ) -> None:
         self.state = state
+        #: checked on every frame; a truthy answer ends the watch with reason "stopped" (fedctl run's
+        #: budget guard uses it) and is kept in ``stop_value``
+        self.stop_when = stop_when
+        self.stop_value: Any = None
         self.fleet = fleet
         self.console = console
         self.interval = interval
@@ -243,6 +248,12 @@ class WatchLoop:
             self.state = new
             self.model.update_state(new)
 
+    def _should_stop(self, snap: Snapshot) -> bool:
+        if self.stop_when is None:
+            return False
+        self.stop_value = self.stop_when(snap)
+        return bool(self.stop_value)
+
     def _timed_out(self, start: float) -> bool:
         return self.max_duration is not None and time.monotonic() - start > self.max_duration
 
@@ -259,6 +270,8 @@ class WatchLoop:
                 live.update(fit_screen(snap, self.console), refresh=True)
                 if self.until_done and snap.done:
                     return WatchOutcome("done", snap)
+                if self._should_stop(snap):
+                    return WatchOutcome("stopped", snap)
                 if self._timed_out(start):
                     return WatchOutcome("timeout", snap)
                 key = self._drain(time.monotonic() + self.interval)
@@ -291,6 +304,8 @@ class WatchLoop:
             out.flush()
             if self.until_done and snap.done:
                 return WatchOutcome("done", snap)
+            if self._should_stop(snap):
+                return WatchOutcome("stopped", snap)
             if self._timed_out(start):
                 return WatchOutcome("timeout", snap)
             key = self._drain(time.monotonic() + self.interval, on_lines)
@@ -328,13 +343,15 @@ def watch_until_done(
     interval: float = 1.0,
     plain: bool | None = None,
     reload_state: Callable[[], RunState | None] | None = None,
+    stop_when: Callable[[Snapshot], Any] | None = None,
 ) -> WatchOutcome:
-    """Show the watch screen until the run finishes (or the user quits); for ``fedctl run``.
+    """Show the watch screen until the run finishes (or the user quits, or ``stop_when`` answers);
+    for ``fedctl run``.
 
     Returns the outcome; ``outcome.snapshot.summary`` holds the run's summary line when done.
     """
     return WatchLoop(state, fleet, console, interval=interval, until_done=True, plain=plain,
-                     reload_state=reload_state).run()
+                     reload_state=reload_state, stop_when=stop_when).run()
 
 
 __all__ = [

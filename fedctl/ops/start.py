@@ -245,11 +245,51 @@ def start(
                 p.status = "running"
     if report.failures:
         return _fail(store, state, report, "some clients exited right after starting")
+    _start_watchdogs(store, state, report, progress)
+    if report.failures:
+        return _fail(store, state, report, "the budget guard could not be started")
     state.phase = "running"
     state.started_at = store.clock()
     state.event("running", store.clock)
     store.save(state)
     return report
+
+
+def _start_watchdogs(store: StateStore, state: RunState, report: StartReport, progress: Progress) -> None:
+    """Start the budget watchdog on every host, so the budget holds with this laptop closed.
+
+    Only when there is something to guard: a budget, or ``on_finish: poweroff`` (which also powers
+    off a finished run that nobody tore down). A host whose watchdog cannot start is a failure of
+    start: a run must not look guarded when it is not.
+    """
+    from fedctl import budget
+
+    guard = budget.Budget.from_experiment(state.experiment)
+    if not guard.active and state.experiment.get("on_finish") != "poweroff":
+        return
+    script = budget.watchdog_script()
+    now = store.clock()
+
+    def one(c: Connector) -> int:
+        rec = state.host(c.host.name)
+        run_dir = remote_run_dir(rec, state.run_id)
+        script_path = posixpath.join(run_dir, "fedctl-watchdog.py")
+        spec_path = posixpath.join(run_dir, budget.WATCHDOG_SPEC_FILE)
+        c.put_bytes(script, script_path, mode=0o644)
+        c.put_bytes(json.dumps(budget.watchdog_spec(state, rec, now=now)).encode(), spec_path, mode=0o600)
+        return spawn_detached(
+            c,
+            budget.watchdog_command(rec.info.python, script_path, spec_path),
+            run_dir,
+            posixpath.join(run_dir, budget.WATCHDOG_PID_FILE),
+            posixpath.join(run_dir, budget.WATCHDOG_LOG_FILE),
+        )
+
+    progress(f"starting budget watchdogs ({', '.join(f'{k}={v:g}' for k, v in guard.to_dict().items() if v)})")
+    with open_fleet(store, state.hosts) as fleet:
+        for r in fleet.map(one):
+            if not r.ok:
+                report.failures[r.host] = f"budget watchdog did not start: {r.error}"
 
 
 def _check_alive(conn: Connector, rec: HostRecord) -> str | None:

@@ -41,6 +41,7 @@ class RunStatus:
     server: dict[str, Any]
     summary: dict[str, Any] | None = None
     error: str | None = None
+    last_round_end: float | None = None  # server clock: when the latest round completed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +114,7 @@ def observe(store: StateStore, state: RunState) -> RunStatus:
         server=dict(state.server),
         summary=summary,
         error=state.error,
+        last_round_end=last_round.get("end") if last_round else None,
     )
     if phase != state.phase:
         _record_phase(store, state, phase, summary)

@@ -78,6 +78,7 @@ def teardown(
     from fedctl.providers import get_provider
 
     report = TeardownReport(state)
+    secrets: list[str] = []
     if state.phase != "tearing_down":
         state.event(f"teardown requested (was {state.phase})", store.clock)
     state.phase = "tearing_down"
@@ -101,8 +102,7 @@ def teardown(
             if collect and (state.started_at is not None or any(r.processes for r in state.hosts)):
                 report.collect = collect_raw(store, state, progress=progress, fleet=fleet)
                 store.save(state)
-                if build_report:
-                    report.report_error = _build_report(store, state)
+                secrets = _run_tokens(fleet, state, reachable)
             if not keep_files:
                 progress("removing fedctl's files from the hosts")
                 for r in fleet.map(lambda c: _remove_files(c, state, state.host(c.host.name)), hosts=reachable):
@@ -137,25 +137,41 @@ def teardown(
         kwargs: dict[str, Any] = {"root": store.local_root} if state.provider == "local" else {"hosts": released}
         get_provider(state.provider, **kwargs).release(released)
     report.hosts = list(outcome.values())
-    if all(r.status == "torn_down" for r in state.hosts):
+    done = all(r.status == "torn_down" for r in state.hosts)
+    if done:
         state.phase = "torn_down"
-        state.event("torn down", store.clock)
-        store.save(state)
+    if report.collect is not None and build_report:
+        # after release, so the cost ledger in the report is final
+        report.report_error = _build_report(store, state, secrets)
+    state.event("torn down" if done else "teardown incomplete", store.clock)
+    store.save(state)
+    if done:
         store.archive(state)
-    else:
-        state.event("teardown incomplete", store.clock)
-        store.save(state)
     return report
 
 
-def _build_report(store: StateStore, state: RunState) -> str | None:
+def _run_tokens(fleet: Any, state: RunState, reachable: list[str]) -> list[str]:
+    """The run tokens on the server host, read before its files go: the report masks them anywhere
+    (a payload might have printed one into a log)."""
+    from fedctl.deploy import read_file
+    from fedctl.ops.common import server_record
+
+    server = server_record(state)
+    if server is None or server.name not in reachable or not server.workdir:
+        return []
+    conn = fleet.connector(server.name)
+    tokens = [read_file(conn, posixpath.join(remote_run_dir(server, rid), "token")) for rid in run_ids(state)]
+    return [t.strip() for t in tokens if t and t.strip()]
+
+
+def _build_report(store: StateStore, state: RunState, secrets: list[str]) -> str | None:
     """Make plots and summary.md from the collected files (fedctl.results); None when it worked."""
     try:
         from fedctl import results
     except ImportError:
         return "results report not available in this version"
     try:
-        results.build_report(results_dir_of(store, state), state)
+        results.build_report(results_dir_of(store, state), state, secrets=secrets)
     except Exception as exc:  # noqa: BLE001 - a plot failure must not stop a teardown
         return f"{type(exc).__name__}: {exc}"
     return None
