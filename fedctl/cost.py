@@ -200,13 +200,9 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Every JSON object line of a metrics.jsonl; a torn last line or garbage line is skipped."""
+def parse_jsonl(text: str) -> list[dict[str, Any]]:
+    """Every JSON object line of metrics.jsonl text; a torn last line or a garbage line is skipped."""
     out: list[dict[str, Any]] = []
-    try:
-        text = Path(path).read_text(errors="replace")
-    except FileNotFoundError:
-        return out
     for line in text.splitlines():
         line = line.strip()
         if not line:
@@ -218,6 +214,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         if isinstance(obj, dict):
             out.append(obj)
     return out
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """``parse_jsonl`` of a file; a missing file has no lines."""
+    try:
+        return parse_jsonl(Path(path).read_text(errors="replace"))
+    except FileNotFoundError:
+        return []
 
 
 def round_lines(metrics: str | Path | Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

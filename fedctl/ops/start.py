@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from fedctl.connectors.base import Connector
 from fedctl.deploy import (
     pids_alive,
@@ -140,7 +138,8 @@ def start(
     state.event("start requested", store.clock)
     store.save(state)
 
-    config_bytes = yaml.safe_dump(state.experiment, sort_keys=False).encode()
+    # JSON is also YAML: hosts without PyYAML can still read it (the payload falls back to json)
+    config_bytes = (json.dumps(state.experiment, indent=2) + "\n").encode()
     token = secrets.token_urlsafe(32).encode()  # lives only in 0600 files on the hosts
     files = [(f.rel_path, str(f.abs_path), f.sha256) for f in manifest.files()]
     report = StartReport(state)

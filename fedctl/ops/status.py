@@ -7,7 +7,6 @@ processes) and written back when no other fedctl holds the lock.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -49,14 +48,10 @@ class RunStatus:
 
 def parse_metrics_tail(text: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(last round line, summary line) of the given metrics.jsonl lines; bad lines are skipped."""
+    from fedctl.cost import parse_jsonl
+
     last_round = summary = None
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line being written right now
-        if not isinstance(rec, dict):
-            continue
+    for rec in parse_jsonl(text):
         if rec.get("type") == "summary":
             summary = rec
         elif rec.get("type", "round") == "round" and "round" in rec:

@@ -208,32 +208,6 @@ def _start_echo_run(tmp_path: Path, fleet, max_hours: float, price: float = 3.6)
     return proj, state
 
 
-def _launch_watchdogs(proj: Path, state: RunState) -> None:
-    """What ``fedctl start`` does for the budget: push the watchdog + its spec, spawn it detached.
-
-    Skipped on hosts where start already launched one (watchdog.pid in the run dir)."""
-    from fedctl.deploy import remote_run_dir, spawn_detached
-    from fedctl.fleet import Fleet
-    from fedctl.ops.common import host_infos
-
-    def one(conn):
-        rec = state.host(conn.host.name)
-        run_dir = remote_run_dir(rec, state.run_id)
-        if conn.run(f"test -e {run_dir}/watchdog.pid").ok:
-            return "already"
-        spec = watchdog_spec(state, rec, now=time.time(), run_dir=run_dir,
-                             poweroff_command=SAFE_POWEROFF.format(marker=f"{run_dir}/powered-off"),
-                             poll_s=0.3, grace_s=2)
-        conn.put_bytes(watchdog_script(), f"{run_dir}/fedctl-watchdog.py")
-        conn.put_bytes(json.dumps(spec).encode(), f"{run_dir}/watchdog.json")
-        cmd = watchdog_command(rec.info.python, f"{run_dir}/fedctl-watchdog.py", f"{run_dir}/watchdog.json")
-        return spawn_detached(conn, cmd, run_dir, f"{run_dir}/watchdog.pid", f"{run_dir}/watchdog.log")
-
-    with Fleet(host_infos(state.hosts), known_hosts=str(proj / ".fedctl" / "known_hosts")) as fl:
-        results = fl.map(one)
-    assert all(r.ok for r in results), [r.error for r in results]
-
-
 def _check_results(proj: Path, run_id: str, secret: str) -> Path:
     out = proj / "results" / run_id
     for name in ("metrics.jsonl", "summary.md", "accuracy.png", "cost.png", "participation.png",
@@ -253,7 +227,9 @@ def test_watchdog_stops_the_fleet_when_fedctl_is_gone(sshd_fleet, tmp_path):
     proj, state = _start_echo_run(tmp_path, fleet, max_hours=6 / 3600)
     run_id = state.run_id
     secret = (fleet.hosts[0].workdir / "runs" / run_id / "token").read_text()
-    _launch_watchdogs(proj, state)
+    # `fedctl start` launched a watchdog on every host because the config has a budget
+    for h in fleet.hosts:
+        assert (h.workdir / "runs" / run_id / "watchdog.pid").is_file(), h.name
     # fedctl is not running now (provision/start returned; think: laptop closed). The watchdogs act.
     _wait(lambda: run_pids(run_id) == [], 60, "the run's processes (and the watchdogs) to be gone", step=0.5)
     server = state.server["host"]
@@ -277,24 +253,29 @@ def test_watchdog_stops_the_fleet_when_fedctl_is_gone(sshd_fleet, tmp_path):
     assert [str(p) for h in fleet.hosts for p in Path(h.workdir).rglob("*")] == []
 
 
-def test_fedctl_own_guard_tears_down_with_results(sshd_fleet, tmp_path):
+def test_fedctl_run_guard_tears_down_with_results(sshd_fleet, tmp_path):
+    """`fedctl run --max-hours` on a fleet: fedctl's own loop trips first, collects and tears down."""
     fleet = sshd_fleet(2)
-    proj, state = _start_echo_run(tmp_path, fleet, max_hours=5 / 3600)
-    run_id = state.run_id
-    secret = (fleet.hosts[0].workdir / "runs" / run_id / "token").read_text()
-    budget = Budget.from_experiment(state.experiment)
-    # fedctl's loop (what `run`/`watch` do every few seconds)
-    deadline = time.monotonic() + 30
-    trip = None
-    while trip is None and time.monotonic() < deadline:
-        trip = check_guards(budget, state, time.time(), None, None)
-        time.sleep(0.2)
-    assert trip is not None and trip.reason == "max_hours"
-    assert run_pids(run_id), "the run should still be running when fedctl's guard trips first"
-    fedctl(proj, "teardown", "--yes")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "fedctl.yaml").write_text(yaml.safe_dump({"payload": str(ECHO), "rounds": 2000, "echo_round_s": 0.2}))
+    fleet.write_inventory(proj / "inventory.yaml", price_per_hour=3.6)
+    t0 = time.monotonic()
+    res = fedctl(proj, "run", "--clients", "2", "-i", "inventory.yaml", "--yes", "--max-hours", str(8 / 3600),
+                 "--interval", "0.3", check=False)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "budget guard" in res.stderr and "max_hours" in res.stderr
+    assert time.monotonic() - t0 < 120
+    state = json.loads((proj / ".fedctl" / "state.json").read_text())
+    run_id = state["run_id"]
+    assert state["phase"] == "torn_down"
     assert run_pids(run_id) == []
-    out = _check_results(proj, run_id, secret)
+    out = proj / "results" / run_id
+    guard = json.loads((out / "guard.json").read_text())
+    assert guard["reason"] == "max_hours" and guard["by"] == "fedctl"
     rounds = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"round"' in l]
     assert rounds, "no round was collected"
+    assert "stopped by the budget guard: max_hours" in (out / "summary.md").read_text()
     cost = json.loads((out / "cost.json").read_text())
     assert cost["total"]["USD"] > 0 and cost["hours"] > 0
+    assert [str(p) for h in fleet.hosts for p in Path(h.workdir).rglob("*")] == []
