@@ -37,13 +37,16 @@ def remote_payload_dir(host: HostRecord, payload_name: str) -> str:
     return posixpath.join(host.workdir, "payloads", payload_name)
 
 
-def run_pattern(run_id: str) -> str:
-    """A ``pgrep -f`` regex that matches the run's processes (their argv holds ``runs/<run-id>``).
+def run_pattern(run_id: str, workdir: str | None = None) -> str:
+    """A ``pgrep -f`` regex that matches the run's processes: their argv holds
+    ``<workdir>/runs/<run-id>`` (only ``runs/<run-id>`` when no workdir is given).
 
-    The first character sits in a bracket so the shell that runs pgrep (whose argv contains the
-    pattern text) does not match itself.
+    With the workdir, hosts that share one machine (the local provider, a loopback fleet) each find
+    only their own processes. The run id's first character sits in a bracket so the shell that runs
+    pgrep (whose argv contains the pattern text) does not match itself.
     """
-    return f"runs/[{run_id[0]}]{re.escape(run_id[1:])}"
+    prefix = re.escape(posixpath.join(workdir, "runs") + "/") if workdir else "runs/"
+    return f"{prefix}[{run_id[0]}]{re.escape(run_id[1:])}"
 
 
 def check(result_ok: bool, host: str, what: str, detail: str) -> None:
@@ -101,11 +104,11 @@ def pids_alive(conn: Connector, pids: Iterable[int]) -> dict[int, bool]:
     return alive
 
 
-def find_run_pids(conn: Connector, run_ids: Sequence[str]) -> list[int]:
+def find_run_pids(conn: Connector, run_ids: Sequence[str], workdir: str | None = None) -> list[int]:
     """Pids on the host whose command line names one of the runs (including untracked ones)."""
     pids: set[int] = set()
     for run_id in run_ids:
-        res = conn.run(f"pgrep -f -- {quote(run_pattern(run_id))} || true", timeout=30)
+        res = conn.run(f"pgrep -f -- {quote(run_pattern(run_id, workdir))} || true", timeout=30)
         check(res.ok, conn.host.name, "listing the run's processes", res.stderr)
         pids.update(int(p) for p in res.stdout.split() if p.isdigit())
     return sorted(pids)

@@ -226,7 +226,7 @@ def _print_teardown(report: Any, as_json: bool) -> None:
         )
         return
     t = Table(title=f"run {report.state.run_id}: teardown", title_justify="left")
-    for col in ("host", "stopped", "files removed", "left running", "result"):
+    for col in ("host", "pids signalled", "files removed", "left running", "result"):
         t.add_column(col)
     for h in report.hosts:
         t.add_row(

@@ -25,7 +25,12 @@ from fedctl.state import StateStore
 class CliEnv:
     """The environment a command runs in (console, clock, state dir). Tests build their own."""
 
-    console: Console = field(default_factory=lambda: Console(highlight=False))
+    # Without a terminal rich would wrap tables at 80 columns; logs and CI read better wider.
+    console: Console = field(
+        default_factory=lambda: Console(
+            highlight=False, width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 120))
+        )
+    )
     err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
     clock: Callable[[], float] = time.time
     state_dir: Path = field(default_factory=lambda: Path(os.environ.get("FEDCTL_STATE_DIR", ".fedctl")))

@@ -37,7 +37,7 @@ def stop_host(conn: Connector, state: RunState, rec: HostRecord, grace_s: float)
         rec.workdir = conn.expand(rec.info.workdir)
     for rid in run_ids(state):
         pids.update(read_pidfiles(conn, remote_run_dir(rec, rid)))
-    pids.update(find_run_pids(conn, run_ids(state)))
+    pids.update(find_run_pids(conn, run_ids(state), rec.workdir))
     survivors = stop_pids(conn, pids, grace_s=grace_s)
     return len(pids), survivors
 

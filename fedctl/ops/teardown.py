@@ -112,7 +112,7 @@ def teardown(
                     else:
                         outcome[r.host].error = r.error
             progress("verifying that nothing of the run is left")
-            for r in fleet.map(lambda c: find_run_pids(c, run_ids(state)), hosts=reachable):
+            for r in fleet.map(lambda c: find_run_pids(c, run_ids(state), state.host(c.host.name).workdir), hosts=reachable):
                 if r.ok:
                     outcome[r.host].leftover_pids = r.value
                 else:

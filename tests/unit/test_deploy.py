@@ -31,6 +31,9 @@ def test_spawn_is_detached_group_leader_and_stop_kills_the_group(tmp_path):
     assert pids_alive(conn, [pid]) == {pid: True}
     assert read_pidfiles(conn, str(run_dir)) == [pid]
     assert pid in find_run_pids(conn, ["20260101-000000-beef"])
+    assert pid in find_run_pids(conn, ["20260101-000000-beef"], str(tmp_path))
+    # another host on the same machine (another workdir) does not see it
+    assert find_run_pids(conn, ["20260101-000000-beef"], str(tmp_path / "other")) == []
     assert stop_pids(conn, [pid], grace_s=2) == []
     for p in group:
         assert not pids_alive(conn, [p])[p]
@@ -52,6 +55,7 @@ def test_run_pattern_does_not_match_its_own_shell(tmp_path):
     conn = _conn(tmp_path)
     assert find_run_pids(conn, ["20260101-000000-dead"]) == []
     assert run_pattern("2026-x") == r"runs/[2]026\-x"
+    assert run_pattern("2026-x", "/w/a.b") == r"/w/a\.b/runs/[2]026\-x"
 
 
 def test_push_sends_only_changed_files(tmp_path):
