@@ -210,7 +210,9 @@ def _build(
         on_finish = check_choice(file, ("on_finish",), on_finish, ON_FINISH)
 
     payload_raw = {k: copy.deepcopy(v) for k, v in raw.items() if k not in CORE_KEYS}
-    payload_config = _validate_payload(file, manifest, payload_raw)
+    payload_config = _validate_payload(
+        file, manifest, payload_raw, {"clients": n_clients, "rounds": n_rounds, "seed": seed}
+    )
 
     return Experiment(
         path=file,
@@ -229,13 +231,26 @@ def _build(
     )
 
 
-def _validate_payload(file: str | None, manifest: PayloadManifest, data: dict[str, Any]) -> dict[str, Any]:
-    """Run the payload's validator on its keys; wrap its ValueError into a ConfigError."""
+def _validate_payload(
+    file: str | None, manifest: PayloadManifest, data: dict[str, Any], core: dict[str, Any]
+) -> dict[str, Any]:
+    """Run the payload's validator on its keys; wrap its ValueError into a ConfigError.
+
+    A validator that takes a ``core`` argument also gets ``{clients, rounds, seed}``, for checks that
+    span both (e.g. ``sampling.min_clients`` <= ``clients``).
+    """
+    import inspect
+
     validator = manifest.load_validator()
     if validator is None:
         return data
     try:
-        result = validator(copy.deepcopy(data))
+        params = inspect.signature(validator).parameters
+    except (TypeError, ValueError):
+        params = {}
+    kwargs = {"core": dict(core)} if "core" in params else {}
+    try:
+        result = validator(copy.deepcopy(data), **kwargs)
     except ValueError as exc:
         key_path = getattr(exc, "key_path", None)
         problem = getattr(exc, "problem", None)

@@ -117,10 +117,11 @@ def _model(v: Any) -> str:
     raise ConfigProblem("model", f"unknown model {v!r}", ", ".join(MODELS) + ", file.py:build_fn")
 
 
-def validate(d: dict) -> dict:
+def validate(d: dict, core: dict | None = None) -> dict:
     """Check the payload's keys, fill defaults, return the resolved dict.
 
-    Receives only the keys listed in payload.yaml `config.keys`. Raises ConfigProblem.
+    Receives only the keys listed in payload.yaml `config.keys`, and fedctl's `core` keys
+    ({clients, rounds, seed}) for the checks that span both. Raises ConfigProblem.
     """
     if d is None:
         d = {}
@@ -190,6 +191,14 @@ def validate(d: dict) -> dict:
     if not isinstance(tb, bool):
         raise ConfigProblem("tensorboard", f"expected true or false, got {tb!r}")
     out["tensorboard"] = tb
+    user_sampling = d.get("sampling") if isinstance(d.get("sampling"), dict) else {}
+    if core is not None and user_sampling.get("min_clients") is None:
+        # the default (2) must not make a 1-client run impossible
+        out["sampling"]["min_clients"] = min(out["sampling"]["min_clients"], int(core["clients"]))
+    if core is not None and out["sampling"]["min_clients"] > int(core["clients"]):
+        raise ConfigProblem("sampling.min_clients",
+                            f"{out['sampling']['min_clients']} is more than the {core['clients']} clients",
+                            "at most the number of clients")
     return out
 
 
@@ -206,10 +215,7 @@ def resolve(full: dict) -> dict:
     rounds = _int(full.get("rounds", 20), "rounds", 1)
     seed = _int(full.get("seed", 42), "seed", 0)
     payload = {k: v for k, v in full.items() if k not in FEDCTL_ONLY_KEYS and k not in CORE_KEYS}
-    out = validate(payload)
-    if out["sampling"]["min_clients"] > clients:
-        raise ConfigProblem("sampling.min_clients",
-                            f"{out['sampling']['min_clients']} is more than the {clients} clients")
+    out = validate(payload, core={"clients": clients, "rounds": rounds, "seed": seed})
     out.update(clients=clients, rounds=rounds, seed=seed)
     return out
 
