@@ -223,14 +223,10 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:
         log("client", f"config: {e}", "error")
         return EXIT_CONFIG
-    from fedtf.transport import read_token  # noqa: PLC0415
-    try:
-        token, warning = read_token(args.token_file)
-    except (OSError, ValueError) as e:
-        log("client", f"cannot read the token file: {e}", "error")
+    from fedtf.transport import load_token  # noqa: PLC0415
+    token = load_token(args.token_file, "client")
+    if token is None:
         return EXIT_CONFIG
-    if warning:
-        log("client", warning, "warning")
     try:
         client = Client(args, cfg, token, ids)
     except ValueError as e:

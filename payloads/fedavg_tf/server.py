@@ -214,14 +214,10 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:
         log("server", f"config {args.config}: {e}", "error")
         return EXIT_CONFIG
-    from fedtf.transport import read_token  # noqa: PLC0415
-    try:
-        token, warning = read_token(args.token_file)
-    except (OSError, ValueError) as e:
-        log("server", f"cannot read the token file: {e}", "error")
+    from fedtf.transport import load_token  # noqa: PLC0415
+    token = load_token(args.token_file, "server")
+    if token is None:
         return EXIT_CONFIG
-    if warning:
-        log("server", warning, "warning")
     os.makedirs(args.run_dir, exist_ok=True)
     try:
         server = Server(args, cfg, token)

@@ -126,6 +126,20 @@ def read_token(path: str) -> tuple[bytes, str | None]:
     return token, warning
 
 
+def load_token(path: str, role: str) -> bytes | None:
+    """``read_token`` for server.py/client.py: problems are logged for ``role``; None means exit."""
+    from fedtf.metrics import log  # noqa: PLC0415 - keep the codec module free of logging setup
+
+    try:
+        token, warning = read_token(path)
+    except (OSError, ValueError) as e:
+        log(role, f"cannot read the token file: {e}", "error")
+        return None
+    if warning:
+        log(role, warning, "warning")
+    return token
+
+
 def token_ok(header_value: str | None, token: bytes) -> bool:
     if not header_value or not header_value.startswith("Bearer "):
         return False
