@@ -228,6 +228,12 @@ def plot_response_heatmap(m: Metrics, path: Path, clients: int = 0) -> Path:
         ax.legend(handles=[Patch(color="#d62728", label="dropped / no answer"),
                            Patch(color="#e6e6e6", label="not sampled")],
                   loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    return _finish_client_axes(plt, fig, ax, ids if (ids and rounds) else None, path)
+
+
+def _finish_client_axes(plt, fig, ax, ids: Sequence[int] | None, path: Path):  # type: ignore[no-untyped-def]
+    """The clients x rounds figures' shared ending: client ticks (or 'no rounds'), labels, save."""
+    if ids:
         _ticks(ax, ids)
     else:
         _empty(ax, "no rounds completed")
@@ -260,13 +266,7 @@ def plot_participation(m: Metrics, path: Path, clients: int = 0) -> Path:
         ax.legend(handles=[Patch(color=c, label=l) for c, l in
                            zip(colours, ("not sampled", "reported", "dropped"))],
                   loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
-        _ticks(ax, ids)
-    else:
-        _empty(ax, "no rounds completed")
-    ax.set_xlabel("round")
-    _int_rounds(ax)
-    ax.set_ylabel("client")
-    return _save(plt, fig, path)
+    return _finish_client_axes(plt, fig, ax, ids if (ids and rounds) else None, path)
 
 
 def plot_cost(state: RunState, now: float, path: Path, max_cost: float | None = None) -> Path:

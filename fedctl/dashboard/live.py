@@ -248,6 +248,16 @@ class WatchLoop:
             self.state = new
             self.model.update_state(new)
 
+    def _ended(self, snap: Snapshot, start: float) -> WatchOutcome | None:
+        """The outcome when this frame ends the watch (run done, stop_when, duration), else None."""
+        if self.until_done and snap.done:
+            return WatchOutcome("done", snap)
+        if self._should_stop(snap):
+            return WatchOutcome("stopped", snap)
+        if self._timed_out(start):
+            return WatchOutcome("timeout", snap)
+        return None
+
     def _should_stop(self, snap: Snapshot) -> bool:
         if self.stop_when is None:
             return False
@@ -268,12 +278,9 @@ class WatchLoop:
             while True:
                 snap = self.model.snapshot(log_filter=self.log_filter)
                 live.update(fit_screen(snap, self.console), refresh=True)
-                if self.until_done and snap.done:
-                    return WatchOutcome("done", snap)
-                if self._should_stop(snap):
-                    return WatchOutcome("stopped", snap)
-                if self._timed_out(start):
-                    return WatchOutcome("timeout", snap)
+                ended = self._ended(snap, start)
+                if ended is not None:
+                    return ended
                 key = self._drain(time.monotonic() + self.interval)
                 if key is not None and self._key(key):
                     return WatchOutcome("quit", self.model.snapshot(log_filter=self.log_filter))
@@ -302,12 +309,9 @@ class WatchLoop:
                     shown_alerts.add(a.message)
                     out.write(f"ALERT {a.level}: {a.message}\n")
             out.flush()
-            if self.until_done and snap.done:
-                return WatchOutcome("done", snap)
-            if self._should_stop(snap):
-                return WatchOutcome("stopped", snap)
-            if self._timed_out(start):
-                return WatchOutcome("timeout", snap)
+            ended = self._ended(snap, start)
+            if ended is not None:
+                return ended
             key = self._drain(time.monotonic() + self.interval, on_lines)
             if key is not None and self._key(key):
                 return WatchOutcome("quit", self.model.snapshot(log_filter=self.log_filter))
