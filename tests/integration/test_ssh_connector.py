@@ -271,7 +271,7 @@ def test_proxy_command_from_inventory_extra(sshd_fleet, known_hosts, tmp_path):
     f = sshd_fleet(2)
     jump, target = f.hosts
     proxy = (
-        f"ssh -q -i {f.identity_file} -o BatchMode=yes -o StrictHostKeyChecking=no"
+        f"ssh -q -i {f.identity_file} -o BatchMode=yes -o StrictHostKeyChecking=accept-new"
         f" -o UserKnownHostsFile={tmp_path / 'proxy_known_hosts'} -p {jump.port}"
         f" -W {target.address}:{target.port} {f.user}@{jump.address}"
     )
