@@ -104,16 +104,23 @@ def _load_experiment_for(state: Any, config: Optional[str], sets: OptList, round
     return exp
 
 
-def _do_start(config: Optional[str], sets: OptList, rounds: Optional[int], as_json: bool) -> Any:
-    from fedctl.errors import HostsFailed
+def _do_start(config: Optional[str], sets: OptList, rounds: Optional[int], as_json: bool, resume: bool = False) -> Any:
+    from fedctl.errors import HostsFailed, UsageError
     from fedctl.ops.start import start
 
     e = env()
     store = e.store
+    if resume and (config or sets or rounds):
+        raise UsageError("--resume continues the run as it was configured: -c/--set/--rounds cannot change it")
     with store.lock():
         state = store.load()
-        exp = _load_experiment_for(state, config, sets, rounds)
-        report = start(store, state, exp, progress=_progress)
+        if resume:
+            from fedctl.ops.resume import resume as resume_run
+
+            report = resume_run(store, state, progress=_progress)
+        else:
+            exp = _load_experiment_for(state, config, sets, rounds)
+            report = start(store, state, exp, progress=_progress)
     if as_json:
         e.print_json({"run_id": state.run_id, "ok": report.ok, "failures": report.failures, "server": state.server})
     if not report.ok:
@@ -137,10 +144,13 @@ def start_cmd(
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="budget: stop the run before it costs this much"),
     max_hours: Optional[float] = typer.Option(None, "--max-hours", help="budget: stop the run after this many hours"),
     idle_minutes: Optional[float] = typer.Option(None, "--idle-minutes", help="budget: stop when no round completed for this long"),
+    resume: bool = typer.Option(
+        False, "--resume", help="restart the current run's dead processes; the server continues from its checkpoint"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Push the payload and start the server and clients, detached (budget watchdogs included)."""
-    _do_start(config, budget_sets(sets, max_cost, max_hours, idle_minutes), rounds, as_json)
+    _do_start(config, budget_sets(sets, max_cost, max_hours, idle_minutes), rounds, as_json, resume=resume)
 
 
 def status_cmd(as_json: bool = JsonOpt) -> None:

@@ -42,9 +42,12 @@ class StartReport:
         return not self.failures
 
 
-def _values(state: RunState, rec: HostRecord, experiment: Any) -> dict[str, Any]:
-    """Placeholder values for the manifest's command templates on one host."""
+def command_values(state: RunState, rec: HostRecord) -> dict[str, Any]:
+    """Placeholder values for the manifest's command templates on one host (from the resolved
+    experiment recorded in the state)."""
     run_dir = remote_run_dir(rec, state.run_id)
+    server = state.experiment.get("server") or {}
+    port = server.get("port", "auto")
     return {
         "python": rec.info.python,
         "payload_dir": remote_payload_dir(rec, state.payload_name),
@@ -53,8 +56,9 @@ def _values(state: RunState, rec: HostRecord, experiment: Any) -> dict[str, Any]
         "token_file": posixpath.join(run_dir, "token"),
         "workdir": rec.workdir,
         "run_id": state.run_id,
-        "bind": "127.0.0.1" if rec.info.kind == "local" else experiment.server.bind,
-        "port": experiment.server.port_number,
+        # on a laptop the server listens on loopback only; elsewhere where the config says
+        "bind": "127.0.0.1" if rec.info.kind == "local" else server.get("bind", "0.0.0.0"),
+        "port": 0 if port in (None, "auto") else int(port),
     }
 
 
@@ -90,7 +94,7 @@ def begin_new_run(store: StateStore, state: RunState, progress: Progress = quiet
     progress(f"new run {state.run_id} (previous: {old})")
 
 
-def _wait_ready(conn: Connector, ready_file: str, pid: int, log: str, timeout: float) -> dict[str, Any]:
+def wait_ready(conn: Connector, ready_file: str, pid: int, log: str, timeout: float) -> dict[str, Any]:
     """Poll the ready file; fail fast with the log tail when the server process died."""
     deadline = time.monotonic() + timeout
     delay = 0.2
@@ -159,7 +163,7 @@ def start(
             return _fail(store, state, report, "payload push failed")
 
         # -- the server -----------------------------------------------------------------------
-        values = _values(state, server_rec, experiment)
+        values = command_values(state, server_rec)
         log = manifest.render_path(manifest.server.log, **values)
         proc = ProcessRecord(role="server", index=0, pidfile=posixpath.join(values["run_dir"], "server.pid"), log=log)
         server_rec.processes.append(proc)
@@ -172,7 +176,7 @@ def start(
             )
             proc.started_at = store.clock()
             store.save(state)
-            ready = _wait_ready(
+            ready = wait_ready(
                 conn, manifest.render_path(manifest.server.ready_file, **values), proc.pid, log, ready_timeout
             )
         except Exception as exc:  # noqa: BLE001 - any failure here is reported per host
@@ -190,7 +194,7 @@ def start(
         # -- the clients ----------------------------------------------------------------------
         client_hosts = [r for r in state.hosts if plan_procs.get(r.name)]
         for rec in client_hosts:
-            vals = _values(state, rec, experiment)
+            vals = command_values(state, rec)
             for k, ids in enumerate(plan_procs[rec.name]):
                 rec.processes.append(
                     ProcessRecord(
@@ -205,7 +209,7 @@ def start(
 
         def start_clients(c: Connector) -> list[int]:
             rec = state.host(c.host.name)
-            vals = _values(state, rec, experiment)
+            vals = command_values(state, rec)
             pids = []
             for proc in (p for p in rec.processes if p.role == "client"):
                 cmd = manifest.render(
@@ -244,7 +248,7 @@ def start(
                 p.status = "running"
     if report.failures:
         return _fail(store, state, report, "some clients exited right after starting")
-    _start_watchdogs(store, state, report, progress)
+    start_watchdogs(store, state, report, progress)
     if report.failures:
         return _fail(store, state, report, "the budget guard could not be started")
     state.phase = "running"
@@ -254,7 +258,7 @@ def start(
     return report
 
 
-def _start_watchdogs(store: StateStore, state: RunState, report: StartReport, progress: Progress) -> None:
+def start_watchdogs(store: StateStore, state: RunState, report: StartReport, progress: Progress) -> None:
     """Start the budget watchdog on every host, so the budget holds with this laptop closed.
 
     Only when there is something to guard: a budget, or ``on_finish: poweroff`` (which also powers

@@ -217,3 +217,39 @@ def test_fedctl_killed_then_teardown_leaves_nothing(sshd_fleet, tmp_path, phase)
     assert run_pids(st["run_id"]) == []
     assert files_under(fleet) == []
     assert state(proj)["phase"] == "torn_down"
+
+
+def test_killed_server_is_resumed_from_its_checkpoint(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(2)
+    proj = project(tmp_path, fleet, rounds=25, round_s=0.2)
+    fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
+    fedctl(proj, "start", check=True)
+    st = state(proj)
+    run_id = st["run_id"]
+    metrics = fleet.hosts[0].workdir / "runs" / run_id / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not metrics.exists() or metrics.read_text().count('"round"') < 3):
+        time.sleep(0.1)
+    server = next(p for p in st["hosts"][0]["processes"] if p["role"] == "server")
+    os.kill(server["pid"], signal.SIGKILL)
+    time.sleep(1.0)
+    status = json.loads(fedctl(proj, "status", "--json", check=True).stdout)
+    assert status["phase"] == "failed"
+    assert fedctl(proj, "start", "--resume", "--set", "rounds=3").returncode == 2  # cannot change a run
+    fedctl(proj, "start", "--resume", check=True)
+    st2 = state(proj)
+    assert st2["run_id"] == run_id and st2["phase"] == "running"
+    new_server = next(p for p in st2["hosts"][0]["processes"] if p["role"] == "server")
+    assert new_server["pid"] != server["pid"]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = json.loads(fedctl(proj, "status", "--json", check=True).stdout)
+        if status["phase"] != "running":
+            break
+        time.sleep(0.5)
+    assert status["phase"] == "finished", status
+    rounds = [json.loads(x)["round"] for x in metrics.read_text().splitlines() if '"type": "round"' in x]
+    assert rounds == list(range(1, 26))
+    assert fedctl(proj, "start", "--resume").returncode == 2  # finished: nothing to resume
+    fedctl(proj, "teardown", "--yes", check=True)
+    assert run_pids(run_id) == [] and files_under(fleet) == []

@@ -1,0 +1,128 @@
+"""``start --resume``: bring a run whose processes died (or were stopped) back, same run id.
+
+The server is restarted with the manifest's ``resume_flag`` (it continues from its last checkpoint)
+on the port it had, so the clients that are still alive reconnect on their own; dead client
+processes are started again with their client ids; the budget watchdogs are restarted with what
+has already been billed. Config, token and payload on the hosts are the ones the run started with.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from fedctl.connectors.base import Connector
+from fedctl.deploy import pids_alive, read_file, remote_run_dir, spawn_detached, stop_pids
+from fedctl.errors import PayloadError, UsageError
+from fedctl.ops.common import Progress, open_fleet, quiet, server_record
+from fedctl.ops.start import StartReport, _fail, command_values, start_watchdogs, wait_ready
+from fedctl.ops.status import parse_metrics_tail
+from fedctl.shell import quote
+from fedctl.state import RunState, StateStore
+
+
+def _summary(conn: Connector, state: RunState, metrics_path: str) -> dict[str, Any] | None:
+    _, summary = parse_metrics_tail(read_file(conn, metrics_path) or "")
+    return summary
+
+
+def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready_timeout: float = 300.0) -> StartReport:
+    """Restart the dead processes of the current run. The caller holds the state lock."""
+    from fedctl.budget import WATCHDOG_PID_FILE
+    from fedctl.payload import load_manifest
+
+    if state.started_at is None and not any(r.processes for r in state.hosts):
+        raise UsageError(f"run {state.run_id} was never started: nothing to resume", hint="`fedctl start`")
+    if state.phase in ("tearing_down", "torn_down"):
+        raise UsageError(f"run {state.run_id} is {state.phase}: nothing to resume")
+    manifest = load_manifest(state.payload_dir)
+    if not manifest.server.resume_flag:
+        raise PayloadError(f"payload {manifest.name} has no server.resume_flag: it cannot resume a run")
+    server_rec = server_record(state)
+    assert server_rec is not None
+    report = StartReport(state)
+
+    with open_fleet(store, state.hosts) as fleet:
+        alive: dict[str, dict[int, bool]] = {}
+        for r in fleet.map(lambda c: pids_alive(c, [p.pid for p in state.host(c.host.name).processes if p.pid])):
+            if not r.ok:
+                raise UsageError(f"{r.host} is unreachable ({r.error}): cannot resume the run now")
+            alive[r.host] = r.value
+        sconn = fleet.connector(server_rec.name)
+        values = command_values(state, server_rec)
+        metrics = manifest.render_path(manifest.server.metrics, **values)
+        summary = _summary(sconn, state, metrics)
+        if summary is not None and summary.get("status", "finished") == "finished":
+            raise UsageError(f"run {state.run_id} already finished: nothing to resume",
+                             hint="`fedctl teardown` collects its results")
+
+        state.phase = "starting"
+        state.event("resume requested", store.clock)
+        store.save(state)
+        server = next(p for p in server_rec.processes if p.role == "server")
+        if not alive[server_rec.name].get(server.pid or -1, False):
+            port = int(state.server.get("port") or values["port"])
+            ready_file = manifest.render_path(manifest.server.ready_file, **values)
+            sconn.run(f"rm -f {quote(ready_file)}", timeout=30)  # the old one names a dead server
+            cmd = manifest.render(manifest.server.command, **{**values, "port": port})
+            cmd = f"{cmd} {quote(manifest.server.resume_flag)}"
+            progress(f"restarting the server on {server_rec.name} from its last checkpoint (port {port})")
+            server.status, server.error = "starting", None
+            try:
+                server.pid = spawn_detached(sconn, cmd, values["run_dir"], server.pidfile, server.log)
+                server.started_at = store.clock()
+                store.save(state)
+                ready = wait_ready(sconn, ready_file, server.pid, server.log, ready_timeout)
+            except Exception as exc:  # noqa: BLE001 - reported like any start failure
+                server.status, server.error = "failed", str(exc)
+                report.failures[server_rec.name] = str(exc)
+                return _fail(store, state, report, "the server did not resume")
+            server.status = "running"
+            state.server["port"] = int(ready["port"])
+            store.save(state)
+
+        def restart_clients(c: Connector) -> int:
+            rec = state.host(c.host.name)
+            vals = command_values(state, rec)
+            n = 0
+            for proc in rec.processes:
+                if proc.role != "client" or alive[rec.name].get(proc.pid or -1, False):
+                    continue
+                cmd = manifest.render(
+                    manifest.client.command,
+                    **{**vals, "port": state.server["port"]},
+                    process=proc.index,
+                    server_address=state.server["address"],
+                    client_ids=",".join(str(i) for i in proc.client_ids),
+                )
+                proc.pid = spawn_detached(c, cmd, vals["run_dir"], proc.pidfile, proc.log)
+                proc.started_at, proc.status, proc.error = store.clock(), "running", None
+                n += 1
+            return n
+
+        hosts = [r.name for r in state.hosts if any(p.role == "client" for p in r.processes)]
+        for r in fleet.map(restart_clients, hosts=hosts):
+            if r.ok:
+                report.pushed[r.host] = r.value  # here: client processes restarted on that host
+            else:
+                report.failures[r.host] = r.error or "client restart failed"
+        store.save(state)
+        if report.failures:
+            return _fail(store, state, report, "some clients did not restart")
+
+        # The watchdogs get a fresh spec (what has been billed so far); old ones are stopped first.
+        def stop_watchdog(c: Connector) -> None:
+            run_dir = remote_run_dir(state.host(c.host.name), state.run_id)
+            pid = (read_file(c, posixpath.join(run_dir, WATCHDOG_PID_FILE)) or "").strip()
+            if pid.isdigit():
+                stop_pids(c, [int(pid)], grace_s=5)
+
+        fleet.map(stop_watchdog)
+    start_watchdogs(store, state, report, progress)
+    if report.failures:
+        return _fail(store, state, report, "the budget guard could not be restarted")
+    state.phase = "running"
+    state.error = None
+    state.event("resumed", store.clock)
+    store.save(state)
+    return report
