@@ -119,6 +119,17 @@ def stragglers(snapshot: Snapshot) -> dict[int, int]:
     return {p.round: p.straggler for p in snapshot.federation.history if p.straggler is not None}
 
 
+def compact_seconds(value: float, width: int) -> str:
+    """Seconds in at most ``width`` characters that still tell rounds of 20 ms from 200 ms:
+    ``.023``/``.02``, ``1.2``, ``12``, ``123``, then minutes ``15m`` and hours ``3h``."""
+    candidates = []
+    if value < 1:
+        fine = f"{value:.{max(1, width - 1)}f}"
+        candidates.append(fine[1:] if fine.startswith("0.") else fine)  # the leading 0 carries nothing
+    candidates += [f"{value:.1f}", f"{value:.0f}", f"{value / 60:.0f}m", f"{value / 3600:.0f}h"]
+    return next((c for c in candidates if len(c) <= width), candidates[-1][:width])
+
+
 def _heat_cell(value: float | None, median: float | None, straggler: bool) -> Text:
     if value is None:
         return Text("  · ", style="dim")
@@ -129,10 +140,10 @@ def _heat_cell(value: float | None, median: float | None, straggler: bool) -> Te
     ratio = value / median if median else 1.0
     style = "black on green" if ratio <= 1.25 else "black on yellow" if ratio <= 2.0 else "white on red"
     if straggler:  # the straggler gets a marker, not only a style: visible without colours too
-        label = (f"{value:3.1f}" if value < 10 else f"{value:3.0f}")[:3] + "*"
+        label = compact_seconds(value, 3) + "*"
         style += " bold underline"
     else:
-        label = f"{value:4.1f}" if value < 10 else f"{value:4.0f}"
+        label = compact_seconds(value, 4)
     return Text(label[:4].rjust(4), style=style)
 
 
@@ -398,7 +409,7 @@ def _plain_heat(v: float | None) -> str:
         return "X"
     if math.isnan(v):
         return "?"
-    return f"{v:.1f}"
+    return compact_seconds(v, 4)
 
 
 def format_log_line(host: str, label: str, text: str) -> str:

@@ -221,3 +221,14 @@ def test_small_screen_keeps_problem_rows():
     console.print(fit_screen(snap, console))
     text = console.export_text()
     assert re.search(r"│\s+9\s+h6\s+dead", text) and " h5 " in text and "NO (" in text
+
+
+def test_heat_cells_tell_fast_rounds_apart():
+    from fedctl.dashboard.render import compact_seconds
+
+    assert compact_seconds(0.0234, 4) == ".023" and compact_seconds(0.2, 4) == ".200"
+    assert compact_seconds(0.0234, 3) == ".02" and compact_seconds(0.999, 3) == "1.0"
+    assert compact_seconds(9.96, 3) == "10" and compact_seconds(123.4, 4) == "123"
+    assert compact_seconds(4000, 3) == "67m"
+    for v in (0.001, 0.5, 3.3, 42.0, 999.0, 12345.0, 1e6):
+        assert len(compact_seconds(v, 3)) <= 3 and len(compact_seconds(v, 4)) <= 4
