@@ -117,6 +117,7 @@ class RunState:
     results_dir: str | None = None
     error: str | None = None
     previous_runs: list[str] = field(default_factory=list)  # earlier run ids started on these hosts
+    overrides: list[str] = field(default_factory=list)  # --set given at provision; start applies them first
     events: list[dict[str, Any]] = field(default_factory=list)
     version: int = STATE_VERSION
 

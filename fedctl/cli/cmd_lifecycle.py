@@ -60,13 +60,11 @@ def _do_provision(
     if inputs.inventory.provider != "local" and not e.confirm("provision these hosts?", yes):
         raise typer.Exit(int(ExitCode.ABORTED))
     with store.lock():
-        report = provision(store, inputs, config, progress=_progress)
+        report = provision(store, inputs, config, progress=_progress, overrides=sets or [])
     if as_json:
         e.print_json({"run_id": report.state.run_id, "ok": report.ok, "hosts": [r.__dict__ for r in report.rows]})
     else:
-        from fedctl.cli.render import plan_table as pt
-
-        e.console.print(pt(report.rows, title=f"run {report.state.run_id}: provision"))
+        e.console.print(plan_table(report.rows, title=f"run {report.state.run_id}: provision"))
     if not report.ok:
         raise HostsFailed(
             "provision failed on: " + ", ".join(r.name for r in report.rows if r.status != "provisioned"),
@@ -95,7 +93,8 @@ def _load_experiment_for(state: Any, config: Optional[str], sets: OptList, round
     from fedctl.errors import UsageError
 
     path = config or state.config_path
-    exp = load_experiment(path, sets or [], clients=state.clients, rounds=rounds)
+    # provision's --set values still hold unless this start sets the same keys again
+    exp = load_experiment(path, [*state.overrides, *(sets or [])], clients=state.clients, rounds=rounds)
     if exp.clients != state.clients:
         raise UsageError(
             f"the hosts were provisioned for {state.clients} clients, the config asks for {exp.clients}",
@@ -242,7 +241,7 @@ def _print_teardown(report: Any, as_json: bool) -> None:
         t.add_row(
             h.name,
             str(h.stopped),
-            "yes" if h.removed else "kept" if h.error is None and not h.leftover_files else "no",
+            "yes" if h.removed else "no" if (h.error or h.leftover_files) else "kept",
             ", ".join(map(str, h.leftover_pids)) or "none",
             Text("ok", style="green") if h.ok else Text(h.error or "leftovers", style="red"),
         )
@@ -374,6 +373,7 @@ def _follow(interval: float) -> Any:
 def _poweroff(store: Any) -> None:
     """``on_finish: poweroff``: power the (static) hosts off; never this machine."""
     import os
+    import shlex
 
     from fedctl.budget import DEFAULT_POWEROFF_COMMAND, POWEROFF_ENV
     from fedctl.ops.common import open_fleet
@@ -387,7 +387,8 @@ def _poweroff(store: Any) -> None:
         return
     command = os.environ.get(POWEROFF_ENV) or DEFAULT_POWEROFF_COMMAND
     with open_fleet(store, state.hosts) as fleet:
-        for r in fleet.run(f"nohup sh -c {__import__('shlex').quote('sleep 2; ' + command)} >/dev/null 2>&1 &", timeout=30):
+        # detached and delayed, so the SSH command returns before the host goes down
+        for r in fleet.run(f"nohup sh -c {shlex.quote('sleep 2; ' + command)} >/dev/null 2>&1 &", timeout=30):
             e.console.print(f"{r.host}: power-off {'requested' if r.ok else 'failed: ' + str(r.error)}")
 
 

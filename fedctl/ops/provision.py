@@ -8,7 +8,7 @@ that are not provisioned yet.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.deploy import OWNED_MARKER
@@ -46,7 +46,7 @@ class ProvisionReport:
         return all(r.status == "provisioned" for r in self.rows)
 
 
-def new_state(inputs: Inputs, store: StateStore, config_path: str | None) -> RunState:
+def new_state(inputs: Inputs, store: StateStore, config_path: str | None, overrides: Sequence[str] = ()) -> RunState:
     """A fresh RunState for the plan: run id, hosts pending, nothing touched yet."""
     from pathlib import Path
 
@@ -63,6 +63,7 @@ def new_state(inputs: Inputs, store: StateStore, config_path: str | None) -> Run
         payload_dir=str(exp.payload.dir),
         experiment=exp.resolved(),
         plan=plan.to_dict(),
+        overrides=list(overrides),
     )
     for ph in plan.hosts:
         state.hosts.append(HostRecord(info=ph.host))
@@ -93,6 +94,7 @@ def provision(
     inputs: Inputs,
     config_path: str | None = None,
     progress: Progress = quiet,
+    overrides: Sequence[str] = (),
 ) -> ProvisionReport:
     """Provision the plan's hosts in parallel. The caller holds the state lock."""
     from fedctl.providers import get_provider
@@ -107,7 +109,7 @@ def provision(
             )
         progress(f"run {state.run_id} exists with the same plan: checking what is left to do")
     else:
-        state = new_state(inputs, store, config_path)
+        state = new_state(inputs, store, config_path, overrides)
         state.event("provision requested", store.clock)
         store.save(state)  # intent first: from here on teardown knows these hosts
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from fedctl.connectors.base import Connector
 from fedctl.deploy import OWNED_DIRS, OWNED_MARKER, find_run_pids, remote_run_dir
-from fedctl.ops.collect import CollectReport, collect_raw
+from fedctl.ops.collect import CollectReport, collect_raw, results_dir
 from fedctl.ops.common import Progress, open_fleet, quiet
 from fedctl.ops.stop import run_ids, stop_host
 from fedctl.shell import join, quote
@@ -171,13 +171,7 @@ def _build_report(store: StateStore, state: RunState, secrets: list[str]) -> str
     except ImportError:
         return "results report not available in this version"
     try:
-        results.build_report(results_dir_of(store, state), state, secrets=secrets)
+        results.build_report(results_dir(store, state.run_id), state, secrets=secrets)
     except Exception as exc:  # noqa: BLE001 - a plot failure must not stop a teardown
         return f"{type(exc).__name__}: {exc}"
     return None
-
-
-def results_dir_of(store: StateStore, state: RunState):
-    from fedctl.ops.collect import results_dir
-
-    return results_dir(store, state.run_id)
