@@ -35,7 +35,7 @@ PLACEHOLDERS = (
 )
 TOP_KEYS = ("name", "description", "files", "requirements", "config", "server", "client")
 REQUIREMENT_KEYS = ("python", "imports")
-CONFIG_KEYS = ("validator", "keys")
+CONFIG_KEYS = ("validator", "keys", "files")
 SERVER_KEYS = ("command", "ready_file", "log", "metrics", "results", "resume_flag")
 CLIENT_KEYS = ("command", "log")
 _SKIP_DIRS = {"__pycache__", ".git", ".pytest_cache", ".mypy_cache"}
@@ -125,6 +125,9 @@ class PayloadManifest:
     validator: str | None  # "relative/file.py:function"
     server: ServerSpec
     client: ClientSpec
+    #: experiment key paths whose values may name local files (``data.path``, ``model`` as
+    #: ``file.py:fn``): fedctl ships those files to the hosts and rewrites the values
+    config_files: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -281,6 +284,10 @@ def load_manifest(directory: str | Path) -> PayloadManifest:
                 f"{validator!r} must look like 'path/to/file.py:function'",
             )
     keys = _str_list(file, ("config", "keys"), cfg.get("keys") or [])
+    config_files = _str_list(file, ("config", "files"), cfg.get("files") or [])
+    for j, kp in enumerate(config_files):
+        if kp.split(".")[0] not in keys:
+            raise ConfigError(file, ("config", "files", j), f"{kp!r} is not under one of config.keys", keys)
 
     server_raw = require_mapping(file, ("server",), raw.get("server"))
     check_keys(file, ("server",), server_raw, SERVER_KEYS)
@@ -318,6 +325,7 @@ def load_manifest(directory: str | Path) -> PayloadManifest:
         python_requirement=py_req,
         imports=tuple(imports),
         config_keys=tuple(keys),
+        config_files=tuple(config_files),
         validator=validator,
         server=ServerSpec(**server_kwargs),
         client=ClientSpec(**client_kwargs),

@@ -62,16 +62,24 @@ def command_values(state: RunState, rec: HostRecord) -> dict[str, Any]:
     }
 
 
-def _prepare_host(conn: Connector, state: RunState, rec: HostRecord, files: list, config: bytes, token: bytes) -> int:
-    """Push payload files (changed ones only), config.yaml and the 0600 token. Returns files sent."""
+def _prepare_host(
+    conn: Connector, state: RunState, rec: HostRecord, files: list, shipped: list, token: bytes
+) -> int:
+    """Push payload files and the files the config names (changed ones only), the host's
+    config.yaml and the 0600 token. Returns how many files were sent."""
+    from fedctl.shipping import config_for_host, ship
+
     run_dir = remote_run_dir(rec, state.run_id)
     report = push_files(conn, files, remote_payload_dir(rec, state.payload_name))
+    sent = ship(conn, rec, shipped)
+    # JSON is also YAML: hosts without PyYAML can still read it (the payload falls back to json)
+    config = (json.dumps(config_for_host(state.experiment, shipped, rec), indent=2) + "\n").encode()
     res = conn.run(f"mkdir -p {quote(run_dir)} && chmod 700 {quote(run_dir)}", timeout=60)
     if not res.ok:
         raise PayloadError(f"{rec.name}: cannot create {run_dir}: {res.stderr.strip()}")
     conn.put_bytes(config, posixpath.join(run_dir, "config.yaml"), mode=0o644)
     conn.put_bytes(token, posixpath.join(run_dir, "token"), mode=0o600)
-    return len(report.sent)
+    return len(report.sent) + sent
 
 
 def begin_new_run(store: StateStore, state: RunState, progress: Progress = quiet) -> None:
@@ -142,8 +150,14 @@ def start(
     state.event("start requested", store.clock)
     store.save(state)
 
-    # JSON is also YAML: hosts without PyYAML can still read it (the payload falls back to json)
-    config_bytes = (json.dumps(state.experiment, indent=2) + "\n").encode()
+    from pathlib import Path
+
+    from fedctl.shipping import find_files
+
+    base = Path(state.config_path).parent if state.config_path else store.root.parent
+    shipped, notes = find_files(state.experiment, manifest.config_files, base)
+    for note in notes:
+        progress(note)
     token = secrets.token_urlsafe(32).encode()  # lives only in 0600 files on the hosts
     files = [(f.rel_path, str(f.abs_path), f.sha256) for f in manifest.files()]
     report = StartReport(state)
@@ -153,7 +167,7 @@ def start(
 
     with open_fleet(store, state.hosts) as fleet:
         progress(f"pushing payload {manifest.name} to {len(state.hosts)} host(s)")
-        pushed = fleet.map(lambda c: _prepare_host(c, state, state.host(c.host.name), files, config_bytes, token))
+        pushed = fleet.map(lambda c: _prepare_host(c, state, state.host(c.host.name), files, shipped, token))
         for r in pushed:
             if r.ok:
                 report.pushed[r.host] = r.value

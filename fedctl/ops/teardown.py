@@ -17,6 +17,7 @@ from fedctl.ops.collect import CollectReport, collect_raw, results_dir
 from fedctl.ops.common import Progress, open_fleet, quiet
 from fedctl.ops.stop import run_ids, stop_host
 from fedctl.shell import join, quote
+from fedctl.shipping import DATA_DIR
 from fedctl.state import HostRecord, RunState, StateStore
 
 
@@ -49,6 +50,7 @@ def _remove_files(conn: Connector, state: RunState, rec: HostRecord) -> list[str
     wd = rec.workdir or conn.expand(rec.info.workdir)
     ours = [remote_run_dir(rec, rid) for rid in run_ids(state)]
     ours.append(posixpath.join(wd, "payloads", state.payload_name))
+    ours.append(posixpath.join(wd, DATA_DIR))  # files the config named (data sets, model code)
     owned_dirs = [posixpath.join(wd, d) for d in OWNED_DIRS]
     marker = posixpath.join(wd, OWNED_MARKER)
     script = (

@@ -41,3 +41,43 @@ def test_fedavg_tf_run_on_sshd_fleet(sshd_fleet, tmp_path):
     assert 0.0 < per_round[-1]["accuracy"] <= 1.0
     assert (results / "logs" / "h2" / "client-0.log").exists()
     assert run_pids(run_id) == [] and files_under(fleet) == []
+
+
+@pytest.mark.e2e
+def test_config_files_are_shipped_to_the_hosts(sshd_fleet, tmp_path):
+    """An npz data set and a model file named in fedctl.yaml exist only here: fedctl ships them."""
+    import numpy as np
+
+    fleet = sshd_fleet(2)
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    y_train, y_test = rng.integers(0, 3, 240), rng.integers(0, 3, 60)
+    # classes are separable by brightness, so a tiny model learns them in one round
+    x_train = (y_train[:, None, None] * 80 + rng.integers(0, 20, (240, 6, 6))).astype("uint8")
+    x_test = (y_test[:, None, None] * 80 + rng.integers(0, 20, (60, 6, 6))).astype("uint8")
+    np.savez(proj / "data" / "tiny.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    (proj / "tiny_model.py").write_text(
+        "import keras\n\n"
+        "def build(input_shape, classes):\n"
+        "    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),\n"
+        "                             keras.layers.Dense(classes, activation='softmax')])\n"
+    )
+    (proj / "fedctl.yaml").write_text(yaml.safe_dump({
+        "rounds": 2,
+        "model": "tiny_model.py:build",
+        "data": {"dataset": "npz", "path": "data/tiny.npz"},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.1},
+    }))
+    fleet.write_inventory(proj / "inventory.yaml")
+    res = fedctl(proj, "run", "--clients", "2", "-i", "inventory.yaml", "--yes", "--interval", "1",
+                 timeout=600, check=True)
+    assert "finished" in res.stdout
+    run_id = state(proj)["run_id"]
+    lines = [json.loads(x) for x in (proj / "results" / run_id / "metrics.jsonl").read_text().splitlines()]
+    rounds = [x for x in lines if x.get("type") == "round"]
+    assert len(rounds) == 2 and 0.0 <= rounds[-1]["accuracy"] <= 1.0
+    # the shipped model (36 x 3 + 3 weights), not the default 2NN, is what the clients trained
+    uploads = [c["upload_bytes"] for c in rounds[-1]["clients"].values()]
+    assert uploads and all(u < 2000 for u in uploads), uploads
+    assert files_under(fleet) == []  # the shipped copies went with the teardown

@@ -1,0 +1,107 @@
+"""Files named by the experiment config (a data set ``data.path``, a model ``my_model.py:build``)
+travel to the hosts with the run, so a config that works here works on the fleet.
+
+The payload's manifest lists which key paths may name files (``config.files``). A value that names
+a file on this machine is shipped to ``<workdir>/data/<sha256[:16]>/<name>`` (content-addressed: a
+second run or an unchanged file costs one hash check) and the host's copy of the config points
+there. A value that names no local file is left alone: it may already be on the hosts. The local
+provider's hosts share this machine, so they just get the absolute path.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from fedctl.connectors.base import Connector
+from fedctl.deploy import push_files
+from fedctl.state import HostRecord
+
+DATA_DIR = "data"
+
+
+@dataclass(frozen=True)
+class ShippedFile:
+    """One config value that names a local file."""
+
+    key_path: str  # e.g. "data.path"
+    local: Path
+    sha256: str
+    suffix: str  # what followed the file in the value (":build_fn" for models), else ""
+
+    def remote_path(self, workdir: str) -> str:
+        return posixpath.join(workdir, DATA_DIR, self.sha256[:16], self.local.name)
+
+
+def _get(d: dict[str, Any], key_path: str) -> Any:
+    for part in key_path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _set(d: dict[str, Any], key_path: str, value: Any) -> None:
+    *parents, last = key_path.split(".")
+    for part in parents:
+        d = d[part]
+    d[last] = value
+
+
+def _split(value: str) -> tuple[str, str]:
+    """``"m.py:build" -> ("m.py", ":build")``; any other value is all file."""
+    head, sep, tail = value.rpartition(":")
+    if sep and head.endswith(".py") and tail.isidentifier():
+        return head, ":" + tail
+    return value, ""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_files(experiment: dict[str, Any], key_paths: Sequence[str], base_dir: Path) -> tuple[list[ShippedFile], list[str]]:
+    """The config values that name local files (relative ones against ``base_dir``), and notes for
+    values that name no local file (they must exist on the hosts)."""
+    found, notes = [], []
+    for kp in key_paths:
+        value = _get(experiment, kp)
+        if not isinstance(value, str) or not value:
+            continue
+        file, suffix = _split(value)
+        path = Path(file).expanduser()
+        if not path.is_absolute():
+            path = base_dir / path
+        if path.is_file():
+            found.append(ShippedFile(kp, path.resolve(), _sha256(path), suffix))
+        elif kp != "model" or suffix:  # "mlp" is a model name, not a missing file
+            notes.append(f"{kp}: {file} is not a file here; it must exist on every host")
+    return found, notes
+
+
+def config_for_host(experiment: dict[str, Any], files: Sequence[ShippedFile], rec: HostRecord) -> dict[str, Any]:
+    """The experiment as this host must see it: shipped files point at the host's copies."""
+    out = copy.deepcopy(experiment)
+    for f in files:
+        where = str(f.local) if rec.info.kind == "local" else f.remote_path(rec.workdir or "")
+        _set(out, f.key_path, where + f.suffix)
+    return out
+
+
+def ship(conn: Connector, rec: HostRecord, files: Sequence[ShippedFile]) -> int:
+    """Copy the files to the host (unchanged ones are skipped). Returns how many were sent."""
+    if rec.info.kind == "local" or not files:
+        return 0
+    sent = 0
+    for f in files:
+        root = posixpath.dirname(f.remote_path(rec.workdir or ""))
+        sent += len(push_files(conn, [(f.local.name, str(f.local), f.sha256)], root).sent)
+    return sent
