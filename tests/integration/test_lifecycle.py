@@ -253,3 +253,29 @@ def test_killed_server_is_resumed_from_its_checkpoint(sshd_fleet, tmp_path):
     assert fedctl(proj, "start", "--resume").returncode == 2  # finished: nothing to resume
     fedctl(proj, "teardown", "--yes", check=True)
     assert run_pids(run_id) == [] and files_under(fleet) == []
+
+
+def test_host_lost_mid_run_is_kept_until_teardown_can_finish(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(3)
+    proj = project(tmp_path, fleet, rounds=500, round_s=0.2)
+    fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
+    fedctl(proj, "start", check=True)
+    run_id = state(proj)["run_id"]
+    fleet.stop(2)  # h3's sshd dies; its client process (detached) keeps running
+    status = json.loads(fedctl(proj, "status", "--json", check=True).stdout)
+    h3 = next(h for h in status["hosts"] if h["name"] == "h3")
+    assert h3["reachable"] is False
+    td = fedctl(proj, "teardown", "--yes", "--grace", "2")
+    assert td.returncode == 3 and "h3" in td.stderr
+    st = state(proj)
+    assert st["phase"] == "tearing_down"
+    assert {h["info"]["name"]: h["status"] for h in st["hosts"]} == {
+        "h1": "torn_down", "h2": "torn_down", "h3": "provisioned"}
+    assert (proj / "results" / run_id / "metrics.jsonl").exists()  # collected from the reachable server
+    # h3's files are still there (its echo client exits by itself once the server is gone): the host
+    # is not forgotten, it is still to tear down
+    assert (fleet.hosts[2].workdir / "runs" / run_id).is_dir()
+    fleet.start(2)
+    fedctl(proj, "teardown", "--yes", "--grace", "2", check=True)
+    assert state(proj)["phase"] == "torn_down"
+    assert run_pids(run_id) == [] and files_under(fleet) == []
