@@ -158,7 +158,7 @@ class PayloadManifest:
         out = []
         for rel in sorted(found):
             p = found[rel]
-            out.append(PayloadFile(rel, p, _sha256(p), p.stat().st_mode & 0o777))
+            out.append(PayloadFile(rel, p, sha256_file(p), p.stat().st_mode & 0o777))
         return out
 
     def render(self, template: str, **values: Any) -> str:
@@ -201,7 +201,8 @@ class PayloadManifest:
         return fn
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (payload files and shipped data sets alike)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 16), b""):

@@ -11,7 +11,6 @@ provider's hosts share this machine, so they just get the absolute path.
 from __future__ import annotations
 
 import copy
-import hashlib
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.deploy import push_files
+from fedctl.payload import sha256_file
 from fedctl.state import HostRecord
 
 DATA_DIR = "data"
@@ -60,14 +60,6 @@ def _split(value: str) -> tuple[str, str]:
     return value, ""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def find_files(experiment: dict[str, Any], key_paths: Sequence[str], base_dir: Path) -> tuple[list[ShippedFile], list[str]]:
     """The config values that name local files (relative ones against ``base_dir``), and notes for
     values that name no local file (they must exist on the hosts)."""
@@ -81,7 +73,7 @@ def find_files(experiment: dict[str, Any], key_paths: Sequence[str], base_dir: P
         if not path.is_absolute():
             path = base_dir / path
         if path.is_file():
-            found.append(ShippedFile(kp, path.resolve(), _sha256(path), suffix))
+            found.append(ShippedFile(kp, path.resolve(), sha256_file(path), suffix))
         elif kp != "model" or suffix:  # "mlp" is a model name, not a missing file
             notes.append(f"{kp}: {file} is not a file here; it must exist on every host")
     return found, notes

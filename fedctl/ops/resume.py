@@ -15,7 +15,7 @@ from fedctl.connectors.base import Connector
 from fedctl.deploy import pids_alive, read_file, remote_run_dir, spawn_detached, stop_pids
 from fedctl.errors import PayloadError, UsageError
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
-from fedctl.ops.start import StartReport, _fail, command_values, start_watchdogs, wait_ready
+from fedctl.ops.start import StartReport, _fail, client_command, command_values, start_watchdogs, wait_ready
 from fedctl.ops.status import parse_metrics_tail
 from fedctl.shell import quote
 from fedctl.state import RunState, StateStore
@@ -88,13 +88,7 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
             for proc in rec.processes:
                 if proc.role != "client" or alive[rec.name].get(proc.pid or -1, False):
                     continue
-                cmd = manifest.render(
-                    manifest.client.command,
-                    **{**vals, "port": state.server["port"]},
-                    process=proc.index,
-                    server_address=state.server["address"],
-                    client_ids=",".join(str(i) for i in proc.client_ids),
-                )
+                cmd = client_command(manifest, state, rec, proc)
                 proc.pid = spawn_detached(c, cmd, vals["run_dir"], proc.pidfile, proc.log)
                 proc.started_at, proc.status, proc.error = store.clock(), "running", None
                 n += 1

@@ -62,6 +62,17 @@ def command_values(state: RunState, rec: HostRecord) -> dict[str, Any]:
     }
 
 
+def client_command(manifest: Any, state: RunState, rec: HostRecord, proc: ProcessRecord) -> str:
+    """The shell command of one client process, pointed at the running server."""
+    return manifest.render(
+        manifest.client.command,
+        **{**command_values(state, rec), "port": state.server["port"]},
+        process=proc.index,
+        server_address=state.server["address"],
+        client_ids=",".join(str(i) for i in proc.client_ids),
+    )
+
+
 def _prepare_host(
     conn: Connector, state: RunState, rec: HostRecord, files: list, shipped: list, token: bytes
 ) -> int:
@@ -226,14 +237,8 @@ def start(
             vals = command_values(state, rec)
             pids = []
             for proc in (p for p in rec.processes if p.role == "client"):
-                cmd = manifest.render(
-                    manifest.client.command,
-                    **{**vals, "port": state.server["port"]},
-                    process=proc.index,
-                    server_address=state.server["address"],
-                    client_ids=",".join(str(i) for i in proc.client_ids),
-                )
-                proc.pid = spawn_detached(c, cmd, vals["run_dir"], proc.pidfile, proc.log)
+                proc.pid = spawn_detached(c, client_command(manifest, state, rec, proc), vals["run_dir"],
+                                          proc.pidfile, proc.log)
                 proc.started_at = store.clock()
                 pids.append(proc.pid)
             return pids
