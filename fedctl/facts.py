@@ -130,7 +130,7 @@ def gather_facts(
     workdir: str,
     python_spec: str | None = ">=3.8",
     min_disk_gb: float = 0.5,
-    timeout: float = 180.0,
+    timeout: float = 600.0,  # importing TensorFlow on a busy or small host can take minutes
 ) -> HostFacts:
     """Run the probe on the host and judge the answer; never raises for a host problem."""
     arg = json.dumps({"imports": list(imports), "workdir": workdir})

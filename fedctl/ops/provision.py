@@ -7,6 +7,8 @@ that are not provisioned yet.
 
 from __future__ import annotations
 
+import copy
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -71,10 +73,29 @@ def new_state(inputs: Inputs, store: StateStore, config_path: str | None, overri
     return state
 
 
-def _provision_host(conn: Connector, rec: HostRecord, imports: list[str], python_spec: str | None) -> dict[str, Any]:
+class _LocalFacts:
+    """The local provider's hosts are all this machine with one interpreter: check it once (an
+    import of TensorFlow costs seconds of CPU), not once per host."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._facts: dict[str, HostFacts] = {}
+
+    def get(self, conn: Connector, rec: HostRecord, imports: list[str], spec: str | None, workdir: str) -> HostFacts:
+        if rec.info.kind != "local":
+            return gather_facts(conn, rec.info.python, imports, workdir, spec)
+        with self._lock:
+            if rec.info.python not in self._facts:
+                self._facts[rec.info.python] = gather_facts(conn, rec.info.python, imports, workdir, spec)
+            return copy.deepcopy(self._facts[rec.info.python])
+
+
+def _provision_host(
+    conn: Connector, rec: HostRecord, imports: list[str], python_spec: str | None, cache: _LocalFacts
+) -> dict[str, Any]:
     """Check one host and create its workdir. Returns what to record; raises nothing for host issues."""
     workdir = conn.expand(rec.info.workdir)
-    facts: HostFacts = gather_facts(conn, rec.info.python, imports, workdir, python_spec)
+    facts = cache.get(conn, rec, imports, python_spec, workdir)
     if not facts.ok:
         return {"ok": False, "facts": facts, "workdir": workdir, "created": False}
     w = quote(workdir)
@@ -131,7 +152,8 @@ def provision(
         spec = inputs.experiment.payload.python_requirement
         progress(f"checking {len(todo)} host(s) in parallel")
         with open_fleet(store, todo) as fleet:
-            results = fleet.map(lambda c: _provision_host(c, state.host(c.host.name), imports, spec))
+            cache = _LocalFacts()
+            results = fleet.map(lambda c: _provision_host(c, state.host(c.host.name), imports, spec, cache))
         for res in results:
             rec = state.host(res.host)
             if not res.ok:
