@@ -61,8 +61,12 @@ def cost_report(state: Any, now: float) -> dict[str, Any]:
     if budget.max_hours is not None and start is not None:
         left["hours"] = budget.max_hours - max(0.0, now - start) / 3600.0
     est = estimate(state, state.rounds or 0) if state.rounds else None
-    metrics = _local_metrics(state)
-    if est is not None and metrics is not None:
+    metrics: Any = _local_metrics(state)
+    if metrics is None and est is not None:
+        from fedctl.ops.status import server_metrics
+
+        metrics = server_metrics(env().store, state)  # the run is still on its hosts
+    if est is not None and metrics:
         est = est.updated_from_metrics(metrics)
     return {**rc.to_dict(), "budget": budget.to_dict(), "budget_left": left,
             "estimate": est.to_dict() if est else None}

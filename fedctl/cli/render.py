@@ -77,10 +77,16 @@ def status_table(st: Any) -> Table:
         for label, alive in h.alive.items():
             procs.append(f"{label}:", style="")
             procs.append("alive " if alive else "dead ", style="green" if alive else "red")
+        if h.status == "torn_down":
+            reach = Text("-")  # released: not asked
+        elif h.reachable:
+            reach = Text("yes", style="green")
+        else:
+            reach = Text(f"no ({h.error or 'unreachable'})", style="red")
         t.add_row(
             h.name,
             h.role,
-            Text("yes", style="green") if h.reachable else Text(f"no ({h.error or 'unreachable'})", style="red"),
+            reach,
             procs if h.alive else Text("-"),
             Text(h.status, style=_STATUS_STYLE.get(h.status, "")),
         )

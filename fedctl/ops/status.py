@@ -86,6 +86,13 @@ def observe(store: StateStore, state: RunState) -> RunStatus:
                 if "metrics" in r.value:
                     last_round, summary = parse_metrics_tail(r.value["metrics"])
             hosts.append(hs)
+    elif state.results_dir:
+        # torn down (or never started): what was collected locally is the last word on the run
+        from pathlib import Path
+
+        collected = Path(state.results_dir) / "metrics.jsonl"
+        if collected.is_file():
+            last_round, summary = parse_metrics_tail(collected.read_text(errors="replace"))
     listed = {h.name for h in hosts}
     for rec in state.hosts:
         if rec.name not in listed:
@@ -114,6 +121,22 @@ def observe(store: StateStore, state: RunState) -> RunStatus:
     if phase != state.phase:
         _record_phase(store, state, phase, summary)
     return status
+
+
+def server_metrics(store: StateStore, state: RunState) -> list[dict[str, Any]] | None:
+    """The server's whole metrics.jsonl while the run's files are on it (None when unreachable or
+    not started); for the cost estimate from measured rounds."""
+    from fedctl.cost import parse_jsonl
+    from fedctl.deploy import read_file
+
+    server = server_record(state)
+    if server is None or not server.workdir or state.started_at is None or server.status == "torn_down":
+        return None
+    path = posixpath.join(remote_run_dir(server, state.run_id), "metrics.jsonl")
+    with open_fleet(store, [server]) as fleet:
+        res = fleet.map(lambda c: read_file(c, path))
+    text = res[0].value if res and res[0].ok else None
+    return parse_jsonl(text) if text else None
 
 
 def _record_phase(store: StateStore, state: RunState, phase: str, summary: dict[str, Any] | None) -> None:
