@@ -40,8 +40,8 @@ def init_cmd(
         (target / name).write_text((src / name).read_text())
         env().console.print(f"wrote {target / name}")
     env().console.print(
-        "next: edit inventory.yaml (or delete it to run on this machine), then "
-        "`fedctl run --clients 10 -i inventory.yaml`"
+        "next: edit both, then `fedctl run --clients 10 -i inventory.yaml` for your hosts, "
+        "or `fedctl run --clients 10` (no -i) on this machine"
     )
 
 
