@@ -8,8 +8,11 @@ live in ``capabilities`` and are checked with ``require``, never by growing the 
 from __future__ import annotations
 
 import abc
+import os
+import shutil
+import stat
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import BinaryIO, Callable, Mapping
 
 from fedctl.errors import FedctlError, RemoteError
 
@@ -77,13 +80,23 @@ class Connector(abc.ABC):
         files written with ``put_bytes(mode=0o600)`` or on ``stdin``.
         """
 
-    @abc.abstractmethod
     def put(self, local: str, remote: str, mode: int | None = None) -> None:
-        """Copy a local file to ``remote`` (parent directories must exist)."""
+        """Copy a local file to ``remote`` atomically (parent directories must exist); ``mode``
+        defaults to the local file's."""
+        if mode is None:
+            mode = stat.S_IMODE(os.stat(local).st_mode)
+        with open(local, "rb") as src:
+            self._write_atomic(remote, mode, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
 
-    @abc.abstractmethod
     def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
         """Write ``data`` to ``remote`` atomically, created with ``mode`` (0600 for secrets)."""
+        self._write_atomic(remote, mode, lambda dst: dst.write(data))
+
+    def _write_atomic(self, remote: str, mode: int, write: Callable[[BinaryIO], object]) -> None:
+        """What ``put``/``put_bytes`` stand on: create a temp file next to ``remote`` that has
+        ``mode`` before its first byte, let ``write`` fill it, rename it over ``remote``.
+        A connector implements this (or overrides ``put``/``put_bytes`` themselves, as fakes do)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot write files")
 
     @abc.abstractmethod
     def get(self, remote: str, local: str) -> None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import time
 import uuid
-from typing import Mapping
+from typing import BinaryIO, Callable, Mapping
 
 from fedctl.connectors.base import CommandResult, Connector, HostInfo
 from fedctl.errors import RemoteError
@@ -76,18 +75,7 @@ class LocalConnector(Connector):
             timed_out=timed_out,
         )
 
-    def put(self, local: str, remote: str, mode: int | None = None) -> None:
-        """Copy ``local`` to ``remote`` atomically; mode defaults to the source file's."""
-        if mode is None:
-            mode = stat.S_IMODE(os.stat(local).st_mode)
-        with open(local, "rb") as src:
-            self._write_atomic(remote, mode, lambda fd: _copy_to_fd(src, fd))
-
-    def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
-        """Write ``data`` to ``remote`` atomically, created with ``mode`` (no window with a wider mode)."""
-        self._write_atomic(remote, mode, lambda fd: _write_all(fd, data))
-
-    def _write_atomic(self, remote: str, mode: int, write: "object") -> None:
+    def _write_atomic(self, remote: str, mode: int, write: Callable[[BinaryIO], object]) -> None:
         remote = self.expand(remote)
         directory, base = os.path.split(os.path.abspath(remote))
         tmp = os.path.join(directory, f".{base}.fedctl-tmp-{uuid.uuid4().hex[:12]}")
@@ -95,7 +83,8 @@ class LocalConnector(Connector):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             try:
                 os.fchmod(fd, mode)  # os.open's mode is filtered by the umask; the caller's mode wins
-                write(fd)  # type: ignore[operator]
+                with os.fdopen(fd, "wb", closefd=False) as fh:
+                    write(fh)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -131,18 +120,3 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     except ProcessLookupError:
         pass  # already gone
     proc.wait()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _copy_to_fd(src: object, fd: int) -> None:
-    while True:
-        chunk = src.read(1 << 20)  # type: ignore[attr-defined]
-        if not chunk:
-            return
-        _write_all(fd, chunk)

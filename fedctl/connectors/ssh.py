@@ -24,12 +24,11 @@ import random
 import re
 import shlex
 import socket
-import stat
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import BinaryIO, Callable, Mapping
 
 import paramiko
 
@@ -587,18 +586,7 @@ class SSHConnector(Connector):
                     raise RemoteError(f"host {self.host.name}: the server refused an SFTP session")
             return self._sftp
 
-    def put(self, local: str, remote: str, mode: int | None = None) -> None:
-        """Copy ``local`` to ``remote`` atomically (temp file + rename); mode defaults to the local one."""
-        if mode is None:
-            mode = stat.S_IMODE(os.stat(local).st_mode)
-        with open(local, "rb") as f:
-            self._write_atomic(remote, mode, lambda fh: _copy_stream(f, fh))
-
-    def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
-        """Write ``data`` to ``remote`` atomically; the file has ``mode`` before any byte is written."""
-        self._write_atomic(remote, mode, lambda fh: fh.write(data))
-
-    def _write_atomic(self, remote: str, mode: int, write: Callable[[paramiko.SFTPFile], object]) -> None:
+    def _write_atomic(self, remote: str, mode: int, write: Callable[[BinaryIO], object]) -> None:
         remote = self.expand(remote)
         directory, base = os.path.split(remote)
         tmp = os.path.join(directory, f".{base}.fedctl-tmp-{uuid.uuid4().hex[:12]}")
@@ -673,14 +661,6 @@ def _feed(chan: paramiko.Channel, data: bytes) -> None:
         chan.shutdown_write()
     except (OSError, EOFError, paramiko.SSHException) as e:
         log.debug("stdin not fully sent: %s", e)  # the command may exit without reading stdin
-
-
-def _copy_stream(src: object, dst: paramiko.SFTPFile) -> None:
-    while True:
-        chunk = src.read(_CHUNK)  # type: ignore[attr-defined]
-        if not chunk:
-            return
-        dst.write(chunk)
 
 
 def _signal(chan: paramiko.Channel, name: str) -> None:
