@@ -25,7 +25,7 @@ from fedctl.deploy import (
     spawn_detached,
     tail_file,
 )
-from fedctl.errors import HostsFailed, PayloadError, UsageError
+from fedctl.errors import PayloadError, UsageError
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
 from fedctl.shell import quote
 from fedctl.state import HostRecord, ProcessRecord, RunState, StateStore, new_run_id
@@ -256,7 +256,9 @@ def start(
 
         # a client that dies at once (bad config, missing module) should fail start, not watch
         time.sleep(1.0)
-        for r in fleet.map(lambda c: _check_alive(c, state.host(c.host.name)), hosts=[h.name for h in client_hosts]):
+        server_alive = pids_alive(conn, [proc.pid]).get(proc.pid, False)
+        for r in fleet.map(lambda c: _check_alive(c, state.host(c.host.name), server_alive),
+                           hosts=[h.name for h in client_hosts]):
             if not r.ok:
                 report.failures[r.host] = r.error or "unreachable"
             elif r.value:
@@ -314,18 +316,20 @@ def start_watchdogs(store: StateStore, state: RunState, report: StartReport, pro
                 report.failures[r.host] = f"budget watchdog did not start: {r.error}"
 
 
-def _check_alive(conn: Connector, rec: HostRecord) -> str | None:
-    """None when every client process of the host is alive, else a reason with the log tail."""
+def _check_alive(conn: Connector, rec: HostRecord, server_alive: bool) -> str | None:
+    """None when every client process of the host is alive, else a reason with the log tail.
+
+    A client that already exited is fine only when the server did too (a tiny run that is over);
+    while the server runs, a gone client is a failed start (bad config, missing module, ...).
+    """
     procs = [p for p in rec.processes if p.role == "client" and p.pid]
     alive = pids_alive(conn, [p.pid for p in procs])
     for p in procs:
         if not alive.get(p.pid, False):
-            # Exited already: fine if the run is over (tiny runs), a failure otherwise.
             p.status = "exited"
-            tail = tail_file(conn, p.log, 8)
-            if "Traceback" in tail or "rror" in tail:
+            if server_alive:
                 p.status = "failed"
-                return f"{p.label} exited: {tail.strip()[-600:]}"
+                return f"{p.label} exited: {tail_file(conn, p.log, 8).strip()[-600:]}"
     return None
 
 
