@@ -20,7 +20,7 @@ class ExitCode(IntEnum):
     LOCKED = 4  # another fedctl holds the state lock
     HOST_KEY = 5  # a host key changed: possible man-in-the-middle
     NOT_BUILT = 6  # the feature is not built yet
-    ABORTED = 130  # user said no / Ctrl-C
+    ABORTED = 130  # Ctrl-C (a declined confirmation is ERROR: the command did not do its job)
 
 
 class FedctlError(Exception):
@@ -64,6 +64,12 @@ class ConfigError(FedctlError):
         if valid:
             msg += f" (valid: {valid})"
         super().__init__(msg)
+
+
+class Declined(FedctlError):
+    """The user answered no to a confirmation: nothing was changed."""
+
+    exit_code = ExitCode.ERROR
 
 
 class UsageError(FedctlError):

@@ -202,7 +202,12 @@ class StateStore:
     def load(self) -> RunState:
         """Read the state; a missing or corrupt file is a StateError that says what to do."""
         try:
-            raw = self.state_file.read_text()
+            raw = self.state_file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StateError(
+                f"{self.state_file} is unreadable: not UTF-8 text ({exc.reason} at byte {exc.start})",
+                hint=f"move it aside (`mv {self.state_file} {self.state_file}.bad`) to start afresh",
+            ) from None
         except FileNotFoundError:
             raise StateError(
                 f"no run here: {self.state_file} does not exist",
@@ -210,11 +215,17 @@ class StateStore:
             ) from None
         try:
             data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError(f"the top level is {type(data).__name__}, not an object")
             if data.get("version") != STATE_VERSION:
                 raise ValueError(f"state version {data.get('version')!r}, expected {STATE_VERSION}")
             return RunState.from_dict(data)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise StateError(f"{self.state_file} is unreadable: {exc}") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise StateError(
+                f"{self.state_file} is unreadable: {str(exc)[:200]}",
+                hint=f"move it aside (`mv {self.state_file} {self.state_file}.bad`) to start afresh; hosts it "
+                "named may still hold a run's processes and files: check them with `fedctl exec` or by hand",
+            ) from None
 
     def load_or_none(self) -> RunState | None:
         return self.load() if self.exists() else None

@@ -57,33 +57,91 @@ def _register() -> None:
 _register()
 
 
+def _usage_error(exc: BaseException) -> bool:
+    """Is ``exc`` one of Click's own usage errors (bad option, missing argument, unknown command)?
+
+    Typer >= 0.29 vendors Click as ``typer._click`` and no longer installs ``click``; older Typer
+    raises ``click``'s classes. Both have ``ClickException`` in their MRO and ``format_message``, so
+    the check needs neither import (an optional import in the error boundary is how a usage error
+    once became two tracebacks)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return "ClickException" in names and hasattr(exc, "format_message")
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    from rich.markup import escape
+
+    from fedctl.cli.common import env
+    from fedctl.textsafe import printable
+
+    # escape: key paths such as hosts[2].port must not be read as rich markup; printable: control
+    # characters from user input (a --set value) must not reach the terminal as themselves
+    env().err.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False, soft_wrap=True)
+    if hint:
+        env().err.print(f"[yellow]hint:[/] {escape(printable(hint))}", highlight=False, soft_wrap=True)
+
+
+def _usage_hint(exc: BaseException) -> str:
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "fedctl"
+    return f"`{path} --help` lists the valid options"
+
+
+def _log_unexpected(exc: BaseException) -> str:
+    """Write the traceback of a bug to ``.fedctl/last-error.log``; return where it went."""
+    import traceback
+
+    from fedctl.cli.common import env
+    from fedctl.state import atomic_write
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    path = env().state_dir.absolute() / "last-error.log"
+    try:
+        atomic_write(path, text.encode(), mode=0o600)
+    except OSError:
+        import tempfile
+        from pathlib import Path
+
+        path = Path(tempfile.gettempdir()) / f"fedctl-last-error-{__import__('os').getuid()}.log"
+        atomic_write(path, text.encode(), mode=0o600)
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app; turn FedctlError into a clear message and its exit code."""
+    """Entry point and the one error boundary: every outcome becomes one message and an exit code.
+
+    - Click's usage errors (unknown option, bad value, unknown command): one line, exit 2;
+    - a FedctlError: its message, its hint, its exit code (``fedctl.errors.ExitCode``);
+    - Ctrl-C: exit 130; a declined confirmation is a ``Declined`` error (exit 1);
+    - anything else is a bug: one line, the traceback in ``.fedctl/last-error.log``, exit 1.
+    """
     from fedctl.errors import ExitCode, FedctlError
 
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except FedctlError as exc:
-        from rich.markup import escape
-
-        from fedctl.cli.common import env
-
-        # escape: key paths such as hosts[2].port must not be read as rich markup
-        env().err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
-        if exc.hint:
-            env().err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
+        _print_error(exc.message, exc.hint)
         sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:
+        _print_error("interrupted", None)
         sys.exit(int(ExitCode.ABORTED))
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        sys.exit(int(exc.exit_code))
     except typer.Abort:
+        _print_error("interrupted", None)
         sys.exit(int(ExitCode.ABORTED))
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except SystemExit:
         raise
-    sys.exit(0)
+    except Exception as exc:  # noqa: BLE001 - the boundary: usage errors, then bugs
+        if _usage_error(exc):
+            _print_error(exc.format_message(), _usage_hint(exc))  # type: ignore[attr-defined]
+            sys.exit(int(ExitCode.USAGE))
+        if type(exc).__name__ == "Abort":  # Click's own Abort (Ctrl-C at a prompt)
+            _print_error("interrupted", None)
+            sys.exit(int(ExitCode.ABORTED))
+        where = _log_unexpected(exc)
+        _print_error(f"unexpected {type(exc).__name__}: {exc}", f"this is a bug in fedctl; the traceback is in {where}")
+        sys.exit(int(ExitCode.ERROR))
+    # standalone_mode=False returns the code of a typer.Exit raised inside a command instead of
+    # raising it: honour it (this once turned a declined confirmation into exit 0).
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -57,8 +57,8 @@ def _do_provision(
             e.print_json({"plan": inputs.plan.to_dict(), "dry_run": True})
         return None
     # On this machine nothing is rented, so there is nothing to agree to.
-    if inputs.inventory.provider != "local" and not e.confirm("provision these hosts?", yes):
-        raise typer.Exit(int(ExitCode.ABORTED))
+    if inputs.inventory.provider != "local":
+        e.confirm("provision these hosts?", yes)
     with store.lock():
         report = provision(store, inputs, config, progress=_progress, overrides=sets or [])
     if as_json:
@@ -263,8 +263,8 @@ def teardown_cmd(
 
     e = env()
     state = e.store.load()
-    if state.phase != "torn_down" and not e.confirm(f"tear down run {state.run_id}?", yes or state.provider == "local"):
-        raise typer.Exit(int(ExitCode.ABORTED))
+    if state.phase != "torn_down":
+        e.confirm(f"tear down run {state.run_id}?", yes or state.provider == "local")
     _do_teardown(keep_files, as_json, grace)
 
 
@@ -408,7 +408,10 @@ def run_cmd(
     interval: float = typer.Option(2.0, "--interval", help="seconds between progress checks"),
 ) -> None:
     """provision + start + wait for the last round + teardown (or on_finish), in one command."""
+    from rich.markup import escape
+
     from fedctl.errors import FedctlError
+    from fedctl.textsafe import printable
 
     e = env()
     sets = budget_sets(sets, max_cost, max_hours, idle_minutes)
@@ -417,6 +420,7 @@ def run_cmd(
     report = _do_provision(clients, inventory, config, sets, yes, False, False, rounds=rounds)
     finish = report.state.experiment.get("on_finish") or "teardown"
     final, trip, problem = None, None, None
+    failure: BaseException | None = None  # what stopped the run: its exit code is the run's
     try:
         _do_start(config, sets, rounds, False)
         final, trip = _follow(interval)
@@ -424,13 +428,13 @@ def run_cmd(
             e.console.print("left the screen: the run goes on. `fedctl watch` to look again, "
                             "`fedctl teardown` when done (budget watchdogs, if set, still guard it)")
             return
-    except KeyboardInterrupt:
-        problem = "interrupted"
+    except KeyboardInterrupt as exc:
+        problem, failure = "interrupted", exc
         e.err.print("[yellow]interrupted: collecting results and tearing the run down[/]")
         finish = "teardown" if finish == "stop" else finish
     except FedctlError as exc:
-        problem = str(exc)
-        e.err.print(f"[red]{exc}[/]")
+        problem, failure = str(exc), exc
+        e.err.print(f"[red]{escape(printable(str(exc)))}[/]")
     if finish == "stop" and trip is None:
         from fedctl.ops.collect import collect_raw
         from fedctl.ops.stop import stop
@@ -454,6 +458,8 @@ def run_cmd(
         )
     if trip is not None:
         raise FedctlError(f"stopped by the budget guard: {trip.message}")
+    if failure is not None:
+        raise failure
     if final is None or final.phase != "finished":
         raise FedctlError(f"the run did not finish: {problem or (final.phase if final else 'failed to start')}")
 

@@ -45,15 +45,17 @@ class CliEnv:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
         sys.stdout.flush()
 
-    def confirm(self, question: str, assume_yes: bool) -> bool:
-        """Ask unless --yes; without a terminal, refuse rather than hang (the user must pass --yes)."""
-        if assume_yes:
-            return True
-        if not self.interactive:
-            from fedctl.errors import UsageError
+    def confirm(self, question: str, assume_yes: bool) -> None:
+        """Ask unless --yes; a "no" raises ``Declined`` (exit 1, nothing changed). Without a
+        terminal, refuse rather than hang (the user must pass --yes)."""
+        from fedctl.errors import Declined, UsageError
 
+        if assume_yes:
+            return
+        if not self.interactive:
             raise UsageError(f"{question} needs confirmation", hint="pass --yes to run without a terminal")
-        return typer.confirm(question, default=False)
+        if not typer.confirm(question, default=False):
+            raise Declined(f"not confirmed ({question}): nothing was changed")
 
 
 ENV = CliEnv()
