@@ -8,20 +8,13 @@ of a command (the run token travels with ``put_bytes(mode=0o600)``).
 from __future__ import annotations
 
 import posixpath
-import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.errors import RemoteError
 from fedctl.shell import join, quote
-from fedctl.state import HostRecord
-
-#: the marker file that says "fedctl created this tree" (teardown removes only what fedctl wrote)
-OWNED_MARKER = ".fedctl-owned"
-#: sub-folders of the workdir that belong to fedctl entirely
-OWNED_DIRS = ("payloads", "runs")
-
+from fedctl.state import HostRecord, ProcessRecord
 
 def remote_run_dir(host: HostRecord, run_id: str) -> str:
     """``<workdir>/runs/<run-id>`` on that host (workdir must be resolved already)."""
@@ -37,22 +30,88 @@ def remote_payload_dir(host: HostRecord, payload_name: str) -> str:
     return posixpath.join(host.workdir, "payloads", payload_name)
 
 
-def run_pattern(run_id: str, workdir: str | None = None) -> str:
-    """A ``pgrep -f`` regex that matches the run's processes: their argv holds
-    ``<workdir>/runs/<run-id>`` (only ``runs/<run-id>`` when no workdir is given).
-
-    With the workdir, hosts that share one machine (the local provider, a loopback fleet) each find
-    only their own processes. The run id's first character sits in a bracket so the shell that runs
-    pgrep (whose argv contains the pattern text) does not match itself.
-    """
-    prefix = re.escape(posixpath.join(workdir, "runs") + "/") if workdir else "runs/"
-    return f"{prefix}[{run_id[0]}]{re.escape(run_id[1:])}"
-
-
 def check(result_ok: bool, host: str, what: str, detail: str) -> None:
     """Raise RemoteError naming the host and step when a remote step failed."""
     if not result_ok:
         raise RemoteError(f"{host}: {what} failed: {detail.strip()[-500:] or 'no output'}")
+
+
+#: every process fedctl starts carries its run dir in this variable; children inherit it. With the
+#: start time from /proc it tells our process from an unrelated one that reused a recorded pid.
+RUN_MARK_ENV = "FEDCTL_RUN_DIR"
+
+
+@dataclass(frozen=True)
+class ProcRef:
+    """What identifies a process fedctl started: pid, start time and run mark.
+
+    ``start`` is field 22 of ``/proc/<pid>/stat`` (clock ticks since boot; None when unknown, e.g.
+    the process was gone before it could be read). ``mark`` is the run dir the process was started
+    for; the process carries it as ``FEDCTL_RUN_DIR`` in its environment.
+    """
+
+    pid: int
+    start: int | None
+    mark: str
+
+
+#: POSIX sh functions that check a process's identity on the host, in the same shell command as the
+#: signal that follows (no window for a pid to be reused between the check and the kill).
+#:   _st PID            -> "START PGRP" of a live, non-zombie process; fails otherwise
+#:   _ours PID START MARK -> succeeds when PID is that process: same start time (START "-": unknown)
+#:                         and MARK in its environment (or, with a known start time, its argv)
+IDENT_SH = r"""_st() { _s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; _s=${_s##*") "}
+set -- $_s; [ "$1" != Z ] && [ "$1" != X ] || return 1; echo "${20} $3"; }
+_ours() { _i=$(_st "$1") || return 1; _g=${_i#* }; _i=${_i% *}
+if [ "$2" != - ] && [ "$2" != "$_i" ]; then return 1; fi
+{ tr '\000' '\n' < "/proc/$1/environ" | grep -qxF "FEDCTL_RUN_DIR=$3"; } 2>/dev/null && return 0
+[ "$2" != - ] && { tr '\000' '\n' < "/proc/$1/cmdline" | grep -qF -- "$3"; } 2>/dev/null; }
+"""
+
+
+def ref_of(proc: ProcessRecord) -> ProcRef:
+    """The identity of a recorded process (its run mark is the folder of its pid file)."""
+    return ProcRef(int(proc.pid or 0), proc.start_time, posixpath.dirname(proc.pidfile))
+
+
+def record_spawn(proc: ProcessRecord, ref: ProcRef) -> None:
+    """Store what ``spawn_detached`` returned in the process record."""
+    proc.pid, proc.start_time = ref.pid, ref.start
+
+
+def _sh(script: str) -> str:
+    """Run ``script`` under /bin/sh whatever the remote user's login shell is (zsh, fish, ...)."""
+    return f"/bin/sh -c {quote(script)}"
+
+
+def _candidates(refs: Iterable[ProcRef], scan_marks: Sequence[str] = ()) -> list[str]:
+    """Shell lines that set ``M0``, ``M1``... (the marks) and ``_c`` (the candidates as
+    ``pid:start:k`` words); with ``scan_marks``, every process carrying one of those marks in its
+    environment is added too (children, processes whose pid fedctl never learnt)."""
+    marks: dict[str, int] = {}
+    words = []
+    for r in refs:
+        if not r.pid or int(r.pid) <= 1:
+            continue
+        k = marks.setdefault(r.mark, len(marks))
+        words.append(f"{int(r.pid)}:{'-' if r.start is None else int(r.start)}:{k}")
+    for m in scan_marks:
+        marks.setdefault(m, len(marks))
+    lines = [f"M{k}={quote(m)}" for m, k in marks.items()]
+    lines.append(f"_c={quote(' '.join(words))}")
+    for m in scan_marks:
+        k = marks[m]
+        lines.append(
+            f'for _f in $(grep -lzxF "FEDCTL_RUN_DIR=$M{k}" /proc/[0-9]*/environ 2>/dev/null); do '
+            '_p=${_f#/proc/}; _p=${_p%/environ}; _i=$(_st "$_p") || continue; '
+            f'_c="$_c $_p:${{_i% *}}:{k}"; done'
+        )
+    # _each FN: call FN PID START MARK for each candidate that is still ours (sets _g: its group)
+    lines.append(
+        r'_each() { for _w in $_c; do _p=${_w%%:*}; _r=${_w#*:}; _t=${_r%%:*}; '
+        r'eval "_m=\$M${_r#*:}"; _ours "$_p" "$_t" "$_m" && "$1" "$_p"; done; }'
+    )
+    return lines
 
 
 def spawn_detached(
@@ -61,90 +120,154 @@ def spawn_detached(
     cwd: str,
     pidfile: str,
     log: str,
-) -> int:
-    """Start ``command`` detached from the SSH session and return its pid.
+) -> ProcRef:
+    """Start ``command`` detached from the SSH session; return what identifies the process.
 
     ``setsid`` makes it a process-group leader (so stop can signal the whole group) and frees it
-    from the session; ``nohup`` + redirected stdio keep it alive after the connection closes. The
-    pid goes to ``pidfile`` (written via a temp name) BEFORE we return, so a fedctl killed right
-    after this call still leaves a trace that teardown finds.
+    from the session; ``nohup`` + redirected stdio keep it alive after the connection closes. It
+    runs with ``FEDCTL_RUN_DIR=<cwd>`` (the run mark). ``pidfile`` gets "PID START" (written via a
+    temp name) BEFORE we return, so a fedctl killed right after this call still leaves a trace that
+    teardown finds and can check.
     """
     inner = f"exec {command}"
     script = (
-        f"cd {quote(cwd)} && "
-        f"(setsid nohup /bin/sh -c {quote(inner)} > {quote(log)} 2>&1 < /dev/null & "
-        f"echo $! > {quote(pidfile + '.tmp')} && mv {quote(pidfile + '.tmp')} {quote(pidfile)}) && "
+        IDENT_SH
+        + f"cd {quote(cwd)} && "
+        f"({RUN_MARK_ENV}={quote(cwd)} setsid nohup /bin/sh -c {quote(inner)} > {quote(log)} 2>&1 < /dev/null & "
+        f"_p=$!; _i=$(_st $_p) || _i=-; "
+        f'echo "$_p ${{_i% *}}" > {quote(pidfile + ".tmp")} && mv {quote(pidfile + ".tmp")} {quote(pidfile)}) && '
         f"cat {quote(pidfile)}"
     )
-    res = conn.run(script, timeout=60)
+    res = conn.run(_sh(script), timeout=60)
     check(res.ok, conn.host.name, "starting a process", res.stderr or res.stdout)
-    try:
-        return int(res.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise RemoteError(f"{conn.host.name}: no pid came back from the start command") from None
+    refs = parse_pidfile(res.stdout, cwd)
+    if not refs:
+        raise RemoteError(f"{conn.host.name}: no pid came back from the start command")
+    return refs[-1]
 
 
-def pids_alive(conn: Connector, pids: Iterable[int]) -> dict[int, bool]:
-    """Which of ``pids`` are alive (not zombies) on the host, in one round trip."""
-    pids = sorted({int(p) for p in pids if p})
-    if not pids:
+def parse_pidfile(text: str, mark: str) -> list[ProcRef]:
+    """The processes a pid file names: one "PID START" per line (an older fedctl wrote "PID")."""
+    refs = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts or not parts[0].isdigit():
+            continue
+        start = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+        refs.append(ProcRef(int(parts[0]), start, mark))
+    return refs
+
+
+def pids_alive(conn: Connector, refs: Iterable[ProcRef]) -> dict[int, bool]:
+    """Which of ``refs`` are alive and still the process fedctl started, in one round trip.
+
+    A pid that now belongs to another process (same number, other start time or no run mark) is
+    not alive for fedctl."""
+    refs = [r for r in refs if r.pid]
+    if not refs:
         return {}
-    # kill -0 says the pid exists; /proc/<pid>/stat's 3rd field tells a zombie (Z) from a live one.
-    script = (
-        f"for p in {join(pids)}; do "
-        "if kill -0 $p 2>/dev/null && ! grep -q '^[0-9]* ([^)]*) Z' /proc/$p/stat 2>/dev/null; "
-        'then echo "$p 1"; else echo "$p 0"; fi; done'
-    )
-    res = conn.run(script, timeout=30)
+    lines = _candidates(refs)
+    script = IDENT_SH + "\n".join(lines) + '\n_yes() { echo "$1"; }; _each _yes; true'
+    res = conn.run(_sh(script), timeout=30)
     check(res.ok, conn.host.name, "checking processes", res.stderr)
-    alive = {}
-    for line in res.stdout.splitlines():
-        pid, flag = line.split()
-        alive[int(pid)] = flag == "1"
-    return alive
+    live = {int(p) for p in res.stdout.split() if p.isdigit()}
+    return {int(r.pid): int(r.pid) in live for r in refs}
 
 
-def find_run_pids(conn: Connector, run_ids: Sequence[str], workdir: str | None = None) -> list[int]:
-    """Pids on the host whose command line names one of the runs (including untracked ones)."""
-    pids: set[int] = set()
-    for run_id in run_ids:
-        res = conn.run(f"pgrep -f -- {quote(run_pattern(run_id, workdir))} || true", timeout=30)
-        check(res.ok, conn.host.name, "listing the run's processes", res.stderr)
-        pids.update(int(p) for p in res.stdout.split() if p.isdigit())
-    return sorted(pids)
+def find_run_pids(conn: Connector, marks: Sequence[str]) -> list[int]:
+    """Pids on the host that carry one of the run marks (``FEDCTL_RUN_DIR``) in their environment:
+    the run's processes and their children, tracked or not."""
+    if not marks:
+        return []
+    lines = _candidates([], scan_marks=marks)
+    script = IDENT_SH + "\n".join(lines) + '\n_yes() { echo "$1"; }; _each _yes; true'
+    res = conn.run(_sh(script), timeout=30)
+    check(res.ok, conn.host.name, "listing the run's processes", res.stderr)
+    return sorted({int(p) for p in res.stdout.split() if p.isdigit()})
 
 
-def read_pidfiles(conn: Connector, run_dir: str) -> list[int]:
-    """Pids recorded in ``*.pid`` files of a run dir (written by ``spawn_detached``)."""
+def read_pidfiles(conn: Connector, run_dir: str) -> list[ProcRef]:
+    """Processes recorded in the ``*.pid`` files of a run dir (written by ``spawn_detached``)."""
     res = conn.run(f"cat {quote(run_dir)}/*.pid 2>/dev/null || true", timeout=30)
-    return [int(p) for p in res.stdout.split() if p.isdigit()]
+    return parse_pidfile(res.stdout, run_dir)
 
 
-def stop_pids(conn: Connector, pids: Iterable[int], grace_s: float = 10.0) -> list[int]:
-    """TERM each pid's process group (and the pid), wait up to ``grace_s``, then KILL what is left.
+def stop_pids(
+    conn: Connector, refs: Iterable[ProcRef], scan_marks: Sequence[str] = (), grace_s: float = 10.0
+) -> list[int]:
+    """TERM each of fedctl's processes and its group, wait up to ``grace_s``, then KILL what is left.
 
+    A process is signalled only while it is still the one fedctl started (``IDENT_SH``: start time
+    and run mark), checked in the same shell command as each signal; a pid reused by an unrelated
+    process is left alone, and so is its group. ``scan_marks`` adds every process carrying one of
+    those run marks (children, processes started by a fedctl killed before it saved their pid).
     Returns the pids still alive afterwards (normally none). One round trip: the waiting happens on
     the host, so a slow link does not multiply the grace period.
     """
-    pids = sorted({int(p) for p in pids if p and int(p) > 1})
-    if not pids:
+    refs = [r for r in refs if r.pid and int(r.pid) > 1]
+    if not refs and not scan_marks:
         return []
-    plist = join(pids)
+    lines = _candidates(refs, scan_marks)
     steps = max(1, int(grace_s * 5))
     script = (
-        f"for p in {plist}; do kill -TERM -$p 2>/dev/null; kill -TERM $p 2>/dev/null; done; "
-        f"i=0; while [ $i -lt {steps} ]; do left=''; "
-        f"for p in {plist}; do kill -0 $p 2>/dev/null && "
-        "! grep -q '^[0-9]* ([^)]*) Z' /proc/$p/stat 2>/dev/null && left=\"$left $p\"; done; "
-        '[ -z "$left" ] && break; sleep 0.2; i=$((i+1)); done; '
-        f"for p in {plist}; do kill -KILL -$p 2>/dev/null; kill -KILL $p 2>/dev/null; done; "
-        "sleep 0.2; "
-        f"for p in {plist}; do kill -0 $p 2>/dev/null && "
-        "! grep -q '^[0-9]* ([^)]*) Z' /proc/$p/stat 2>/dev/null && echo $p; done; true"
+        IDENT_SH
+        + "\n".join(lines)
+        # a group is signalled only when its leader is ours (setsid made each process we started one)
+        + '\n_term() { [ "$_g" = "$1" ] && kill -TERM -"$1" 2>/dev/null; kill -TERM "$1" 2>/dev/null; }'
+        + '\n_kill() { [ "$_g" = "$1" ] && kill -KILL -"$1" 2>/dev/null; kill -KILL "$1" 2>/dev/null; }'
+        + '\n_left() { _l="$_l $1"; }; _yes() { echo "$1"; }'
+        + f'\n_each _term; _n=0; while [ $_n -lt {steps} ]; do _l=; _each _left; [ -z "$_l" ] && break; '
+        "sleep 0.2; _n=$((_n+1)); done"
+        + "\n_each _kill; sleep 0.2; _each _yes; true"
     )
-    res = conn.run(script, timeout=grace_s + 60)
+    res = conn.run(_sh(script), timeout=grace_s + 60)
     check(res.ok, conn.host.name, "stopping processes", res.stderr)
-    return [int(p) for p in res.stdout.split() if p.isdigit()]
+    return sorted({int(p) for p in res.stdout.split() if p.isdigit()})
+
+
+#: a file in each folder fedctl creates as its own: a later run may reuse such a folder (kept with
+#: ``--keep-files``), while a folder without it is someone else's and fedctl never writes into it
+TREE_MARKER = ".fedctl-tree"
+
+
+def make_dirs(conn: Connector, rec: HostRecord, trees: Sequence[str] = (), holders: Sequence[str] = ()) -> None:
+    """Create folders (with their parents) in one round trip and record in ``rec`` what this call
+    created: each of ``trees`` as fedctl's entirely, every parent and each of ``holders`` as a
+    folder to remove only when empty. A holder that already existed (a project folder, ``~``) is
+    never recorded, so teardown never removes it. A tree that already exists is adopted only when
+    fedctl made it (it holds ``TREE_MARKER``); otherwise this raises and writes nothing into it.
+    """
+    paths = [*holders, *trees]
+    if not paths:
+        return
+    # for each path, the missing ancestors (deepest last) are printed before mkdir creates them
+    script = (
+        f"mk() {{ d=$1; n=; "
+        'while [ ! -e "$d" ] && [ "$d" != / ] && [ "$d" != . ]; do n="$d\n$n"; d=$(dirname -- "$d"); done; '
+        'mkdir -p -- "$1" || exit 1; printf "%s" "$n" | sed "s/^/C /"; }; '
+        f"for p in {join(holders)}; do mk \"$p\"; done; "
+        f"for p in {join(trees)}; do "
+        f'if [ -d "$p" ] && [ ! -f "$p/{TREE_MARKER}" ]; then echo "F $p"; continue; fi; '
+        f'mk "$p"; [ -f "$p/{TREE_MARKER}" ] && echo "A $p"; : > "$p/{TREE_MARKER}" || exit 1; done'
+    )
+    res = conn.run(_sh(script), timeout=60)
+    check(res.ok, conn.host.name, "creating folders", res.stderr)
+    foreign = []
+    for line in res.stdout.splitlines():
+        kind, _, path = line.partition(" ")
+        if not path:
+            continue
+        if kind == "C":
+            rec.own(path, "tree" if path in trees else "dir")
+        elif kind == "A":  # made by an earlier fedctl run whose files were kept: ours again
+            rec.own(path, "tree")
+        elif kind == "F":
+            foreign.append(path)
+    if foreign:
+        raise RemoteError(
+            f"{conn.host.name}: {', '.join(foreign)} already exists and was not made by fedctl; fedctl "
+            "writes nothing into a folder it did not create (choose another workdir, or move that folder)"
+        )
 
 
 @dataclass(frozen=True)

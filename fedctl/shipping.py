@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fedctl.connectors.base import Connector
-from fedctl.deploy import push_files
+from fedctl.deploy import make_dirs, push_files
 from fedctl.payload import sha256_file
 from fedctl.state import HostRecord
 
@@ -95,5 +95,7 @@ def ship(conn: Connector, rec: HostRecord, files: Sequence[ShippedFile]) -> int:
     sent = 0
     for f in files:
         root = posixpath.dirname(f.remote_path(rec.workdir or ""))
-        sent += len(push_files(conn, [(f.local.name, str(f.local), f.sha256)], root).sent)
+        make_dirs(conn, rec, trees=[root])
+        report = push_files(conn, [(f.local.name, str(f.local), f.sha256)], root)
+        sent += len(report.sent)
     return sent

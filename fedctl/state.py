@@ -56,7 +56,8 @@ class ProcessRecord:
     index: int  # 0 for the server; k for the k-th client process on that host
     client_ids: list[int] = field(default_factory=list)
     pid: int | None = None
-    pidfile: str = ""
+    start_time: int | None = None  # /proc/<pid>/stat field 22: tells this process from a reused pid
+    pidfile: str = ""  # in the run dir, which is also the process's run mark (FEDCTL_RUN_DIR)
     log: str = ""
     status: str = "starting"  # starting | running | exited | stopped | failed
     started_at: float | None = None
@@ -68,6 +69,19 @@ class ProcessRecord:
 
 
 @dataclass
+class OwnedPath:
+    """A path fedctl created on a host, so teardown may remove it (and nothing else).
+
+    ``kind``: ``tree`` is fedctl's entirely (a run dir, a payload or data folder it made) and is
+    removed with everything in it; ``dir`` is a folder it made to hold those (the workdir, its
+    ``runs/``), removed only when empty.
+    """
+
+    path: str
+    kind: str = "tree"  # tree | dir
+
+
+@dataclass
 class HostRecord:
     """One host of the run: how to reach it, what fedctl did there, what runs there."""
 
@@ -75,7 +89,7 @@ class HostRecord:
     status: str = "pending"
     error: str | None = None
     workdir: str | None = None  # absolute, resolved on the host at provision time
-    created_workdir: bool = False  # True when fedctl created the workdir itself (so it may remove it)
+    owned: list[OwnedPath] = field(default_factory=list)  # what fedctl created there, in creation order
     facts: dict[str, Any] = field(default_factory=dict)
     acquired_at: float | None = None  # ledger: when the host became part of the run (billing starts)
     released_at: float | None = None  # ledger: when fedctl let the host go
@@ -84,6 +98,16 @@ class HostRecord:
     @property
     def name(self) -> str:
         return self.info.name
+
+    def own(self, path: str, kind: str) -> None:
+        """Record that fedctl created ``path`` (once; the first kind recorded stays)."""
+        if not any(o.path == path for o in self.owned):
+            self.owned.append(OwnedPath(path, kind))
+
+    def owns_tree(self, path: str) -> bool:
+        """Whether ``path`` lies inside (or is) a tree fedctl created."""
+        return any(o.kind == "tree" and (path == o.path or path.startswith(o.path.rstrip("/") + "/"))
+                   for o in self.owned)
 
     @property
     def role(self) -> str:
@@ -153,7 +177,9 @@ class RunState:
             info = dict(h.pop("info"))
             info["roles"] = tuple(info.get("roles", ()))
             procs = [ProcessRecord(**p) for p in h.pop("processes", [])]
-            hosts.append(HostRecord(info=HostInfo(**info), processes=procs, **h))
+            owned = [OwnedPath(**o) for o in h.pop("owned", [])]
+            h.pop("created_workdir", None)  # an older fedctl's flag; never trusted to delete a folder
+            hosts.append(HostRecord(info=HostInfo(**info), processes=procs, owned=owned, **h))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(hosts=hosts, **{k: v for k, v in d.items() if k in known})
 

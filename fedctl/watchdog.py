@@ -58,7 +58,8 @@ def read_pids(patterns):
                     text = f.read().strip()
             except (IOError, OSError):
                 continue
-            for tok in text.split():
+            for line in text.splitlines():  # "PID START" (START: /proc start time)
+                tok = (line.split() or [""])[0]
                 if tok.isdigit() and int(tok) > 1:
                     pids.add(int(tok))
     return sorted(pids)

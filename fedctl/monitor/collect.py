@@ -92,7 +92,7 @@ class HostProbe:
         self.log_tail_bytes = log_tail_bytes
         self.chunk_cap = MAX_CHUNK_BYTES  # most bytes of one file per probe (the rest comes next tick)
         self.nonce = new_nonce()
-        self.procs = [ProcReq(p.label, p.pid, p.pidfile) for p in host.processes]
+        self.procs = [ProcReq(p.label, p.pid, p.pidfile, p.start_time) for p in host.processes]
         self.cursors: dict[str, FileCursor] = {}
         self.labels: dict[str, str] = {}  # file key -> process label
         self.buffers: dict[str, LineBuffer] = {}
@@ -163,7 +163,9 @@ class HostProbe:
                 sample.log_lines.extend((label, ln) for ln in buf.feed(chunk.text))
         # pids learnt from pidfiles are checked directly from now on
         self.procs = [
-            ProcReq(p.label, p.pid or (parsed.pids.get(p.label, (None, False))[0]), p.pidfile) for p in self.procs
+            p if p.pid else ProcReq(p.label, parsed.pids.get(p.label, (None, False))[0], p.pidfile,
+                                    parsed.starts.get(p.label))
+            for p in self.procs
         ]
         return sample
 

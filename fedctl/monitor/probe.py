@@ -43,6 +43,7 @@ class ProcReq:
     label: str
     pid: int | None
     pidfile: str = ""
+    start: int | None = None  # /proc start time recorded at spawn: a reused pid is not "alive"
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class ProbeResult:
     mem_total_kib: int | None = None
     mem_avail_kib: int | None = None
     pids: dict[str, tuple[int | None, bool]] = field(default_factory=dict)  # label -> (pid, alive)
+    starts: dict[str, int] = field(default_factory=dict)  # label -> start time (from a pid file)
     gpu_present: bool = False
     gpu_text: str = ""
     gpu_rc: int = 0
@@ -81,10 +83,10 @@ def new_nonce() -> str:
     return f"@@fedctl-{secrets.token_hex(6)}@@"
 
 
-_FUNCS = r"""_p() { p=$2; if [ "$p" = - ]; then p=$(head -c 24 "$3" 2>/dev/null | tr -dc 0-9); fi
-if [ -n "$p" ] && { kill -0 "$p" 2>/dev/null || [ -d "/proc/$p" ]; } \
-&& ! grep -q '^[0-9]* (.*) Z' "/proc/$p/stat" 2>/dev/null; then a=1; else a=0; fi
-echo "$1 ${p:--} $a"; }
+_FUNCS = r"""_p() { _l=$1; p=$2; t=$3; if [ "$p" = - ]; then read -r p t _ < "$4" 2>/dev/null; p=$(echo "$p" | tr -dc 0-9); fi
+a=0; _s=$(cat "/proc/${p:-0}/stat" 2>/dev/null) && _s=${_s##*") "} && set -- $_s \
+&& [ "$1" != Z ] && { [ "${t:--}" = - ] || [ "$t" = "${20}" ]; } && a=1
+echo "$_l ${p:--} $a ${t:--}"; }
 _f() { st=$(stat -Lc '%s %i' "$2" 2>/dev/null) || { echo "$M file $1 missing"; return 0; }
 sz=${st% *}; ino=${st#* }; o=$3
 if [ "$o" -lt 0 ]; then o=$((sz-$5)); [ "$o" -lt 0 ] && o=0
@@ -114,7 +116,8 @@ def build_probe(
     if procs:
         lines.append('echo "$M pids"')
         for p in procs:
-            lines.append(f"_p {quote(p.label)} {p.pid if p.pid else '-'} {quote(p.pidfile or '/nonexistent')}")
+            start = p.start if p.pid and p.start is not None else "-"
+            lines.append(f"_p {quote(p.label)} {p.pid if p.pid else '-'} {start} {quote(p.pidfile or '/nonexistent')}")
     if gpu:
         pg = " ".join(str(p.pid) for p in procs if p.pid)
         lines.append(
@@ -193,9 +196,11 @@ def parse_probe(stdout: str, nonce: str) -> ProbeResult:
             _parse_sys_line(res, line)
         elif section == "pids":
             parts = line.split()
-            if len(parts) == 3:
+            if len(parts) >= 3:
                 pid = int(parts[1]) if parts[1].isdigit() else None
                 res.pids[parts[0]] = (pid, parts[2] == "1")
+                if len(parts) > 3 and parts[3].isdigit():
+                    res.starts[parts[0]] = int(parts[3])
         elif section == "gpu":
             gpu_lines.append(line)
         elif section == "apps":

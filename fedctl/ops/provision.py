@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from fedctl.connectors.base import Connector
-from fedctl.deploy import OWNED_MARKER
-from fedctl.errors import UsageError
+from fedctl.deploy import make_dirs
+from fedctl.errors import RemoteError, UsageError
 from fedctl.facts import HostFacts, gather_facts
 from fedctl.ops.common import Inputs, Progress, open_fleet, quiet
-from fedctl.shell import quote
 from fedctl.state import HostRecord, RunState, StateStore, new_run_id
 
 #: phases in which a state file still describes hosts that need a teardown
@@ -97,17 +96,14 @@ def _provision_host(
     workdir = conn.expand(rec.info.workdir)
     facts = cache.get(conn, rec, imports, python_spec, workdir)
     if not facts.ok:
-        return {"ok": False, "facts": facts, "workdir": workdir, "created": False}
-    w = quote(workdir)
-    # The marker is written only into a workdir fedctl created, so teardown may remove that folder.
-    res = conn.run(
-        f"if [ -d {w} ]; then echo existed; else mkdir -p {w} && touch {w}/{OWNED_MARKER} && echo created; fi",
-        timeout=60,
-    )
-    if not res.ok:
+        return {"ok": False, "facts": facts, "workdir": workdir}
+    try:
+        # a workdir that existed (a project folder, ~) is not recorded, so teardown never removes it
+        make_dirs(conn, rec, holders=[workdir])
+    except RemoteError as exc:
         facts.ok = False
-        facts.problems.append(f"cannot create workdir {workdir}: {res.stderr.strip()[:200]}")
-    return {"ok": facts.ok, "facts": facts, "workdir": workdir, "created": res.stdout.strip() == "created"}
+        facts.problems.append(f"cannot create workdir {workdir}: {str(exc)[-200:]}")
+    return {"ok": facts.ok, "facts": facts, "workdir": workdir}
 
 
 def provision(
@@ -161,7 +157,6 @@ def provision(
                 continue
             out = res.value
             rec.workdir = out["workdir"]
-            rec.created_workdir = rec.created_workdir or out["created"]
             rec.facts = out["facts"].to_dict()
             if out["ok"]:
                 rec.status = "provisioned"

@@ -12,7 +12,16 @@ import posixpath
 from typing import Any
 
 from fedctl.connectors.base import Connector
-from fedctl.deploy import pids_alive, read_file, remote_run_dir, spawn_detached, stop_pids
+from fedctl.deploy import (
+    parse_pidfile,
+    pids_alive,
+    read_file,
+    record_spawn,
+    ref_of,
+    remote_run_dir,
+    spawn_detached,
+    stop_pids,
+)
 from fedctl.errors import PayloadError, UsageError
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
 from fedctl.ops.start import StartReport, _fail, client_command, command_values, start_watchdogs, wait_ready
@@ -44,7 +53,7 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
 
     with open_fleet(store, state.hosts) as fleet:
         alive: dict[str, dict[int, bool]] = {}
-        for r in fleet.map(lambda c: pids_alive(c, [p.pid for p in state.host(c.host.name).processes if p.pid])):
+        for r in fleet.map(lambda c: pids_alive(c, [ref_of(p) for p in state.host(c.host.name).processes if p.pid])):
             if not r.ok:
                 raise UsageError(f"{r.host} is unreachable ({r.error}): cannot resume the run now")
             alive[r.host] = r.value
@@ -69,10 +78,10 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
             progress(f"restarting the server on {server_rec.name} from its last checkpoint (port {port})")
             server.status, server.error = "starting", None
             try:
-                server.pid = spawn_detached(sconn, cmd, values["run_dir"], server.pidfile, server.log)
+                record_spawn(server, spawn_detached(sconn, cmd, values["run_dir"], server.pidfile, server.log))
                 server.started_at = store.clock()
                 store.save(state)
-                ready = wait_ready(sconn, ready_file, server.pid, server.log, ready_timeout)
+                ready = wait_ready(sconn, ready_file, ref_of(server), server.log, ready_timeout)
             except Exception as exc:  # noqa: BLE001 - reported like any start failure
                 server.status, server.error = "failed", str(exc)
                 report.failures[server_rec.name] = str(exc)
@@ -89,7 +98,7 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
                 if proc.role != "client" or alive[rec.name].get(proc.pid or -1, False):
                     continue
                 cmd = client_command(manifest, state, rec, proc)
-                proc.pid = spawn_detached(c, cmd, vals["run_dir"], proc.pidfile, proc.log)
+                record_spawn(proc, spawn_detached(c, cmd, vals["run_dir"], proc.pidfile, proc.log))
                 proc.started_at, proc.status, proc.error = store.clock(), "running", None
                 n += 1
             return n
@@ -107,9 +116,8 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
         # The watchdogs get a fresh spec (what has been billed so far); old ones are stopped first.
         def stop_watchdog(c: Connector) -> None:
             run_dir = remote_run_dir(state.host(c.host.name), state.run_id)
-            pid = (read_file(c, posixpath.join(run_dir, WATCHDOG_PID_FILE)) or "").strip()
-            if pid.isdigit():
-                stop_pids(c, [int(pid)], grace_s=5)
+            refs = parse_pidfile(read_file(c, posixpath.join(run_dir, WATCHDOG_PID_FILE)) or "", run_dir)
+            stop_pids(c, refs, grace_s=5)
 
         fleet.map(stop_watchdog)
     start_watchdogs(store, state, report, progress)

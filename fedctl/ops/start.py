@@ -3,7 +3,7 @@ ready, start the clients pointed at it; record every pid.
 
 Every process is recorded as ``starting`` (with its pid file path) BEFORE it is spawned, and its pid
 right after, so a fedctl killed in the middle leaves nothing untracked: teardown stops what the
-state, the pid files or ``pgrep`` for the run id find.
+state, the pid files or the run mark in a process's environment find (``deploy.IDENT_SH``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ from typing import Any
 
 from fedctl.connectors.base import Connector
 from fedctl.deploy import (
+    ProcRef,
+    make_dirs,
     pids_alive,
+    record_spawn,
+    ref_of,
     push_files,
     read_file,
     remote_payload_dir,
@@ -81,11 +85,14 @@ def _prepare_host(
     from fedctl.shipping import config_for_host, ship
 
     run_dir = remote_run_dir(rec, state.run_id)
-    report = push_files(conn, files, remote_payload_dir(rec, state.payload_name))
+    payload_dir = remote_payload_dir(rec, state.payload_name)
+    # what this creates is recorded in the host record, so teardown removes exactly that
+    make_dirs(conn, rec, trees=[payload_dir, run_dir])
+    report = push_files(conn, files, payload_dir)
     sent = ship(conn, rec, shipped)
     # JSON is also YAML: hosts without PyYAML can still read it (the payload falls back to json)
     config = (json.dumps(config_for_host(state.experiment, shipped, rec), indent=2) + "\n").encode()
-    res = conn.run(f"mkdir -p {quote(run_dir)} && chmod 700 {quote(run_dir)}", timeout=60)
+    res = conn.run(f"chmod 700 {quote(run_dir)}", timeout=60)
     if not res.ok:
         raise PayloadError(f"{rec.name}: cannot create {run_dir}: {res.stderr.strip()}")
     conn.put_bytes(config, posixpath.join(run_dir, "config.yaml"), mode=0o644)
@@ -113,7 +120,7 @@ def begin_new_run(store: StateStore, state: RunState, progress: Progress = quiet
     progress(f"new run {state.run_id} (previous: {old})")
 
 
-def wait_ready(conn: Connector, ready_file: str, pid: int, log: str, timeout: float) -> dict[str, Any]:
+def wait_ready(conn: Connector, ready_file: str, proc: ProcRef, log: str, timeout: float) -> dict[str, Any]:
     """Poll the ready file; fail fast with the log tail when the server process died."""
     deadline = time.monotonic() + timeout
     delay = 0.2
@@ -126,7 +133,7 @@ def wait_ready(conn: Connector, ready_file: str, pid: int, log: str, timeout: fl
                     return info
             except ValueError:
                 pass  # being written; atomic writers make this rare, so just poll again
-        if not pids_alive(conn, [pid]).get(pid, False):
+        if not pids_alive(conn, [proc]).get(proc.pid, False):
             raise PayloadError(
                 f"{conn.host.name}: the server exited before it was ready; last log lines:\n"
                 + tail_file(conn, log, 15)
@@ -196,13 +203,13 @@ def start(
         progress(f"starting the server on {server_rec.name}")
         conn = fleet.connector(server_rec.name)
         try:
-            proc.pid = spawn_detached(
+            record_spawn(proc, spawn_detached(
                 conn, manifest.render(manifest.server.command, **values), values["run_dir"], proc.pidfile, log
-            )
+            ))
             proc.started_at = store.clock()
             store.save(state)
             ready = wait_ready(
-                conn, manifest.render_path(manifest.server.ready_file, **values), proc.pid, log, ready_timeout
+                conn, manifest.render_path(manifest.server.ready_file, **values), ref_of(proc), log, ready_timeout
             )
         except Exception as exc:  # noqa: BLE001 - any failure here is reported per host
             proc.status, proc.error = "failed", str(exc)
@@ -237,8 +244,8 @@ def start(
             vals = command_values(state, rec)
             pids = []
             for proc in (p for p in rec.processes if p.role == "client"):
-                proc.pid = spawn_detached(c, client_command(manifest, state, rec, proc), vals["run_dir"],
-                                          proc.pidfile, proc.log)
+                record_spawn(proc, spawn_detached(c, client_command(manifest, state, rec, proc), vals["run_dir"],
+                                                  proc.pidfile, proc.log))
                 proc.started_at = store.clock()
                 pids.append(proc.pid)
             return pids
@@ -256,7 +263,7 @@ def start(
 
         # a client that dies at once (bad config, missing module) should fail start, not watch
         time.sleep(1.0)
-        server_alive = pids_alive(conn, [proc.pid]).get(proc.pid, False)
+        server_alive = pids_alive(conn, [ref_of(proc)]).get(proc.pid, False)
         for r in fleet.map(lambda c: _check_alive(c, state.host(c.host.name), server_alive),
                            hosts=[h.name for h in client_hosts]):
             if not r.ok:
@@ -294,7 +301,7 @@ def start_watchdogs(store: StateStore, state: RunState, report: StartReport, pro
     script = budget.watchdog_script()
     now = store.clock()
 
-    def one(c: Connector) -> int:
+    def one(c: Connector) -> ProcRef:
         rec = state.host(c.host.name)
         run_dir = remote_run_dir(rec, state.run_id)
         script_path = posixpath.join(run_dir, "fedctl-watchdog.py")
@@ -323,7 +330,7 @@ def _check_alive(conn: Connector, rec: HostRecord, server_alive: bool) -> str | 
     while the server runs, a gone client is a failed start (bad config, missing module, ...).
     """
     procs = [p for p in rec.processes if p.role == "client" and p.pid]
-    alive = pids_alive(conn, [p.pid for p in procs])
+    alive = pids_alive(conn, [ref_of(p) for p in procs])
     for p in procs:
         if not alive.get(p.pid, False):
             p.status = "exited"

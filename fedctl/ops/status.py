@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedctl.connectors.base import Connector
-from fedctl.deploy import pids_alive, remote_run_dir, tail_file
+from fedctl.deploy import pids_alive, ref_of, remote_run_dir, tail_file
 from fedctl.errors import StateLockedError
 from fedctl.ops.common import open_fleet, server_record
 from fedctl.state import RunState, StateStore
@@ -62,7 +62,7 @@ def parse_metrics_tail(text: str) -> tuple[dict[str, Any] | None, dict[str, Any]
 def _probe(conn: Connector, state: RunState, is_server: bool) -> dict[str, Any]:
     rec = state.host(conn.host.name)
     procs = [p for p in rec.processes if p.pid]
-    alive = pids_alive(conn, [p.pid for p in procs])
+    alive = pids_alive(conn, [ref_of(p) for p in procs])
     out: dict[str, Any] = {"alive": {p.label: alive.get(p.pid, False) for p in procs}}
     if is_server and rec.workdir:
         out["metrics"] = tail_file(conn, posixpath.join(remote_run_dir(rec, state.run_id), "metrics.jsonl"), 50)

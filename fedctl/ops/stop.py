@@ -1,7 +1,10 @@
 """``stop``: end the run's processes on every host (TERM, then KILL after a grace period).
 
 A process is found three ways, so none escapes: the pids in the state, the pid files in the run
-dirs (a fedctl killed between spawn and save), and ``pgrep`` for the run id in command lines.
+dirs (a fedctl killed between spawn and save), and the run mark every process fedctl starts carries
+in its environment (``deploy.RUN_MARK_ENV``, children included). A pid is signalled only while it is
+still the process fedctl started (start time + run mark, checked on the host in the same command as
+the signal), so an unrelated process that reused a recorded pid survives.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedctl.connectors.base import Connector
-from fedctl.deploy import find_run_pids, read_pidfiles, remote_run_dir, stop_pids
+from fedctl.deploy import read_pidfiles, ref_of, remote_run_dir, stop_pids
 from fedctl.ops.common import Progress, open_fleet, quiet
 from fedctl.state import HostRecord, RunState, StateStore
 
@@ -32,14 +35,19 @@ def run_ids(state: RunState) -> list[str]:
 
 def stop_host(conn: Connector, state: RunState, rec: HostRecord, grace_s: float) -> tuple[int, list[int]]:
     """Stop every process of the state's runs on one host. Returns (signalled, still alive)."""
-    pids = {p.pid for p in rec.processes if p.pid}
+    refs = {ref_of(p) for p in rec.processes if p.pid}
     if rec.workdir is None:
         rec.workdir = conn.expand(rec.info.workdir)
-    for rid in run_ids(state):
-        pids.update(read_pidfiles(conn, remote_run_dir(rec, rid)))
-    pids.update(find_run_pids(conn, run_ids(state), rec.workdir))
-    survivors = stop_pids(conn, pids, grace_s=grace_s)
-    return len(pids), survivors
+    marks = run_marks(state, rec)
+    for mark in marks:
+        refs.update(read_pidfiles(conn, mark))
+    survivors = stop_pids(conn, refs, scan_marks=marks, grace_s=grace_s)
+    return len({r.pid for r in refs}), survivors
+
+
+def run_marks(state: RunState, rec: HostRecord) -> list[str]:
+    """The run marks of every run started on that host: its run dirs."""
+    return [remote_run_dir(rec, rid) for rid in run_ids(state)]
 
 
 def stop(store: StateStore, state: RunState, grace_s: float = 10.0, progress: Progress = quiet) -> StopReport:

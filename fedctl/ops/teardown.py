@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedctl.connectors.base import Connector
-from fedctl.deploy import OWNED_DIRS, OWNED_MARKER, find_run_pids, remote_run_dir
+from fedctl.deploy import find_run_pids, remote_run_dir
 from fedctl.ops.collect import CollectReport, collect_raw, results_dir
 from fedctl.ops.common import Progress, open_fleet, quiet
-from fedctl.ops.stop import run_ids, stop_host
+from fedctl.ops.stop import run_ids, run_marks, stop_host
 from fedctl.shell import join, quote
-from fedctl.shipping import DATA_DIR
 from fedctl.state import HostRecord, RunState, StateStore
 
 
@@ -44,23 +43,20 @@ class TeardownReport:
         return all(h.ok for h in self.hosts)
 
 
-def _remove_files(conn: Connector, state: RunState, rec: HostRecord) -> list[str]:
-    """Remove the runs' dirs and the payload; the workdir itself only if fedctl created it and it
-    is empty then. Returns paths that are still there afterwards (should be none)."""
-    wd = rec.workdir or conn.expand(rec.info.workdir)
-    ours = [remote_run_dir(rec, rid) for rid in run_ids(state)]
-    ours.append(posixpath.join(wd, "payloads", state.payload_name))
-    ours.append(posixpath.join(wd, DATA_DIR))  # files the config named (data sets, model code)
-    owned_dirs = [posixpath.join(wd, d) for d in OWNED_DIRS]
-    marker = posixpath.join(wd, OWNED_MARKER)
-    script = (
-        f"rm -rf -- {join(ours)}; "
-        f"rmdir -- {join(owned_dirs)} 2>/dev/null; "
-        # the marker says fedctl created the workdir: then (and only then) remove it when empty
-        f"if [ -f {quote(marker)} ]; then rm -f -- {quote(marker)}; "
-        f"rmdir -- {quote(wd)} 2>/dev/null || touch {quote(marker)}; fi; "
-        f"for p in {join(ours)}; do [ -e \"$p\" ] && echo \"$p\"; done; true"
-    )
+def _remove_files(conn: Connector, rec: HostRecord) -> list[str]:
+    """Remove exactly what fedctl created on the host (``rec.owned``), newest first: its trees with
+    their content, and the folders it made to hold them when they are empty then. Nothing fedctl
+    found there is touched. Returns the trees still there afterwards (should be none)."""
+    if not rec.owned:
+        return []
+    steps = []
+    for o in reversed(rec.owned):
+        if o.kind == "tree":
+            steps.append(f"rm -rf -- {quote(o.path)}")
+        else:  # a holder: someone may have put their own files there since
+            steps.append(f"rmdir -- {quote(o.path)} 2>/dev/null")
+    must_go = [o.path for o in rec.owned if o.kind != "dir"]
+    script = "; ".join(steps) + f"; for p in {join(must_go)}; do [ -e \"$p\" ] && echo \"$p\"; done; true"
     res = conn.run(script, timeout=120)
     if not res.ok:
         return [f"(removal failed: {res.stderr.strip()[:200]})"]
@@ -107,14 +103,14 @@ def teardown(
                 secrets = _run_tokens(fleet, state, reachable)
             if not keep_files:
                 progress("removing fedctl's files from the hosts")
-                for r in fleet.map(lambda c: _remove_files(c, state, state.host(c.host.name)), hosts=reachable):
+                for r in fleet.map(lambda c: _remove_files(c, state.host(c.host.name)), hosts=reachable):
                     if r.ok:
                         outcome[r.host].leftover_files = r.value
                         outcome[r.host].removed = not r.value
                     else:
                         outcome[r.host].error = r.error
             progress("verifying that nothing of the run is left")
-            for r in fleet.map(lambda c: find_run_pids(c, run_ids(state), state.host(c.host.name).workdir), hosts=reachable):
+            for r in fleet.map(lambda c: find_run_pids(c, run_marks(state, state.host(c.host.name))), hosts=reachable):
                 if r.ok:
                     outcome[r.host].leftover_pids = r.value
                 else:

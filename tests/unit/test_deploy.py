@@ -1,4 +1,4 @@
-"""Remote primitives through the local connector: detached processes, stop, push, run pattern."""
+"""Remote primitives through the local connector: detached processes, process identity, stop, push."""
 
 from __future__ import annotations
 
@@ -9,11 +9,25 @@ import time
 
 from fedctl.connectors.base import HostInfo
 from fedctl.connectors.local import LocalConnector
-from fedctl.deploy import find_run_pids, pids_alive, push_files, read_pidfiles, run_pattern, spawn_detached, stop_pids
+from fedctl.deploy import (
+    ProcRef,
+    find_run_pids,
+    parse_pidfile,
+    pids_alive,
+    push_files,
+    read_pidfiles,
+    spawn_detached,
+    stop_pids,
+)
 
 
 def _conn(tmp_path) -> LocalConnector:
     return LocalConnector(HostInfo(name="l", address="127.0.0.1", kind="local", workdir=str(tmp_path)))
+
+
+def _start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(") ", 1)[1].split()[19])
 
 
 def test_spawn_is_detached_group_leader_and_stop_kills_the_group(tmp_path):
@@ -21,41 +35,82 @@ def test_spawn_is_detached_group_leader_and_stop_kills_the_group(tmp_path):
     run_dir = tmp_path / "runs" / "20260101-000000-beef"
     run_dir.mkdir(parents=True)
     # a parent that starts a child: stop must end both (process group)
-    cmd = f"sh -c 'sleep 300 & sleep 301; : {run_dir}'"
-    pid = spawn_detached(conn, cmd, str(run_dir), str(run_dir / "p.pid"), str(run_dir / "p.log"))
-    assert (run_dir / "p.pid").read_text().strip() == str(pid)
+    cmd = "sh -c 'sleep 300 & sleep 301'"
+    ref = spawn_detached(conn, cmd, str(run_dir), str(run_dir / "p.pid"), str(run_dir / "p.log"))
+    pid = ref.pid
+    assert ref.start == _start_time(pid) and ref.mark == str(run_dir)
+    assert (run_dir / "p.pid").read_text().split() == [str(pid), str(ref.start)]
     assert os.getpgid(pid) == pid and os.getsid(pid) == pid
     time.sleep(0.3)
     group = [int(p) for p in subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()]
     assert len(group) >= 2
-    assert pids_alive(conn, [pid]) == {pid: True}
-    assert read_pidfiles(conn, str(run_dir)) == [pid]
-    assert pid in find_run_pids(conn, ["20260101-000000-beef"])
-    assert pid in find_run_pids(conn, ["20260101-000000-beef"], str(tmp_path))
-    # another host on the same machine (another workdir) does not see it
-    assert find_run_pids(conn, ["20260101-000000-beef"], str(tmp_path / "other")) == []
-    assert stop_pids(conn, [pid], grace_s=2) == []
+    assert pids_alive(conn, [ref]) == {pid: True}
+    assert read_pidfiles(conn, str(run_dir)) == [ref]
+    # the run mark is inherited: the child is found too, with no pid recorded anywhere
+    assert set(group) <= set(find_run_pids(conn, [str(run_dir)]))
+    # another host on the same machine (another run dir) does not see it
+    assert find_run_pids(conn, [str(tmp_path / "other" / "runs" / "20260101-000000-beef")]) == []
+    assert stop_pids(conn, [ref], grace_s=2) == []
     for p in group:
-        assert not pids_alive(conn, [p])[p]
-    assert find_run_pids(conn, ["20260101-000000-beef"]) == []
+        assert not pids_alive(conn, [ProcRef(p, None, str(run_dir))])[p]
+    assert find_run_pids(conn, [str(run_dir)]) == []
 
 
 def test_stop_escalates_to_kill(tmp_path):
     conn = _conn(tmp_path)
-    pid = spawn_detached(conn, "sh -c 'trap \"\" TERM; while :; do sleep 0.1; done'", str(tmp_path),
+    ref = spawn_detached(conn, "sh -c 'trap \"\" TERM; while :; do sleep 0.1; done'", str(tmp_path),
                          str(tmp_path / "x.pid"), str(tmp_path / "x.log"))
     time.sleep(0.2)
     t0 = time.monotonic()
-    assert stop_pids(conn, [pid], grace_s=0.6) == []
+    assert stop_pids(conn, [ref], grace_s=0.6) == []
     assert time.monotonic() - t0 < 10
-    assert not pids_alive(conn, [pid])[pid]
+    assert not pids_alive(conn, [ref])[ref.pid]
 
 
-def test_run_pattern_does_not_match_its_own_shell(tmp_path):
+def test_stop_finds_unrecorded_processes_by_their_run_mark(tmp_path):
+    """A fedctl killed between spawn and saving the pid: the run mark still finds the process."""
     conn = _conn(tmp_path)
-    assert find_run_pids(conn, ["20260101-000000-dead"]) == []
-    assert run_pattern("2026-x") == r"runs/[2]026\-x"
-    assert run_pattern("2026-x", "/w/a.b") == r"/w/a\.b/runs/[2]026\-x"
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    ref = spawn_detached(conn, "sleep 300", str(run_dir), str(run_dir / "a.pid"), str(run_dir / "a.log"))
+    (run_dir / "a.pid").unlink()
+    assert stop_pids(conn, [], scan_marks=[str(run_dir)], grace_s=2) == []
+    assert not pids_alive(conn, [ref])[ref.pid]
+
+
+def test_a_reused_pid_is_not_ours(tmp_path):
+    """An unrelated process that holds a recorded pid (other start time, no run mark) is neither
+    alive for fedctl nor signalled by stop, and neither is its process group."""
+    conn = _conn(tmp_path)
+    run_dir = tmp_path / "runs" / "r2"
+    run_dir.mkdir(parents=True)
+    # an unrelated process group leader, as a pid reused after the run's server ended would be
+    other = subprocess.Popen(["sh", "-c", "sleep 300 & wait"], start_new_session=True)
+    try:
+        time.sleep(0.2)
+        group = [int(p) for p in subprocess.run(["pgrep", "-g", str(other.pid)], capture_output=True,
+                                                 text=True).stdout.split()]
+        assert len(group) == 2
+        real = _start_time(other.pid)
+        stale = [ProcRef(other.pid, real - 1, str(run_dir)), ProcRef(other.pid, None, str(run_dir))]
+        for ref in stale:
+            assert pids_alive(conn, [ref]) == {other.pid: False}
+            assert stop_pids(conn, [ref], scan_marks=[str(run_dir)], grace_s=0.4) == []
+        # the same start time but no run mark: not ours either (a pid file that was edited)
+        assert stop_pids(conn, [ProcRef(other.pid, real, str(run_dir))], grace_s=0.4) == []
+        time.sleep(0.2)
+        assert other.poll() is None
+        for p in group:
+            assert os.path.exists(f"/proc/{p}")
+    finally:
+        os.killpg(other.pid, 9)
+        other.wait()
+
+
+def test_identity_needs_no_particular_login_shell(tmp_path):
+    """The identity checks run under /bin/sh: the pid file of an older fedctl ("PID") still parses."""
+    assert parse_pidfile("123\n", "/m") == [ProcRef(123, None, "/m")]
+    assert parse_pidfile("123 456\n\ngarbage\n", "/m") == [ProcRef(123, 456, "/m")]
 
 
 def test_push_sends_only_changed_files(tmp_path):

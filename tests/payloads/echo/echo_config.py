@@ -2,13 +2,14 @@
 
 Keys: echo_round_s (float >= 0, default 0.5): seconds per fake round; echo_wait_s (float >= 0,
 default 30): how long the server waits for all clients to say hello before round 1 (then it goes on
-anyway); fail_at_round (int >= 1 or null): the server exits 1 at that round (for failure tests).
+anyway); fail_at_round (int >= 1 or null): the server exits 1 at that round (for failure tests);
+echo_data (a file path or null): a file fedctl ships to the hosts with the run (for shipping tests).
 """
 
 from __future__ import annotations
 
-KEYS = ("echo_round_s", "echo_wait_s", "fail_at_round")
-DEFAULTS = {"echo_round_s": 0.5, "echo_wait_s": 30.0, "fail_at_round": None}
+KEYS = ("echo_round_s", "echo_wait_s", "fail_at_round", "echo_data")
+DEFAULTS = {"echo_round_s": 0.5, "echo_wait_s": 30.0, "fail_at_round": None, "echo_data": None}
 
 
 class ConfigValueError(ValueError):
@@ -36,4 +37,7 @@ def validate(data: dict) -> dict:
     far = out["fail_at_round"]
     if far is not None and (isinstance(far, bool) or not isinstance(far, int) or far < 1):
         raise ConfigValueError("fail_at_round", f"must be an integer >= 1 or null, got {far!r}")
+    data_file = out["echo_data"]
+    if data_file is not None and not isinstance(data_file, str):
+        raise ConfigValueError("echo_data", f"must be a file path or null, got {type(data_file).__name__}")
     return out
