@@ -41,7 +41,7 @@ def _do_provision(
     rounds: Optional[int] = None,
 ) -> Any:
     """Validate, plan, confirm, provision. Returns the ProvisionReport (None for a dry run)."""
-    from fedctl.errors import ExitCode, HostsFailed
+    from fedctl.errors import HostsFailed
     from fedctl.ops.common import load_inputs
     from fedctl.ops.provision import plan_rows, provision
     from fedctl.cli.render import plan_table
@@ -256,13 +256,27 @@ def teardown_cmd(
     yes: bool = YesOpt,
     keep_files: bool = typer.Option(False, "--keep-files", help="keep fedctl's files on the hosts"),
     grace: float = typer.Option(10.0, "--grace", help="seconds between TERM and KILL"),
+    forget: OptList = typer.Option(
+        None, "--forget", help="drop HOST from the run without reaching it (it is gone for good); repeatable"
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Stop everything, collect results, remove fedctl's files, release, verify."""
-    from fedctl.errors import ExitCode
-
     e = env()
     state = e.store.load()
+    if forget:
+        from rich.markup import escape
+
+        from fedctl.ops.teardown import forget as forget_hosts
+
+        e.confirm(f"forget {', '.join(forget)} without cleaning up there?", yes)
+        with e.store.lock():
+            for note in forget_hosts(e.store, e.store.load(), forget):
+                e.err.print(f"[yellow]{escape(note)}[/]")
+        state = e.store.load() if e.store.exists() else state
+        if state.phase == "torn_down":
+            e.console.print(f"run {state.run_id} is torn down")
+            return
     if state.phase != "torn_down":
         e.confirm(f"tear down run {state.run_id}?", yes or state.provider == "local")
     _do_teardown(keep_files, as_json, grace)

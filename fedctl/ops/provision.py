@@ -72,6 +72,75 @@ def new_state(inputs: Inputs, store: StateStore, config_path: str | None, overri
     return state
 
 
+#: HostInfo fields that say how to log in, not which machine and folder: a corrected inventory may
+#: change them even for a host that holds something of the run (a fixed identity_file)
+LOGIN_FIELDS = ("identity_file", "password_env", "port", "host_key_policy", "python", "price_per_hour",
+                "currency", "roles", "private_address", "extra")
+
+
+def _holds_something(rec: HostRecord) -> bool:
+    """Whether fedctl may have left anything on the host: a folder it created or a process."""
+    return bool(rec.owned or rec.processes)
+
+
+def _same_machine(a: Any, b: Any) -> bool:
+    """Same host, address, user, workdir and kind: what differs may only be how to log in."""
+    skip = set(LOGIN_FIELDS)
+    return all(getattr(a, f) == getattr(b, f) for f in a.__dataclass_fields__ if f not in skip)
+
+
+def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequence[str] = ()) -> None:
+    """Take a corrected inventory/config for a run that was provisioned (maybe partly) but never
+    started. A host that holds nothing of ours (never reached, or its workdir existed) may change in
+    any way or go; a host that holds something may only change how fedctl logs in, so teardown can
+    still reach and clean it. Anything else raises UsageError saying how to get out."""
+    plan = inputs.plan
+    if state.started_at is not None or state.previous_runs or any(r.processes for r in state.hosts):
+        raise UsageError(
+            f"run {state.run_id} was started and the plan differs",
+            hint="`fedctl teardown` it first (results are collected), then provision again",
+        )
+    new = {ph.host.name: ph.host for ph in plan.hosts}
+    blocked = []
+    if state.provider != inputs.inventory.provider:
+        blocked += [f"{r.name} holds something of the run under provider {state.provider}"
+                    for r in state.hosts if _holds_something(r)]
+    for rec in state.hosts if not blocked else ():
+        info = new.get(rec.name)
+        if not _holds_something(rec) or (info is not None and _same_machine(rec.info, info)):
+            continue
+        why = "is not in the new plan" if info is None else "has another address, user or workdir now"
+        blocked.append(f"{rec.name} {why} but holds {', '.join(o.path for o in rec.owned) or 'processes'}")
+    if blocked:
+        raise UsageError(
+            f"run {state.run_id} cannot take the new plan: " + "; ".join(blocked),
+            hint="`fedctl teardown` first (or `fedctl teardown --forget HOST` for a host that is gone)",
+        )
+    old = {r.name: r for r in state.hosts}
+    hosts = []
+    for ph in plan.hosts:
+        rec = old.get(ph.host.name)
+        if rec is None or (not _holds_something(rec) and rec.info != ph.host):
+            rec = HostRecord(info=ph.host)
+        elif rec.info != ph.host:
+            rec.info = ph.host
+            if rec.status == "failed":
+                rec.status = "pending"
+        hosts.append(rec)
+    dropped = sorted(set(old) - set(new))
+    state.hosts = hosts
+    state.plan = plan.to_dict()
+    state.clients, state.rounds = inputs.experiment.clients, inputs.experiment.rounds
+    state.payload_name, state.payload_dir = inputs.experiment.payload.name, str(inputs.experiment.payload.dir)
+    state.experiment = inputs.experiment.resolved()
+    state.provider = inputs.inventory.provider
+    state.overrides = list(overrides)
+    state.server = {"host": plan.server_host.host.name}
+    state.event("plan replaced by a corrected inventory/config"
+                + (f"; dropped hosts that held nothing: {', '.join(dropped)}" if dropped else ""), store.clock)
+    store.save(state)
+
+
 class _LocalFacts:
     """The local provider's hosts are all this machine with one interpreter: check it once (an
     import of TensorFlow costs seconds of CPU), not once per host."""
@@ -120,11 +189,10 @@ def provision(
     state = store.load_or_none()
     if state is not None and state.phase in ACTIVE:
         if state.plan != plan.to_dict():
-            raise UsageError(
-                f"run {state.run_id} is still {state.phase} with a different plan",
-                hint="`fedctl teardown` it first (results are collected), then provision again",
-            )
-        progress(f"run {state.run_id} exists with the same plan: checking what is left to do")
+            replan(store, state, inputs, overrides)
+            progress(f"run {state.run_id}: the corrected plan replaces the one that never got going")
+        else:
+            progress(f"run {state.run_id} exists with the same plan: checking what is left to do")
     else:
         state = new_state(inputs, store, config_path, overrides)
         state.event("provision requested", store.clock)

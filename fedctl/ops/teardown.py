@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.deploy import find_run_pids, remote_run_dir
@@ -17,6 +17,7 @@ from fedctl.ops.collect import CollectReport, collect_raw, results_dir
 from fedctl.ops.common import Progress, open_fleet, quiet
 from fedctl.ops.stop import run_ids, run_marks, stop_host
 from fedctl.shell import join, quote
+from fedctl.errors import UsageError
 from fedctl.state import HostRecord, RunState, StateStore
 
 
@@ -146,6 +147,39 @@ def teardown(
     if done:
         store.archive(state)
     return report
+
+
+def forget(store: StateStore, state: RunState, names: Sequence[str]) -> list[str]:
+    """Drop hosts that can never be reached again from the run, without contacting them.
+
+    Returns, per host, what may be left on it (folders fedctl created, processes it started), so
+    the user can clean it by other means. The caller holds the state lock."""
+    unknown = [n for n in names if n not in {r.name for r in state.hosts}]
+    if unknown:
+        raise UsageError(
+            f"no host named {', '.join(unknown)} in run {state.run_id}",
+            hint="hosts: " + ", ".join(r.name for r in state.hosts),
+        )
+    notes = []
+    now = store.clock()
+    for name in names:
+        rec = state.host(name)
+        if rec.status == "torn_down":
+            continue
+        left = [o.path for o in rec.owned]
+        procs = [f"{p.label} (pid {p.pid})" for p in rec.processes if p.pid and p.status in ("starting", "running")]
+        what = "; ".join(x for x in (", ".join(left), ", ".join(procs)) if x) or "nothing fedctl knows of"
+        notes.append(f"{name} ({rec.info.address}): forgotten without a teardown; may still hold: {what}")
+        state.event(f"host {name} forgotten", store.clock, left=left, processes=procs)
+        rec.status = "torn_down"
+        rec.error = "forgotten (never torn down)"
+        rec.released_at = rec.released_at or now
+    if all(r.status == "torn_down" for r in state.hosts):
+        state.phase = "torn_down"
+    store.save(state)
+    if state.phase == "torn_down":
+        store.archive(state)
+    return notes
 
 
 def _run_tokens(fleet: Any, state: RunState, reachable: list[str]) -> list[str]:

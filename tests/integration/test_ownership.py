@@ -103,3 +103,48 @@ def test_an_unrelated_process_on_a_reused_pid_survives_stop_and_teardown(sshd_fl
     finally:
         os.killpg(other.pid, signal.SIGKILL)
         other.wait()
+
+
+def test_a_failed_provision_takes_the_corrected_inventory(sshd_fleet, tmp_path):
+    """A wrong identity_file fails provision; fixing the inventory and running the same command
+    again works (the README's advice), and teardown then logs in with the corrected key."""
+    fleet = sshd_fleet(2)
+    proj = project(tmp_path, fleet, rounds=2, round_s=0.1)
+    good = (proj / "inventory.yaml").read_text()
+    bad_key = tmp_path / "not-a-key"
+    bad_key.write_text("nope\n")
+    inv = yaml.safe_load(good)
+    inv["defaults"]["identity_file"] = str(bad_key)
+    (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
+    res = fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes")
+    assert res.returncode == 3, res.stdout + res.stderr
+    (proj / "inventory.yaml").write_text(good)
+    res = fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    st = state(proj)
+    assert all(h["info"]["identity_file"] == fleet.identity_file for h in st["hosts"])
+    fedctl(proj, "teardown", "--yes", check=True)
+
+
+def test_a_host_that_holds_something_cannot_be_swapped_but_can_be_forgotten(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(2)
+    proj = project(tmp_path, fleet, rounds=2, round_s=0.1)
+    fresh = Path(fleet.hosts[1].workdir) / "fresh"
+    inv = yaml.safe_load((proj / "inventory.yaml").read_text())
+    inv["hosts"][1]["workdir"] = str(fresh)
+    (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
+    fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
+    assert fresh.is_dir()
+    # another workdir for a host where fedctl created one: refused, the state is unchanged
+    inv["hosts"][1]["workdir"] = str(fresh) + "2"
+    (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
+    before = state(proj)
+    res = fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes")
+    assert res.returncode == 2 and "holds" in res.stderr, res.stdout + res.stderr
+    assert state(proj) == before
+    # the host is gone for good: forget it, hear what may be left there, tear down the rest
+    fleet.stop(1)
+    res = fedctl(proj, "teardown", "--yes", "--forget", "h2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert str(fresh) in res.stderr and "forgotten" in res.stderr
+    assert not (proj / ".fedctl" / "state.json").exists() or state(proj)["phase"] == "torn_down"

@@ -238,7 +238,7 @@ def test_payload_path_relative_to_config_folder(tmp_path, payload):
 def test_echo_payload_keys(tmp_path):
     echo = Path(__file__).resolve().parents[1] / "payloads" / "echo"
     e = load_experiment(None, [f"payload={echo}", "echo_round_s=0", "fail_at_round=2"], cwd=tmp_path)
-    assert e.payload_config == {"echo_round_s": 0.0, "echo_wait_s": 30.0, "fail_at_round": 2}
+    assert e.payload_config == {"echo_round_s": 0.0, "echo_wait_s": 30.0, "fail_at_round": 2, "echo_data": None}
     with pytest.raises(ConfigError) as ex:
         load_experiment(None, [f"payload={echo}", "echo_round_s=-1"], cwd=tmp_path)
     assert ex.value.key_path == "echo_round_s" and ex.value.file == "--set echo_round_s=-1"
