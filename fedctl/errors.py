@@ -115,9 +115,17 @@ class RemoteError(FedctlError):
 
 
 class HostsFailed(FedctlError):
-    """An operation failed on one or more hosts; the per-host table was already printed."""
+    """An operation failed on one or more hosts; the per-host table was already printed.
+
+    With ``host_key=True`` (a host presented a changed or unknown key) it exits like a
+    HostKeyError: a possible man-in-the-middle must not read as an ordinary host failure."""
 
     exit_code = ExitCode.HOSTS
+
+    def __init__(self, message: str, hint: str | None = None, host_key: bool = False) -> None:
+        super().__init__(message, hint)
+        if host_key:
+            self.exit_code = ExitCode.HOST_KEY
 
 
 class PayloadError(FedctlError):

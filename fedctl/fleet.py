@@ -48,6 +48,13 @@ class FleetResult(list, Generic[T]):  # type: ignore[type-arg]
         return [r for r in self if not r.ok]
 
     @property
+    def host_key_failed(self) -> bool:
+        """Whether a host failed because its key changed (or was unknown under ``strict``)."""
+        from fedctl.errors import HostKeyError
+
+        return any(isinstance(r.exception, HostKeyError) for r in self)
+
+    @property
     def ok(self) -> bool:
         """True when every host succeeded (and vacuously for no hosts)."""
         return all(r.ok for r in self)

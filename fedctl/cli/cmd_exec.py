@@ -107,7 +107,8 @@ def exec_cmd(
         e.console.print(t)
     failed = [r.host for r in results if not (r.ok and r.value.ok)]
     if failed:
-        raise HostsFailed(f"failed on {len(failed)} of {len(results)} host(s): {', '.join(failed)}")
+        raise HostsFailed(f"failed on {len(failed)} of {len(results)} host(s): {', '.join(failed)}",
+                          host_key=results.host_key_failed)
 
 
 def register(app: typer.Typer) -> None:

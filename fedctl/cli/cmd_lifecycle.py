@@ -70,6 +70,7 @@ def _do_provision(
             "provision failed on: " + ", ".join(r.name for r in report.rows if r.status != "provisioned"),
             hint="fix the hosts and run the same command again (provisioned hosts are kept), "
             "or `fedctl teardown` to clean up",
+            host_key=report.host_key_failed,
         )
     return report
 

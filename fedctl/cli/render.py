@@ -77,8 +77,8 @@ def status_table(st: Any) -> Table:
         for label, alive in h.alive.items():
             procs.append(f"{label}:", style="")
             procs.append("alive " if alive else "dead ", style="green" if alive else "red")
-        if h.status == "torn_down":
-            reach = Text("-")  # released: not asked
+        if h.reachable is None:
+            reach = Text("-" if h.status == "torn_down" else "not checked")  # not asked now
         elif h.reachable:
             reach = Text("yes", style="green")
         else:

@@ -41,6 +41,7 @@ class HostRow:
 class ProvisionReport:
     state: RunState
     rows: list[HostRow] = field(default_factory=list)
+    host_key_failed: bool = False  # a host's key changed: the CLI exits with ExitCode.HOST_KEY
 
     @property
     def ok(self) -> bool:
@@ -230,12 +231,13 @@ def provision(
                 rec.status = "provisioned"
             else:
                 rec.status, rec.error = "failed", "; ".join(out["facts"].problems)
+    host_key_failed = bool(todo) and results.host_key_failed
     ok = all(r.status == "provisioned" for r in state.hosts)
     state.phase = "provisioned" if ok else "provisioning"
     state.error = None if ok else "some hosts failed to provision"
     state.event("provisioned" if ok else "provision incomplete", store.clock)
     store.save(state)
-    return ProvisionReport(state, plan_rows(plan, state))
+    return ProvisionReport(state, plan_rows(plan, state), host_key_failed)
 
 
 def plan_rows(plan: Any, state: RunState | None = None) -> list[HostRow]:

@@ -22,7 +22,7 @@ from fedctl.state import RunState, StateStore
 class HostStatus:
     name: str
     role: str
-    reachable: bool
+    reachable: bool | None  # None: not asked (never provisioned yet, or already released)
     alive: dict[str, bool] = field(default_factory=dict)  # process label -> alive
     status: str = ""
     error: str | None = None
@@ -96,7 +96,7 @@ def observe(store: StateStore, state: RunState) -> RunStatus:
     listed = {h.name for h in hosts}
     for rec in state.hosts:
         if rec.name not in listed:
-            hosts.append(HostStatus(rec.name, rec.role, reachable=False, status=rec.status, error=rec.error))
+            hosts.append(HostStatus(rec.name, rec.role, reachable=None, status=rec.status, error=rec.error))
 
     phase = state.phase
     if phase in ("starting", "running"):

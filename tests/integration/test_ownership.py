@@ -148,3 +148,21 @@ def test_a_host_that_holds_something_cannot_be_swapped_but_can_be_forgotten(sshd
     assert res.returncode == 0, res.stdout + res.stderr
     assert str(fresh) in res.stderr and "forgotten" in res.stderr
     assert not (proj / ".fedctl" / "state.json").exists() or state(proj)["phase"] == "torn_down"
+
+
+def test_a_changed_host_key_exits_5(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(2)
+    proj = project(tmp_path, fleet, rounds=2, round_s=0.1)
+    fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
+    fedctl(proj, "teardown", "--yes", check=True)
+    # the pinned key of h1 is now another key: what a man in the middle would present
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kh = proj / ".fedctl" / "known_hosts"
+    lines = kh.read_text().splitlines()
+    new_key = (tmp_path / "other_key.pub").read_text().split()[:2]
+    lines[0] = " ".join([lines[0].split()[0], *new_key])
+    kh.write_text("\n".join(lines) + "\n")
+    res = fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes")
+    assert res.returncode == 5, res.stdout + res.stderr
+    assert "ssh-keygen" in res.stdout + res.stderr
