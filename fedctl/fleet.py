@@ -215,10 +215,30 @@ class Fleet:
             if self._closed:
                 raise RuntimeError("this Fleet is closed")
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=min(self.pool, max(1, len(self.hosts))), thread_name_prefix="fedctl-fleet"
-                )
+                # threads start as work arrives, so a fleet that grows (a session's) is not capped
+                self._executor = ThreadPoolExecutor(max_workers=self.pool, thread_name_prefix="fedctl-fleet")
             return self._executor
+
+    def add_hosts(self, hosts: Sequence[HostInfo]) -> None:
+        """Take ``hosts`` into the fleet. A host whose HostInfo changed (a corrected identity file)
+        gets a fresh connector; unchanged hosts keep their open connection."""
+        stale = []
+        with self._lock:
+            for h in hosts:
+                old = self._by_name.get(h.name)
+                if old == h:
+                    continue
+                if old is None:
+                    self._host_locks[h.name] = threading.Lock()
+                else:
+                    conn = self._connectors.pop(h.name, None)
+                    if conn is not None:
+                        stale.append(conn)
+                    self._connect_errors.pop(h.name, None)
+                self._by_name[h.name] = h
+            self.hosts = tuple(self._by_name.values())
+        for conn in stale:
+            _close_quietly(conn)
 
     # ---- lifetime --------------------------------------------------------------------------------
 
@@ -236,6 +256,58 @@ class Fleet:
                 _close_quietly(c)
 
     def __enter__(self) -> "Fleet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FleetView:
+    """Some hosts of a longer-lived Fleet, used like a Fleet; closing it closes nothing.
+
+    A command session (``fedctl.ops.common.session``) owns one Fleet, so each host is connected
+    once for the whole command, and hands out views to the operations it runs. A view starts each
+    operation with fresh connect attempts (``forget``): in a long ``fedctl run`` a host that was
+    down for a minute is tried again, over the same Fleet.
+    """
+
+    def __init__(self, fleet: Fleet, names: Sequence[str]) -> None:
+        self._fleet = fleet
+        self.names = tuple(names)
+        for n in self.names:
+            fleet.forget(n)
+
+    @property
+    def hosts(self) -> tuple[HostInfo, ...]:
+        return tuple(self._fleet._resolve(self.names))
+
+    def connector(self, host: HostInfo | str) -> Connector:
+        return self._fleet.connector(host)
+
+    def forget(self, host: str | None = None) -> None:
+        for n in self.names if host is None else [host]:
+            self._fleet.forget(n)
+
+    @property
+    def unreachable(self) -> dict[str, BaseException]:
+        return {n: e for n, e in self._fleet.unreachable.items() if n in self.names}
+
+    def map(self, fn: Callable[[Connector], T], hosts: Iterable[HostInfo | str] | None = None) -> FleetResult[T]:
+        return self._fleet.map(fn, self.names if hosts is None else hosts)
+
+    def run(
+        self,
+        command: str,
+        timeout: float | None = None,
+        hosts: Iterable[HostInfo | str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> FleetResult[CommandResult]:
+        return self._fleet.run(command, timeout=timeout, hosts=self.names if hosts is None else hosts, env=env)
+
+    def close(self) -> None:
+        """Nothing: the session that owns the Fleet closes it."""
+
+    def __enter__(self) -> "FleetView":
         return self
 
     def __exit__(self, *exc: object) -> None:

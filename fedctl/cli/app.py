@@ -38,6 +38,7 @@ def _register() -> None:
 
     for mod in (
         "fedctl.cli.cmd_init",
+        "fedctl.cli.cmd_payloads",
         "fedctl.cli.cmd_lifecycle",
         "fedctl.cli.cmd_exec",
         "fedctl.cli.cmd_watch",
@@ -117,8 +118,13 @@ def main(argv: list[str] | None = None) -> None:
     """
     from fedctl.errors import ExitCode, FedctlError
 
+    from fedctl.cli.common import env
+    from fedctl.ops.common import session
+
     try:
-        rv = app(args=argv, standalone_mode=False)
+        # one Fleet for the whole command: each host is connected once, whatever steps it takes
+        with session(env().store):
+            rv = app(args=argv, standalone_mode=False)
     except FedctlError as exc:
         _print_error(exc.message, exc.hint)
         sys.exit(int(exc.exit_code))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from fedctl.connectors.base import HostInfo
 from fedctl.state import HostRecord, RunState, StateStore
@@ -60,12 +62,41 @@ def host_infos(records: Sequence[HostRecord]) -> list[HostInfo]:
     return [replace(r.info, workdir=r.workdir) if r.workdir else r.info for r in records]
 
 
-def open_fleet(store: StateStore, records: Sequence[HostRecord], pool: int = 32, connect_timeout: float = 10.0):
-    """A Fleet over ``records`` that pins host keys into ``.fedctl/known_hosts``."""
+_SESSION: contextvars.ContextVar[Any] = contextvars.ContextVar("fedctl_session", default=None)
+
+
+@contextlib.contextmanager
+def session(store: StateStore, pool: int = 32, connect_timeout: float = 10.0) -> Iterator[None]:
+    """One Fleet for the whole command: every ``open_fleet`` inside the block returns a view of it,
+    so each host is connected once per command (``fedctl run`` with its progress loop included),
+    not once per step or per progress tick. Closed when the block ends."""
     from fedctl.fleet import Fleet
 
+    if _SESSION.get() is not None:  # nested: the outer session already owns a Fleet
+        yield
+        return
+    fleet = Fleet([], known_hosts=known_hosts_path(store), pool=int(os.environ.get("FEDCTL_POOL", pool)),
+                  connect_timeout=connect_timeout)
+    token = _SESSION.set(fleet)
+    try:
+        yield
+    finally:
+        _SESSION.reset(token)
+        fleet.close()
+
+
+def open_fleet(store: StateStore, records: Sequence[HostRecord], pool: int = 32, connect_timeout: float = 10.0):
+    """A Fleet over ``records`` that pins host keys into ``.fedctl/known_hosts``: a view of the
+    command's session Fleet when one is open (``session``), else a Fleet of its own."""
+    from fedctl.fleet import Fleet, FleetView
+
+    infos = host_infos(records)
+    shared = _SESSION.get()
+    if shared is not None:
+        shared.add_hosts(infos)
+        return FleetView(shared, [h.name for h in infos])
     return Fleet(
-        host_infos(records),
+        infos,
         known_hosts=known_hosts_path(store),
         pool=int(os.environ.get("FEDCTL_POOL", pool)),
         connect_timeout=connect_timeout,
