@@ -114,21 +114,26 @@ class Client:
 
     def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 60.0,
                 give_up_s: float | None = None) -> tuple[int, bytes]:
-        """A request with retry and backoff while the server is unreachable."""
+        """A request with retry and backoff while the server is unreachable or busy (503: all its
+        connection slots taken), for up to `give_up_s` (default FEDTF_UNREACHABLE_S)."""
         first_fail, delay = None, 0.2
         limit = self.unreachable_s if give_up_s is None else give_up_s
         while True:
             try:
-                return self._conn().request(method, path, body, timeout=timeout)
+                code, reply = self._conn().request(method, path, body, timeout=timeout)
+                if code != 503:
+                    return code, reply
+                why = "server busy (503)"
             except (OSError, http.client.HTTPException) as e:
-                now = time.time()
-                first_fail = first_fail or now
-                if now - first_fail > limit:
-                    raise ConnectionError(f"server unreachable for {now - first_fail:.0f}s: {e}") from e
-                if delay >= 1.6:
-                    self._reread_ready()
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                why = str(e) or type(e).__name__
+            now = time.time()
+            first_fail = first_fail or now
+            if now - first_fail > limit:
+                raise ConnectionError(f"server unreachable for {now - first_fail:.0f}s: {why}")
+            if delay >= 1.6:
+                self._reread_ready()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> int:

@@ -10,6 +10,11 @@ import os
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # TensorFlow-free names for annotations only
+    import numpy as np
+    from fedtf.coordinator import RoundState
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,6 +39,7 @@ class Server:
     def __init__(self, args: argparse.Namespace, cfg: dict, token: bytes) -> None:
         from fedtf import data, models, training  # noqa: PLC0415 - TF only after the config is good
         from fedtf.coordinator import Coordinator  # noqa: PLC0415
+        from fedtf.robust import UpdateLimits  # noqa: PLC0415
         from fedtf.strategies import make_strategy  # noqa: PLC0415
         import numpy as np  # noqa: PLC0415
 
@@ -53,7 +59,8 @@ class Server:
         self.strategy = make_strategy(cfg["strategy"], self.layout.size, cfg["clients"])
         self.metrics = MetricsWriter(os.path.join(self.run_dir, "metrics.jsonl"))
         self.coord = Coordinator(token, self.layout.shapes, [len(s) for s in shards],
-                                 self.strategy.client_extras, self.metrics)
+                                 self.strategy.client_extras, self.metrics,
+                                 UpdateLimits.from_config(cfg["robustness"]))
         self.rng = np.random.default_rng([cfg["seed"], 7])
         self.start_round, self.best_acc, self.final = 1, None, (None, None)
         self.wall_before = 0.0
@@ -100,7 +107,9 @@ class Server:
                 pass
         for i, p in enumerate(candidates):
             try:
-                self.httpd = make_http_server(self.coord, self.args.host, p)
+                rob = self.cfg["robustness"]
+                self.httpd = make_http_server(self.coord, self.args.host, p, rob["read_timeout_s"],
+                                              rob["max_connections"])
                 break
             except OSError as e:
                 if i == len(candidates) - 1:
@@ -112,7 +121,7 @@ class Server:
 
     # -- rounds -------------------------------------------------------------------------------
     def run(self) -> int:
-        np, cfg = self.np, self.cfg
+        cfg = self.cfg
         t_start = time.time()
         m = config.samples_per_round(cfg)
         sm = cfg["sampling"]
@@ -140,8 +149,7 @@ class Server:
             else:
                 return self.finish("failed", f"round {r}: fewer than min_clients={sm['min_clients']} "
                                    f"updates after {sm['retries'] + 1} attempts", t_start)
-            updates = [st.updates[k] for k in sorted(st.updates)]
-            self.weights = np.ascontiguousarray(self.strategy.aggregate(self.weights, updates), np.float32)
+            self.weights = self._aggregate(r, st)
             loss = acc = None
             if r % cfg["evaluate_every"] == 0 or r == cfg["rounds"]:
                 self.layout.set(self.weights)
@@ -151,6 +159,7 @@ class Server:
             line = {"type": "round", "round": r, "rounds": cfg["rounds"], "start": started,
                     "end": time.time(), "sampled": st.sampled, "reported": sorted(st.updates),
                     "dropped": [{"id": k, "reason": v} for k, v in sorted(st.dropped.items())],
+                    "rejected": len(st.rejected),
                     "clients": {str(k): st.client_metrics[k] for k in sorted(st.updates)},
                     "loss": loss, "accuracy": acc, "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
                     "strategy": cfg["strategy"]["name"]}
@@ -164,6 +173,21 @@ class Server:
                           f"loss {_fmt(loss)} accuracy {_fmt(acc)} ({line['end'] - started:.2f}s)"
                           + (f", dropped {dict(st.dropped)}" if st.dropped else ""))
         return self.finish("finished", None, t_start)
+
+    def _aggregate(self, r: int, st: RoundState) -> np.ndarray:
+        """The round's new global model, never non-finite: updates that would make it so are
+        taken out of the round as rejected (fedtf.robust.safe_aggregate)."""
+        from fedtf.robust import safe_aggregate  # noqa: PLC0415
+        updates = [st.updates[k] for k in sorted(st.updates)]
+        new, left_out = safe_aggregate(self.strategy, self.weights, updates)
+        for k, why in sorted(left_out.items()):
+            self.coord.note_rejection(k, why, r)
+            st.reject(k, why)
+        if updates and len(left_out) == len(updates):
+            msg = f"round {r}: no finite aggregate from any update; the global model is unchanged"
+            log("server", msg, "error")
+            self.metrics.event("error", msg, None, r)
+        return new
 
     def _tensorboard(self, r: int, loss, acc, round_s: float) -> None:
         if self.tb is None:

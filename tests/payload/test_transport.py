@@ -120,7 +120,7 @@ def test_deliver_rejects_bad_updates(coord, body_fn, reason):
 
 def test_closed_round_and_unsampled_client():
     c = Coordinator(TOKEN, SHAPES, [10, 20, 30], ())
-    c.open_round(1, [1], np.zeros(26, np.float32), {}, {})
+    c.open_round(1, [1], np.zeros(c.size, np.float32), {}, {})
     assert c.deliver(c.state.seq, 0, _update(0, 5))[0] == 400
     c.close_round()
     assert c.deliver(c.state.seq, 1, _update(1, 5))[0] == 409

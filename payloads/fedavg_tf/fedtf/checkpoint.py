@@ -6,9 +6,26 @@ a crash at any point leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
+import math
 import os
+from typing import Any
 
 import numpy as np
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None.
+
+    json.dumps writes NaN / Infinity by default, which is not JSON: every strict reader of
+    metrics.jsonl or summary.json (fedctl's among them) then loses the line.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -21,7 +38,8 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def atomic_write_json(path: str, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, separators=(",", ":")).encode())
+    """Write `obj` as strict JSON (non-finite floats become null) via a rename."""
+    atomic_write_bytes(path, json.dumps(json_safe(obj), separators=(",", ":"), allow_nan=False).encode())
 
 
 def save(ckpt_dir: str, round_no: int, weights: np.ndarray, strategy_state: dict[str, np.ndarray],

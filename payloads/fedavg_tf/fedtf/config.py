@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
     "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "optimizer": "sgd"},
     "realism": {"latency_ms": 0.0, "bandwidth_mbps": 0.0, "dropout": 0.0,
                 "slow_fraction": 0.0, "slow_factor": 1.0},
+    # Defences against a client that holds the run token but misbehaves (see fedtf/robust.py and
+    # the HTTP server in fedtf/coordinator.py).
+    "robustness": {"max_update_norm": 1.0e6, "max_norm_ratio": 10.0, "read_timeout_s": 60.0,
+                   "max_connections": None},
     "evaluate_every": 1,
     "tensorboard": False,
 }
@@ -66,6 +70,15 @@ def _is_num(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
+def _numeric_text(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except ValueError:
+        return False
+
+
 def _int(v: Any, path: str, lo: int | None = None) -> int:
     if not _is_int(v):
         raise ConfigProblem(path, f"expected an integer, got {v!r}")
@@ -77,7 +90,9 @@ def _int(v: Any, path: str, lo: int | None = None) -> int:
 def _num(v: Any, path: str, lo: float | None = None, lo_open: bool = False,
          hi: float | None = None) -> float:
     if not _is_num(v):
-        raise ConfigProblem(path, f"expected a number, got {v!r}")
+        # PyYAML reads 1e6 (no dot, no exponent sign) as text, which surprises everyone
+        hint = " (YAML reads this as text: write e.g. 1.0e+6 or 1000000)" if _numeric_text(v) else ""
+        raise ConfigProblem(path, f"expected a number, got {v!r}{hint}")
     v = float(v)
     if lo is not None and (v < lo or (lo_open and v == lo)):
         raise ConfigProblem(path, f"must be {'>' if lo_open else '>='} {lo:g}, got {v:g}")
@@ -117,11 +132,15 @@ def _model(v: Any) -> str:
     raise ConfigProblem("model", f"unknown model {v!r}", ", ".join(MODELS) + ", file.py:build_fn")
 
 
-def validate(d: dict, core: dict | None = None) -> dict:
+def validate(d: dict, core: dict | None = None, base_dir: str | None = None) -> dict:
     """Check the payload's keys, fill defaults, return the resolved dict.
 
     Receives only the keys listed in payload.yaml `config.keys`, and fedctl's `core` keys
-    ({clients, rounds, seed}) for the checks that span both. Raises ConfigProblem.
+    ({clients, rounds, seed}) for the checks that span both. `base_dir` is the folder a relative
+    `data.path` is read from (fedctl passes the config file's; on a host the path is absolute).
+    Every check the server and clients would make at start on the config alone is made here,
+    including the data set's size against the clients, so fedctl reports it before touching a host.
+    Raises ConfigProblem.
     """
     if d is None:
         d = {}
@@ -186,6 +205,17 @@ def validate(d: dict, core: dict | None = None) -> dict:
     re["slow_factor"] = _num(re["slow_factor"], "realism.slow_factor", 1.0)
     out["realism"] = re
 
+    rob = _section(d.get("robustness"), "robustness", DEFAULTS["robustness"])
+    rob["max_update_norm"] = _num(rob["max_update_norm"], "robustness.max_update_norm", 0.0, lo_open=True)
+    if rob["max_norm_ratio"] is not None:
+        # at most 1x the median would reject about half of the honest clients every round
+        rob["max_norm_ratio"] = _num(rob["max_norm_ratio"], "robustness.max_norm_ratio", 1.0, lo_open=True)
+    rob["read_timeout_s"] = _num(rob["read_timeout_s"], "robustness.read_timeout_s", 0.0, lo_open=True)
+    if rob["max_connections"] is not None:
+        # a client process needs one connection to poll and one to upload
+        rob["max_connections"] = _int(rob["max_connections"], "robustness.max_connections", 2)
+    out["robustness"] = rob
+
     out["evaluate_every"] = _int(d.get("evaluate_every", DEFAULTS["evaluate_every"]), "evaluate_every", 1)
     tb = d.get("tensorboard", DEFAULTS["tensorboard"])
     if not isinstance(tb, bool):
@@ -199,7 +229,131 @@ def validate(d: dict, core: dict | None = None) -> dict:
         raise ConfigProblem("sampling.min_clients",
                             f"{out['sampling']['min_clients']} is more than the {core['clients']} clients",
                             "at most the number of clients")
+    _check_data_fits(out, core, base_dir)
     return out
+
+
+# --- what the data set holds, known without loading it -------------------------------------------
+# The server and every client call data.load_dataset + data.partition at start; these mirror the
+# checks there (and models.cnn's) from sizes that need neither TensorFlow nor numpy.
+
+# Examples per class of sklearn's digits (np.bincount(load_digits().target)): the shipped file is
+# fixed, so the size of the train split follows from test_fraction alone (see data._split).
+DIGITS_CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+DIGITS_SHAPE = (8, 8, 1)
+# keras.datasets train splits, used as shipped (no split of our own).
+KERAS_TRAIN = {"mnist": (60000, (28, 28, 1)), "fashion_mnist": (60000, (28, 28, 1)),
+               "cifar10": (50000, (32, 32, 3))}
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_NPY_MAX_HEADER = 10000  # numpy's own limit on an .npy header (np.load's max_header_size)
+
+
+def _digits_train_size(test_fraction: float) -> int:
+    # the same arithmetic as data._split: per class, max(1, round(n * test_fraction)) go to test
+    return sum(n - max(1, int(round(n * test_fraction))) for n in DIGITS_CLASS_COUNTS)
+
+
+def _npy_shape(f: Any) -> tuple | None:
+    """The shape in an .npy header (format versions 1-3), or None when it is not one we can read."""
+    import ast  # noqa: PLC0415 - only for npz data
+    import struct  # noqa: PLC0415
+
+    head = f.read(10)
+    if len(head) < 10 or head[:6] != b"\x93NUMPY":
+        return None
+    if head[6] == 1:
+        size = struct.unpack("<H", head[8:10])[0]
+    else:
+        size = struct.unpack("<I", head[8:10] + f.read(2))[0]
+    if size > _NPY_MAX_HEADER:
+        return None
+    try:
+        header = ast.literal_eval(f.read(size).decode("utf-8"))
+        shape = tuple(int(n) for n in header["shape"])
+    except (ValueError, SyntaxError, TypeError, KeyError, UnicodeDecodeError, MemoryError, RecursionError):
+        return None
+    return shape if all(n >= 0 for n in shape) else None
+
+
+def _npz_shapes(path: str) -> dict[str, tuple] | None:
+    """Shapes of the four arrays of an .npz, read from their headers (no numpy, no array data).
+
+    None when the file is not here (it must then exist on the hosts, which check it at start) or a
+    header cannot be read; ConfigProblem when np.load would certainly fail on it."""
+    import zipfile  # noqa: PLC0415 - only for npz data
+
+    if not os.path.isfile(path):
+        return None
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ConfigProblem("data.path", f"{path} is not an .npz file (a zip of .npy arrays, "
+                            "as np.savez writes)") from None
+    except OSError:
+        return None
+    shapes: dict[str, tuple] = {}
+    with zf:
+        names = set(zf.namelist())
+        missing = [k for k in NPZ_KEYS if f"{k}.npy" not in names]
+        if missing:
+            raise ConfigProblem("data.path", f"{path} lacks {', '.join(missing)}")
+        for key in ("x_train", "y_train"):
+            try:
+                with zf.open(f"{key}.npy") as f:
+                    shape = _npy_shape(f)
+            except (OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError):
+                return None  # e.g. an encrypted or oddly compressed member: let np.load judge
+            if shape is None:
+                return None
+            shapes[key] = shape
+    return shapes
+
+
+def _data_size(data: dict, base_dir: str | None) -> tuple[int, tuple] | None:
+    """(training examples, shape of one example as the model sees it), or None when unknown here."""
+    name = data["dataset"]
+    if name == "digits":
+        return _digits_train_size(data["test_fraction"]), DIGITS_SHAPE
+    if name == "synthetic":
+        return data["synthetic"]["train"], (data["synthetic"]["features"],)
+    if name in KERAS_TRAIN:
+        return KERAS_TRAIN[name]
+    if name == "npz" and data["path"]:
+        path = os.path.expanduser(data["path"])
+        if not os.path.isabs(path) and base_dir is not None:
+            path = os.path.join(base_dir, path)
+        shapes = _npz_shapes(path)
+        if shapes is None:
+            return None
+        n = math.prod(shapes["y_train"])  # data.load_dataset flattens the labels
+        example = shapes["x_train"][1:]
+        if len(example) == 2:  # grey images get a channel axis (data._images)
+            example = (*example, 1)
+        return n, example
+    return None
+
+
+def _check_data_fits(out: dict, core: dict | None, base_dir: str | None) -> None:
+    """The start-time checks of data.partition, data._shards and models.cnn, made up front."""
+    known = _data_size(out["data"], base_dir)
+    if known is None:
+        return
+    n, example = known
+    if out["model"] == "cnn" and len(example) == 1 and math.isqrt(example[0]) ** 2 != example[0]:
+        raise ConfigProblem("model", f"cnn needs image data, got {example[0]} flat features",
+                            "mlp, logreg, or data whose features make a square image")
+    if core is None:
+        return
+    clients = int(core["clients"])
+    if n < clients:
+        raise ConfigProblem("clients", f"{clients} clients but only {n} training examples "
+                            f"in {out['data']['dataset']}", f"at most {n} clients")
+    per_client = out["data"]["shards_per_client"]
+    if out["data"]["partition"] == "shards" and clients * per_client > n:
+        raise ConfigProblem("data.shards_per_client",
+                            f"{clients}x{per_client} shards need at least {clients * per_client} "
+                            f"training examples, there are {n}",
+                            f"at most {n // clients} for {clients} clients")
 
 
 def resolve(full: dict) -> dict:

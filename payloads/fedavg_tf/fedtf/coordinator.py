@@ -9,10 +9,22 @@ Endpoints (all need `Authorization: Bearer <run token>`, else 401):
     POST /update?seq=SEQ&id=K               one client update (binary message)
     POST /drop?seq=SEQ&id=K                 a sampled client announces a simulated dropout
     GET  /health                            JSON status
+
+An update is checked against the global model of its round (fedtf.robust) before it is accepted;
+when the round closes, updates far larger than the round's median are rejected too. Rejected
+clients appear in the round's `dropped` with a reason starting "rejected: " and in `rejected`.
+
+The HTTP server is built for a fleet of token holders that may misbehave: a POST needs a valid
+Content-Length (411 / 400 / 413 otherwise, answered without reading the body), every socket read
+times out, handler threads are bounded (extra connections wait briefly, then get 503) and the
+listen backlog is sized to the fleet.
 """
 from __future__ import annotations
 
 import json
+import re
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -23,10 +35,14 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from .metrics import log
+from .robust import UpdateLimits, delta_norm, norm_outliers
 from .strategies import Update
 from .transport import TransportError, decode, encode, token_ok
 
 POLL_WAIT_S = 20.0
+READ_TIMEOUT_S = 60.0     # default: a connection silent this long mid-request or between requests is closed
+SLOT_WAIT_S = 1.0         # how long a new connection waits for a free handler thread before a 503
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # digits only: no sign, no spaces inside, no hex
 
 
 @dataclass
@@ -40,14 +56,26 @@ class RoundState:
     updates: dict[int, Update] = field(default_factory=dict)
     client_metrics: dict[int, dict] = field(default_factory=dict)
     dropped: dict[int, str] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)    # subset of dropped: bad updates
+    norms: dict[int, dict[str, float]] = field(default_factory=dict)  # accepted updates' group norms
+    global_w: np.ndarray | None = None    # the model this round's updates are measured against
     bytes_in: int = 0
     bytes_out: int = 0
+
+    def reject(self, client: int, reason: str) -> None:
+        """Take a client's update out of the round (or record one that never got in)."""
+        self.updates.pop(client, None)
+        self.client_metrics.pop(client, None)
+        self.norms.pop(client, None)
+        self.rejected[client] = reason
+        self.dropped[client] = f"rejected: {reason}"
 
 
 class Coordinator:
     def __init__(self, token: bytes, shapes: list[tuple], shard_sizes: list[int],
-                 extras: tuple[str, ...], events=None) -> None:
+                 extras: tuple[str, ...], events=None, limits: UpdateLimits | None = None) -> None:
         self.token = token
+        self.limits = limits or UpdateLimits()
         self.shapes = shapes
         self.shard_sizes = shard_sizes
         self.extras = extras
@@ -65,6 +93,8 @@ class Coordinator:
     # -- main-loop side -----------------------------------------------------------------------
     def open_round(self, round_no: int, sampled: list[int], weights: np.ndarray,
                    broadcast: dict[str, np.ndarray], meta: dict) -> None:
+        if weights.shape != (self.size,):  # updates are measured against it: a wrong size rejects all
+            raise ValueError(f"global weights have shape {weights.shape}, the model has {self.size}")
         groups = {"w": _split(weights, self.shapes)}
         for k, v in broadcast.items():
             groups[k] = _split(v, self.shapes)
@@ -73,7 +103,7 @@ class Coordinator:
             body = encode({"status": "train", "seq": seq, "instance": self.instance, "round": round_no, "sampled": sampled, **meta},
                           groups)
             self.state = RoundState(seq=seq, round_no=round_no, sampled=list(sampled), task_body=body,
-                                    open=True, opened_at=time.time())
+                                    open=True, opened_at=time.time(), global_w=weights)
             self.cv.notify_all()
 
     def wait_round(self, deadline: float) -> None:
@@ -89,13 +119,26 @@ class Coordinator:
                 self.cv.wait(left)
 
     def close_round(self) -> RoundState:
+        """Close the open round: missing clients time out, outsized updates are rejected."""
         with self.cv:
             st = self.state
             st.open = False
             for k in st.sampled:
                 if k not in st.updates and k not in st.dropped:
                     st.dropped[k] = "timeout"
+            for g in ("w",) + self.extras:
+                bad = norm_outliers({k: st.norms[k][g] for k in st.updates}, self.limits.max_norm_ratio)
+                for k, why in sorted(bad.items()):
+                    why = why if g == "w" else f"group {g}: {why}"
+                    self.note_rejection(k, why, st.round_no)
+                    st.reject(k, why)
             return st
+
+    def note_rejection(self, client: int, reason: str, round_no: int | None) -> None:
+        """Log a rejected update (naming the client) and record a warning event."""
+        log("server", f"rejected update from client {client}: {reason}", "warning")
+        if self.events is not None:
+            self.events.event("warning", f"rejected update: {reason}", client, round_no)
 
     def finish(self, status: str) -> None:
         with self.cv:
@@ -149,14 +192,15 @@ class Coordinator:
     def deliver(self, seq: int, client: int, body: bytes) -> tuple[int, str]:
         """Validate and store one update. Returns (http status, reason)."""
         received = time.time()
+        measured = self.state  # the update is checked against this round's global model
         try:
             msg = decode(body)
-            upd, cm = self._check(msg, client)
+            upd, cm, norms = self._check(msg, client, measured.global_w)
         except TransportError as e:
             return self._reject(seq, client, str(e))
         with self.cv:
             st = self.state
-            if seq != st.seq or not st.open:
+            if seq != st.seq or not st.open or st is not measured:  # the round moved on meanwhile
                 return 409, f"round {seq} is closed"
             if client not in st.sampled:
                 return self._reject(seq, client, "client not sampled this round", locked=True)
@@ -165,6 +209,7 @@ class Coordinator:
             cm.update(upload_bytes=len(body), response_s=round(received - st.opened_at, 4))
             st.updates[client] = upd
             st.client_metrics[client] = cm
+            st.norms[client] = norms
             st.bytes_in += len(body)
             self.cv.notify_all()
         return 200, "accepted"
@@ -180,22 +225,27 @@ class Coordinator:
 
     def _reject(self, seq: int, client: int, reason: str, locked: bool = False) -> tuple[int, str]:
         """Drop a bad update with a logged reason; the model is untouched."""
-        log("server", f"rejected update from client {client}: {reason}", "warning")
-        if self.events is not None:
-            self.events.event("warning", f"rejected update: {reason}", client, self.state.round_no)
+        self.note_rejection(client, reason, self.state.round_no)
         if not locked:
             self.cv.acquire()
         try:
             st = self.state
-            if seq == st.seq and st.open and client in st.sampled and client not in st.updates:
-                st.dropped.setdefault(client, f"rejected: {reason}")
+            if (seq == st.seq and st.open and client in st.sampled and client not in st.updates
+                    and client not in st.dropped):
+                st.reject(client, reason)
                 self.cv.notify_all()
         finally:
             if not locked:
                 self.cv.release()
         return 400, reason
 
-    def _check(self, msg, client: int) -> tuple[Update, dict]:
+    def _check(self, msg, client: int,
+                ref: np.ndarray | None) -> tuple[Update, dict, dict[str, float]]:
+        """Validate one decoded update against the round's global model `ref`.
+
+        Returns the update, its per-client metrics and the norm of each group ("w" as the change
+        from `ref`); raises TransportError with a reason safe to send back.
+        """
         meta = msg.meta
         if meta.get("client") != client:
             raise TransportError("client id in the message does not match the request")
@@ -224,11 +274,18 @@ class Coordinator:
             if not np.isfinite(flat).all():
                 raise TransportError(f"group {g}: non-finite values")
             flats[g] = flat
-        cm = {"examples": ex}
+        # Finite is not enough: 1e30 everywhere passes the check above and still wrecks the mean.
+        norms = {g: delta_norm(flats[g], ref if g == "w" else None) for g in groups}
+        for g, n in norms.items():
+            if not n <= self.limits.max_norm:  # also catches an overflowing (inf) norm
+                what = "update delta norm" if g == "w" else f"group {g}: norm"
+                raise TransportError(f"{what} {n:.3g} exceeds robustness.max_update_norm "
+                                     f"{self.limits.max_norm:.3g}")
+        cm = {"examples": ex, "update_norm": float(f"{norms['w']:.4g}")}
         for k in ("train_s", "simulated_delay_s", "loss"):
             v = meta.get(k)
             cm[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-        return Update(client, ex, flats["w"], {g: flats[g] for g in self.extras}), cm
+        return Update(client, ex, flats["w"], {g: flats[g] for g in self.extras}), cm, norms
 
 
 def _split(flat: np.ndarray, shapes: list[tuple]) -> list[np.ndarray]:
@@ -240,10 +297,101 @@ def _split(flat: np.ndarray, shapes: list[tuple]) -> list[np.ndarray]:
     return out
 
 
-def make_http_server(coord: Coordinator, host: str, port: int) -> ThreadingHTTPServer:
+def fleet_defaults(clients: int) -> tuple[int, int]:
+    """(max_connections, listen backlog) for a fleet of `clients` virtual clients.
+
+    A client process keeps one long-poll connection and up to four upload connections, and there
+    are at most `clients` processes. The backlog must absorb every process connecting at once:
+    with the stdlib's 5, 200 clients starting together sat in SYN retries and timed out.
+    """
+    return min(4096, max(64, 5 * clients + 16)), max(128, 2 * clients)
+
+
+class FleetHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a bounded number of handler threads and a chosen backlog.
+
+    The stdlib server starts a thread per connection without limit; here a connection beyond
+    `max_connections` waits up to `slot_wait_s` for a thread to free up, then gets a 503
+    (clients retry it like an unreachable server).
+    """
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 max_connections: int, backlog: int, slot_wait_s: float = SLOT_WAIT_S) -> None:
+        self.request_queue_size = backlog  # read by server_activate() -> listen(); set it first
+        self.max_connections = max_connections
+        self.slot_wait_s = slot_wait_s
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._refused = 0
+        self._refused_logged = 0.0
+        super().__init__(address, handler)
+
+    def process_request(self, request: socket.socket, client_address) -> None:
+        if not self._slots.acquire(timeout=self.slot_wait_s):
+            self._refuse(request)
+            return
+        try:
+            threading.Thread(target=self._serve_one, args=(request, client_address), daemon=True,
+                             name="http-conn").start()
+        except RuntimeError:  # the OS will not give us another thread: same answer as a full pool
+            self._slots.release()
+            self._refuse(request)
+
+    def _serve_one(self, request: socket.socket, client_address) -> None:
+        try:
+            self.process_request_thread(request, client_address)  # handles errors, closes the socket
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request: socket.socket) -> None:
+        """503 on a connection no thread is free for; logged at most every 10 s (a storm of them
+        must not flood server.log)."""
+        self._refused += 1
+        now = time.time()
+        if now - self._refused_logged >= 10.0:
+            self._refused_logged = now
+            log("server", f"all {self.max_connections} connection slots busy: answered 503 "
+                          f"({self._refused} so far; robustness.max_connections raises the limit)", "warning")
+        body = json.dumps({"message": "server busy: too many connections"}).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.settimeout(1.0)  # this runs on the accept thread: never block it for long
+            request.sendall(head + body)
+            # Closing with unread request bytes sends a RST that can destroy the 503 before the
+            # client reads it: take what has arrived already (never wait for more).
+            for _ in range(16):
+                if not request.recv(1 << 16, socket.MSG_DONTWAIT):
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass  # nothing more had arrived: the usual case
+        except OSError as e:
+            log("server", f"could not send 503: {e}", "debug")
+        self.shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        """One line for network trouble (a reset, a timeout: the peer's doing); a traceback for
+        anything else, which is a bug here."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log("server", f"connection from {client_address[0]}: {type(exc).__name__}: {exc}")
+        else:
+            super().handle_error(request, client_address)
+
+
+def make_http_server(coord: Coordinator, host: str, port: int, read_timeout_s: float = READ_TIMEOUT_S,
+                     max_connections: int | None = None, backlog: int | None = None,
+                     slot_wait_s: float = SLOT_WAIT_S) -> FleetHTTPServer:
+    """The run's HTTP server (not yet serving). None sizes a limit from the fleet (fleet_defaults)."""
+    auto_conns, auto_backlog = fleet_defaults(len(coord.shard_sizes))
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
+        # Socket timeout for every read and write: a connection that sends nothing (or a body that
+        # stalls) is closed instead of holding its thread forever.
+        timeout = read_timeout_s
 
         def log_message(self, fmt, *args):  # quiet: the round loop logs what matters
             pass
@@ -265,16 +413,44 @@ def make_http_server(coord: Coordinator, host: str, port: int) -> ThreadingHTTPS
         def _text(self, code: int, text: str) -> None:
             self._reply(code, json.dumps({"message": text}).encode(), "application/json")
 
+        def _fail(self, code: int, text: str) -> None:
+            """An error reply after which the connection closes: whatever body the client sent
+            is never read, so it must not be parsed as the next request either."""
+            self.close_connection = True
+            self._text(code, text)
+
         def _auth(self) -> bool:
             if token_ok(self.headers.get("Authorization"), coord.token):
                 return True
-            self.close_connection = True
-            self._text(401, "unauthorized")
+            self._fail(401, "unauthorized")
             return False
 
         def _query(self) -> tuple[str, dict]:
             u = urlparse(self.path)
             return u.path, {k: v[-1] for k, v in parse_qs(u.query).items()}
+
+        def _body_length(self) -> int | None:
+            """The declared body length, or None after an error reply.
+
+            The length is checked before a byte of the body is read: `Content-Length: -1` used to
+            read until EOF past the body cap, a non-number dropped the connection with a traceback.
+            """
+            if self.headers.get("Transfer-Encoding") is not None:
+                self._fail(411, "send a Content-Length; chunked bodies are not accepted")
+                return None
+            values = [v.strip() for v in self.headers.get_all("Content-Length") or []]
+            if not values:
+                self._fail(411, "Content-Length required")
+                return None
+            if len(set(values)) != 1 or not _CONTENT_LENGTH.fullmatch(values[0]):
+                shown = ", ".join(values)[:40]
+                self._fail(400, f"bad Content-Length {shown!r}: expected one non-negative integer")
+                return None
+            length = int(values[0])
+            if length > coord.max_body:
+                self._fail(413, f"body of {length} bytes exceeds the limit of {coord.max_body}")
+                return None
+            return length
 
         def do_GET(self):
             if not self._auth():
@@ -298,12 +474,17 @@ def make_http_server(coord: Coordinator, host: str, port: int) -> ThreadingHTTPS
             if not self._auth():
                 return
             path, q = self._query()
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > coord.max_body:
-                self.close_connection = True
-                self._text(413, f"body of {length} bytes exceeds the limit of {coord.max_body}")
+            length = self._body_length()
+            if length is None:
                 return
-            body = self.rfile.read(length) if length else b""
+            try:
+                body = self.rfile.read(length) if length else b""
+            except TimeoutError:
+                self._fail(408, f"no data for {read_timeout_s:g}s while reading the body")
+                return
+            if len(body) != length:  # the client hung up mid-body: nobody to answer
+                self.close_connection = True
+                return
             try:
                 seq, client = int(q["seq"]), int(q["id"])
             except (KeyError, ValueError):
@@ -317,6 +498,6 @@ def make_http_server(coord: Coordinator, host: str, port: int) -> ThreadingHTTPS
                 code, reason = 404, "no such endpoint"
             self._text(code, reason)
 
-    srv = ThreadingHTTPServer((host, port), Handler)
-    srv.daemon_threads = True
-    return srv
+    return FleetHTTPServer((host, port), Handler,
+                           max_connections=max_connections or auto_conns,
+                           backlog=backlog or auto_backlog, slot_wait_s=slot_wait_s)

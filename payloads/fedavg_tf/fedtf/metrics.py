@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 
-from .checkpoint import atomic_write_json
+from .checkpoint import atomic_write_json, json_safe
 
 
 def log(role: str, message: str, level: str = "info") -> None:
@@ -24,7 +24,8 @@ class MetricsWriter:
         self._lock = threading.Lock()
 
     def write(self, obj: dict) -> None:
-        line = json.dumps(obj, separators=(", ", ": ")) + "\n"
+        """Append one object as a line of strict JSON: a NaN loss is written as null."""
+        line = json.dumps(json_safe(obj), separators=(", ", ": "), allow_nan=False) + "\n"
         with self._lock, open(self.path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()

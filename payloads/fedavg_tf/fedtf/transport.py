@@ -155,7 +155,21 @@ class Connection:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 timeout: float | None = None, headers: dict | None = None) -> tuple[int, bytes]:
-        """Send one request; raises OSError / http.client.HTTPException when unreachable."""
+        """Send one request; raises OSError / http.client.HTTPException when unreachable.
+
+        A kept-alive connection the server closed while it sat idle (its read timeout) fails on
+        first use; that one case is retried at once on a fresh connection.
+        """
+        reused = self._conn is not None and self._conn.sock is not None
+        try:
+            return self._request(method, path, body, timeout, headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            return self._request(method, path, body, timeout, headers)
+
+    def _request(self, method: str, path: str, body: bytes | None, timeout: float | None,
+                 headers: dict | None) -> tuple[int, bytes]:
         if self._conn is None:
             self._conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout or self.timeout)
         elif self._conn.sock is not None:
