@@ -20,7 +20,7 @@ import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-PAYLOAD = os.path.join(ROOT, "payloads", "fedavg_tf")
+PAYLOAD = os.path.join(ROOT, "fedctl", "payloads", "fedavg_tf")
 sys.path.insert(0, PAYLOAD)
 
 import numpy as np  # noqa: E402

@@ -44,17 +44,25 @@ Validator = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def repo_payloads_dir() -> Path:
-    """The ``payloads/`` folder shipped next to the ``fedctl`` package."""
-    return Path(fedctl.__file__).resolve().parents[1] / "payloads"
+    """The built-in payloads: ``fedctl/payloads/``, package data that every install carries."""
+    return Path(fedctl.__file__).resolve().parent / "payloads"
+
+
+def payload_dirs(cwd: Path | None = None) -> dict[str, Path]:
+    """Every payload found by name: ``./payloads/<name>`` first (a project's own), then the
+    built-in ones. The first of two with one name wins, as ``resolve_payload`` would pick it."""
+    found: dict[str, Path] = {}
+    for root in (Path(cwd or Path.cwd()) / "payloads", repo_payloads_dir()):
+        if root.is_dir():
+            for p in sorted(root.iterdir()):
+                if (p / MANIFEST).is_file():
+                    found.setdefault(p.name, p.resolve())
+    return found
 
 
 def available_payloads(cwd: Path | None = None) -> list[str]:
-    """Names of the payload folders in ``./payloads`` and the repository's ``payloads/``."""
-    names: set[str] = set()
-    for root in (Path(cwd or Path.cwd()) / "payloads", repo_payloads_dir()):
-        if root.is_dir():
-            names.update(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
-    return sorted(names)
+    """Names of the payload folders in ``./payloads`` and the built-in ones."""
+    return sorted(payload_dirs(cwd))
 
 
 def resolve_payload(name_or_path: str, base_dir: str | Path | None = None, cwd: Path | None = None) -> Path:

@@ -13,8 +13,8 @@ TEMPLATES = ("fedctl.yaml", "inventory.yaml")
 
 
 def templates_dir() -> Path:
-    """``templates/`` of the repository (next to the package)."""
-    return Path(__file__).resolve().parents[2] / "templates"
+    """``fedctl/templates/``: package data, so a wheel installed anywhere has them."""
+    return Path(__file__).resolve().parents[1] / "templates"
 
 
 def init_cmd(

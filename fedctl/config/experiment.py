@@ -4,6 +4,10 @@ Order of precedence: the file, then ``--set`` overrides (applied to the raw mapp
 validated like the file), then the ``--clients`` / ``--rounds`` flags. Core keys are validated here;
 payload keys must be listed in the manifest's ``config.keys`` and are resolved by the payload's own
 validator (a pure-python function loaded from the payload folder).
+
+Every number is bounded (``MAX_CLIENTS``, ``MAX_ROUNDS``, the seed's 32 bits), and the payload's
+validator gets what it needs (core keys, the config's folder) to make its start-time checks here, at
+load time: a mistake is reported before any host is touched, not by a process already started on one.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from fedctl.config.loader import (
     check_number,
     check_str,
     load_yaml,
+    preview,
     require_mapping,
+    safe_text,
 )
 from fedctl.config.overrides import Override, apply_overrides, parse_overrides, source_for
 from fedctl.errors import ConfigError, PayloadError
@@ -34,6 +40,14 @@ PLACEMENT_KEYS = ("clients_per_host",)
 SERVER_KEYS = ("port", "bind")
 BUDGET_KEYS = ("max_cost", "max_hours", "idle_minutes")
 ON_FINISH = ("stop", "teardown", "poweroff")
+#: Upper bounds on the run's size. 100,000 clients is past the largest cross-device FL benchmarks
+#: simulated on a handful of hosts; 1,000,000 rounds at a second each is 11 days.
+MAX_CLIENTS = 100_000
+MAX_ROUNDS = 1_000_000
+#: Seeds feed numpy's legacy ``np.random.seed`` (through keras), which takes 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
+#: Characters of a payload validator's message kept: it may quote a value at any length.
+VALIDATOR_PROBLEM_CHARS = 240
 
 _VALIDATOR_MSG = re.compile(r"^(?P<path>[A-Za-z0-9_.\[\]-]+): (?P<problem>.*?)(?: \(valid: (?P<valid>.*)\))?$", re.S)
 
@@ -176,25 +190,26 @@ def _build(
     name = raw.get("name")
     if name is not None:
         name = check_str(file, ("name",), name)
-    n_clients = check_int(file, ("clients",), raw.get("clients", 10), minimum=1)
-    n_rounds = check_int(file, ("rounds",), raw.get("rounds", 20), minimum=1)
-    seed = check_int(file, ("seed",), raw.get("seed", 42))
+    n_clients = check_int(file, ("clients",), raw.get("clients", 10), minimum=1, maximum=MAX_CLIENTS)
+    n_rounds = check_int(file, ("rounds",), raw.get("rounds", 20), minimum=1, maximum=MAX_ROUNDS)
+    seed = check_int(file, ("seed",), raw.get("seed", 42), minimum=0, maximum=MAX_SEED)
 
     pl = require_mapping(file, ("placement",), raw.get("placement"))
     check_keys(file, ("placement",), pl, PLACEMENT_KEYS)
     cph = pl.get("clients_per_host", "auto")
     if cph != "auto":
         if isinstance(cph, str):
-            raise ConfigError(file, ("placement", "clients_per_host"), f"{cph!r} is not valid",
+            raise ConfigError(file, ("placement", "clients_per_host"), f"{preview(cph)} is not valid",
                               ["auto", "an integer >= 1"])
-        cph = check_int(file, ("placement", "clients_per_host"), cph, minimum=1)
+        cph = check_int(file, ("placement", "clients_per_host"), cph, minimum=1, maximum=MAX_CLIENTS)
 
     sv = require_mapping(file, ("server",), raw.get("server"))
     check_keys(file, ("server",), sv, SERVER_KEYS)
     port = sv.get("port", "auto")
     if port != "auto":
         if isinstance(port, str):
-            raise ConfigError(file, ("server", "port"), f"{port!r} is not valid", ["auto", "an integer 1..65535"])
+            raise ConfigError(file, ("server", "port"), f"{preview(port)} is not valid",
+                              ["auto", "an integer 1..65535"])
         port = check_int(file, ("server", "port"), port, 1, 65535)
     bind = check_str(file, ("server", "bind"), sv.get("bind", "0.0.0.0"))
 
@@ -211,7 +226,7 @@ def _build(
 
     payload_raw = {k: copy.deepcopy(v) for k, v in raw.items() if k not in CORE_KEYS}
     payload_config = _validate_payload(
-        file, manifest, payload_raw, {"clients": n_clients, "rounds": n_rounds, "seed": seed}
+        file, manifest, payload_raw, {"clients": n_clients, "rounds": n_rounds, "seed": seed}, base_dir
     )
 
     return Experiment(
@@ -232,12 +247,16 @@ def _build(
 
 
 def _validate_payload(
-    file: str | None, manifest: PayloadManifest, data: dict[str, Any], core: dict[str, Any]
+    file: str | None, manifest: PayloadManifest, data: dict[str, Any], core: dict[str, Any],
+    base_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run the payload's validator on its keys; wrap its ValueError into a ConfigError.
 
     A validator that takes a ``core`` argument also gets ``{clients, rounds, seed}``, for checks that
-    span both (e.g. ``sampling.min_clients`` <= ``clients``).
+    span both (e.g. ``sampling.min_clients`` <= ``clients``). One that takes ``base_dir`` gets the
+    folder relative file paths in the config are read from (the config file's), so it can look at
+    the files it names (e.g. count a data file's examples) the way fedctl will ship them.
+    The validator's message is escaped and cut short: it may quote the user's value verbatim.
     """
     import inspect
 
@@ -248,7 +267,9 @@ def _validate_payload(
         params = inspect.signature(validator).parameters
     except (TypeError, ValueError):
         params = {}
-    kwargs = {"core": dict(core)} if "core" in params else {}
+    kwargs: dict[str, Any] = {"core": dict(core)} if "core" in params else {}
+    if "base_dir" in params and base_dir is not None:
+        kwargs["base_dir"] = str(base_dir)
     try:
         result = validator(copy.deepcopy(data), **kwargs)
     except ValueError as exc:
@@ -262,8 +283,11 @@ def _validate_payload(
             else:
                 problem = str(exc)
         if isinstance(key_path, (list, tuple)):
-            key_path = tuple(key_path)
-        raise ConfigError(file, key_path, problem, valid) from None
+            key_path = tuple(safe_text(p, 40) if isinstance(p, str) else p for p in key_path)
+        elif isinstance(key_path, str):
+            key_path = safe_text(key_path, 120)
+        valid = safe_text(valid, 300) if isinstance(valid, str) else valid
+        raise ConfigError(file, key_path, safe_text(str(problem), VALIDATOR_PROBLEM_CHARS), valid) from None
     if not isinstance(result, dict):
         raise PayloadError(
             f"{manifest.path}: validator {manifest.validator!r} returned {type(result).__name__}, not a dict"

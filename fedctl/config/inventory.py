@@ -3,6 +3,7 @@
 Hand-written validation rather than a pydantic model: the messages name the file and the key path in
 fedctl's form (``hosts[2].port``) and list the valid keys, and ranges (``{01..10}``) have to be
 expanded between parsing and typing anyway. No inventory at all means the ``local`` provider.
+An inventory holds at most ``MAX_HOSTS`` hosts, counted from the ranges before they are expanded.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fedctl.config.loader import (
     check_number,
     check_str,
     load_yaml,
+    preview,
     require_mapping,
     type_name,
 )
@@ -37,6 +39,9 @@ SETTING_KEYS = (
 )
 HOST_KEYS = ("name", "address", "private_address", "roles", *SETTING_KEYS)
 RANGE_KEYS = ("name", "address", "private_address")
+#: Hosts one inventory may hold, ranges expanded. fedctl holds an SSH session per host; far beyond
+#: this a fleet needs a scheduler, not an inventory file.
+MAX_HOSTS = ranges.MAX_ITEMS
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "user": None,
@@ -68,7 +73,8 @@ class Inventory:
         for h in self.hosts:
             if h.name == name:
                 return h
-        raise KeyError(f"no host {name!r} in the inventory (hosts: {', '.join(h.name for h in self.hosts)})")
+        known = ", ".join(h.name for h in self.hosts)
+        raise KeyError(f"no host {preview(name)} in the inventory (hosts: {known})")
 
 
 def load_inventory(path: str | None) -> Inventory:
@@ -113,13 +119,13 @@ def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
     for i, entry in enumerate(hosts_raw):
         path: KeyPath = ("hosts", i)
         entry = require_mapping(file, path, entry)
-        for item in _expand_entry(file, path, entry):
+        for item in _expand_entry(file, path, entry, MAX_HOSTS - len(hosts)):
             host = _make_host(file, path, item, defaults)
             where = f"hosts[{i}]"
             if host.name in first_seen:
                 raise ConfigError(
                     file, (*path, "name"),
-                    f"duplicate host name {host.name!r} (also defined at {first_seen[host.name]});"
+                    f"duplicate host name {preview(host.name)} (also defined at {first_seen[host.name]});"
                     " host names must be unique",
                 )
             first_seen[host.name] = where
@@ -127,8 +133,8 @@ def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
             if endpoint in endpoints:
                 raise ConfigError(
                     file, (*path, "address"),
-                    f"host {host.name!r} has the same address, port, user and workdir as"
-                    f" {endpoints[endpoint]!r}; two hosts would write into the same directory"
+                    f"host {preview(host.name)} has the same address, port, user and workdir as"
+                    f" {preview(endpoints[endpoint])}; two hosts would write into the same directory"
                     " (give one a different workdir)",
                 )
             endpoints[endpoint] = host.name
@@ -172,7 +178,9 @@ def _check_settings(file: str, path: KeyPath, data: dict[str, Any], valid: tuple
         elif key == "currency":
             value = check_str(file, kp, value)
             if not _CURRENCY.match(value):
-                raise ConfigError(file, kp, f"must be a 3-letter currency code like USD or CNY, got {value!r}")
+                raise ConfigError(
+                    file, kp, f"must be a 3-letter currency code like USD or CNY, got {preview(value)}"
+                )
             out[key] = value.upper()
         elif key in ("user", "identity_file"):
             out[key] = None if value is None else check_str(file, kp, value)
@@ -181,8 +189,11 @@ def _check_settings(file: str, path: KeyPath, data: dict[str, Any], valid: tuple
     return out
 
 
-def _expand_entry(file: str, path: KeyPath, entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """Expand the ranges of one host entry into one mapping per host (zipping name and addresses)."""
+def _expand_entry(file: str, path: KeyPath, entry: dict[str, Any], room: int) -> list[dict[str, Any]]:
+    """Expand the ranges of one host entry into one mapping per host (zipping name and addresses).
+
+    ``room`` is how many hosts the inventory may still take; the name's range is counted against
+    it before anything is expanded."""
     if "password" in entry:
         _check_settings(file, path, {"password": None}, HOST_KEYS)
     check_keys(file, path, entry, HOST_KEYS)
@@ -194,6 +205,13 @@ def _expand_entry(file: str, path: KeyPath, entry: dict[str, Any]) -> list[dict[
         if key in entry and entry[key] is not None:
             value = check_str(file, (*path, key), entry[key])
             try:
+                n = ranges.count(value)
+                if key == "name" and n > room:
+                    raise ConfigError(
+                        file, (*path, key),
+                        f"{preview(value)} is {n} hosts, which takes the inventory past {MAX_HOSTS}"
+                        f" hosts ({MAX_HOSTS - room} before this entry); at most {MAX_HOSTS} are allowed",
+                    )
                 expanded[key] = ranges.expand(value)
             except ranges.RangeError as exc:
                 raise ConfigError(file, (*path, key), str(exc)) from None
@@ -204,20 +222,22 @@ def _expand_entry(file: str, path: KeyPath, entry: dict[str, Any]) -> list[dict[
             if n_names > 1 and key == "address":
                 raise ConfigError(
                     file, (*path, "address"),
-                    f"name {entry['name']!r} expands to {n_names} hosts but address {entry['address']!r}"
+                    f"name {preview(entry['name'])} expands to {n_names} hosts but address"
+                    f" {preview(entry['address'])}"
                     f" is a single address; give address a range of {n_names} items to zip with the names",
                 )
             continue
         if n_names == 1 and not ranges.has_range(entry["name"]):
             raise ConfigError(
                 file, (*path, key),
-                f"{key} {entry[key]!r} is a range but name {entry['name']!r} is not; host names must be"
-                f" unique, so give name a range of {len(items)} items too",
+                f"{key} {preview(entry[key])} is a range but name {preview(entry['name'])} is not; host"
+                f" names must be unique, so give name a range of {len(items)} items too",
             )
         if len(items) != n_names:
             raise ConfigError(
                 file, (*path, key),
-                f"name {entry['name']!r} expands to {n_names} hosts but {key} {entry[key]!r} expands"
+                f"name {preview(entry['name'])} expands to {n_names} hosts but {key}"
+                f" {preview(entry[key])} expands"
                 f" to {len(items)}; the two ranges must have the same length",
             )
     out = []
@@ -234,7 +254,8 @@ def _make_host(file: str, path: KeyPath, item: dict[str, Any], defaults: dict[st
     if not _HOST_NAME.match(name):
         raise ConfigError(
             file, (*path, "name"),
-            f"host name {name!r} may only hold letters, digits, '.', '_' and '-' (it names folders and logs)",
+            f"host name {preview(name)} may only hold letters, digits, '.', '_' and '-'"
+            " (it names folders and logs)",
         )
     address = check_str(file, (*path, "address"), item["address"])
     private = item.get("private_address")

@@ -2,7 +2,8 @@
 
 The value is parsed as a YAML scalar or flow collection (``5`` -> int, ``0.1`` -> float, ``auto`` ->
 str, ``null`` -> None, ``[1, 2]`` -> list, ``{a: 1}`` -> mapping), so an override is validated exactly
-like the same value written in the file. Errors name the override itself as the source.
+like the same value written in the file. Errors name the override itself as the source, escaped and
+cut short: the text comes straight from the command line and may hold control characters.
 """
 
 from __future__ import annotations
@@ -12,10 +13,16 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from fedctl.config.loader import parse_yaml_text
+from fedctl.config.loader import parse_yaml_text, preview, safe_text
 from fedctl.errors import ConfigError
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Characters of the ``--set`` text an error message repeats.
+SOURCE_CHARS = 120
+
+
+def _source(text: str) -> str:
+    return f"--set {safe_text(text, SOURCE_CHARS)}"
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,8 @@ class Override:
 
     @property
     def source(self) -> str:
-        return f"--set {self.text}"
+        """How errors name this override: ``--set`` and its text, escaped and bounded."""
+        return _source(self.text)
 
     @property
     def dotted(self) -> str:
@@ -37,7 +45,7 @@ class Override:
 
 def parse_override(text: str) -> Override:
     """Parse ``key.path=value``; a missing ``=``, an empty key or key part is a ConfigError."""
-    source = f"--set {text}"
+    source = _source(text)
     if "=" not in text:
         raise ConfigError(source, None, "expected KEY.PATH=VALUE (no '=' found)")
     key, _, value_text = text.partition("=")
@@ -49,13 +57,14 @@ def parse_override(text: str) -> Override:
         if not part or not _KEY_PART.match(part):
             raise ConfigError(
                 source, None,
-                f"key {key!r} is malformed: dot-separated names of letters, digits, '_' or '-'",
+                f"key {preview(key)} is malformed: dot-separated names of letters, digits, '_' or '-'",
             )
     value = parse_yaml_text(value_text, source) if value_text.strip() else None
     return Override(path=parts, value=value, text=text)
 
 
 def parse_overrides(texts: Iterable[str]) -> list[Override]:
+    """Parse every ``--set`` text, in order."""
     return [parse_override(t) for t in texts]
 
 
@@ -73,7 +82,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[Override]) -> dict[
                 parent = ".".join(ov.path[: depth + 1])
                 raise ConfigError(
                     ov.source, ov.dotted,
-                    f"cannot set a key below {parent!r}: it holds {child!r}, not a mapping",
+                    f"cannot set a key below {preview(parent)}: it holds {preview(child)}, not a mapping",
                 )
             node = child
         node[ov.path[-1]] = copy.deepcopy(ov.value)

@@ -13,7 +13,7 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 
-PAYLOAD = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "payloads", "fedavg_tf"))
+PAYLOAD = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "fedctl", "payloads", "fedavg_tf"))
 TOKEN = "e2e-token-0123456789abcdef"
 ENV = {**os.environ, "FEDTF_INTRA_THREADS": "1", "FEDTF_UNREACHABLE_S": "120"}
 

@@ -2,6 +2,6 @@
 import os
 import sys
 
-PAYLOAD_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "payloads", "fedavg_tf"))
+PAYLOAD_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "fedctl", "payloads", "fedavg_tf"))
 if PAYLOAD_DIR not in sys.path:
     sys.path.insert(0, PAYLOAD_DIR)

@@ -42,7 +42,7 @@ def test_loopback_inventory_uses_distinct_loopback_addresses():
 
 
 def test_inventory_template_loads_and_plans(tmp_path):
-    inv = load_inventory(str(REPO / "templates" / "inventory.yaml"))
+    inv = load_inventory(str(REPO / "fedctl" / "templates" / "inventory.yaml"))
     assert inv.hosts[0].name == "fl-server" and inv.hosts[1].name == "fl-client-01"
     exp = load_experiment(None, [f"payload={REPO / 'tests/payloads/echo'}"], cwd=tmp_path)
     plan = make_plan(inv, exp, clients=8)
@@ -50,7 +50,7 @@ def test_inventory_template_loads_and_plans(tmp_path):
 
 
 def test_experiment_template_sets_every_core_key():
-    raw = load_yaml(REPO / "templates" / "fedctl.yaml")
+    raw = load_yaml(REPO / "fedctl" / "templates" / "fedctl.yaml")
     assert set(CORE_KEYS) <= set(raw)
     assert set(FEDAVG_KEYS) <= set(raw)
 
@@ -66,15 +66,15 @@ def test_experiment_template_core_keys_validate(tmp_path):
         server: {{command: "{{python}} s.py"}}
         client: {{command: "{{python}} c.py"}}
     """))
-    exp = load_experiment(str(REPO / "templates" / "fedctl.yaml"), [f"payload={d}"], cwd=tmp_path)
+    exp = load_experiment(str(REPO / "fedctl" / "templates" / "fedctl.yaml"), [f"payload={d}"], cwd=tmp_path)
     assert exp.clients == 10 and exp.rounds == 20 and exp.placement.clients_per_host == "auto"
     assert exp.payload_config["data"]["dataset"] == "digits"
 
 
-@pytest.mark.skipif(not (REPO / "payloads" / "fedavg_tf" / "payload.yaml").exists(),
-                    reason="payloads/fedavg_tf is not there yet")
+@pytest.mark.skipif(not (REPO / "fedctl" / "payloads" / "fedavg_tf" / "payload.yaml").exists(),
+                    reason="fedctl/payloads/fedavg_tf is not there")
 def test_experiment_template_validates_with_the_real_payload(tmp_path):
-    exp = load_experiment(str(REPO / "templates" / "fedctl.yaml"), [], cwd=tmp_path)
+    exp = load_experiment(str(REPO / "fedctl" / "templates" / "fedctl.yaml"), [], cwd=tmp_path)
     assert exp.payload.name == "fedavg_tf"
     resolved = exp.resolved()
     assert resolved["strategy"]["name"] == "fedavg" and resolved["clients"] == 10

@@ -217,4 +217,5 @@ def test_echo_payload_manifest_is_valid():
     m = load_manifest(REPO / "tests" / "payloads" / "echo")
     names = [f.rel_path for f in m.files()]
     assert {"server.py", "client.py", "payload.yaml", "echo_config.py"} <= set(names)
-    assert m.load_validator()({}) == {"echo_round_s": 0.5, "echo_wait_s": 30.0, "fail_at_round": None}
+    assert m.load_validator()({}) == {"echo_round_s": 0.5, "echo_wait_s": 30.0, "fail_at_round": None,
+                                      "echo_data": None}
