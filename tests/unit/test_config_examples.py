@@ -16,7 +16,8 @@ from fedctl.config.loader import load_yaml
 from fedctl.plan import make_plan
 
 REPO = Path(__file__).resolve().parents[2]
-FEDAVG_KEYS = ["model", "data", "strategy", "sampling", "train", "realism", "evaluate_every", "tensorboard"]
+FEDAVG_KEYS = ["model", "data", "strategy", "sampling", "train", "realism", "robustness", "evaluate_every",
+               "tensorboard"]
 
 
 @pytest.mark.parametrize("name", ["local.yaml", "cloud-gpu.yaml", "jump-host.yaml", "loopback.yaml"])
