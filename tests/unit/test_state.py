@@ -91,3 +91,39 @@ def test_lock_refuses_a_second_fedctl(tmp_path):
         assert out.startswith("locked") and str(os.getpid()) in out
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert out.strip() == "got"
+
+
+def test_owned_paths_and_process_identity_round_trip(tmp_path):
+    store = StateStore(tmp_path / ".fedctl")
+    s = _state()
+    s.hosts[0].own("/w", "dir")
+    s.hosts[0].own("/w/runs/r1", "tree")
+    s.hosts[0].own("/w", "tree")  # recorded once, the first kind stays
+    s.hosts[0].processes[0].start_time = 4242
+    store.save(s)
+    back = store.load().hosts[0]
+    assert [(o.path, o.kind) for o in back.owned] == [("/w", "dir"), ("/w/runs/r1", "tree")]
+    assert back.owns_tree("/w/runs/r1/server.log") and not back.owns_tree("/w/data")
+    assert back.processes[0].start_time == 4242
+
+
+def test_an_older_state_never_lets_a_flag_delete_a_folder(tmp_path):
+    """An older fedctl stored ``created_workdir``; it loads, and owns nothing."""
+    store = StateStore(tmp_path / ".fedctl")
+    d = _state().to_dict()
+    d["hosts"][0].pop("owned")
+    d["hosts"][0]["created_workdir"] = True
+    store.state_file.parent.mkdir(parents=True)
+    store.state_file.write_text(json.dumps(d))
+    assert store.load().hosts[0].owned == []
+
+
+def test_status_while_provisioning_does_not_call_unasked_hosts_unreachable(tmp_path):
+    from fedctl.ops.status import observe
+
+    store = StateStore(tmp_path / ".fedctl")
+    s = _state()
+    s.phase = "provisioning"
+    s.hosts[0].status = "pending"
+    st = observe(store, s)
+    assert [h.reachable for h in st.hosts] == [None]
