@@ -38,29 +38,12 @@ class PricedHost:
 
 
 def _priced_hosts(plan_or_state: Any) -> list[PricedHost]:
-    """Hosts of a RunState, a Plan (object or ``to_dict()``), or a plain list of HostInfo/HostRecord."""
-    hosts: Any = plan_or_state
-    if isinstance(plan_or_state, Mapping):
-        hosts = plan_or_state.get("hosts", [])
-    elif hasattr(plan_or_state, "hosts"):
-        hosts = plan_or_state.hosts
+    """Hosts of a RunState or a Plan, with the role the plan gives them."""
     out = []
-    for h in hosts:
-        # HostRecord (.info), PlannedHost (.host, reads like its HostInfo), a plan dict's {"host": {...}}
-        if isinstance(h, Mapping):
-            info: Any = h.get("info") or h.get("host") or h
-            role_server, procs = h.get("role_server"), h.get("client_processes")
-        else:
-            info = getattr(h, "info", None) or getattr(h, "host", None) or h
-            role_server, procs = getattr(h, "role_server", None), getattr(h, "client_processes", None)
-        get = info.get if isinstance(info, Mapping) else (lambda k, d=None, _i=info: getattr(_i, k, d))
-        price = get("price_per_hour")
-        roles: Any = get("roles") or ()
-        if role_server is not None:  # a plan knows the roles better than the inventory's restriction
-            roles = (["server"] if role_server else []) + (["client"] if procs else [])
-        role = roles if isinstance(roles, str) else "+".join(sorted(roles))
-        out.append(PricedHost(str(get("name", "?")), None if price is None else float(price),
-                              str(get("currency") or "USD"), role))
+    for h in plan_or_state.hosts:  # HostRecord (a state's) or PlannedHost (a plan's): both know role
+        info = getattr(h, "info", None) or h.host
+        price = info.price_per_hour
+        out.append(PricedHost(info.name, None if price is None else float(price), info.currency or "USD", h.role))
     return out
 
 

@@ -20,26 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from fedctl.connectors.base import HostInfo
+from fedctl.model import HostInfo, HostStatus, Phase, Plan, PlannedHost, host_from_dict, host_to_dict
 from fedctl.errors import StateError, StateLockedError
 
 STATE_VERSION = 1
 
 #: run phases, in the order a run normally goes through them
-PHASES = (
-    "provisioning",
-    "provisioned",
-    "starting",
-    "running",
-    "finished",
-    "failed",
-    "stopped",
-    "tearing_down",
-    "torn_down",
-)
+PHASES = tuple(p.value for p in Phase)
 
 #: host statuses: pending -> provisioning -> provisioned | failed -> tearing_down -> torn_down
-HOST_STATUSES = ("pending", "provisioning", "provisioned", "failed", "tearing_down", "torn_down")
+HOST_STATUSES = tuple(s.value for s in HostStatus)
 
 
 def new_run_id(clock: Callable[[], float] = time.time) -> str:
@@ -86,7 +76,9 @@ class HostRecord:
     """One host of the run: how to reach it, what fedctl did there, what runs there."""
 
     info: HostInfo
-    status: str = "pending"
+    status: str = HostStatus.PENDING
+    role: str = "-"  # from the plan: server | client | server+client (never guessed from the inventory)
+    client_processes: list[list[int]] = field(default_factory=list)  # from the plan: client ids per process
     error: str | None = None
     workdir: str | None = None  # absolute, resolved on the host at provision time
     owned: list[OwnedPath] = field(default_factory=list)  # what fedctl created there, in creation order
@@ -109,12 +101,10 @@ class HostRecord:
         return any(o.kind == "tree" and (path == o.path or path.startswith(o.path.rstrip("/") + "/"))
                    for o in self.owned)
 
-    @property
-    def role(self) -> str:
-        roles = set(self.info.roles)
-        if {"server", "client"} <= roles:
-            return "server+client"
-        return next(iter(roles), "client")
+    @classmethod
+    def planned(cls, ph: PlannedHost) -> "HostRecord":
+        """A new record for a host of the plan, with what the plan gives it."""
+        return cls(info=ph.host, role=ph.role, client_processes=[list(p) for p in ph.client_processes])
 
 
 @dataclass
@@ -122,7 +112,7 @@ class RunState:
     """Everything ``.fedctl/state.json`` holds. Mutated in place, saved with ``StateStore.save``."""
 
     run_id: str
-    phase: str = "provisioning"
+    phase: str = Phase.PROVISIONING
     provider: str = "local"
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
@@ -133,7 +123,7 @@ class RunState:
     payload_name: str = ""
     payload_dir: str = ""
     experiment: dict[str, Any] = field(default_factory=dict)  # resolved config written to hosts
-    plan: dict[str, Any] = field(default_factory=dict)  # Plan.to_dict()
+    plan: Plan | None = None  # roles and placement, as made at provision
     server: dict[str, Any] = field(default_factory=dict)  # {host, address, port}
     hosts: list[HostRecord] = field(default_factory=list)
     started_at: float | None = None
@@ -162,26 +152,44 @@ class RunState:
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for h in d["hosts"]:
-            h["info"]["roles"] = list(h["info"]["roles"])
-            h["info"]["extra"] = dict(h["info"]["extra"])
+        """JSON-able form (enums as their values)."""
+        plan, self.plan = self.plan, None  # asdict would turn the plan's HostInfos into plain dicts
+        try:
+            d = dataclasses.asdict(self)
+        finally:
+            self.plan = plan
+        d["plan"] = plan.to_dict() if plan is not None else None
+        d["phase"] = str(self.phase)
+        for h, rec in zip(d["hosts"], self.hosts):
+            h["info"] = host_to_dict(rec.info)
+            h["status"] = str(rec.status)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunState":
+        """The RunState that ``to_dict`` wrote, with typed hosts, plan, processes and owned paths."""
         d = dict(d)
+        plan = Plan.from_dict(d.pop("plan")) if d.get("plan") else None
+        d.pop("plan", None)
+        planned = {ph.name: ph for ph in plan.hosts} if plan else {}
         hosts = []
+        known_host = {f.name for f in dataclasses.fields(HostRecord)}
         for h in d.pop("hosts", []):
             h = dict(h)
-            info = dict(h.pop("info"))
-            info["roles"] = tuple(info.get("roles", ()))
+            info = host_from_dict(h.pop("info"))
             procs = [ProcessRecord(**p) for p in h.pop("processes", [])]
             owned = [OwnedPath(**o) for o in h.pop("owned", [])]
-            h.pop("created_workdir", None)  # an older fedctl's flag; never trusted to delete a folder
-            hosts.append(HostRecord(info=HostInfo(**info), processes=procs, owned=owned, **h))
+            if "role" not in h and info.name in planned:  # written by an older fedctl: ask the plan
+                h["role"] = planned[info.name].role
+                h["client_processes"] = [list(p) for p in planned[info.name].client_processes]
+            hosts.append(HostRecord(info=info, processes=procs, owned=owned,
+                                    **{k: v for k, v in h.items() if k in known_host}))
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(hosts=hosts, **{k: v for k, v in d.items() if k in known})
+        state = cls(hosts=hosts, plan=plan, **{k: v for k, v in d.items() if k in known})
+        state.phase = Phase(state.phase)
+        for rec in state.hosts:
+            rec.status = HostStatus(rec.status)
+        return state
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

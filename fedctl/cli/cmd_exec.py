@@ -26,12 +26,11 @@ def _targets(inventory: Optional[str], role: Optional[str], host: Optional[List[
     else:
         state = e.store.load()
         server = state.server.get("host")
-        plan_clients = {h["host"]["name"]: h["client_processes"] for h in state.plan.get("hosts", [])}
         hosts = []
         for r in state.hosts:
             if r.status == "torn_down":
                 continue
-            roles = ({"server"} if r.name == server else set()) | ({"client"} if plan_clients.get(r.name) else set())
+            roles = ({"server"} if r.name == server else set()) | ({"client"} if r.client_processes else set())
             hosts.append((replace(r.info, workdir=r.workdir) if r.workdir else r.info, roles))
     if role:
         if role not in ("server", "client"):

@@ -11,10 +11,11 @@ import abc
 import os
 import shutil
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO, Callable, Mapping
 
 from fedctl.errors import FedctlError, RemoteError
+from fedctl.model import HostInfo  # noqa: F401 - re-exported: connectors take a HostInfo
 
 
 @dataclass(frozen=True)
@@ -30,27 +31,6 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
-
-
-@dataclass(frozen=True)
-class HostInfo:
-    """Where and how to reach one host, as the connectors need it (already resolved from inventory)."""
-
-    name: str
-    address: str
-    user: str | None = None
-    port: int | None = None
-    identity_file: str | None = None
-    password_env: str | None = None
-    host_key_policy: str = "accept-new"  # accept-new | strict | off
-    workdir: str = "~/fedctl"
-    python: str = "python3"
-    private_address: str | None = None
-    roles: tuple[str, ...] = ()
-    price_per_hour: float | None = None
-    currency: str = "USD"
-    kind: str = "ssh"  # ssh | local
-    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 class Connector(abc.ABC):

@@ -64,11 +64,11 @@ def new_state(inputs: Inputs, store: StateStore, config_path: str | None, overri
         payload_name=exp.payload.name,
         payload_dir=str(exp.payload.dir),
         experiment=exp.resolved(),
-        plan=plan.to_dict(),
+        plan=plan,
         overrides=list(overrides),
     )
     for ph in plan.hosts:
-        state.hosts.append(HostRecord(info=ph.host))
+        state.hosts.append(HostRecord.planned(ph))
     state.server = {"host": plan.server_host.host.name}
     return state
 
@@ -102,6 +102,7 @@ def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequen
             hint="`fedctl teardown` it first (results are collected), then provision again",
         )
     new = {ph.host.name: ph.host for ph in plan.hosts}
+    new_planned = {ph.name: ph for ph in plan.hosts}
     blocked = []
     if state.provider != inputs.inventory.provider:
         blocked += [f"{r.name} holds something of the run under provider {state.provider}"
@@ -122,15 +123,16 @@ def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequen
     for ph in plan.hosts:
         rec = old.get(ph.host.name)
         if rec is None or (not _holds_something(rec) and rec.info != ph.host):
-            rec = HostRecord(info=ph.host)
-        elif rec.info != ph.host:
-            rec.info = ph.host
-            if rec.status == "failed":
+            rec = HostRecord.planned(ph)
+        else:
+            if rec.info != ph.host and rec.status == "failed":
                 rec.status = "pending"
+            rec.info, rec.role = ph.host, ph.role
+            rec.client_processes = [list(p) for p in new_planned[ph.name].client_processes]
         hosts.append(rec)
     dropped = sorted(set(old) - set(new))
     state.hosts = hosts
-    state.plan = plan.to_dict()
+    state.plan = plan
     state.clients, state.rounds = inputs.experiment.clients, inputs.experiment.rounds
     state.payload_name, state.payload_dir = inputs.experiment.payload.name, str(inputs.experiment.payload.dir)
     state.experiment = inputs.experiment.resolved()
@@ -189,7 +191,7 @@ def provision(
     plan = inputs.plan
     state = store.load_or_none()
     if state is not None and state.phase in ACTIVE:
-        if state.plan != plan.to_dict():
+        if state.plan != plan:
             replan(store, state, inputs, overrides)
             progress(f"run {state.run_id}: the corrected plan replaces the one that never got going")
         else:

@@ -181,7 +181,7 @@ def start(
     report = StartReport(state)
     server_rec = server_record(state)
     assert server_rec is not None
-    plan_procs = {h["host"]["name"]: h["client_processes"] for h in state.plan["hosts"]}
+    plan_procs = {r.name: r.client_processes for r in state.hosts}
 
     with open_fleet(store, state.hosts) as fleet:
         progress(f"pushing payload {manifest.name} to {len(state.hosts)} host(s)")

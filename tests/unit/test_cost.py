@@ -96,12 +96,18 @@ def test_estimate_default_guess_then_measured_from_metrics(tmp_path):
     json.dumps(upd.to_dict())
 
 
-def test_estimate_with_explicit_round_time_and_from_plan_dict():
-    plan = {"hosts": [{"name": "x", "price_per_hour": 0.6, "currency": "EUR", "roles": ["server", "client"]}]}
+def test_estimate_with_explicit_round_time_and_roles_from_the_plan():
+    """An inventory without roles: the plan's server host is shown as the server, not a client."""
+    from fedctl.model import HostInfo, Plan, PlannedHost
+
+    plan = Plan("static", 3, (
+        PlannedHost(HostInfo("x", "127.0.0.2", price_per_hour=0.6, currency="EUR"), True, ()),
+        PlannedHost(HostInfo("y", "127.0.0.3", price_per_hour=0.6, currency="EUR"), False, ((0, 1, 2),)),
+    ))
     est = estimate(plan, rounds=100, seconds_per_round=36, overhead_s=0)
     assert est.measured and est.hours == pytest.approx(1.0)
-    assert est.total == pytest.approx({"EUR": 0.6})
-    assert est.rows[0].role == "client+server"
+    assert est.total == pytest.approx({"EUR": 1.2})
+    assert [r.role for r in est.rows] == ["server", "client"]
 
 
 def test_cost_timeline_is_exact_at_ledger_instants():

@@ -1,0 +1,234 @@
+"""The domain types of a run, below config, state, plan, providers and connectors.
+
+How to reach a host (``HostInfo``), what the plan gives each host (``PlannedHost``, ``Plan``), and
+the phases and statuses a run and its hosts go through (``Phase``, ``HostStatus``). The state file
+stores these and loads them back as the same objects; nothing re-parses them as dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+from fedctl.errors import PlanError
+
+PLAN_VERSION = 1
+
+
+class Phase(str, Enum):
+    """Phases of a run, in the order a run normally goes through them. A ``str`` enum: it compares
+    equal to its value and is stored in the state file as that value."""
+
+    PROVISIONING = "provisioning"
+    PROVISIONED = "provisioned"
+    STARTING = "starting"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    TEARING_DOWN = "tearing_down"
+    TORN_DOWN = "torn_down"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class HostStatus(str, Enum):
+    """pending -> provisioning -> provisioned | failed -> tearing_down -> torn_down."""
+
+    PENDING = "pending"
+    PROVISIONING = "provisioning"
+    PROVISIONED = "provisioned"
+    FAILED = "failed"
+    TEARING_DOWN = "tearing_down"
+    TORN_DOWN = "torn_down"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """Where and how to reach one host, as the connectors need it (already resolved from inventory)."""
+
+    name: str
+    address: str
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    password_env: str | None = None
+    host_key_policy: str = "accept-new"  # accept-new | strict | off
+    workdir: str = "~/fedctl"
+    python: str = "python3"
+    private_address: str | None = None
+    roles: tuple[str, ...] = ()
+    price_per_hour: float | None = None
+    currency: str = "USD"
+    kind: str = "ssh"  # ssh | local
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def host_to_dict(h: HostInfo) -> dict[str, Any]:
+    """JSON-able form of a HostInfo (the state file's and the plan's)."""
+    d = asdict(h)
+    d["roles"] = list(h.roles)
+    d["extra"] = dict(h.extra)
+    return d
+
+
+def host_from_dict(d: Mapping[str, Any]) -> HostInfo:
+    """The HostInfo that ``host_to_dict`` wrote."""
+    d = dict(d)
+    d["roles"] = tuple(d.get("roles", ()))
+    d["extra"] = dict(d.get("extra", {}))
+    return HostInfo(**d)
+
+
+@dataclass(frozen=True)
+class PlannedHost:
+    """One host of the plan: its record, whether it runs the server, its client processes.
+
+    It reads like its HostInfo too (``ph.name``, ``ph.address``, ``ph.price_per_hour``...), so code
+    that only needs the host's fields can take either.
+    """
+
+    host: HostInfo
+    role_server: bool
+    client_processes: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    def __getattr__(self, attr: str) -> Any:
+        # Only reached for attributes PlannedHost lacks; guard against recursion during copy/pickle.
+        if attr == "host" or attr.startswith("__"):
+            raise AttributeError(attr)
+        try:
+            return getattr(self.host, attr)
+        except AttributeError:
+            raise AttributeError(f"PlannedHost has no attribute {attr!r}") from None
+
+    @property
+    def client_ids(self) -> tuple[int, ...]:
+        return tuple(i for proc in self.client_processes for i in proc)
+
+    @property
+    def role(self) -> str:
+        """``server``, ``client`` or ``server+client``: what the plan gives the host (an inventory
+        without ``roles`` still gets its server from the plan)."""
+        parts = (["server"] if self.role_server else []) + (["client"] if self.client_processes else [])
+        return "+".join(parts) or "-"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Roles and placement for one run. JSON round trip with ``to_dict`` / ``from_dict``."""
+
+    provider: str
+    clients: int
+    hosts: tuple[PlannedHost, ...]
+    unused: tuple[str, ...] = ()
+
+    @property
+    def server(self) -> PlannedHost:
+        for ph in self.hosts:
+            if ph.role_server:
+                return ph
+        raise PlanError("the plan has no server host")  # cannot happen for a plan from make_plan
+
+    @property
+    def server_host(self) -> PlannedHost:
+        """The planned host running the server (``.host`` is its HostInfo)."""
+        return self.server
+
+    @property
+    def server_address(self) -> str:
+        """What clients dial: the server's private address when set, else its address."""
+        h = self.server.host
+        return h.private_address or h.address
+
+    @property
+    def client_hosts(self) -> tuple[PlannedHost, ...]:
+        """Planned hosts running at least one client process, in plan order."""
+        return tuple(ph for ph in self.hosts if ph.client_processes)
+
+    def planned(self, host: PlannedHost | HostInfo | str) -> PlannedHost:
+        """The PlannedHost for a host name, HostInfo or PlannedHost; KeyError lists the plan's hosts."""
+        name = host if isinstance(host, str) else host.name
+        for ph in self.hosts:
+            if ph.name == name:
+                return ph
+        raise KeyError(f"host {name!r} is not in the plan (hosts: {', '.join(p.name for p in self.hosts)})")
+
+    def clients_of(self, host: PlannedHost | HostInfo | str) -> tuple[int, ...]:
+        """All client ids on ``host`` (a HostInfo or a host name), in process order."""
+        return self.planned(host).client_ids
+
+    def processes_of(self, host: PlannedHost | HostInfo | str) -> tuple[tuple[int, ...], ...]:
+        return self.planned(host).client_processes
+
+    @property
+    def price_per_hour_by_currency(self) -> dict[str, float]:
+        """Hourly price of the planned hosts summed per currency (unpriced hosts are left out)."""
+        sums: dict[str, float] = {}
+        for ph in self.hosts:
+            if ph.host.price_per_hour is not None:
+                sums[ph.host.currency] = sums.get(ph.host.currency, 0.0) + float(ph.host.price_per_hour)
+        return sums
+
+    @property
+    def currency(self) -> str:
+        """The one currency of the priced hosts; PlanError when they use several (never converted)."""
+        sums = {c: v for c, v in self.price_per_hour_by_currency.items() if v > 0}
+        if len(sums) > 1:
+            raise PlanError(
+                f"hosts are priced in several currencies ({', '.join(sorted(sums))}); there is no single total",
+                hint="use price_per_hour_by_currency, or price all hosts in one currency",
+            )
+        if sums:
+            return next(iter(sums))
+        return self.hosts[0].host.currency if self.hosts else "USD"
+
+    @property
+    def price_per_hour_total(self) -> float:
+        """Sum of the hourly prices (unpriced hosts count 0); PlanError for mixed currencies."""
+        self.currency  # noqa: B018 - raises for mixed currencies
+        return float(sum(self.price_per_hour_by_currency.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form for the state file."""
+        return {
+            "version": PLAN_VERSION,
+            "provider": self.provider,
+            "clients": self.clients,
+            "unused": list(self.unused),
+            "hosts": [
+                {
+                    "host": host_to_dict(ph.host),
+                    "role_server": ph.role_server,
+                    "client_processes": [list(p) for p in ph.client_processes],
+                }
+                for ph in self.hosts
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        version = data.get("version")
+        if version != PLAN_VERSION:
+            raise PlanError(f"plan format version {version!r} is not supported (this fedctl reads {PLAN_VERSION})")
+        return cls(
+            provider=data["provider"],
+            clients=int(data["clients"]),
+            unused=tuple(data.get("unused", ())),
+            hosts=tuple(
+                PlannedHost(
+                    host=host_from_dict(h["host"]),
+                    role_server=bool(h["role_server"]),
+                    client_processes=tuple(tuple(int(i) for i in p) for p in h["client_processes"]),
+                )
+                for h in data["hosts"]
+            ),
+        )
