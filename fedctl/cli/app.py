@@ -40,6 +40,7 @@ def _register() -> None:
         "fedctl.cli.cmd_init",
         "fedctl.cli.cmd_payloads",
         "fedctl.cli.cmd_lifecycle",
+        "fedctl.cli.cmd_run",
         "fedctl.cli.cmd_exec",
         "fedctl.cli.cmd_watch",
         "fedctl.cli.cmd_logs",

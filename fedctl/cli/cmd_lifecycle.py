@@ -1,4 +1,4 @@
-"""``provision``, ``start``, ``status``, ``stop``, ``teardown`` and the all-in-one ``run``.
+"""``provision``, ``start``, ``status``, ``stop`` and ``teardown`` (``run`` is in ``cmd_run``).
 
 Each command: parse, call the library (fedctl.ops.*), print the typed report. Library imports are
 inside the functions so ``fedctl --help`` stays light.
@@ -6,7 +6,6 @@ inside the functions so ``fedctl --help`` stays light.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Optional
 
 import typer
@@ -298,191 +297,9 @@ def budget_sets(sets: OptList, max_cost: Optional[float], max_hours: Optional[fl
     return out
 
 
-def _guard_tripped(store: Any, state: Any, last_round_end: Optional[float], gpu_util: Optional[float]) -> Any:
-    """Check the budget guards once; on a trip record why on the server (guard.json) and return it."""
-    from fedctl.budget import Budget, check_guards
-
-    budget = Budget.from_experiment(state.experiment)
-    if not budget.active:
-        return None
-    trip = check_guards(budget, state, store.clock(), last_round_end, gpu_util)
-    if trip is None:
-        return None
-    from fedctl.deploy import remote_run_dir
-    from fedctl.ops.common import open_fleet, server_record
-
-    server = server_record(state)
-    if server is not None and server.workdir:
-        import posixpath
-
-        with open_fleet(store, [server]) as fleet:
-            fleet.map(lambda c: c.put_bytes(trip.to_json(), posixpath.join(remote_run_dir(server, state.run_id), "guard.json")))
-    return trip
-
-
-def _wait(interval: float) -> Any:
-    """Follow the run until it finishes or a budget guard trips; a line per round.
-
-    Returns (last status, guard trip or None).
-    """
-    from fedctl.ops.status import observe
-
-    e = env()
-    store = e.store
-    last_round = -1
-    warned: set[str] = set()
-    while True:
-        state = store.load()
-        st = observe(store, state)
-        if st.round != last_round:
-            acc = "-" if st.accuracy is None else f"{st.accuracy:.4f}"
-            e.console.print(f"round {st.round}/{st.rounds}  accuracy {acc}  ({st.phase})")
-            last_round = st.round
-        if st.phase not in ("starting", "running"):
-            return st, None
-        dead = {f"{h.name}:{p}" for h in st.hosts for p, ok in h.alive.items() if not ok and p != "server"}
-        if dead - warned:
-            e.err.print(f"[yellow]dead client processes:[/] {', '.join(sorted(dead - warned))}")
-            warned |= dead
-        # The round's end is on the server's clock; with no better source, trust it.
-        trip = _guard_tripped(store, state, st.last_round_end, None)
-        if trip is not None:
-            e.err.print(f"[bold red]budget guard:[/] {trip.message}; collecting results and stopping the run")
-            return st, trip
-        time.sleep(interval)
-
-
-def _follow(interval: float) -> Any:
-    """Follow the run until it ends: the live dashboard on a terminal, progress lines otherwise.
-
-    Returns (final status or None when the user quit the screen, guard trip or None).
-    """
-    e = env()
-    if not e.console.is_terminal:
-        return _wait(interval)
-    from fedctl.dashboard.live import WatchLoop
-    from fedctl.ops.common import open_fleet
-    from fedctl.ops.status import observe
-
-    store = e.store
-    state = store.load()
-
-    def guard(snap: Any) -> Any:
-        age = snap.federation.round_age_s
-        utils = [g.util_pct for h in snap.hosts for g in h.gpu.gpus if g.util_pct is not None]
-        return _guard_tripped(store, store.load(), snap.now - age if age is not None else None,
-                              max(utils) if utils else None)
-
-    with open_fleet(store, state.hosts) as fleet:
-        loop = WatchLoop(state, fleet, e.console, interval=interval, until_done=True,
-                         reload_state=store.load_or_none, stop_when=guard)
-        outcome = loop.run()
-    if outcome.reason == "quit":
-        return None, None
-    trip = loop.stop_value if outcome.reason == "stopped" else None
-    if trip is not None:
-        e.err.print(f"[bold red]budget guard:[/] {trip.message}; collecting results and stopping the run")
-    return observe(store, store.load()), trip
-
-
-def _poweroff(store: Any) -> None:
-    """``on_finish: poweroff``: power the (static) hosts off; never this machine."""
-    import os
-    import shlex
-
-    from fedctl.budget import DEFAULT_POWEROFF_COMMAND, POWEROFF_ENV
-    from fedctl.ops.common import open_fleet
-
-    e = env()
-    state = store.load() if store.exists() else None
-    if state is None:
-        return
-    if state.provider == "local":
-        e.err.print("on_finish: poweroff does nothing for the local provider (this machine stays on)")
-        return
-    command = os.environ.get(POWEROFF_ENV) or DEFAULT_POWEROFF_COMMAND
-    with open_fleet(store, state.hosts) as fleet:
-        # detached and delayed, so the SSH command returns before the host goes down
-        for r in fleet.run(f"nohup sh -c {shlex.quote('sleep 2; ' + command)} >/dev/null 2>&1 &", timeout=30):
-            e.console.print(f"{r.host}: power-off {'requested' if r.ok else 'failed: ' + str(r.error)}")
-
-
-def run_cmd(
-    clients: Optional[int] = typer.Option(None, "--clients", "-n", help="number of FL clients"),
-    inventory: Optional[str] = InventoryOpt,
-    config: Optional[str] = ConfigOpt,
-    sets: OptList = SetOpt,
-    rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="override the number of rounds"),
-    yes: bool = YesOpt,
-    max_cost: Optional[float] = MaxCostOpt,
-    max_hours: Optional[float] = MaxHoursOpt,
-    idle_minutes: Optional[float] = IdleOpt,
-    on_finish: Optional[str] = typer.Option(
-        None, "--on-finish", help="stop | teardown (default) | poweroff; overrides the config's on_finish"
-    ),
-    interval: float = typer.Option(2.0, "--interval", help="seconds between progress checks"),
-) -> None:
-    """provision + start + wait for the last round + teardown (or on_finish), in one command."""
-    from rich.markup import escape
-
-    from fedctl.errors import FedctlError
-    from fedctl.textsafe import printable
-
-    e = env()
-    sets = budget_sets(sets, max_cost, max_hours, idle_minutes)
-    if on_finish is not None:
-        sets.append(f"on_finish={on_finish}")
-    report = _do_provision(clients, inventory, config, sets, yes, False, False, rounds=rounds)
-    finish = report.state.experiment.get("on_finish") or "teardown"
-    final, trip, problem = None, None, None
-    failure: BaseException | None = None  # what stopped the run: its exit code is the run's
-    try:
-        _do_start(config, sets, rounds, False)
-        final, trip = _follow(interval)
-        if final is None:
-            e.console.print("left the screen: the run goes on. `fedctl watch` to look again, "
-                            "`fedctl teardown` when done (budget watchdogs, if set, still guard it)")
-            return
-    except KeyboardInterrupt as exc:
-        problem, failure = "interrupted", exc
-        e.err.print("[yellow]interrupted: collecting results and tearing the run down[/]")
-        finish = "teardown" if finish == "stop" else finish
-    except FedctlError as exc:
-        problem, failure = str(exc), exc
-        e.err.print(f"[red]{escape(printable(str(exc)))}[/]")
-    if finish == "stop" and trip is None:
-        from fedctl.ops.collect import collect_raw
-        from fedctl.ops.stop import stop
-
-        store = e.store
-        with store.lock():
-            state = store.load()
-            stop(store, state, progress=_progress)
-            collect_raw(store, state, progress=_progress)
-            store.save(state)
-        e.console.print("processes stopped, hosts kept (on_finish: stop): `fedctl teardown` when done")
-    else:
-        _do_teardown(False, False)
-        if finish == "poweroff":
-            _poweroff(e.store)
-    if final is not None and final.summary:
-        s = final.summary
-        e.console.print(
-            f"[bold]{final.phase}[/]: {s.get('rounds_completed')} rounds, final accuracy "
-            f"{s.get('final_accuracy')}, wall {s.get('wall_s')} s"
-        )
-    if trip is not None:
-        raise FedctlError(f"stopped by the budget guard: {trip.message}")
-    if failure is not None:
-        raise failure
-    if final is None or final.phase != "finished":
-        raise FedctlError(f"the run did not finish: {problem or (final.phase if final else 'failed to start')}")
-
-
 def register(app: typer.Typer) -> None:
     app.command("provision")(provision_cmd)
     app.command("start")(start_cmd)
     app.command("status")(status_cmd)
     app.command("stop")(stop_cmd)
     app.command("teardown")(teardown_cmd)
-    app.command("run")(run_cmd)

@@ -66,17 +66,20 @@ _SESSION: contextvars.ContextVar[Any] = contextvars.ContextVar("fedctl_session",
 
 
 @contextlib.contextmanager
-def session(store: StateStore, pool: int = 32, connect_timeout: float = 10.0) -> Iterator[None]:
+def session(
+    store: StateStore, pool: int = 32, connect_timeout: float = 10.0, connector_factory: Any = None
+) -> Iterator[None]:
     """One Fleet for the whole command: every ``open_fleet`` inside the block returns a view of it,
     so each host is connected once per command (``fedctl run`` with its progress loop included),
-    not once per step or per progress tick. Closed when the block ends."""
+    not once per step or per progress tick. Closed when the block ends. ``connector_factory``
+    replaces the real connectors (the fakes of unit tests)."""
     from fedctl.fleet import Fleet
 
     if _SESSION.get() is not None:  # nested: the outer session already owns a Fleet
         yield
         return
     fleet = Fleet([], known_hosts=known_hosts_path(store), pool=int(os.environ.get("FEDCTL_POOL", pool)),
-                  connect_timeout=connect_timeout)
+                  connect_timeout=connect_timeout, connector_factory=connector_factory)
     token = _SESSION.set(fleet)
     try:
         yield
