@@ -117,3 +117,20 @@ def test_a_bug_is_one_line_with_the_traceback_in_a_log(tmp_path, monkeypatch):
     _one_error_line(res)
     log = tmp_path / ".fedctl" / "last-error.log"
     assert "RuntimeError: kaput" in log.read_text() and str(log) in res.stderr
+
+
+def test_an_alias_bomb_is_refused_not_expanded(tmp_path):
+    """A ~330-byte billion-laughs file under a known key: a clear error, exit 2 (it once ran for
+    32 minutes; the timeout only guards against that, the refusal itself takes milliseconds)."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i, name in enumerate("bcdefghi"):
+        prev = "abcdefghi"[i]
+        lines.append(f"{name}: &{name} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]")
+    text = "\n".join(lines).replace("a: &a", "x: &a", 1) + "\nrounds: *i\n"
+    (tmp_path / "fedctl.yaml").write_text(text)
+    assert len(text) < 400
+    res = subprocess.run([FEDCTL, "provision", "--clients", "2", "--dry-run"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert res.returncode == 2, res.stderr
+    _one_error_line(res)
+    assert "fedctl.yaml" in res.stderr and "alias" in res.stderr and len(res.stderr) < 1000
