@@ -288,7 +288,7 @@ def test_parallel_first_connects_pin_each_key_once(known_hosts):
 
     import paramiko
 
-    from fedctl.connectors.ssh import KnownHosts
+    from fedctl.connectors.hostkeys import KnownHosts
 
     keys = [paramiko.Ed25519Key.from_private_key_file(_gen_key(Path(known_hosts).parent, i)) for i in range(20)]
     kh = KnownHosts(known_hosts, None)
