@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.errors import RemoteError
@@ -120,12 +120,14 @@ def spawn_detached(
     cwd: str,
     pidfile: str,
     log: str,
+    env: Mapping[str, str] | None = None,
 ) -> ProcRef:
     """Start ``command`` detached from the SSH session; return what identifies the process.
 
     ``setsid`` makes it a process-group leader (so stop can signal the whole group) and frees it
     from the session; ``nohup`` + redirected stdio keep it alive after the connection closes. It
-    runs with ``FEDCTL_RUN_DIR=<cwd>`` (the run mark). ``pidfile`` gets "PID START" (written via a
+    runs with ``FEDCTL_RUN_DIR=<cwd>`` (the run mark) and ``env`` (e.g. CUDA_VISIBLE_DEVICES).
+    ``pidfile`` gets "PID START" (written via a
     temp name) BEFORE we return, so a fedctl killed right after this call still leaves a trace that
     teardown finds and can check.
     """
@@ -133,7 +135,7 @@ def spawn_detached(
     script = (
         IDENT_SH
         + f"cd {quote(cwd)} && "
-        f"({RUN_MARK_ENV}={quote(cwd)} setsid nohup /bin/sh -c {quote(inner)} > {quote(log)} 2>&1 < /dev/null & "
+        f"({''.join(f'{k}={quote(v)} ' for k, v in (env or {}).items())}{RUN_MARK_ENV}={quote(cwd)} setsid nohup /bin/sh -c {quote(inner)} > {quote(log)} 2>&1 < /dev/null & "
         f"_p=$!; _i=$(_st $_p) || _i=-; "
         f'echo "$_p ${{_i% *}}" > {quote(pidfile + ".tmp")} && mv {quote(pidfile + ".tmp")} {quote(pidfile)}) && '
         f"cat {quote(pidfile)}"

@@ -67,6 +67,7 @@ class HostInfo:
     currency: str = "USD"
     kind: str = "ssh"  # ssh | local
     extra: Mapping[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = field(default_factory=dict)  # exported for every command there
 
 
 def host_to_dict(h: HostInfo) -> dict[str, Any]:
@@ -74,6 +75,7 @@ def host_to_dict(h: HostInfo) -> dict[str, Any]:
     d = asdict(h)
     d["roles"] = list(h.roles)
     d["extra"] = dict(h.extra)
+    d["environment"] = dict(h.environment)
     return d
 
 
@@ -82,6 +84,7 @@ def host_from_dict(d: Mapping[str, Any]) -> HostInfo:
     d = dict(d)
     d["roles"] = tuple(d.get("roles", ()))
     d["extra"] = dict(d.get("extra", {}))
+    d["environment"] = dict(d.get("environment", {}))
     return HostInfo(**d)
 
 
@@ -96,6 +99,7 @@ class PlannedHost:
     host: HostInfo
     role_server: bool
     client_processes: tuple[tuple[int, ...], ...] = ()
+    client_gpus: tuple[int | None, ...] = ()  # the GPU of each client process (None: no GPU)
 
     @property
     def name(self) -> str:
@@ -209,6 +213,7 @@ class Plan:
                     "host": host_to_dict(ph.host),
                     "role_server": ph.role_server,
                     "client_processes": [list(p) for p in ph.client_processes],
+                    "client_gpus": list(ph.client_gpus),
                 }
                 for ph in self.hosts
             ],
@@ -228,6 +233,7 @@ class Plan:
                     host=host_from_dict(h["host"]),
                     role_server=bool(h["role_server"]),
                     client_processes=tuple(tuple(int(i) for i in p) for p in h["client_processes"]),
+                    client_gpus=tuple(h.get("client_gpus", ())),
                 )
                 for h in data["hosts"]
             ),

@@ -28,6 +28,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from fedctl.config.experiment import Experiment
 from fedctl.config.inventory import Inventory
@@ -43,13 +44,16 @@ def make_plan(
     clients: int,
     cpu_count: int | None = None,
     cwd: str | Path | None = None,
+    gpu_count: int | None = None,
 ) -> Plan:
     """Place the server and ``clients`` clients on the inventory's hosts (or on this machine)."""
     if clients < 1:
         raise PlanError(f"need at least 1 client, got {clients}")
     per_host = experiment.placement.clients_per_host
     if inventory.provider == "local":
-        plan = _local_plan(clients, per_host, cpu_count, Path(cwd or Path.cwd()))
+        gpus = local_gpu_count() if gpu_count is None else gpu_count
+        plan = _local_plan(clients, per_host, cpu_count, Path(cwd or Path.cwd()), gpus,
+                           experiment.placement.processes_per_gpu)
     else:
         plan = _static_plan(inventory, clients, per_host)
     return plan
@@ -104,6 +108,42 @@ def _static_plan(inventory: Inventory, n: int, per_host: int | str) -> Plan:
     return Plan(provider=inventory.provider, clients=n, hosts=tuple(planned), unused=tuple(unused))
 
 
+def gpu_processes(
+    ids: Sequence[int], gpus: int, per_gpu: int = 1
+) -> tuple[tuple[tuple[int, ...], ...], tuple[int | None, ...]]:
+    """Client processes for ``ids`` on a host with ``gpus`` GPUs: ``gpus * per_gpu`` processes (never
+    more than there are clients), the clients spread evenly (sizes differ by at most one), process
+    ``i`` on GPU ``i % gpus`` so every GPU gets work before any gets a second process. Without GPUs
+    the ids stay one process on no GPU (the CPU rules decide elsewhere)."""
+    ids = list(ids)
+    if gpus <= 0 or not ids:
+        return ((tuple(ids),) if ids else ()), ((None,) if ids else ())
+    count = min(len(ids), gpus * max(1, per_gpu))
+    procs, start = [], 0
+    for size in even_split(len(ids), count):
+        procs.append(tuple(ids[start:start + size]))
+        start += size
+    return tuple(procs), tuple(i % gpus for i in range(count))
+
+
+def local_gpu_count(timeout: float = 10.0) -> int:
+    """GPUs of this machine as ``nvidia-smi`` lists them (0 without nvidia-smi or when it fails)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        res = subprocess.run([exe, "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    if res.returncode != 0:
+        return 0
+    return sum(1 for line in res.stdout.splitlines() if line.strip().isdigit())
+
+
 def even_split(n: int, parts: int) -> list[int]:
     """Sizes of ``parts`` groups holding ``n`` items, differing by at most one, larger first."""
     base, extra = divmod(n, parts)
@@ -123,17 +163,25 @@ def local_host(name: str, cwd: Path, roles: tuple[str, ...]) -> HostInfo:
     )
 
 
-def _local_plan(n: int, per_host: int | str, cpu_count: int | None, cwd: Path) -> Plan:
-    if per_host == "auto":
+def _local_plan(
+    n: int, per_host: int | str, cpu_count: int | None, cwd: Path, gpus: int = 0, per_gpu: int = 1
+) -> Plan:
+    """This machine: one client process per CPU core, or, on a GPU machine, ``per_gpu`` per GPU
+    (TensorFlow would otherwise map one GPU's memory in every process); ``clients_per_host: k``
+    overrides both."""
+    if per_host != "auto":
+        processes = math.ceil(n / int(per_host))
+    elif gpus > 0:
+        processes = max(1, min(n, gpus * per_gpu))
+    else:
         cpus = cpu_count or os.cpu_count() or 1
         processes = max(1, min(n, cpus))
-    else:
-        processes = math.ceil(n / int(per_host))
     hosts = [PlannedHost(local_host("local-server", cwd, ("server",)), role_server=True)]
     next_id = 0
     for i, size in enumerate(even_split(n, processes), start=1):
         ids = tuple(range(next_id, next_id + size))
         next_id += size
-        hosts.append(PlannedHost(local_host(f"local-client-{i}", cwd, ("client",)), False, (ids,)))
+        gpu = ((i - 1) % gpus,) if gpus > 0 else ()
+        hosts.append(PlannedHost(local_host(f"local-client-{i}", cwd, ("client",)), False, (ids,), gpu))
     return Plan(provider="local", clients=n, hosts=tuple(hosts))
 

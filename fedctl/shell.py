@@ -6,9 +6,12 @@ quoting, and anything printed goes through ``masked`` so a value registered as s
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,19 @@ def quote(value: object) -> str:
 def join(argv: Iterable[object]) -> str:
     """Quote every element and join with spaces."""
     return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def export_prefix(environment: Mapping[str, str]) -> str:
+    """``export K="V"; ...`` for a host's ``environment:``: every command fedctl runs there starts
+    with it. Double quotes keep ``$VAR`` expandable (``PATH: /opt/cuda/bin:$PATH``) while a value
+    cannot end the quote or run a command (``"``, backslash, backtick and ``$(`` are escaped)."""
+    parts = []
+    for k, v in environment.items():
+        if not _ENV_NAME.match(k):
+            raise ValueError(f"invalid environment variable name {k!r}")
+        escaped = str(v).replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`").replace("$(", "\\$(")
+        parts.append(f'export {k}="{escaped}";')
+    return " ".join(parts) + " " if parts else ""
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:

@@ -45,6 +45,7 @@ class ProcessRecord:
     role: str  # server | client
     index: int  # 0 for the server; k for the k-th client process on that host
     client_ids: list[int] = field(default_factory=list)
+    gpu: int | None = None  # the GPU it was given (CUDA_VISIBLE_DEVICES); None: none
     pid: int | None = None
     start_time: int | None = None  # /proc/<pid>/stat field 22: tells this process from a reused pid
     pidfile: str = ""  # in the run dir, which is also the process's run mark (FEDCTL_RUN_DIR)
@@ -79,6 +80,7 @@ class HostRecord:
     status: str = HostStatus.PENDING
     role: str = "-"  # from the plan: server | client | server+client (never guessed from the inventory)
     client_processes: list[list[int]] = field(default_factory=list)  # from the plan: client ids per process
+    client_gpus: list[int | None] = field(default_factory=list)  # the GPU of each client process
     error: str | None = None
     workdir: str | None = None  # absolute, resolved on the host at provision time
     owned: list[OwnedPath] = field(default_factory=list)  # what fedctl created there, in creation order
@@ -104,7 +106,8 @@ class HostRecord:
     @classmethod
     def planned(cls, ph: PlannedHost) -> "HostRecord":
         """A new record for a host of the plan, with what the plan gives it."""
-        return cls(info=ph.host, role=ph.role, client_processes=[list(p) for p in ph.client_processes])
+        return cls(info=ph.host, role=ph.role, client_processes=[list(p) for p in ph.client_processes],
+                   client_gpus=list(ph.client_gpus))
 
 
 @dataclass

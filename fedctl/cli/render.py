@@ -59,7 +59,7 @@ def plan_table(rows: Sequence[Any], title: str = "plan") -> Table:
             r.name,
             r.address,
             r.role,
-            fmt_ids(r.client_ids),
+            fmt_ids(r.client_ids) + (f"\n{r.processes}" if getattr(r, "processes", "") else ""),
             money(r.price_per_hour, r.currency),
             Text(r.status, style=_STATUS_STYLE.get(r.status, "")),
             Text(r.detail or ""),

@@ -36,7 +36,8 @@ from fedctl.payload import PayloadManifest, load_manifest, resolve_payload
 DEFAULT_FILE = "fedctl.yaml"
 DEFAULT_PAYLOAD = "fedavg_tf"
 CORE_KEYS = ("name", "payload", "clients", "rounds", "seed", "placement", "server", "budget", "on_finish")
-PLACEMENT_KEYS = ("clients_per_host",)
+PLACEMENT_KEYS = ("clients_per_host", "processes_per_gpu", "server_device")
+SERVER_DEVICES = ("auto", "cpu", "gpu")
 SERVER_KEYS = ("port", "bind")
 BUDGET_KEYS = ("max_cost", "max_hours", "idle_minutes")
 ON_FINISH = ("stop", "teardown", "poweroff")
@@ -54,9 +55,13 @@ _VALIDATOR_MSG = re.compile(r"^(?P<path>[A-Za-z0-9_.\[\]-]+): (?P<problem>.*?)(?
 
 @dataclass(frozen=True)
 class Placement:
-    """``clients_per_host``: "auto" or an int >= 1 (see fedctl.plan for what each means)."""
+    """``clients_per_host``: "auto" or an int >= 1 (see fedctl.plan for what each means);
+    ``processes_per_gpu``: client processes per GPU on a host with GPUs; ``server_device``: where
+    the server evaluates (auto: the CPU when it shares its host with clients, else its GPU)."""
 
     clients_per_host: int | str = "auto"
+    processes_per_gpu: int = 1
+    server_device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,9 @@ class Experiment:
             "clients": self.clients,
             "rounds": self.rounds,
             "seed": self.seed,
-            "placement": {"clients_per_host": self.placement.clients_per_host},
+            "placement": {"clients_per_host": self.placement.clients_per_host,
+                          "processes_per_gpu": self.placement.processes_per_gpu,
+                          "server_device": self.placement.server_device},
             "server": {"port": self.server.port, "bind": self.server.bind},
             "budget": {
                 "max_cost": self.budget.max_cost,
@@ -202,6 +209,9 @@ def _build(
             raise ConfigError(file, ("placement", "clients_per_host"), f"{preview(cph)} is not valid",
                               ["auto", "an integer >= 1"])
         cph = check_int(file, ("placement", "clients_per_host"), cph, minimum=1, maximum=MAX_CLIENTS)
+    ppg = check_int(file, ("placement", "processes_per_gpu"), pl.get("processes_per_gpu", 1), minimum=1, maximum=64)
+    server_device = check_choice(file, ("placement", "server_device"), pl.get("server_device", "auto"),
+                                 SERVER_DEVICES)
 
     sv = require_mapping(file, ("server",), raw.get("server"))
     check_keys(file, ("server",), sv, SERVER_KEYS)
@@ -236,7 +246,7 @@ def _build(
         clients=n_clients,
         rounds=n_rounds,
         seed=seed,
-        placement=Placement(cph),
+        placement=Placement(cph, ppg, server_device),
         server=ServerSettings(port, bind),
         budget=Budget(**budget_values),
         on_finish=on_finish,

@@ -35,7 +35,7 @@ TOP_KEYS = ("provider", "defaults", "hosts")
 #: keys allowed under ``defaults`` and, individually, on every host
 SETTING_KEYS = (
     "user", "port", "identity_file", "password_env", "workdir", "python",
-    "price_per_hour", "currency", "host_key_policy",
+    "price_per_hour", "currency", "host_key_policy", "environment",
 )
 HOST_KEYS = ("name", "address", "private_address", "roles", *SETTING_KEYS)
 RANGE_KEYS = ("name", "address", "private_address")
@@ -53,6 +53,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "price_per_hour": None,
     "currency": "USD",
     "host_key_policy": "accept-new",
+    "environment": {},
 }
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -184,8 +185,27 @@ def _check_settings(file: str, path: KeyPath, data: dict[str, Any], valid: tuple
             out[key] = value.upper()
         elif key in ("user", "identity_file"):
             out[key] = None if value is None else check_str(file, kp, value)
+        elif key == "environment":
+            out[key] = _check_environment(file, kp, value)
         else:  # workdir, python
             out[key] = check_str(file, kp, value)
+    return out
+
+
+def _check_environment(file: str, path: KeyPath, value: Any) -> dict[str, str]:
+    """``environment:``: variables exported for every command fedctl runs on the host (PATH,
+    CUDA_HOME, HF_HOME ...). Names are shell variable names; values are strings (numbers are
+    taken as their text); ``$VAR`` in a value is expanded by the host's shell (``PATH: /opt/x:$PATH``)."""
+    env = require_mapping(file, path, value)
+    out = {}
+    for name, v in env.items():
+        if not _ENV_NAME.match(name):
+            raise ConfigError(file, (*path, name), "is not a shell variable name (letters, digits, _)")
+        if name.startswith("FEDCTL_"):
+            raise ConfigError(file, (*path, name), "FEDCTL_* variables are fedctl's own")
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise ConfigError(file, (*path, name), f"must be a string, not {type_name(v)}")
+        out[name] = str(v)
     return out
 
 
@@ -285,5 +305,6 @@ def _make_host(file: str, path: KeyPath, item: dict[str, Any], defaults: dict[st
         roles=roles,
         price_per_hour=s["price_per_hour"],
         currency=s["currency"],
+        environment=dict(s["environment"]),
         kind="ssh",
     )

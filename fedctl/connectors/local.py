@@ -17,6 +17,7 @@ from typing import BinaryIO, Callable, Mapping
 
 from fedctl.connectors.base import CommandResult, Connector, HostInfo
 from fedctl.errors import RemoteError
+from fedctl.shell import export_prefix
 
 
 class LocalConnector(Connector):
@@ -47,7 +48,7 @@ class LocalConnector(Connector):
             full_env.update({k: str(v) for k, v in env.items()})
         start = time.monotonic()
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
+            ["/bin/sh", "-c", export_prefix(self.host.environment) + command],
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -36,6 +36,7 @@ from fedctl.connectors.hostkeys import (
 from fedctl.connectors.ssh_channel import collect_result
 from fedctl.connectors.ssh_config import Target, jump_hops, resolve_target
 from fedctl.errors import ConnectError, HostKeyError, RemoteError
+from fedctl.shell import export_prefix
 
 log = logging.getLogger("fedctl.ssh")
 
@@ -252,7 +253,7 @@ class SSHConnector(Connector):
             # timed-out command is found by a unique variable that all its descendants inherit.
             marker = uuid.uuid4().hex
             env = {**(env or {}), "FEDCTL_RUN_MARK": marker}
-        result = self._exec(_with_env(command, env), timeout, stdin)
+        result = self._exec(export_prefix(self.host.environment) + _with_env(command, env), timeout, stdin)
         if result.timed_out and marker:
             self._reap(marker)
         return result

@@ -96,6 +96,8 @@ def gpu_text(report: GpuReport) -> list[str]:
         temp = "n/a" if g.temp_c is None else f"{g.temp_c:.0f}°C"
         power = "n/a" if g.power_w is None else f"{g.power_w:.0f}W"
         run = f" run {g.run_mem_mib / 1024:.1f}G" if g.run_pids else " run 0G"
+        if g.processes:  # whose memory it is: "client-0 1.2G, server 0.3G"
+            run += " (" + ", ".join(f"{p.label} {p.mem_mib / 1024:.1f}G" for p in g.processes) + ")"
         lines.append(f"{g.index}:{g.name} {util} {used}/{total} {temp} {power}{run}")
     if report.error:
         lines.append(report.error)

@@ -137,7 +137,10 @@ class HostProbe:
         sample = HostSample(self.name, self.clock(), True, duration, probe=parsed)
         if self.gpu:
             if parsed.gpu_present:
-                sample.gpu = parse_gpus(parsed.gpu_text, parsed.gpu_rc, parsed.apps_text, parsed.pgid_pids)
+                by_pid = {p.pid: p.label for p in self.procs if p.pid}
+                labels = {pid: by_pid[g] for pid, g in parsed.pgid_of.items() if g in by_pid}
+                labels.update(by_pid)
+                sample.gpu = parse_gpus(parsed.gpu_text, parsed.gpu_rc, parsed.apps_text, parsed.pgid_pids, labels)
             else:
                 sample.gpu = GpuReport("none")
         for key, chunk in parsed.files.items():

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import AbstractSet, Iterable
+from typing import AbstractSet, Iterable, Mapping
 
-from fedctl.monitor.snapshot import GpuInfo, GpuReport
+from fedctl.monitor.snapshot import GpuHolder, GpuInfo, GpuReport
 
 GPU_FIELDS = (
     "index",
@@ -75,12 +75,14 @@ def parse_gpus(
     exit_code: int = 0,
     apps_text: str = "",
     run_pids: AbstractSet[int] | Iterable[int] = frozenset(),
+    labels: Mapping[int, str] | None = None,
 ) -> GpuReport:
     """Turn the two nvidia-smi outputs into a GpuReport.
 
     ``exit_code`` is nvidia-smi's exit status for the GPU query. ``run_pids`` are the pids that
     belong to this run (the process groups of its payload processes); their GPU memory is summed
-    per GPU into ``run_mem_mib``.
+    per GPU into ``run_mem_mib``; ``labels`` (pid -> server / client-k, for every pid of a payload
+    process's group) says whose memory it is (``GpuInfo.processes``).
     """
     text = query_text.strip()
     if any(m in text for m in _NO_DEVICE_MARKERS):
@@ -115,23 +117,30 @@ def parse_gpus(
     if not gpus:
         return GpuReport("none")
     pids = set(run_pids)
+    labels = labels or {}
     per_gpu: dict[str, tuple[float, list[int]]] = {}
+    holders: dict[str, dict[str, tuple[int, float]]] = {}
     for pid, uuid, used in parse_compute_apps(apps_text):
         if pid in pids:
             total, plist = per_gpu.get(uuid, (0.0, []))
             per_gpu[uuid] = (total + (used or 0.0), plist + [pid])
+            label = labels.get(pid)
+            if label:
+                first, mem = holders.setdefault(uuid, {}).get(label, (pid, 0.0))
+                holders[uuid][label] = (first, mem + (used or 0.0))
     if per_gpu:
         gpus = [
-            _with_run(g, *per_gpu[g.uuid]) if g.uuid in per_gpu else g
+            _with_run(g, *per_gpu[g.uuid], holders.get(g.uuid, {})) if g.uuid in per_gpu else g
             for g in gpus
         ]
     return GpuReport("ok", gpus=tuple(gpus), error=("unparsed: " + bad_lines[0]) if bad_lines else None)
 
 
-def _with_run(g: GpuInfo, mem: float, pids: list[int]) -> GpuInfo:
+def _with_run(g: GpuInfo, mem: float, pids: list[int], holders: Mapping[str, tuple[int, float]]) -> GpuInfo:
     import dataclasses
 
-    return dataclasses.replace(g, run_mem_mib=mem, run_pids=tuple(sorted(pids)))
+    procs = tuple(GpuHolder(label, pid, m) for label, (pid, m) in sorted(holders.items()))
+    return dataclasses.replace(g, run_mem_mib=mem, run_pids=tuple(sorted(pids)), processes=procs)
 
 
 def _first_line(text: str) -> str:

@@ -74,6 +74,7 @@ class ProbeResult:
     gpu_rc: int = 0
     apps_text: str = ""
     pgid_pids: set[int] = field(default_factory=set)  # pids in the run's process groups
+    pgid_of: dict[int, int] = field(default_factory=dict)  # pid -> its group (the payload process's pid)
     files: dict[str, FileChunk] = field(default_factory=dict)
     complete: bool = False  # the end marker arrived (the command was not cut short)
 
@@ -125,7 +126,7 @@ def build_probe(
             f"nvidia-smi {QUERY_GPU_ARGS} 2>&1; echo \"$M gpurc $?\"; "
             f'echo "$M apps"; nvidia-smi {QUERY_APPS_ARGS} 2>/dev/null; '
             f'echo "$M pgids"; ps -eo pid=,pgid= 2>/dev/null | awk -v g={quote(" " + pg + " ")} '
-            "'index(g, \" \" $2 \" \") {print $1}'; "
+            "'index(g, \" \" $2 \" \") {print $1, $2}'; "
             'else echo "$M gpurc none"; fi'
         )
     for f in files:
@@ -205,9 +206,11 @@ def parse_probe(stdout: str, nonce: str) -> ProbeResult:
             gpu_lines.append(line)
         elif section == "apps":
             apps_lines.append(line)
-        elif section == "pgids":
-            if line.strip().isdigit():
-                res.pgid_pids.add(int(line.strip()))
+        elif section == "pgids":  # "PID PGID" of each process in the run's process groups
+            parts = line.split()
+            if parts and all(p.isdigit() for p in parts):
+                res.pgid_pids.add(int(parts[0]))
+                res.pgid_of[int(parts[0])] = int(parts[-1])
     res.gpu_text = "\n".join(gpu_lines).strip()
     res.apps_text = "\n".join(apps_lines).strip()
     return res

@@ -27,6 +27,16 @@ class GpuInfo:
     power_w: float | None = None
     run_mem_mib: float = 0.0  # GPU memory held by this run's processes (from --query-compute-apps)
     run_pids: tuple[int, ...] = ()
+    processes: tuple["GpuHolder", ...] = ()  # which of the run's processes hold how much of it
+
+
+@dataclass(frozen=True)
+class GpuHolder:
+    """GPU memory held by one of the run's payload processes (its children counted with it)."""
+
+    label: str  # server | client-<k>
+    pid: int
+    mem_mib: float
 
 
 @dataclass(frozen=True)

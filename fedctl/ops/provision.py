@@ -35,6 +35,7 @@ class HostRow:
     currency: str
     status: str
     detail: str
+    processes: str = ""  # the client processes and their GPUs, when there are several: "4 procs on GPU 0-3"
 
 
 @dataclass
@@ -77,6 +78,19 @@ def new_state(inputs: Inputs, store: StateStore, config_path: str | None, overri
 #: change them even for a host that holds something of the run (a fixed identity_file)
 LOGIN_FIELDS = ("identity_file", "password_env", "port", "host_key_policy", "python", "price_per_hour",
                 "currency", "roles", "private_address", "extra")
+
+
+def _place_on_gpus(rec: HostRecord, per_gpu: int) -> None:
+    """Split a client host's clients over the GPUs its facts list (``per_gpu`` processes each, see
+    ``fedctl.plan.gpu_processes``). The local provider's plan did this already (it knows this
+    machine's GPUs when it plans); a remote host's GPUs are known only once provision has looked."""
+    from fedctl.plan import gpu_processes
+
+    if rec.info.kind == "local" or not rec.client_processes:
+        return
+    ids = [i for p in rec.client_processes for i in p]
+    procs, gpu_of = gpu_processes(ids, len(rec.facts.get("gpus") or []), per_gpu)
+    rec.client_processes, rec.client_gpus = [list(p) for p in procs], list(gpu_of)
 
 
 def _holds_something(rec: HostRecord) -> bool:
@@ -229,6 +243,7 @@ def provision(
             out = res.value
             rec.workdir = out["workdir"]
             rec.facts = out["facts"].to_dict()
+            _place_on_gpus(rec, int((state.experiment.get("placement") or {}).get("processes_per_gpu", 1)))
             if out["ok"]:
                 rec.status = "provisioned"
             else:
@@ -249,6 +264,11 @@ def plan_rows(plan: Any, state: RunState | None = None) -> list[HostRow]:
     for ph in plan.hosts:
         rec = state.host(ph.host.name) if state else None
         ids = [i for proc in ph.client_processes for i in proc]
+        gpus = rec.client_gpus if rec else list(ph.client_gpus)
+        nprocs = len(rec.client_processes) if rec else len(ph.client_processes)
+        procs = ""
+        if any(g is not None for g in gpus):
+            procs = f"{nprocs} process(es) on GPU {', '.join(str(g) for g in gpus)}"
         role = "server" if ph.role_server else ""
         if ids:
             role = f"{role}+client" if role else "client"
@@ -266,6 +286,7 @@ def plan_rows(plan: Any, state: RunState | None = None) -> list[HostRow]:
                 currency=ph.host.currency,
                 status=rec.status if rec else "planned",
                 detail=detail,
+                processes=procs,
             )
         )
     return rows

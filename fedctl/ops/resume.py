@@ -24,7 +24,15 @@ from fedctl.deploy import (
 )
 from fedctl.errors import PayloadError, UsageError
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
-from fedctl.ops.start import StartReport, _fail, client_command, command_values, start_watchdogs, wait_ready
+from fedctl.ops.start import (
+    StartReport,
+    _fail,
+    client_command,
+    command_values,
+    process_env,
+    start_watchdogs,
+    wait_ready,
+)
 from fedctl.ops.status import parse_metrics_tail
 from fedctl.shell import quote
 from fedctl.state import RunState, StateStore
@@ -78,7 +86,8 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
             progress(f"restarting the server on {server_rec.name} from its last checkpoint (port {port})")
             server.status, server.error = "starting", None
             try:
-                record_spawn(server, spawn_detached(sconn, cmd, values["run_dir"], server.pidfile, server.log))
+                record_spawn(server, spawn_detached(sconn, cmd, values["run_dir"], server.pidfile, server.log,
+                                                    env=process_env(state, server_rec, server)))
                 server.started_at = store.clock()
                 store.save(state)
                 ready = wait_ready(sconn, ready_file, ref_of(server), server.log, ready_timeout)
@@ -98,7 +107,8 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
                 if proc.role != "client" or alive[rec.name].get(proc.pid or -1, False):
                     continue
                 cmd = client_command(manifest, state, rec, proc)
-                record_spawn(proc, spawn_detached(c, cmd, vals["run_dir"], proc.pidfile, proc.log))
+                record_spawn(proc, spawn_detached(c, cmd, vals["run_dir"], proc.pidfile, proc.log,
+                                                  env=process_env(state, rec, proc)))
                 proc.started_at, proc.status, proc.error = store.clock(), "running", None
                 n += 1
             return n

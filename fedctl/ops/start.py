@@ -66,6 +66,36 @@ def command_values(state: RunState, rec: HostRecord) -> dict[str, Any]:
     }
 
 
+def process_env(state: RunState, rec: HostRecord, proc: ProcessRecord) -> dict[str, str]:
+    """The GPU settings of one payload process: which GPU it sees (CUDA_VISIBLE_DEVICES), memory
+    growth instead of mapping the whole GPU, and a per-process memory limit (FEDCTL_GPU_MEMORY_MB)
+    when several processes share one GPU. Empty on a host without GPUs."""
+    gpus = rec.facts.get("gpus") or []
+    if not gpus and proc.gpu is None:
+        return {}
+    env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+    if proc.role == "server":
+        device = (state.experiment.get("placement") or {}).get("server_device", "auto")
+        on_cpu = device == "cpu" or (device == "auto" and bool(rec.client_processes))
+        proc.gpu = None if on_cpu else 0
+    if proc.gpu is None:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a GPU host's process that must not take GPU memory
+        return env
+    env["CUDA_VISIBLE_DEVICES"] = str(proc.gpu)
+    sharing = sum(1 for g in rec.client_gpus if g == proc.gpu) + (1 if proc.role == "server" else 0)
+    if sharing > 1 and proc.gpu < len(gpus):
+        total = _gpu_memory_mb(gpus[proc.gpu])
+        if total:
+            env["FEDCTL_GPU_MEMORY_MB"] = str(int(total * 0.9 / sharing))  # 10% for the driver and others
+    return env
+
+
+def _gpu_memory_mb(fact: str) -> int | None:
+    """The memory of one GPU from its facts line ("NAME, MEMORY_MIB")."""
+    tail = fact.rsplit(",", 1)[-1].strip()
+    return int(tail) if tail.isdigit() else None
+
+
 def client_command(manifest: Any, state: RunState, rec: HostRecord, proc: ProcessRecord) -> str:
     """The shell command of one client process, pointed at the running server."""
     return manifest.render(
@@ -204,7 +234,8 @@ def start(
         conn = fleet.connector(server_rec.name)
         try:
             record_spawn(proc, spawn_detached(
-                conn, manifest.render(manifest.server.command, **values), values["run_dir"], proc.pidfile, log
+                conn, manifest.render(manifest.server.command, **values), values["run_dir"], proc.pidfile, log,
+                env=process_env(state, server_rec, proc),
             ))
             proc.started_at = store.clock()
             store.save(state)
@@ -233,6 +264,7 @@ def start(
                         role="client",
                         index=k,
                         client_ids=list(ids),
+                        gpu=rec.client_gpus[k] if k < len(rec.client_gpus) else None,
                         pidfile=posixpath.join(vals["run_dir"], f"client-{k}.pid"),
                         log=manifest.render_path(manifest.client.log, **vals, process=k),
                     )
@@ -245,7 +277,7 @@ def start(
             pids = []
             for proc in (p for p in rec.processes if p.role == "client"):
                 record_spawn(proc, spawn_detached(c, client_command(manifest, state, rec, proc), vals["run_dir"],
-                                                  proc.pidfile, proc.log))
+                                                  proc.pidfile, proc.log, env=process_env(state, rec, proc)))
                 proc.started_at = store.clock()
                 pids.append(proc.pid)
             return pids

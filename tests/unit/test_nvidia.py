@@ -73,3 +73,16 @@ def test_empty_output_with_failure_code_reports_the_code():
 def test_compute_apps_skip_garbage():
     assert parse_compute_apps("No running processes found\n12, GPU-x, 5\n") == [(12, "GPU-x", 5.0)]
     assert parse_compute_apps("") == []
+
+
+def test_gpu_memory_is_mapped_to_the_runs_processes():
+    from fedctl.monitor.nvidia import QUERY_GPU_ARGS, parse_gpus  # noqa: F401 - the query it parses
+
+    query = "0, GPU-a, T4, 50, 3000, 15360, 40, 30.0\n1, GPU-b, T4, 10, 500, 15360, 39, 25.0\n"
+    apps = "101, GPU-a, 1000\n102, GPU-a, 2000\n103, GPU-b, 500\n999, GPU-b, 7\n"
+    # 101 is client-0's pid, 102 a child in its group, 103 is client-1; 999 is not the run's
+    rep = parse_gpus(query, 0, apps, {101, 102, 103}, {101: "client-0", 102: "client-0", 103: "client-1"})
+    a, b = rep.gpus
+    assert [(p.label, p.mem_mib) for p in a.processes] == [("client-0", 3000.0)]
+    assert [(p.label, p.mem_mib) for p in b.processes] == [("client-1", 500.0)]
+    assert b.run_mem_mib == 500.0

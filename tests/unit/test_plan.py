@@ -188,3 +188,23 @@ def test_from_dict_rejects_unknown_version(tmp_path):
 def test_zero_clients_is_an_error(tmp_path):
     with pytest.raises(PlanError):
         make_plan(load_inventory(None), experiment(tmp_path), clients=0, cpu_count=2, cwd=tmp_path)
+
+
+def test_gpu_processes_spread_clients_over_gpus():
+    from fedctl.plan import gpu_processes
+
+    procs, gpus = gpu_processes(range(8), 4)
+    assert procs == ((0, 1), (2, 3), (4, 5), (6, 7)) and gpus == (0, 1, 2, 3)
+    procs, gpus = gpu_processes(range(5), 2, per_gpu=2)
+    assert [len(p) for p in procs] == [2, 1, 1, 1] and gpus == (0, 1, 0, 1)
+    assert gpu_processes(range(3), 4) == (((0,), (1,), (2,)), (0, 1, 2))  # never more than the clients
+    assert gpu_processes(range(3), 0) == (((0, 1, 2),), (None,))
+
+
+def test_the_local_plan_on_a_gpu_machine_has_one_client_process_per_gpu(tmp_path):
+    from fedctl.plan import _local_plan
+
+    plan = _local_plan(6, "auto", 16, tmp_path, gpus=2)
+    assert [ph.client_gpus for ph in plan.client_hosts] == [(0,), (1,)]
+    assert [len(ph.client_ids) for ph in plan.client_hosts] == [3, 3]
+    assert len(_local_plan(6, "auto", 16, tmp_path, gpus=0).client_hosts) == 6

@@ -67,3 +67,16 @@ def test_masked_form_hides_secrets():
     assert "hunter2" in str(cmd)
     assert "hunter2" not in cmd.masked and "***" in cmd.masked
     assert mask("a hunter2 b hunter2", ["hunter2", ""]) == "a *** b ***"
+
+
+def test_host_environment_expands_variables_but_runs_nothing(tmp_path):
+    from fedctl.connectors.local import LocalConnector
+    from fedctl.model import HostInfo
+
+    marker = tmp_path / "ran"
+    env = {"PATH": "/opt/x:$PATH", "Q": f'a"b`touch {marker}`c\\d$(touch {marker})'}
+    conn = LocalConnector(HostInfo(name="l", address="127.0.0.1", kind="local", environment=env))
+    out = conn.run('echo "$PATH"; echo "$Q"').stdout.splitlines()
+    assert out[0].startswith("/opt/x:") and len(out[0]) > len("/opt/x:")
+    assert out[1] == f'a"b`touch {marker}`c\\d$(touch {marker})'
+    assert not marker.exists()

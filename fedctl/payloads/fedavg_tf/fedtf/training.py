@@ -33,8 +33,33 @@ def configure_threads() -> tuple[int, int]:
             tf.config.threading.set_inter_op_parallelism_threads(inter)
         except RuntimeError:  # runtime already initialised (e.g. in tests): keep what it has
             pass
+        configure_gpus()
         _THREADS_SET = True
     return intra, inter
+
+
+def configure_gpus() -> list[str]:
+    """Never map a whole GPU: memory growth on every visible GPU, and a hard per-process limit when
+    fedctl says several processes share it (FEDCTL_GPU_MEMORY_MB). fedctl picks the GPU itself with
+    CUDA_VISIBLE_DEVICES, so this process sees only its own. Returns what was set, for the log."""
+    done = []
+    try:
+        gpus = tf.config.list_physical_devices("GPU")
+    except RuntimeError:
+        return done
+    limit = os.environ.get("FEDCTL_GPU_MEMORY_MB")
+    for gpu in gpus:
+        try:
+            if limit and limit.isdigit():
+                tf.config.set_logical_device_configuration(
+                    gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=int(limit))])
+                done.append(f"{gpu.name}: limit {limit} MB")
+            else:
+                tf.config.experimental.set_memory_growth(gpu, True)
+                done.append(f"{gpu.name}: memory growth")
+        except RuntimeError:  # already initialised: keep what it has
+            pass
+    return done
 
 
 def seed_everything(seed: int) -> None:
