@@ -232,12 +232,15 @@ def stop_pids(
 TREE_MARKER = ".fedctl-tree"
 
 
-def make_dirs(conn: Connector, rec: HostRecord, trees: Sequence[str] = (), holders: Sequence[str] = ()) -> None:
+def make_dirs(
+    conn: Connector, rec: HostRecord, trees: Sequence[str] = (), holders: Sequence[str] = (), keep: bool = False
+) -> None:
     """Create folders (with their parents) in one round trip and record in ``rec`` what this call
     created: each of ``trees`` as fedctl's entirely, every parent and each of ``holders`` as a
     folder to remove only when empty. A holder that already existed (a project folder, ``~``) is
     never recorded, so teardown never removes it. A tree that already exists is adopted only when
     fedctl made it (it holds ``TREE_MARKER``); otherwise this raises and writes nothing into it.
+    ``keep``: teardown leaves what this call records (``keep_env``).
     """
     paths = [*holders, *trees]
     if not paths:
@@ -260,9 +263,9 @@ def make_dirs(conn: Connector, rec: HostRecord, trees: Sequence[str] = (), holde
         if not path:
             continue
         if kind == "C":
-            rec.own(path, "tree" if path in trees else "dir")
+            rec.own(path, "tree" if path in trees else "dir", keep)
         elif kind == "A":  # made by an earlier fedctl run whose files were kept: ours again
-            rec.own(path, "tree")
+            rec.own(path, "tree", keep)
         elif kind == "F":
             foreign.append(path)
     if foreign:

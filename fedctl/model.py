@@ -48,6 +48,21 @@ class HostStatus(str, Enum):
         return self.value
 
 
+ENV_MODES = ("auto", "none", "venv")
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """How fedctl prepares a host's Python (inventory keys ``env``, ``env_site_packages``,
+    ``wheelhouse``, ``setup``, ``keep_env``; see ``fedctl.hostenv``)."""
+
+    mode: str = "auto"  # auto: use python as it is when it imports everything, else a venv | none | venv
+    site_packages: bool = True  # the venv sees the image's packages (a preinstalled CUDA TensorFlow)
+    wheelhouse: str | None = None  # a local folder of wheels, pushed once, for hosts without an index
+    setup: tuple[str, ...] = ()  # shell commands run once per host (per content) before the env is made
+    keep: bool = False  # teardown keeps the env (the next run on the host reuses it)
+
+
 @dataclass(frozen=True)
 class HostInfo:
     """Where and how to reach one host, as the connectors need it (already resolved from inventory)."""
@@ -68,6 +83,7 @@ class HostInfo:
     kind: str = "ssh"  # ssh | local
     extra: Mapping[str, str] = field(default_factory=dict)
     environment: Mapping[str, str] = field(default_factory=dict)  # exported for every command there
+    env: EnvSettings = field(default_factory=EnvSettings)
 
 
 def host_to_dict(h: HostInfo) -> dict[str, Any]:
@@ -85,6 +101,9 @@ def host_from_dict(d: Mapping[str, Any]) -> HostInfo:
     d["roles"] = tuple(d.get("roles", ()))
     d["extra"] = dict(d.get("extra", {}))
     d["environment"] = dict(d.get("environment", {}))
+    env = dict(d.get("env") or {})
+    env["setup"] = tuple(env.get("setup", ()))
+    d["env"] = EnvSettings(**env)
     return HostInfo(**d)
 
 

@@ -34,7 +34,7 @@ PLACEHOLDERS = (
     "server_address", "client_ids", "process", "workdir", "run_id",
 )
 TOP_KEYS = ("name", "description", "files", "requirements", "config", "server", "client")
-REQUIREMENT_KEYS = ("python", "imports")
+REQUIREMENT_KEYS = ("python", "imports", "pip", "pip_gpu")
 CONFIG_KEYS = ("validator", "keys", "files")
 SERVER_KEYS = ("command", "ready_file", "log", "metrics", "results", "resume_flag")
 CLIENT_KEYS = ("command", "log")
@@ -136,6 +136,10 @@ class PayloadManifest:
     #: experiment key paths whose values may name local files (``data.path``, ``model`` as
     #: ``file.py:fn``): fedctl ships those files to the hosts and rewrites the values
     config_files: tuple[str, ...] = ()
+    #: what ``pip install`` gives a host a working environment (``fedctl.hostenv``): on a host
+    #: without a GPU, and with one (e.g. tensorflow-cpu vs tensorflow[and-cuda])
+    pip: tuple[str, ...] = ()
+    pip_gpu: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -280,6 +284,8 @@ def load_manifest(directory: str | Path) -> PayloadManifest:
     if py_req is not None:
         py_req = check_str(file, ("requirements", "python"), str(py_req))
     imports = _str_list(file, ("requirements", "imports"), req.get("imports") or [])
+    pip_reqs = _str_list(file, ("requirements", "pip"), req.get("pip") or [])
+    pip_gpu = _str_list(file, ("requirements", "pip_gpu"), req.get("pip_gpu") or []) or pip_reqs
 
     cfg = require_mapping(file, ("config",), raw.get("config"))
     check_keys(file, ("config",), cfg, CONFIG_KEYS)
@@ -335,6 +341,8 @@ def load_manifest(directory: str | Path) -> PayloadManifest:
         imports=tuple(imports),
         config_keys=tuple(keys),
         config_files=tuple(config_files),
+        pip=tuple(pip_reqs),
+        pip_gpu=tuple(pip_gpu),
         validator=validator,
         server=ServerSpec(**server_kwargs),
         client=ClientSpec(**client_kwargs),

@@ -70,6 +70,7 @@ class OwnedPath:
 
     path: str
     kind: str = "tree"  # tree | dir
+    keep: bool = False  # teardown leaves it (an environment kept with keep_env: true)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class HostRecord:
     client_gpus: list[int | None] = field(default_factory=list)  # the GPU of each client process
     error: str | None = None
     workdir: str | None = None  # absolute, resolved on the host at provision time
+    python: str | None = None  # the interpreter the payload runs with there (a venv's, or info.python)
     owned: list[OwnedPath] = field(default_factory=list)  # what fedctl created there, in creation order
     facts: dict[str, Any] = field(default_factory=dict)
     acquired_at: float | None = None  # ledger: when the host became part of the run (billing starts)
@@ -93,10 +95,10 @@ class HostRecord:
     def name(self) -> str:
         return self.info.name
 
-    def own(self, path: str, kind: str) -> None:
+    def own(self, path: str, kind: str, keep: bool = False) -> None:
         """Record that fedctl created ``path`` (once; the first kind recorded stays)."""
         if not any(o.path == path for o in self.owned):
-            self.owned.append(OwnedPath(path, kind))
+            self.owned.append(OwnedPath(path, kind, keep))
 
     def owns_tree(self, path: str) -> bool:
         """Whether ``path`` lies inside (or is) a tree fedctl created."""

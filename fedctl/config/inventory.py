@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fedctl.config import ranges
@@ -26,6 +27,7 @@ from fedctl.config.loader import (
     type_name,
 )
 from fedctl.connectors.base import HostInfo
+from fedctl.model import ENV_MODES, EnvSettings
 from fedctl.errors import ConfigError
 
 PROVIDERS = ("static", "local")
@@ -36,6 +38,7 @@ TOP_KEYS = ("provider", "defaults", "hosts")
 SETTING_KEYS = (
     "user", "port", "identity_file", "password_env", "workdir", "python",
     "price_per_hour", "currency", "host_key_policy", "environment",
+    "env", "env_site_packages", "wheelhouse", "setup", "keep_env",
 )
 HOST_KEYS = ("name", "address", "private_address", "roles", *SETTING_KEYS)
 RANGE_KEYS = ("name", "address", "private_address")
@@ -54,6 +57,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "currency": "USD",
     "host_key_policy": "accept-new",
     "environment": {},
+    "env": "auto",
+    "env_site_packages": True,
+    "wheelhouse": None,
+    "setup": [],
+    "keep_env": False,
 }
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -187,9 +195,35 @@ def _check_settings(file: str, path: KeyPath, data: dict[str, Any], valid: tuple
             out[key] = None if value is None else check_str(file, kp, value)
         elif key == "environment":
             out[key] = _check_environment(file, kp, value)
+        elif key == "env":
+            out[key] = check_choice(file, kp, value, ENV_MODES)
+        elif key in ("env_site_packages", "keep_env"):
+            if not isinstance(value, bool):
+                raise ConfigError(file, kp, f"must be true or false, not {type_name(value)}")
+            out[key] = value
+        elif key == "wheelhouse":
+            out[key] = None if value is None else _check_wheelhouse(file, kp, value)
+        elif key == "setup":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(c, str) and c.strip() for c in value):
+                raise ConfigError(file, kp, "must be a list of shell commands (strings)")
+            out[key] = list(value)
         else:  # workdir, python
             out[key] = check_str(file, kp, value)
     return out
+
+
+def _check_wheelhouse(file: str, path: KeyPath, value: Any) -> str:
+    """A local folder of wheels (relative to the inventory's folder); checked here, pushed at provision."""
+    folder = Path(check_str(file, path, value)).expanduser()
+    if not folder.is_absolute():
+        folder = Path(file).absolute().parent / folder
+    if not folder.is_dir():
+        raise ConfigError(file, path, f"{folder} is not a folder")
+    if not any(folder.glob("*.whl")) and not any(folder.glob("*.tar.gz")):
+        raise ConfigError(file, path, f"{folder} holds no wheels (*.whl) or source archives")
+    return str(folder)
 
 
 def _check_environment(file: str, path: KeyPath, value: Any) -> dict[str, str]:
@@ -306,5 +340,6 @@ def _make_host(file: str, path: KeyPath, item: dict[str, Any], defaults: dict[st
         price_per_hour=s["price_per_hour"],
         currency=s["currency"],
         environment=dict(s["environment"]),
+        env=EnvSettings(s["env"], s["env_site_packages"], s["wheelhouse"], tuple(s["setup"]), s["keep_env"]),
         kind="ssh",
     )

@@ -176,20 +176,69 @@ class _LocalFacts:
 
 
 def _provision_host(
-    conn: Connector, rec: HostRecord, imports: list[str], python_spec: str | None, cache: _LocalFacts
+    conn: Connector, rec: HostRecord, manifest: Any, cache: _LocalFacts, progress: Progress = quiet
 ) -> dict[str, Any]:
-    """Check one host and create its workdir. Returns what to record; raises nothing for host issues."""
+    """Check one host, create its workdir, run its set-up and make its environment when its python
+    lacks the payload's imports (``fedctl.hostenv``). Returns what to record; raises nothing for
+    host issues (they come back as the facts' problems)."""
+    from fedctl.hostenv import SetupFailed, prepare, run_setup
+
+    imports, spec = list(manifest.imports), manifest.python_requirement
     workdir = conn.expand(rec.info.workdir)
-    facts = cache.get(conn, rec, imports, python_spec, workdir)
-    if not facts.ok:
-        return {"ok": False, "facts": facts, "workdir": workdir}
+    python = rec.info.python
     try:
         # a workdir that existed (a project folder, ~) is not recorded, so teardown never removes it
         make_dirs(conn, rec, holders=[workdir])
     except RemoteError as exc:
-        facts.ok = False
-        facts.problems.append(f"cannot create workdir {workdir}: {str(exc)[-200:]}")
-    return {"ok": facts.ok, "facts": facts, "workdir": workdir}
+        facts = HostFacts(ok=False, problems=[f"cannot create workdir {workdir}: {str(exc)[-200:]}"])
+        return {"ok": False, "facts": facts, "workdir": workdir, "python": python}
+    try:
+        if run_setup(conn, rec, workdir):
+            progress(f"{rec.name}: set-up commands ran")
+    except SetupFailed as exc:
+        return {"ok": False, "facts": HostFacts(ok=False, problems=[str(exc)]), "workdir": workdir, "python": python}
+    facts = cache.get(conn, rec, imports, spec, workdir)
+    mode = "none" if rec.info.kind == "local" else rec.info.env.mode  # this machine: as installed
+    missing = [n for n, i in facts.imports.items() if not i.get("ok")]
+    others = [p for p in facts.problems if not p.startswith("cannot import")]
+    wants_env = mode == "venv" or (mode == "auto" and missing and not others)
+    if wants_env and facts.python and not others:
+        reqs = manifest.pip_gpu if facts.gpus else manifest.pip
+        if not reqs and missing:
+            facts.problems.append(f"payload {manifest.name} names no pip requirements to install {', '.join(missing)}")
+            facts.ok = False
+            return {"ok": False, "facts": facts, "workdir": workdir, "python": python}
+        progress(f"{rec.name}: preparing a Python environment ({len(reqs)} requirement(s))")
+        try:
+            env = prepare(conn, rec, workdir, reqs, facts.python)
+        except SetupFailed as exc:
+            facts.ok, facts.problems = False, [str(exc)]
+            return {"ok": False, "facts": facts, "workdir": workdir, "python": python}
+        python = env.python
+        progress(f"{rec.name}: environment {'created' if env.created else 'already there'}: {env.env_dir}")
+        facts = gather_facts(conn, python, imports, workdir, spec)
+    return {"ok": facts.ok, "facts": facts, "workdir": workdir, "python": python}
+
+
+def _acquire(provider: Any, store: StateStore, state: RunState, todo: list[HostRecord]) -> bool:
+    """Let the provider make ``todo`` usable. One that creates machines journals every machine id
+    into the state the moment it knows it; when it fails, the hosts stay in the state (teardown
+    finds their machines by id and by tag) and are marked failed with its message."""
+    from fedctl.providers.base import ProviderError
+
+    try:
+        infos = provider.acquire([r.info for r in todo])
+    except ProviderError as exc:
+        for rec in todo:
+            rec.status, rec.error = "failed", exc.message + (f" ({exc.hint})" if exc.hint else "")
+        state.event(f"provider {state.provider} failed: {exc.message}", store.clock)
+        store.save(state)
+        return False
+    if provider.creates_machines:  # the addresses the machines got
+        for info in infos:
+            state.host(info.name).info = info
+        store.save(state)
+    return True
 
 
 def provision(
@@ -200,7 +249,7 @@ def provision(
     overrides: Sequence[str] = (),
 ) -> ProvisionReport:
     """Provision the plan's hosts in parallel. The caller holds the state lock."""
-    from fedctl.providers import get_provider
+    from fedctl.providers import for_run
 
     plan = inputs.plan
     state = store.load_or_none()
@@ -215,8 +264,7 @@ def provision(
         state.event("provision requested", store.clock)
         store.save(state)  # intent first: from here on teardown knows these hosts
 
-    provider_kwargs = {"root": store.local_root} if state.provider == "local" else {"hosts": [r.info for r in state.hosts]}
-    provider = get_provider(state.provider, **provider_kwargs)
+    provider = for_run(state, store, progress)
     todo = [r for r in state.hosts if r.status != "provisioned"]
     now = store.clock()
     for rec in todo:
@@ -227,14 +275,13 @@ def provision(
     state.phase = "provisioning"
     store.save(state)
 
-    if todo:
-        provider.acquire([r.info for r in todo])
-        imports = list(inputs.experiment.payload.imports)
-        spec = inputs.experiment.payload.python_requirement
+    results = None
+    if todo and _acquire(provider, store, state, todo):
+        manifest = inputs.experiment.payload
         progress(f"checking {len(todo)} host(s) in parallel")
         with open_fleet(store, todo) as fleet:
             cache = _LocalFacts()
-            results = fleet.map(lambda c: _provision_host(c, state.host(c.host.name), imports, spec, cache))
+            results = fleet.map(lambda c: _provision_host(c, state.host(c.host.name), manifest, cache, progress))
         for res in results:
             rec = state.host(res.host)
             if not res.ok:
@@ -242,13 +289,14 @@ def provision(
                 continue
             out = res.value
             rec.workdir = out["workdir"]
+            rec.python = out["python"]
             rec.facts = out["facts"].to_dict()
             _place_on_gpus(rec, int((state.experiment.get("placement") or {}).get("processes_per_gpu", 1)))
             if out["ok"]:
                 rec.status = "provisioned"
             else:
                 rec.status, rec.error = "failed", "; ".join(out["facts"].problems)
-    host_key_failed = bool(todo) and results.host_key_failed
+    host_key_failed = results is not None and results.host_key_failed
     ok = all(r.status == "provisioned" for r in state.hosts)
     state.phase = "provisioned" if ok else "provisioning"
     state.error = None if ok else "some hosts failed to provision"
@@ -279,7 +327,7 @@ def plan_rows(plan: Any, state: RunState | None = None) -> list[HostRow]:
         rows.append(
             HostRow(
                 name=ph.host.name,
-                address=ph.host.address,
+                address=rec.info.address if rec else ph.host.address,  # a created machine's, once known
                 role=role or "-",
                 client_ids=ids,
                 price_per_hour=ph.host.price_per_hour,

@@ -53,7 +53,7 @@ def command_values(state: RunState, rec: HostRecord) -> dict[str, Any]:
     server = state.experiment.get("server") or {}
     port = server.get("port", "auto")
     return {
-        "python": rec.info.python,
+        "python": rec.python or rec.info.python,
         "payload_dir": remote_payload_dir(rec, state.payload_name),
         "run_dir": run_dir,
         "config": posixpath.join(run_dir, "config.yaml"),

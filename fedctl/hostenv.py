@@ -1,0 +1,154 @@
+"""A host's Python environment: set-up commands, then a virtual environment with the payload's
+requirements when the host's ``python`` lacks them.
+
+Inventory keys (``fedctl.model.EnvSettings``): ``setup`` (shell commands run once per host per
+content hash of the list), ``env`` (auto | none | venv), ``env_site_packages``, ``wheelhouse`` (a
+local folder of wheels pushed once, content-addressed, for hosts without a package index),
+``keep_env``. Everything a host's set-up prints goes to a log on that host; a failure reports the
+exit code and the last lines of that log, never a traceback of fedctl.
+
+Layout on a host (every folder is recorded as fedctl's, so teardown removes it unless kept):
+    <workdir>/envs/setup-<hash>.log, .done   set-up commands' output and "ran already" marker
+    <workdir>/envs/<hash>/                   the venv; setup.log in it; .complete when usable
+    <workdir>/wheelhouse/<hash>/             the pushed wheels
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from fedctl.connectors.base import Connector
+from fedctl.deploy import make_dirs, push_files, tail_file
+from fedctl.shell import join, quote
+from fedctl.state import HostRecord
+
+#: how long a pip install may take on a host (a CUDA TensorFlow is several GB)
+INSTALL_TIMEOUT_S = 3600.0
+
+
+class SetupFailed(Exception):
+    """A host's set-up failed; the message holds the exit code and the last lines of its log."""
+
+
+@dataclass(frozen=True)
+class EnvResult:
+    """What ``prepare`` did on one host: the python to use, and whether anything ran."""
+
+    python: str
+    env_dir: str | None  # the venv, when one is used
+    created: bool  # a venv was made (or set-up commands ran) this time
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def pinned(requirements: Sequence[str]) -> list[str]:
+    """Requirements with versions pinned to what THIS machine runs where none is given, so hosts
+    and laptop agree (``numpy`` -> ``numpy==1.26.4``). A requirement with a version, a URL or a
+    path is left as it is; one not installed here stays unpinned. ``tensorflow[and-cuda]`` takes
+    the version of this machine's ``tensorflow`` or ``tensorflow-cpu``."""
+    from importlib import metadata
+
+    out = []
+    for req in requirements:
+        m = _NAME.match(req)
+        rest = req[m.end():] if m else ""
+        if not m or any(c in rest for c in "<>=!~@;") or "/" in req:
+            out.append(req)
+            continue
+        name = m.group(0)
+        candidates = [name]
+        if name.lower().startswith("tensorflow"):
+            candidates += ["tensorflow", "tensorflow-cpu"]
+        version = None
+        for c in candidates:
+            try:
+                version = metadata.version(c)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        out.append(f"{req}=={version}" if version else req)
+    return out
+
+
+def run_setup(conn: Connector, rec: HostRecord, workdir: str) -> bool:
+    """Run the host's ``setup`` commands once per content hash. Returns whether they ran now."""
+    commands = rec.info.env.setup
+    if not commands:
+        return False
+    envs = posixpath.join(workdir, "envs")
+    make_dirs(conn, rec, holders=[envs])
+    key = _digest(*commands)
+    done, log = posixpath.join(envs, f"setup-{key}.done"), posixpath.join(envs, f"setup-{key}.log")
+    res = conn.run(f"test -f {quote(done)}", timeout=30)
+    if res.ok:
+        return False
+    # one shell for the list, stopping at the first failure; its number and exit code are reported
+    script = "; ".join(
+        f"echo '$ '{quote(c)}; ( {c} ) || {{ rc=$?; echo \"fedctl: setup command {i + 1} failed with exit $rc\"; exit $rc; }}"
+        for i, c in enumerate(commands)
+    )
+    res = conn.run(f"{{ {script}; }} > {quote(log)} 2>&1 && touch {quote(done)}", timeout=INSTALL_TIMEOUT_S)
+    rec.own(log, "tree")
+    if not res.ok:
+        tail = tail_file(conn, log, 12).strip()
+        raise SetupFailed(f"setup failed (exit {res.exit_code}; log {log}):\n{tail}")
+    rec.own(done, "tree")
+    return True
+
+
+def _push_wheelhouse(conn: Connector, rec: HostRecord, workdir: str) -> str | None:
+    """Push the inventory's wheelhouse once (content-addressed); return its folder on the host."""
+    folder = rec.info.env.wheelhouse
+    if not folder:
+        return None
+    from fedctl.payload import sha256_file
+
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file())
+    digests = [(p.name, str(p), sha256_file(p)) for p in files]
+    remote = posixpath.join(workdir, "wheelhouse", _digest(*(d for _, _, d in digests)))
+    make_dirs(conn, rec, trees=[remote], keep=rec.info.env.keep)
+    push_files(conn, digests, remote)
+    return remote
+
+
+def prepare(
+    conn: Connector, rec: HostRecord, workdir: str, requirements: Sequence[str], python_version: str
+) -> EnvResult:
+    """Make (or find) the venv for ``requirements`` on the host; raise SetupFailed with the log's
+    last lines when pip fails. The same requirements on the same host are a no-op the second time
+    (one ``test -f``)."""
+    settings = rec.info.env
+    wheels = _push_wheelhouse(conn, rec, workdir)
+    reqs = pinned(requirements)
+    key = _digest(rec.info.python, python_version, str(settings.site_packages), wheels or "", *reqs)
+    env_dir = posixpath.join(workdir, "envs", key)
+    py = posixpath.join(env_dir, "bin", "python")
+    complete = posixpath.join(env_dir, ".complete")
+    if conn.run(f"test -f {quote(complete)}", timeout=30).ok:
+        make_dirs(conn, rec, trees=[env_dir], keep=settings.keep)  # adopt it (a kept env) as ours
+        return EnvResult(py, env_dir, False)
+    make_dirs(conn, rec, holders=[posixpath.join(workdir, "envs")], trees=[env_dir], keep=settings.keep)
+    log = posixpath.join(env_dir, "setup.log")
+    venv = [rec.info.python, "-m", "venv", *(["--system-site-packages"] if settings.site_packages else []), env_dir]
+    index = ["--no-index", "--find-links", wheels] if wheels else []
+    pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *index, *reqs]
+    script = f"{{ {join(venv)} && {join(pip)}; }} > {quote(log)} 2>&1 && touch {quote(complete)}"
+    res = conn.run(script, timeout=INSTALL_TIMEOUT_S)
+    if not res.ok:
+        tail = tail_file(conn, log, 12).strip() or res.stderr.strip()[-800:]
+        raise SetupFailed(f"creating the environment failed (exit {res.exit_code}; log {log}):\n{tail}")
+    return EnvResult(py, env_dir, True)
