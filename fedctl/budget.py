@@ -24,6 +24,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from fedctl.contract import manifest_of, run_files
 from fedctl.cost import run_cost
 from fedctl.errors import ConfigError, UsageError
 from fedctl.state import RunState
@@ -184,10 +185,11 @@ def check_guards(
 ) -> GuardTrip | None:
     """The first guard that trips at ``now``, or None. Pure: no I/O, no clock of its own.
 
-    ``last_round_end``: ``end`` of the latest completed round (``cost.last_round_end``), None before the
-    first; idle is then measured from ``state.started_at``. ``gpu_util``: the highest GPU utilisation
-    (percent) across the run's hosts, None where there is no GPU. ``margin_s``: trip this many seconds
-    early (clamped to 20% of the limit; for max_cost converted with the fleet's rate per hour).
+    ``last_round_end``: ``end`` of the latest completed round (``contract.MetricsLog.last_round_end``),
+    None before the first; idle is then measured from ``state.started_at``. ``gpu_util``: the highest
+    GPU utilisation (percent) across the run's hosts, None where there is no GPU. ``margin_s``: trip
+    this many seconds early (clamped to 20% of the limit; for max_cost converted with the fleet's rate
+    per hour).
     """
     start = billing_start(state)
     if budget.max_hours is not None and start is not None:
@@ -275,6 +277,8 @@ def watchdog_spec(
         pidfiles = [f"{run_dir}/server.pid"] if is_server else []
         pidfiles += [f"{run_dir}/client-*.pid"]
     on_finish = _on_finish(state)
+    # where the payload's manifest puts metrics.jsonl (the idle guard reads it)
+    metrics = run_files(run_dir, manifest_of(state), host_record.workdir, state.run_id).metrics if is_server else None
     return {
         "version": 1,
         "run_id": state.run_id,
@@ -291,7 +295,7 @@ def watchdog_spec(
         "max_cost": budget.max_cost,
         "idle_minutes": budget.idle_minutes if is_server else None,
         "idle_gpu_percent": IDLE_GPU_PERCENT,
-        "metrics": f"{run_dir}/metrics.jsonl" if is_server else None,
+        "metrics": metrics,
         "on_finish": on_finish,
         "poweroff_command": poweroff_command or os.environ.get(POWEROFF_ENV) or DEFAULT_POWEROFF_COMMAND,
         "poweroff_delay_s": POWEROFF_DELAY_S if on_finish == "poweroff" else 0.0,
@@ -311,11 +315,27 @@ def watchdog_command(python: str, script_path: str, spec_path: str) -> str:
     return join([python, script_path, "--spec", spec_path])
 
 
+#: the lines of watchdog.py from the first mark to the second are replaced by the contract's metrics reader
+WATCHDOG_INLINE_BEGIN = "# fedctl-watchdog: begin inline fedctl/contract/metrics.py"
+WATCHDOG_INLINE_END = "# fedctl-watchdog: end inline"
+
+
 def watchdog_script() -> bytes:
-    """The watchdog's source, to ``put_bytes`` onto a host (stdlib only; any python >= 3.6)."""
+    """The watchdog to ``put_bytes`` onto a host: ``fedctl/watchdog.py`` with the source of
+    ``fedctl/contract/metrics.py`` in place of the lines that import it, so it reads metrics.jsonl
+    with the contract's reader and still needs no fedctl there (stdlib only; any python >= 3.6)."""
     from pathlib import Path
 
-    return (Path(__file__).parent / "watchdog.py").read_bytes()
+    from fedctl.contract import metrics
+
+    lines = (Path(__file__).parent / "watchdog.py").read_text().splitlines(keepends=True)
+    marks = [i for i, line in enumerate(lines) if line.strip() in (WATCHDOG_INLINE_BEGIN, WATCHDOG_INLINE_END)]
+    if len(marks) != 2 or lines[marks[0]].strip() != WATCHDOG_INLINE_BEGIN:
+        raise RuntimeError(f"fedctl/watchdog.py must hold the lines {WATCHDOG_INLINE_BEGIN!r} and "
+                           f"{WATCHDOG_INLINE_END!r}, in that order")
+    inlined = ("# -- fedctl/contract/metrics.py, inlined by fedctl.budget.watchdog_script --\n"
+               + Path(metrics.__file__).read_text() + "# -- end of fedctl/contract/metrics.py --\n")
+    return "".join(lines[: marks[0]] + [inlined] + lines[marks[1] + 1:]).encode()
 
 
 def parse_guard(text: str | bytes | None) -> GuardTrip | None:

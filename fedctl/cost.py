@@ -10,12 +10,11 @@ Pure functions over the state and a clock: the ledger arithmetic is tested with 
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+from fedctl.contract import MetricsLog, read_metrics
 from fedctl.state import RunState
 
 #: the guess for one round's wall time before any round was measured (seconds). A round of the
@@ -51,10 +50,11 @@ def _add(sums: dict[str, float], currency: str, amount: float) -> None:
     sums[currency] = sums.get(currency, 0.0) + amount
 
 
-def format_money(amount: float | None, currency: str) -> str:
-    """``1.2345, "USD" -> "1.23 USD"``; small amounts keep more digits so they do not show as 0.00."""
+def format_money(amount: float | None, currency: str, none: str = "unpriced") -> str:
+    """``1.2345, "USD" -> "1.23 USD"``; small amounts keep more digits so they do not show as 0.00.
+    ``none``: what an unknown amount reads as (the dashboard shows ``-``). fedctl's one money format."""
     if amount is None:
-        return "unpriced"
+        return none
     digits = 2 if abs(amount) >= 1 or amount == 0 else 4
     return f"{amount:.{digits}f} {currency}"
 
@@ -114,15 +114,16 @@ class CostEstimate:
     def unpriced(self) -> list[str]:
         return [r.name for r in self.rows if r.price_per_hour is None]
 
-    def updated_from_metrics(self, metrics: str | Path | Iterable[Mapping[str, Any]]) -> "CostEstimate":
-        """A new estimate whose round time is measured from metrics.jsonl round ``start``/``end``.
+    def updated_from_metrics(self, metrics: "MetricsLog | str | Path") -> "CostEstimate":
+        """A new estimate whose round time is measured from metrics.jsonl (a path, or the contract's
+        ``MetricsLog`` already read): the rounds' ``start``/``end``.
 
-        The mean round time is taken over completed rounds (first start to last end divided by the
-        number of rounds, so gaps between rounds count too). Without a completed round the estimate is
-        returned unchanged.
+        The mean round time is taken over completed rounds, each counted once however often a resume
+        repeated it (first start to last end divided by the number of rounds, so gaps between rounds
+        count too). Without a completed round the estimate is returned unchanged.
         """
-        rounds = round_lines(metrics)
-        times = [(float(r["start"]), float(r["end"])) for r in rounds if _is_num(r.get("start")) and _is_num(r.get("end"))]
+        log = metrics if isinstance(metrics, MetricsLog) else read_metrics(str(metrics))
+        times = log.round_times()
         if not times:
             return self
         first = min(s for s, _ in times)
@@ -176,47 +177,6 @@ def estimate(
     spr = float(seconds_per_round) if seconds_per_round is not None else DEFAULT_SECONDS_PER_ROUND
     rows = tuple(EstimateRow(h.name, h.role, h.price_per_hour, h.currency, None) for h in hosts)
     return CostEstimate(rows, int(rounds), spr, measured, overhead_s)._with_costs(rows)
-
-
-# -- metrics.jsonl (the part cost and budget need) --------------------------------------------------
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def parse_jsonl(text: str) -> list[dict[str, Any]]:
-    """Every JSON object line of metrics.jsonl text; a torn last line or a garbage line is skipped."""
-    out: list[dict[str, Any]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """``parse_jsonl`` of a file; a missing file has no lines."""
-    try:
-        return parse_jsonl(Path(path).read_text(errors="replace"))
-    except FileNotFoundError:
-        return []
-
-
-def round_lines(metrics: str | Path | Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The ``type: round`` lines of a metrics file (path) or of already parsed lines."""
-    lines = read_jsonl(metrics) if isinstance(metrics, (str, Path)) else list(metrics)
-    return [m for m in lines if m.get("type") == "round"]
-
-
-def last_round_end(metrics: str | Path | Iterable[Mapping[str, Any]]) -> float | None:
-    """``end`` time of the latest completed round, None before the first (for the idle guard)."""
-    ends = [float(r["end"]) for r in round_lines(metrics) if _is_num(r.get("end"))]
-    return max(ends) if ends else None
 
 
 # -- ledger -----------------------------------------------------------------------------------------

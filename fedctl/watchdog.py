@@ -3,9 +3,13 @@
 
 It is pushed to the host and started by ``fedctl start`` (one per host, see docs/cost-and-results.md),
 so the budget holds even when the researcher's laptop is closed. Stdlib only, Python >= 3.6: it runs
-with the host's python and imports nothing from fedctl.
+with the host's python, where fedctl is not installed.
 
 Usage: ``python3 watchdog.py --spec <run_dir>/watchdog.json`` (the spec is ``fedctl.budget.watchdog_spec``).
+
+metrics.jsonl is read with the payload contract's reader (``fedctl/contract/metrics.py``), not with a
+parser of its own: ``budget.watchdog_script`` puts that file's source in place of the lines here that
+import it, so the script that reaches a host is one self-contained, fedctl-free file.
 
 Every ``poll_s`` seconds it checks, with a monotonic clock counted from its own start:
 - max_hours: ``elapsed_s + t`` against ``max_hours`` (tripping ``margin`` early);
@@ -27,6 +31,14 @@ import signal
 import subprocess
 import sys
 import time
+
+# fedctl-watchdog: begin inline fedctl/contract/metrics.py
+try:
+    from fedctl.contract.metrics import read_metrics
+except ImportError:  # started straight from a source checkout where fedctl is not installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from fedctl.contract.metrics import read_metrics
+# fedctl-watchdog: end inline
 
 MARGIN_FRACTION = 0.1
 #: a process counts as the run's only when its command line contains this (set from spec["match"]):
@@ -152,29 +164,13 @@ def stop_groups(pids, grace_s):
 
 
 # -- measurements -----------------------------------------------------------------------------------------
+#: how much of metrics.jsonl's end one poll reads (the latest rounds are there)
+METRICS_TAIL_BYTES = 256 * 1024
+
+
 def last_round_end(path):
-    """``end`` of the latest round line in metrics.jsonl (reads only the file's tail), or None."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - 256 * 1024))
-            tail = f.read().decode("utf-8", "replace")
-    except (IOError, OSError):
-        return None
-    best = None
-    for line in tail.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        end = obj.get("end") if isinstance(obj, dict) and obj.get("type") == "round" else None
-        if isinstance(end, (int, float)) and (best is None or end > best):
-            best = float(end)
-    return best
+    """``end`` of the latest round in metrics.jsonl (reads only the file's tail), or None."""
+    return read_metrics(path, METRICS_TAIL_BYTES).last_round_end()
 
 
 def gpu_utilisation(cmd=("nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits")):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -12,42 +10,11 @@ import typer
 from fedctl.cli.common import JsonOpt, env
 
 
-def load_run_state(run_id: Optional[str]) -> Any:
-    """The current run's state, or an archived run's (``.fedctl/runs/<id>/state.json``)."""
-    from fedctl.errors import StateError
-    from fedctl.state import RunState
-
-    e = env()
-    if not run_id:
-        return e.store.load()
-    path = e.store.root / "runs" / run_id / "state.json"
-    current = e.store.load_or_none()
-    if current is not None and current.run_id == run_id:
-        return current
-    try:
-        return RunState.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        runs = sorted(p.name for p in (e.store.root / "runs").glob("*") if p.is_dir())
-        raise StateError(f"no run {run_id!r} in {e.store.root}",
-                         hint=f"runs kept there: {', '.join(runs[-10:]) or 'none'}") from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise StateError(f"{path} is unreadable: {exc}") from None
-
-
-def _local_metrics(state: Any) -> Path | None:
-    """metrics.jsonl already collected for this run, if any (for the measured estimate)."""
-    candidates = [Path(state.results_dir)] if state.results_dir else []
-    candidates.append(env().store.root.parent / "results" / state.run_id)
-    for c in candidates:
-        if (c / "metrics.jsonl").is_file():
-            return c / "metrics.jsonl"
-    return None
-
-
 def cost_report(state: Any, now: float) -> dict[str, Any]:
     """Everything ``cost --json`` prints: the ledger, the budget and what is left of it, the estimate."""
     from fedctl.budget import Budget, billing_start
     from fedctl.cost import estimate, run_cost
+    from fedctl.results.runs import find_collected_metrics, results_root
 
     rc = run_cost(state, now)
     try:
@@ -61,12 +28,12 @@ def cost_report(state: Any, now: float) -> dict[str, Any]:
     if budget.max_hours is not None and start is not None:
         left["hours"] = budget.max_hours - max(0.0, now - start) / 3600.0
     est = estimate(state, state.rounds or 0) if state.rounds else None
-    metrics: Any = _local_metrics(state)
+    metrics: Any = find_collected_metrics(state, results_root(env().store))
     if metrics is None and est is not None:
         from fedctl.ops.status import server_metrics
 
         metrics = server_metrics(env().store, state)  # the run is still on its hosts
-    if est is not None and metrics:
+    if est is not None and metrics is not None:
         est = est.updated_from_metrics(metrics)
     return {**rc.to_dict(), "budget": budget.to_dict(), "budget_left": left,
             "estimate": est.to_dict() if est else None}
@@ -84,9 +51,10 @@ def cost_cmd(
     from rich.table import Table
 
     from fedctl.cost import format_money, format_totals
+    from fedctl.results.runs import load_run_state
 
     e = env()
-    state = load_run_state(run)
+    state = load_run_state(e.store, run)
     data = cost_report(state, e.clock())
     if as_json:
         e.print_json(data)

@@ -18,7 +18,9 @@ results_app = typer.Typer(
 
 
 def _results_root() -> Path:
-    return env().store.root.parent / "results"
+    from fedctl.results import results_root
+
+    return results_root(env().store)
 
 
 def _read_token(fleet: Any, state: Any) -> list[str]:
@@ -75,10 +77,10 @@ def results_cmd(
     """Collect the current run's metrics, logs and model and write plots, summary.md and the rest."""
     if ctx.invoked_subcommand is not None:
         return
-    from fedctl.cli.cmd_cost import load_run_state
+    from fedctl.results import load_run_state
 
     e = env()
-    state = load_run_state(run)
+    state = load_run_state(e.store, run)
     dest = out or (_results_root() / state.run_id)
     report, notes = collect_and_build(state, dest, collect=not no_collect)
     if as_json:

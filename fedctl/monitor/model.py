@@ -15,8 +15,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from fedctl.contract import ServerStatus, parse_status
+from fedctl.cost import run_cost
 from fedctl.monitor.collect import HostSample, server_host_name
-from fedctl.monitor.metrics import MetricsAggregator, parse_status
+from fedctl.monitor.metrics import MetricsAggregator
 from fedctl.monitor.snapshot import (
     Alert,
     ClientSnapshot,
@@ -80,7 +82,7 @@ class WatchModel:
         self.heat_n = heat_rounds
         self.history_n = history
         self.metrics = MetricsAggregator()
-        self.status: dict[str, Any] | None = None
+        self.status: ServerStatus | None = None  # the server's status.json, as last read
         self.hosts: dict[str, _HostView] = {h.name: _HostView() for h in state.hosts}
         self.logs: deque[LogLine] = deque(maxlen=max_logs)
         self._seq = 0
@@ -138,21 +140,21 @@ class WatchModel:
         """The run is over: a summary line arrived, the server said so, or the state says so."""
         if self.metrics.summary is not None:
             return True
-        if self.status and self.status.get("phase") in ("finished", "failed"):
+        if self.status is not None and self.status.phase in ("finished", "failed"):
             return True
         return self.state.phase in DONE_PHASES
 
     def summary(self) -> dict[str, Any]:
         """The run's summary line, or what is known when there is none."""
         if self.metrics.summary is not None:
-            return dict(self.metrics.summary)
+            return self.metrics.summary.to_dict()
         last = self.metrics.last_round
         return {
             "type": "summary",
             "rounds_completed": len(self.metrics.rounds),
             "final_accuracy": last.accuracy if last else None,
             "final_loss": last.loss if last else None,
-            "status": (self.status or {}).get("phase") or self.state.phase,
+            "status": (self.status.phase if self.status else None) or self.state.phase,
             "reason": self.state.error,
         }
 
@@ -177,7 +179,7 @@ class WatchModel:
         elapsed, eta = self._timing(now, fed, done)
         cost, per_hour, currency = self._cost(now)
         logs = [ln for ln in self.logs if log_filter_matches(ln, log_filter, self.clients_map)][-max_logs:]
-        strategy = self.metrics.strategy or _strategy_name(self.state.experiment)
+        strategy = self.metrics.strategy or ""  # what the payload's round lines say, nothing else
         return Snapshot(
             run_id=self.state.run_id,
             payload=self.state.payload_name,
@@ -203,27 +205,25 @@ class WatchModel:
     def _federation(self, now: float) -> Federation:
         agg = self.metrics
         last = agg.last_round
-        st = self.status or {}
-        rounds = int(st.get("rounds") or agg.total_rounds or self.state.rounds or 0)
+        st = self.status or ServerStatus()
+        rounds = int(st.rounds or agg.total_rounds or self.state.rounds or 0)
         if agg.summary is not None:
-            phase = str(agg.summary.get("status") or "finished")
-        elif st.get("phase"):
-            phase = str(st["phase"])
+            phase = agg.summary.status
+        elif st.phase:
+            phase = st.phase
         elif self.state.phase in DONE_PHASES:
             phase = self.state.phase
         else:
             phase = "training" if last is not None else "waiting"
-        if st.get("round") is not None:
-            rnd = int(st["round"])
+        if st.round is not None:
+            rnd = st.round
         elif last is not None:
             rnd = last.round if phase in DONE_PHASES or (rounds and last.round >= rounds) else last.round + 1
         else:
             rnd = 0
-        sampled = tuple(int(c) for c in st.get("sampled") or ())
-        reported = tuple(int(c) for c in st.get("reported") or ())
-        waiting = tuple(int(c) for c in st.get("waiting") or ())
-        if not st and last is not None and phase in DONE_PHASES:
-            sampled, reported = tuple(last.sampled), tuple(last.reported)
+        sampled, reported, waiting = st.sampled, st.reported, st.waiting
+        if self.status is None and last is not None and phase in DONE_PHASES:
+            sampled, reported = last.sampled, last.reported
         round_start = last.end if last and last.round < rnd else (self.state.started_at if rnd <= 1 else None)
         age = max(0.0, now - round_start) if round_start and phase not in DONE_PHASES else None
         history = []
@@ -240,7 +240,7 @@ class WatchModel:
         agg = self.metrics
         ids = set(range(self.state.clients)) | set(agg.clients) | set(self.clients_map)
         last = agg.last_round
-        uploading = {int(c) for c in (self.status or {}).get("uploading") or ()}
+        uploading = set(self.status.uploading) if self.status else set()
         out = []
         for cid in sorted(ids):
             host, label = self.clients_map.get(cid, ("?", ""))
@@ -258,9 +258,9 @@ class WatchModel:
                 state = "reported"
             elif cid in fed.sampled:
                 state = "dropped"
-            elif last is not None and cid in last.dropped and not self.status:
+            elif last is not None and cid in last.dropped and self.status is None:
                 state = "dropped"
-            elif proc_alive is None and not self.status and last is None:
+            elif proc_alive is None and self.status is None and last is None:
                 state = "unknown"
             else:
                 state = "waiting"
@@ -347,20 +347,17 @@ class WatchModel:
                     alerts.append(Alert("round_timeout", f"round {rec.round}: client {cid} timed out",
                                         "warning", client=cid, round=rec.round))
         for ev in agg.events[-5:]:
-            msg = str(ev.get("message", ""))
-            kind = "update_rejected" if "reject" in msg.lower() else "warning"
-            level = "error" if ev.get("level") == "error" else "warning"
-            cid = ev.get("client")
-            alerts.append(Alert(kind, msg, level, client=int(cid) if isinstance(cid, int) else None,
-                                round=ev.get("round") if isinstance(ev.get("round"), int) else None))
+            kind = "update_rejected" if "reject" in ev.message.lower() else "warning"
+            level = "error" if ev.level == "error" else "warning"
+            alerts.append(Alert(kind, ev.message, level, client=ev.client, round=ev.round))
         durations = [p.duration_s for p in fed.history if p.duration_s]
         if fed.round_age_s is not None and durations and not done:
             usual = statistics.median(durations)
             if fed.round_age_s > max(30.0, 3 * usual):
                 alerts.append(Alert("round_timeout", f"round {fed.round} running for {fed.round_age_s:.0f}s "
                                     f"(usual {usual:.1f}s)", "warning", round=fed.round))
-        if agg.summary is not None and agg.summary.get("status") == "failed":
-            alerts.append(Alert("run_failed", f"run failed: {agg.summary.get('reason') or 'no reason given'}", "error"))
+        if agg.summary is not None and agg.summary.status == "failed":
+            alerts.append(Alert("run_failed", f"run failed: {agg.summary.reason or 'no reason given'}", "error"))
         if agg.bad_lines:
             alerts.append(Alert("warning", f"metrics.jsonl: {agg.bad_lines} unreadable line(s)", "warning"))
         alerts.sort(key=lambda a: a.level != "error")
@@ -372,9 +369,8 @@ class WatchModel:
         if start is None and agg.rounds:
             start = agg.rounds[min(agg.rounds)].start
         if done:
-            wall = (agg.summary or {}).get("wall_s")
-            if isinstance(wall, (int, float)):
-                return float(wall), 0.0
+            if agg.summary is not None and agg.summary.wall_s is not None:
+                return agg.summary.wall_s, 0.0
             end = self.state.finished_at or (agg.last_round.end if agg.last_round else None) or now
             return (end - start if start else None), 0.0
         elapsed = now - start if start else None
@@ -388,39 +384,8 @@ class WatchModel:
         return elapsed, eta
 
     def _cost(self, now: float) -> tuple[float | None, float | None, str]:
-        total, per_hour = run_cost_totals(self.state, now)
-        if not total and not per_hour:
+        rc = run_cost(self.state, now)
+        if not rc.total and not rc.per_hour:
             return None, None, "USD"
-        currency = sorted(set(total) | set(per_hour))[0]
-        return total.get(currency, 0.0), per_hour.get(currency, 0.0), currency
-
-
-def run_cost_totals(state: RunState, now: float) -> tuple[dict[str, float], dict[str, float]]:
-    """(cost so far, cost per hour of hosts still held), by currency: ``fedctl.cost.run_cost``, or a
-    simple sum of price x held hours when that module is unavailable."""
-    try:
-        from fedctl.cost import run_cost
-    except ImportError:
-        run_cost = None  # type: ignore[assignment]
-    if run_cost is not None:
-        rc = run_cost(state, now)
-        return dict(rc.total), dict(rc.per_hour)
-    total: dict[str, float] = {}
-    per_hour: dict[str, float] = {}
-    for h in state.hosts:
-        price = h.info.price_per_hour
-        if price is None or h.acquired_at is None:
-            continue
-        end = min(h.released_at, now) if h.released_at is not None else now
-        cur = h.info.currency or "USD"
-        total[cur] = total.get(cur, 0.0) + price * max(0.0, end - h.acquired_at) / 3600.0
-        if h.released_at is None:
-            per_hour[cur] = per_hour.get(cur, 0.0) + price
-    return total, per_hour
-
-
-def _strategy_name(experiment: dict[str, Any]) -> str:
-    s = experiment.get("strategy") if isinstance(experiment, dict) else None
-    if isinstance(s, dict):
-        return str(s.get("name") or s.get("type") or "")
-    return str(s or "")
+        currency = sorted(set(rc.total) | set(rc.per_hour))[0]
+        return rc.total.get(currency, 0.0), rc.per_hour.get(currency, 0.0), currency

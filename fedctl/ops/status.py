@@ -7,12 +7,12 @@ processes) and written back when no other fedctl holds the lock.
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedctl.connectors.base import Connector
-from fedctl.deploy import pids_alive, ref_of, remote_run_dir, tail_file
+from fedctl.contract import MetricsLog, collected_metrics, host_files, parse_metrics
+from fedctl.deploy import pids_alive, ref_of, tail_file
 from fedctl.errors import StateLockedError
 from fedctl.ops.common import open_fleet, server_record
 from fedctl.state import RunState, StateStore
@@ -47,25 +47,25 @@ class RunStatus:
 
 
 def parse_metrics_tail(text: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(last round line, summary line) of the given metrics.jsonl lines; bad lines are skipped."""
-    from fedctl.cost import parse_jsonl
-
-    last_round = summary = None
-    for rec in parse_jsonl(text):
-        if rec.get("type") == "summary":
-            summary = rec
-        elif rec.get("type", "round") == "round" and "round" in rec:
-            last_round = rec
-    return last_round, summary
+    """(latest round, summary) of the given metrics.jsonl lines, as JSON dicts, read by the payload
+    contract (bad lines skipped; a summary that rounds came after is from a resumed attempt: None)."""
+    log = parse_metrics(text)
+    last = log.last_round
+    return (last.to_dict() if last else None), (log.summary.to_dict() if log.summary else None)
 
 
-def _probe(conn: Connector, state: RunState, is_server: bool) -> dict[str, Any]:
+def _metrics_path(state: RunState, rec: Any) -> str | None:
+    """Where the server's metrics.jsonl is (the payload manifest says), None before provisioning."""
+    return host_files(state, rec).metrics if rec is not None and rec.workdir else None
+
+
+def _probe(conn: Connector, state: RunState, metrics_path: str | None) -> dict[str, Any]:
     rec = state.host(conn.host.name)
     procs = [p for p in rec.processes if p.pid]
     alive = pids_alive(conn, [ref_of(p) for p in procs])
     out: dict[str, Any] = {"alive": {p.label: alive.get(p.pid, False) for p in procs}}
-    if is_server and rec.workdir:
-        out["metrics"] = tail_file(conn, posixpath.join(remote_run_dir(rec, state.run_id), "metrics.jsonl"), 50)
+    if metrics_path is not None:
+        out["metrics"] = tail_file(conn, metrics_path, 50)
     return out
 
 
@@ -76,8 +76,9 @@ def observe(store: StateStore, state: RunState) -> RunStatus:
     hosts: list[HostStatus] = []
     last_round = summary = None
     if recs and state.phase not in ("provisioning", "torn_down"):
+        metrics_at = {server.name: _metrics_path(state, server)} if server is not None else {}
         with open_fleet(store, recs) as fleet:
-            results = fleet.map(lambda c: _probe(c, state, server is not None and c.host.name == server.name))
+            results = fleet.map(lambda c: _probe(c, state, metrics_at.get(c.host.name)))
         for r in results:
             rec = state.host(r.host)
             hs = HostStatus(rec.name, rec.role, reachable=r.ok, status=rec.status, error=None if r.ok else r.error)
@@ -88,9 +89,7 @@ def observe(store: StateStore, state: RunState) -> RunStatus:
             hosts.append(hs)
     elif state.results_dir:
         # torn down (or never started): what was collected locally is the last word on the run
-        from pathlib import Path
-
-        collected = Path(state.results_dir) / "metrics.jsonl"
+        collected = collected_metrics(state.results_dir, state)
         if collected.is_file():
             last_round, summary = parse_metrics_tail(collected.read_text(errors="replace"))
     listed = {h.name for h in hosts}
@@ -123,20 +122,19 @@ def observe(store: StateStore, state: RunState) -> RunStatus:
     return status
 
 
-def server_metrics(store: StateStore, state: RunState) -> list[dict[str, Any]] | None:
+def server_metrics(store: StateStore, state: RunState) -> MetricsLog | None:
     """The server's whole metrics.jsonl while the run's files are on it (None when unreachable or
     not started); for the cost estimate from measured rounds."""
-    from fedctl.cost import parse_jsonl
     from fedctl.deploy import read_file
 
     server = server_record(state)
-    if server is None or not server.workdir or state.started_at is None or server.status == "torn_down":
+    path = _metrics_path(state, server)
+    if server is None or path is None or state.started_at is None or server.status == "torn_down":
         return None
-    path = posixpath.join(remote_run_dir(server, state.run_id), "metrics.jsonl")
     with open_fleet(store, [server]) as fleet:
         res = fleet.map(lambda c: read_file(c, path))
     text = res[0].value if res and res[0].ok else None
-    return parse_jsonl(text) if text else None
+    return parse_metrics(text) if text else None
 
 
 def _record_phase(store: StateStore, state: RunState, phase: str, summary: dict[str, Any] | None) -> None:

@@ -13,7 +13,7 @@ from fedctl.cost import (
     cost_timeline,
     estimate,
     format_money,
-    last_round_end,
+    format_totals,
     run_cost,
 )
 from fedctl.state import HostRecord, RunState
@@ -92,7 +92,11 @@ def test_estimate_default_guess_then_measured_from_metrics(tmp_path):
     assert upd.hours == pytest.approx((DEFAULT_OVERHEAD_S + 28 + 7 * 28 / 3) / 3600)
     assert upd.hours < est.hours
     assert est.updated_from_metrics(tmp_path / "missing.jsonl") is est
-    assert last_round_end(metrics) == T0 + 28
+    # a resume repeats round 3 (a later, longer attempt): it counts once, its last line wins
+    with metrics.open("a") as f:
+        f.write("\n" + json.dumps({"type": "round", "round": 3, "start": T0 + 20, "end": T0 + 31}) + "\n")
+    resumed = est.updated_from_metrics(metrics)
+    assert resumed.rounds_done == 3 and resumed.seconds_per_round == pytest.approx(31 / 3)
     json.dumps(upd.to_dict())
 
 
@@ -125,6 +129,7 @@ def test_format_money():
     assert format_money(1.234, "USD") == "1.23 USD"
     assert format_money(0.00123, "EUR") == "0.0012 EUR"
     assert format_money(None, "USD") == "unpriced"
+    assert format_totals({"USD": 1.5, "EUR": 2}) == "2.00 EUR + 1.50 USD" and format_totals({}) == "-"
 
 
 def test_cost_command_prints_the_ledger_as_json(tmp_path, monkeypatch, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from fedctl.connectors.base import HostInfo
 from fedctl.connectors.local import LocalConnector
 from fedctl.monitor.collect import METRICS_KEY, HostProbe
 from fedctl.monitor.metrics import LineBuffer, MetricsAggregator
-from fedctl.monitor.probe import FileReq, ProcReq, build_probe, new_nonce, parse_probe
+from fedctl.monitor.probe import ProcReq, build_probe, new_nonce, parse_probe
 from fedctl.state import HostRecord, ProcessRecord
 
 
@@ -52,7 +51,7 @@ def test_aggregator_rounds_clients_stragglers_and_bad_lines():
     assert agg.rounds[2].dropped == {2: "timeout"}
     assert agg.clients[2].rounds_taken == 1 and agg.clients[2].dropped_rounds == 1
     assert agg.clients[0].rounds_taken == 2 and agg.clients[0].last_response_s == 0.4
-    assert agg.events[0]["client"] == 1 and agg.strategy == "fedavg" and agg.total_rounds == 10
+    assert agg.events[0].client == 1 and agg.strategy == "fedavg" and agg.total_rounds == 10
     agg.feed(round_line(3, {0: 0.1, 1: 0.1})[20:] + "\n")  # the rest of the torn line arrives
     assert 3 in agg.rounds and agg.rounds[3].straggler() == (None, None)  # a tie has no straggler
 
@@ -61,8 +60,19 @@ def test_aggregator_nan_loss_and_summary():
     agg = MetricsAggregator()
     agg.feed(round_line(1, {0: 0.5, 1: 0.7}, loss=float("nan")) + "\n")
     agg.feed(json.dumps({"type": "summary", "rounds_completed": 1, "status": "failed", "reason": "nan"}) + "\n")
-    assert agg.nan_rounds() == [1] and math.isnan(agg.rounds[1].loss)
-    assert agg.summary["status"] == "failed"
+    assert agg.nan_rounds() == [1] and agg.rounds[1].loss is None  # flagged, never a NaN value
+    assert agg.rounds[1].nonfinite == ("loss", "clients.0.loss", "clients.1.loss")
+    assert agg.summary.status == "failed" and agg.summary.reason == "nan"
+
+
+def test_aggregator_counts_a_round_repeated_by_a_resume_once():
+    agg = MetricsAggregator()
+    agg.feed(round_line(1, {0: 0.5, 1: 0.7}) + "\n" + round_line(2, {0: 0.5, 1: 0.7}) + "\n")
+    agg.feed(round_line(2, {0: 0.3}, dropped={1: "timeout"}) + "\n")  # the resumed server redoes round 2
+    assert sorted(agg.rounds) == [1, 2] and agg.repeated == 1
+    assert agg.rounds[2].reported == (0,) and agg.rounds[2].dropped == {1: "timeout"}  # the last line wins
+    assert agg.clients[0].rounds_taken == 2 and agg.clients[0].last_response_s == 0.3
+    assert agg.clients[1].rounds_taken == 1 and agg.clients[1].dropped_rounds == 1
 
 
 def test_parse_probe_keeps_file_bytes_exactly():

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from fedctl.connectors.base import HostInfo
-from fedctl.results import PLOT_SIZE_PX, Metrics, build_report, compare, participation_matrix, resolve_run, scrub
+from fedctl.contract import read_metrics
+from fedctl.results import PLOT_SIZE_PX, build_report, compare, participation_matrix, resolve_run, scrub
 from fedctl.state import HostRecord, RunState
 
 T0 = 1_764_000_000.0
@@ -114,7 +115,9 @@ def test_build_report_writes_everything_a_paper_needs(collected):
     assert "| Run | Strategy | Clients | Rounds | Final accuracy" in md and "| 20261124-171500-a1b2 | fedavg | 4 | 6/6 |" in md
     assert "![accuracy.png](accuracy.png)" in md
     vers = json.loads((out / "versions.json").read_text())
-    assert vers["python"] == ["3.11.7"] and vers["tensorflow"] == ["2.21.0"]
+    # versions of what the payload's manifest requires, by module name: fedctl knows no library
+    assert vers["python"] == ["3.11.7"] and vers["packages"] == {"tensorflow": ["2.21.0"]}
+    assert "tensorflow 2.21.0" in md
     assert vers["experiment_git"]["commit"] and len(vers["experiment_git"]["commit"]) == 40
     cost = json.loads((out / "cost.json").read_text())
     assert cost["budget"]["max_cost"] == 5 and cost["estimate"]["measured"]
@@ -157,7 +160,7 @@ def test_report_without_metrics_or_prices_still_makes_images(tmp_path):
 
 def test_participation_matrix_marks_dropped_and_unsampled(tmp_path):
     write_metrics(tmp_path / "m.jsonl", rounds=3)
-    ids, rounds, status, resp = participation_matrix(Metrics.load(tmp_path / "m.jsonl"), clients=5)
+    ids, rounds, status, resp = participation_matrix(read_metrics(str(tmp_path / "m.jsonl")), clients=5)
     assert ids == [0, 1, 2, 3, 4] and rounds == [1, 2, 3]
     assert [row[2] for row in status] == [2, 0, 1, 1, 0]  # round 3: 0 dropped, 1 not sampled, 4 never seen
     assert resp[0][2] != resp[0][2]  # NaN where dropped

@@ -1,0 +1,85 @@
+"""``compare``: several runs' accuracy on one plot, and a table of rounds and time to a target."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from fedctl.contract import MetricsLog, collected_metrics, read_metrics
+from fedctl.results.fmt import fmt_duration, fmt_value
+from fedctl.results.plots import plot_curves
+from fedctl.state import atomic_write
+
+
+@dataclass
+class CompareRow:
+    run: str
+    label: str
+    strategy: str | None
+    rounds: int
+    final_accuracy: float | None
+    best_accuracy: float | None
+    rounds_to_target: int | None
+    seconds_to_target: float | None
+    wall_s: float | None
+
+
+@dataclass
+class Comparison:
+    target: float | None
+    rows: list[CompareRow]
+    plot: Path
+    table: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "rows": [asdict(r) for r in self.rows], "plot": str(self.plot),
+                "table": str(self.table)}
+
+
+def reach(log: MetricsLog, target: float) -> tuple[int | None, float | None]:
+    """(round, seconds since the first round started) at which accuracy first reached ``target``."""
+    rounds = log.ordered
+    first = min((r.start for r in rounds if r.start is not None), default=None)
+    for r in rounds:
+        if r.accuracy is not None and r.accuracy >= target:
+            return r.round, (r.end - first if first is not None and r.end is not None else None)
+    return None, None
+
+
+def compare(runs: Sequence[Path], out: Path, target: float | None = None) -> Comparison:
+    """Accuracy curves of several runs on one plot (``out``, a PNG) and a table (``out`` with .md).
+
+    ``target`` None: the highest accuracy every run reached (the lowest of the runs' best), so the
+    "rounds / time to target" columns compare like with like.
+    """
+    loaded = [(Path(r), read_metrics(str(collected_metrics(r)))) for r in runs]
+    bests = [max(ys) for _, log in loaded if (ys := log.series("accuracy")[1])]
+    if target is None and bests:
+        target = min(bests)
+    rows = []
+    for path, log in loaded:
+        accs = log.series("accuracy")[1]
+        strategy = log.strategy
+        rnd, secs = reach(log, target) if target is not None else (None, None)
+        name = path.name
+        rows.append(CompareRow(name, f"{strategy} ({name})" if strategy else name, strategy, len(log.rounds),
+                               accs[-1] if accs else None, max(accs) if accs else None, rnd, secs, log.wall_s))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_curves([(row.label, *log.series("accuracy")) for row, (_, log) in zip(rows, loaded)], out,
+                "accuracy per round", "accuracy", target)
+    table = out.with_suffix(".md")
+    lines = [
+        f"Target accuracy: {fmt_value(target)}",
+        "",
+        "| Run | Strategy | Rounds | Final accuracy | Best accuracy | Rounds to target | Time to target | Wall time |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.run} | {r.strategy or '-'} | {r.rounds} | {fmt_value(r.final_accuracy)} "
+                     f"| {fmt_value(r.best_accuracy)} "
+                     f"| {fmt_value(r.rounds_to_target) if r.rounds_to_target else 'not reached'} "
+                     f"| {fmt_duration(r.seconds_to_target)} | {fmt_duration(r.wall_s)} |")
+    atomic_write(table, ("\n".join(lines) + "\n").encode())
+    return Comparison(target, rows, out, table)
