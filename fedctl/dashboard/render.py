@@ -57,10 +57,10 @@ def fmt_num(value: float | None, digits: int = 3) -> str:
 
 
 def fmt_money(value: float | None, currency: str) -> str:
-    if value is None:
-        return "-"
-    digits = 2 if abs(value) >= 1 or value == 0 else 4
-    return f"{value:.{digits}f} {currency}"
+    """fedctl's one money format (``cost.format_money``), ``-`` for an unknown amount."""
+    from fedctl.cost import format_money
+
+    return format_money(value, currency, none="-")
 
 
 def sparkline(values: Sequence[float | None]) -> str:

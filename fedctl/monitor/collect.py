@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from fedctl.monitor.metrics import FileCursor, LineBuffer
 from fedctl.monitor.nvidia import parse_gpus
@@ -82,7 +82,10 @@ class HostProbe:
         log_labels: Sequence[str] | None = None,
         log_tail_bytes: int = 16 * 1024,
         clock: Callable[[], float] = time.time,
+        files: Any = None,
     ) -> None:
+        """``files``: the run's payload files on this host (``contract.RunFiles``, from the manifest);
+        None: the contract's default names."""
         self.host = host
         self.name = host.name
         self.run_id = run_id
@@ -105,9 +108,11 @@ class HostProbe:
                     self.buffers[key] = LineBuffer()
         self.status_path: str | None = None
         if is_server and metrics and host.workdir:
-            rd = run_dir(host, run_id)
-            self.cursors[METRICS_KEY] = FileCursor(f"{rd}/metrics.jsonl", offset=0)
-            self.status_path = f"{rd}/status.json"
+            from fedctl.contract import run_files
+
+            files = files or run_files(run_dir(host, run_id), workdir=host.workdir, run_id=run_id)
+            self.cursors[METRICS_KEY] = FileCursor(files.metrics, offset=0)
+            self.status_path = files.status
 
     def command(self) -> str:
         """The probe command for this tick (depends on the current offsets)."""
@@ -181,9 +186,13 @@ def build_probes(
     hosts: Sequence[str] | None = None,
     log_labels: dict[str, Sequence[str] | None] | None = None,
     clock: Callable[[], float] = time.time,
+    system: bool = True,
 ) -> dict[str, HostProbe]:
     """One HostProbe per host of the run (or of ``hosts``)."""
+    from fedctl.contract import host_files, manifest_of
+
     server = server_host_name(state)
+    manifest = manifest_of(state)
     out = {}
     for h in state.hosts:
         if hosts is not None and h.name not in hosts:
@@ -192,8 +201,9 @@ def build_probes(
             continue
         labels = (log_labels or {}).get(h.name) if log_labels is not None else None
         out[h.name] = HostProbe(
-            h, state.run_id, h.name == server, logs=logs, metrics=metrics, gpu=gpu,
+            h, state.run_id, h.name == server, logs=logs, metrics=metrics, gpu=gpu, system=system,
             log_labels=labels, clock=clock,
+            files=host_files(state, h, manifest) if h.workdir else None,
         )
     return out
 

@@ -54,13 +54,15 @@ def follow_plain(
 
     Each tick probes the hosts through ``open_fleet``: inside a command session that is the
     session's one connection per host, not a new handshake every interval."""
-    from fedctl.ops.status import observe
+    from fedctl.ops.status import StatusObserver
 
     last_round = -1
     warned: set[str] = set()
+    observer: StatusObserver | None = None
     while True:
         state = store.load()
-        st = observe(store, state)
+        observer = observer or StatusObserver(state)
+        st = observer.observe(store, state)
         if st.round != last_round:
             report(FollowEvent(round=st.round, rounds=st.rounds, accuracy=st.accuracy, phase=st.phase))
             last_round = st.round

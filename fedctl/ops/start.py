@@ -29,6 +29,7 @@ from fedctl.deploy import (
     spawn_detached,
     tail_file,
 )
+from fedctl.contract import parse_ready
 from fedctl.errors import PayloadError, UsageError
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
 from fedctl.shell import quote
@@ -155,14 +156,9 @@ def wait_ready(conn: Connector, ready_file: str, proc: ProcRef, log: str, timeou
     deadline = time.monotonic() + timeout
     delay = 0.2
     while time.monotonic() < deadline:
-        text = read_file(conn, ready_file)
-        if text:
-            try:
-                info = json.loads(text)
-                if int(info.get("port", 0)) > 0:
-                    return info
-            except ValueError:
-                pass  # being written; atomic writers make this rare, so just poll again
+        ready = parse_ready(read_file(conn, ready_file))  # None while absent or being written
+        if ready is not None:
+            return {"port": ready.port, "pid": ready.pid}
         if not pids_alive(conn, [proc]).get(proc.pid, False):
             raise PayloadError(
                 f"{conn.host.name}: the server exited before it was ready; last log lines:\n"

@@ -1,8 +1,9 @@
 """``status``: where the run is (phase, round k of R, accuracy) and, per host, what is alive.
 
-Read-only over the network: one round trip per host for liveness, one more on the server for the
-tail of metrics.jsonl. The phase is derived from what is observed (the server's summary line, dead
-processes) and written back when no other fedctl holds the lock.
+Read-only over the network, through the probe ``watch`` uses: one round trip per host (liveness,
+and on the server metrics.jsonl from where the last call stopped). The phase is derived from what is
+observed (the server's summary line, dead processes) and written back when no other fedctl holds
+the lock.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fedctl.connectors.base import Connector
 from fedctl.contract import MetricsLog, collected_metrics, host_files, parse_metrics
-from fedctl.deploy import pids_alive, ref_of, tail_file
 from fedctl.errors import StateLockedError
 from fedctl.ops.common import open_fleet, server_record
 from fedctl.state import RunState, StateStore
@@ -59,67 +58,91 @@ def _metrics_path(state: RunState, rec: Any) -> str | None:
     return host_files(state, rec).metrics if rec is not None and rec.workdir else None
 
 
-def _probe(conn: Connector, state: RunState, metrics_path: str | None) -> dict[str, Any]:
-    rec = state.host(conn.host.name)
-    procs = [p for p in rec.processes if p.pid]
-    alive = pids_alive(conn, [ref_of(p) for p in procs])
-    out: dict[str, Any] = {"alive": {p.label: alive.get(p.pid, False) for p in procs}}
-    if metrics_path is not None:
-        out["metrics"] = tail_file(conn, metrics_path, 50)
-    return out
+class StatusObserver:
+    """Answers "where is the run" with the same probe ``watch`` uses (``fedctl.monitor.collect``):
+    one shell round trip per host per call for liveness (pid + start time), and the server's
+    metrics.jsonl read incrementally by byte offset, so a caller that asks every few seconds
+    (``fedctl run`` without a terminal) reads each new line once. One status engine for status,
+    watch, run and the guards."""
+
+    def __init__(self, state: RunState) -> None:
+        self._reset(state)
+
+    def _reset(self, state: RunState) -> None:
+        from fedctl.monitor.collect import build_probes
+
+        self.metrics = MetricsLog()
+        self._key = (state.run_id, tuple(r.name for r in state.hosts if r.status not in ("torn_down", "tearing_down")))
+        self.probes = build_probes(state, logs=False, gpu=False, system=False)
+
+    def observe(self, store: StateStore, state: RunState) -> RunStatus:
+        """Probe the hosts once and derive the run's phase (written back when it changed)."""
+        from fedctl.monitor.collect import collect_once
+
+        key = (state.run_id, tuple(r.name for r in state.hosts if r.status not in ("torn_down", "tearing_down")))
+        if key != self._key or any(not r.processes == [] and r.name in self.probes and
+                                   len(self.probes[r.name].procs) != len(r.processes) for r in state.hosts):
+            self._reset(state)  # another run, other hosts, new processes (a resume): start afresh
+        server = server_record(state)
+        hosts: list[HostStatus] = []
+        log = self.metrics
+        if self.probes and state.phase not in ("provisioning", "torn_down"):
+            with open_fleet(store, [state.host(n) for n in self.probes]) as fleet:
+                samples = collect_once(fleet, self.probes)
+            seen: dict[str, HostStatus] = {}
+            for sample in samples:  # a host behind on metrics comes back more than once
+                rec = state.host(sample.host)
+                hs = seen.setdefault(rec.name, HostStatus(rec.name, rec.role, reachable=sample.ok,
+                                                          status=rec.status, error=sample.error))
+                hs.reachable, hs.error = sample.ok, None if sample.ok else sample.error
+                if sample.ok and sample.probe is not None:
+                    hs.alive = {label: alive for label, (_pid, alive) in sample.probe.pids.items()}
+                if sample.metrics_reset:
+                    log.reset()
+                if sample.metrics_text:
+                    log.feed(sample.metrics_text)
+            hosts = list(seen.values())
+        elif state.results_dir:
+            # torn down (or never started): what was collected locally is the last word on the run
+            collected = collected_metrics(state.results_dir, state)
+            if collected.is_file():
+                log = parse_metrics(collected.read_text(errors="replace"))
+        last = log.last_round
+        last_round = last.to_dict() if last else None
+        summary = log.summary.to_dict() if log.summary else None
+        listed = {h.name for h in hosts}
+        for rec in state.hosts:
+            if rec.name not in listed:
+                hosts.append(HostStatus(rec.name, rec.role, reachable=None, status=rec.status, error=rec.error))
+
+        phase = state.phase
+        if phase in ("starting", "running"):
+            server_alive = next((h.alive.get("server") for h in hosts if server and h.name == server.name), None)
+            if summary is not None:
+                phase = "finished" if summary.get("status", "finished") == "finished" else "failed"
+            elif server_alive is False:
+                phase = "failed"
+        status = RunStatus(
+            run_id=state.run_id,
+            phase=phase,
+            round=int(last_round["round"]) if last_round else 0,
+            rounds=state.rounds,
+            accuracy=last_round.get("accuracy") if last_round else None,
+            loss=last_round.get("loss") if last_round else None,
+            hosts=sorted(hosts, key=lambda h: [x.name for x in state.hosts].index(h.name)),
+            server=dict(state.server),
+            summary=summary,
+            error=state.error,
+            last_round_end=last_round.get("end") if last_round else None,
+        )
+        if phase != state.phase:
+            _record_phase(store, state, phase, summary)
+        return status
 
 
 def observe(store: StateStore, state: RunState) -> RunStatus:
-    """Probe the hosts and derive the run's phase."""
-    server = server_record(state)
-    recs = [r for r in state.hosts if r.status not in ("torn_down",)]
-    hosts: list[HostStatus] = []
-    last_round = summary = None
-    if recs and state.phase not in ("provisioning", "torn_down"):
-        metrics_at = {server.name: _metrics_path(state, server)} if server is not None else {}
-        with open_fleet(store, recs) as fleet:
-            results = fleet.map(lambda c: _probe(c, state, metrics_at.get(c.host.name)))
-        for r in results:
-            rec = state.host(r.host)
-            hs = HostStatus(rec.name, rec.role, reachable=r.ok, status=rec.status, error=None if r.ok else r.error)
-            if r.ok:
-                hs.alive = r.value["alive"]
-                if "metrics" in r.value:
-                    last_round, summary = parse_metrics_tail(r.value["metrics"])
-            hosts.append(hs)
-    elif state.results_dir:
-        # torn down (or never started): what was collected locally is the last word on the run
-        collected = collected_metrics(state.results_dir, state)
-        if collected.is_file():
-            last_round, summary = parse_metrics_tail(collected.read_text(errors="replace"))
-    listed = {h.name for h in hosts}
-    for rec in state.hosts:
-        if rec.name not in listed:
-            hosts.append(HostStatus(rec.name, rec.role, reachable=None, status=rec.status, error=rec.error))
-
-    phase = state.phase
-    if phase in ("starting", "running"):
-        server_alive = next((h.alive.get("server") for h in hosts if server and h.name == server.name), None)
-        if summary is not None:
-            phase = "finished" if summary.get("status", "finished") == "finished" else "failed"
-        elif server_alive is False:
-            phase = "failed"
-    status = RunStatus(
-        run_id=state.run_id,
-        phase=phase,
-        round=int(last_round["round"]) if last_round else 0,
-        rounds=state.rounds,
-        accuracy=last_round.get("accuracy") if last_round else None,
-        loss=last_round.get("loss") if last_round else None,
-        hosts=sorted(hosts, key=lambda h: [x.name for x in state.hosts].index(h.name)),
-        server=dict(state.server),
-        summary=summary,
-        error=state.error,
-        last_round_end=last_round.get("end") if last_round else None,
-    )
-    if phase != state.phase:
-        _record_phase(store, state, phase, summary)
-    return status
+    """Probe the hosts once and derive the run's phase (``StatusObserver`` for repeated calls)."""
+    return StatusObserver(state).observe(store, state)
 
 
 def server_metrics(store: StateStore, state: RunState) -> MetricsLog | None:

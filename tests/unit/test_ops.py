@@ -113,11 +113,11 @@ def test_follow_plain_reports_rounds_and_stops_when_the_run_ends(tmp_path, monke
     store.save(_state(HostRecord(_host("a", 2), role="server")))
     phases = iter([("running", 1), ("running", 1), ("running", 2), ("finished", 3)])
 
-    def fake_observe(store: Any, state: Any) -> Any:
+    def fake_observe(self: Any, store: Any, state: Any) -> Any:
         phase, rnd = next(phases)
         return status_mod.RunStatus(state.run_id, phase, rnd, 3, 0.5, None, [], {}, last_round_end=None)
 
-    monkeypatch.setattr(status_mod, "observe", fake_observe)
+    monkeypatch.setattr(status_mod.StatusObserver, "observe", fake_observe)
     events: list[FollowEvent] = []
     st, trip = follow_plain(store, 0.0, events.append, sleep=lambda s: None)
     assert trip is None and st.phase == "finished"
