@@ -46,6 +46,7 @@ def _register() -> None:
         "fedctl.cli.cmd_logs",
         "fedctl.cli.cmd_cost",
         "fedctl.cli.cmd_results",
+        "fedctl.cli.cmd_instances",
     ):
         try:
             module = importlib.import_module(mod)

@@ -30,10 +30,12 @@ from fedctl.connectors.base import HostInfo
 from fedctl.model import ENV_MODES, EnvSettings
 from fedctl.errors import ConfigError
 
-PROVIDERS = ("static", "local")
+PROVIDERS = ("static", "local", "aws")
+#: providers that create their hosts: the module that validates their section (``aws:``) into hosts
+MACHINE_PROVIDERS = {"aws": "fedctl.providers.aws_config"}
 HOST_KEY_POLICIES = ("accept-new", "strict", "off")
 ROLES = ("server", "client")
-TOP_KEYS = ("provider", "defaults", "hosts")
+TOP_KEYS = ("provider", "defaults", "hosts", *MACHINE_PROVIDERS)
 #: keys allowed under ``defaults`` and, individually, on every host
 SETTING_KEYS = (
     "user", "port", "identity_file", "password_env", "workdir", "python",
@@ -105,6 +107,9 @@ def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
     if not isinstance(hosts_raw, list):
         raise ConfigError(file, ("hosts",), f"must be a list of hosts, not {type_name(hosts_raw)}")
 
+    for section in MACHINE_PROVIDERS:
+        if section in raw and section != provider:
+            raise ConfigError(file, (section,), f"is only read with provider: {section} (provider is {provider})")
     if provider == "local":
         if hosts_raw:
             raise ConfigError(
@@ -119,6 +124,22 @@ def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
         return Inventory(path=file, provider="local", hosts=())
 
     defaults = {**DEFAULT_SETTINGS, **_check_settings(file, ("defaults",), defaults_raw, SETTING_KEYS)}
+    if provider in MACHINE_PROVIDERS:
+        if hosts_raw:
+            raise ConfigError(
+                file, ("hosts",), f"provider {provider} creates its hosts: remove hosts (the {provider}"
+                " section says how many and of which type)",
+            )
+        import importlib
+
+        section_module = importlib.import_module(MACHINE_PROVIDERS[provider])  # light: no cloud SDK
+
+        def make_host(name: str, address: str, roles: list[str]) -> HostInfo:
+            """A host with the defaults applied, exactly as a static host would get them."""
+            return _make_host(file, (provider,), {"name": name, "address": address, "roles": roles}, defaults)
+
+        hosts = section_module.parse_section(file, raw, defaults, make_host)
+        return Inventory(path=file, provider=provider, hosts=tuple(hosts))
     if not hosts_raw:
         raise ConfigError(file, ("hosts",), "provider static needs at least one host")
 

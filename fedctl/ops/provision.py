@@ -220,6 +220,27 @@ def _provision_host(
     return {"ok": facts.ok, "facts": facts, "workdir": workdir, "python": python}
 
 
+def _acquire(provider: Any, store: StateStore, state: RunState, todo: list[HostRecord]) -> bool:
+    """Let the provider make ``todo`` usable. One that creates machines journals every machine id
+    into the state the moment it knows it; when it fails, the hosts stay in the state (teardown
+    finds their machines by id and by tag) and are marked failed with its message."""
+    from fedctl.providers.base import ProviderError
+
+    try:
+        infos = provider.acquire([r.info for r in todo])
+    except ProviderError as exc:
+        for rec in todo:
+            rec.status, rec.error = "failed", exc.message + (f" ({exc.hint})" if exc.hint else "")
+        state.event(f"provider {state.provider} failed: {exc.message}", store.clock)
+        store.save(state)
+        return False
+    if provider.creates_machines:  # the addresses the machines got
+        for info in infos:
+            state.host(info.name).info = info
+        store.save(state)
+    return True
+
+
 def provision(
     store: StateStore,
     inputs: Inputs,
@@ -228,7 +249,7 @@ def provision(
     overrides: Sequence[str] = (),
 ) -> ProvisionReport:
     """Provision the plan's hosts in parallel. The caller holds the state lock."""
-    from fedctl.providers import get_provider
+    from fedctl.providers import for_run
 
     plan = inputs.plan
     state = store.load_or_none()
@@ -243,8 +264,7 @@ def provision(
         state.event("provision requested", store.clock)
         store.save(state)  # intent first: from here on teardown knows these hosts
 
-    provider_kwargs = {"root": store.local_root} if state.provider == "local" else {"hosts": [r.info for r in state.hosts]}
-    provider = get_provider(state.provider, **provider_kwargs)
+    provider = for_run(state, store, progress)
     todo = [r for r in state.hosts if r.status != "provisioned"]
     now = store.clock()
     for rec in todo:
@@ -256,8 +276,7 @@ def provision(
     store.save(state)
 
     results = None
-    if todo:
-        provider.acquire([r.info for r in todo])
+    if todo and _acquire(provider, store, state, todo):
         manifest = inputs.experiment.payload
         progress(f"checking {len(todo)} host(s) in parallel")
         with open_fleet(store, todo) as fleet:

@@ -74,7 +74,7 @@ def teardown(
     build_report: bool = True,
 ) -> TeardownReport:
     """Tear the run down. The caller holds the state lock."""
-    from fedctl.providers import get_provider
+    from fedctl.providers import for_run
 
     report = TeardownReport(state)
     secrets: list[str] = []
@@ -84,10 +84,16 @@ def teardown(
     store.save(state)  # intent first
     recs = [r for r in state.hosts if r.status != "torn_down"]
     outcome: dict[str, HostTeardown] = {r.name: HostTeardown(r.name, ok=False) for r in recs}
+    provider = for_run(state, store, progress)
+    machines = provider.creates_machines
+    # A machine about to be destroyed needs no file removal: SSH is only for stopping processes and
+    # collecting results, so only where something ran and the machine got an address.
+    ssh_recs = recs if not machines else [
+        r for r in recs if provider.reachable(r.info) and (r.processes or state.started_at is not None)]
 
-    if recs:
-        with open_fleet(store, recs) as fleet:
-            progress(f"stopping processes on {len(recs)} host(s)")
+    if ssh_recs:
+        with open_fleet(store, ssh_recs) as fleet:
+            progress(f"stopping processes on {len(ssh_recs)} host(s)")
             for r in fleet.map(lambda c: stop_host(c, state, state.host(c.host.name), grace_s)):
                 if r.ok:
                     outcome[r.host].stopped = r.value[0]
@@ -97,12 +103,12 @@ def teardown(
                 else:
                     outcome[r.host].error = r.error
             store.save(state)
-            reachable = [n for n, o in outcome.items() if o.error is None]
+            reachable = [r.name for r in ssh_recs if outcome[r.name].error is None]
             if collect and (state.started_at is not None or any(r.processes for r in state.hosts)):
                 report.collect = collect_raw(store, state, progress=progress, fleet=fleet)
                 store.save(state)
                 secrets = _run_tokens(fleet, state, reachable)
-            if not keep_files:
+            if not keep_files and not machines:
                 progress("removing fedctl's files from the hosts")
                 for r in fleet.map(lambda c: _remove_files(c, state.host(c.host.name)), hosts=reachable):
                     if r.ok:
@@ -119,7 +125,9 @@ def teardown(
 
     now = store.clock()
     released = []
-    for name, o in outcome.items():
+    if machines:
+        _destroy_machines(provider, store, state, recs, outcome, keep_files, progress)
+    for name, o in (outcome.items() if not machines else ()):
         rec = state.host(name)
         o.ok = o.error is None and not o.leftover_pids and not o.leftover_files
         if o.ok:
@@ -133,8 +141,7 @@ def teardown(
                 f"left behind: pids {o.leftover_pids}" if o.leftover_pids else f"files {o.leftover_files}"
             )
     if released and not keep_files:
-        kwargs: dict[str, Any] = {"root": store.local_root} if state.provider == "local" else {"hosts": released}
-        get_provider(state.provider, **kwargs).release(released)
+        provider.release(released)
     report.hosts = list(outcome.values())
     done = all(r.status == "torn_down" for r in state.hosts)
     if done:
@@ -147,6 +154,35 @@ def teardown(
     if done:
         store.archive(state)
     return report
+
+
+def _destroy_machines(
+    provider: Any, store: StateStore, state: RunState, recs: list[HostRecord], outcome: dict[str, HostTeardown],
+    keep_files: bool, progress: Progress,
+) -> None:
+    """Destroy the run's machines (a provider that creates them): it terminates every machine of
+    the run, found by id and by tag, and returns only when none of them bills any more; then each
+    host is released, at the time the provider's API reports (journaled). An SSH failure before
+    does not keep a machine alive: destroying it stops its processes and removes its files."""
+    from fedctl.providers.base import ProviderError
+
+    if keep_files:
+        progress("--keep-files does not apply to machines fedctl created: they are destroyed with their files")
+    try:
+        provider.release([r.info for r in recs])
+    except ProviderError as exc:
+        for r in recs:
+            outcome[r.name].ok = False
+            outcome[r.name].error = r.error = exc.message
+        return
+    now = store.clock()
+    for r in recs:
+        o = outcome[r.name]
+        if o.error:
+            state.event(f"{r.name}: {o.error}; its machine was destroyed all the same", store.clock)
+        o.ok, o.removed, o.error, o.leftover_pids, o.leftover_files = True, True, None, [], []
+        r.status, r.processes, r.error = "torn_down", [], None
+        r.released_at = r.released_at or now
 
 
 def forget(store: StateStore, state: RunState, names: Sequence[str]) -> list[str]:

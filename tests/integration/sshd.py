@@ -98,10 +98,18 @@ class SshdFleet:
     """Start/stop/re-key ``n`` sshd processes under ``base`` (a temporary directory)."""
 
     def __init__(
-        self, base: Path, n: int, first_address: int = 2, user: str | None = None, no_reexec: bool = False
+        self, base: Path, n: int, first_address: int = 2, user: str | None = None, no_reexec: bool = False,
+        network: str = "127.0.0", port: int | None = None, own_home: bool = False,
     ) -> None:
+        """``network``: the first three octets (hosts get ``network.first_address`` onwards; the AWS
+        tests use 127.0.200, where the moto server puts its instances). ``port``: one port for every
+        host (what a cloud image has), else a free port each. ``own_home``: each host's sessions get
+        ``$HOME`` in its own folder, so ``~/fedctl`` differs between hosts as on real machines."""
         if n < 1 or first_address + n > 255:
             raise ValueError("need 1..(255-first_address) hosts")
+        if not network.startswith("127."):
+            raise ValueError("loopback only: test hosts live in 127.0.0.0/8")
+        self.own_home = own_home
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.user = user or _current_user()
@@ -115,11 +123,12 @@ class SshdFleet:
         self.authorized_keys.write_text(Path(self.identity_file + ".pub").read_text())
         self.hosts: list[SshdHost] = []
         for i in range(n):
-            address = f"127.0.0.{first_address + i}"
+            address = f"{network}.{first_address + i}"
             d = self.base / f"h{i + 1}"
             (d / "work").mkdir(parents=True, exist_ok=True)
+            (d / "home").mkdir(exist_ok=True)
             host = SshdHost(
-                index=i, name=f"h{i + 1}", address=address, port=_free_port(address), dir=d,
+                index=i, name=f"h{i + 1}", address=address, port=port or _free_port(address), dir=d,
                 workdir=d / "work", host_key=d / "ssh_host_ed25519_key", config=d / "sshd_config",
                 log=d / "sshd.log",
             )
@@ -147,7 +156,7 @@ class SshdFleet:
                 "LogLevel ERROR",
                 # bash sources ~/.bashrc for sshd sessions only while SHLVL < 2; here that file runs
                 # `pyenv init` (~130 ms CPU per command), which would swamp what the tests measure.
-                "SetEnv SHLVL=1",
+                f"SetEnv SHLVL=1 HOME={h.dir / 'home'}" if self.own_home else "SetEnv SHLVL=1",
                 "",
             ])
         )

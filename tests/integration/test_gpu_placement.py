@@ -21,13 +21,18 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(x.decode().split("=", 1) for x in raw if b"=" in x)
 
 
-def test_four_gpus_get_one_client_process_each(sshd_fleet, tmp_path):
-    fleet = sshd_fleet(2)
-    fake = install(tmp_path / "gpu4", 4).parent
-    proj = project(tmp_path, fleet, rounds=300, round_s=0.2, placement={"processes_per_gpu": 1})
+def _gpu_client_host(fleet, tmp_path: Path, gpus: int, per_gpu: int) -> Path:
+    """A project whose client host (h2) sees a fake nvidia-smi with ``gpus`` GPUs on its PATH."""
+    fake = install(tmp_path / f"gpu{gpus}", gpus).parent
+    proj = project(tmp_path, fleet, rounds=300, round_s=0.2, placement={"processes_per_gpu": per_gpu})
     inv = yaml.safe_load((proj / "inventory.yaml").read_text())
     inv["hosts"][1]["environment"] = {"PATH": f"{fake}:$PATH"}
     (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
+    return proj
+
+
+def test_four_gpus_get_one_client_process_each(sshd_fleet, tmp_path):
+    proj = _gpu_client_host(sshd_fleet(2), tmp_path, gpus=4, per_gpu=1)
     res = fedctl(proj, "provision", "--clients", "8", "-i", "inventory.yaml", "--yes", check=True)
     assert "GPU" in res.stdout or "gpu" in res.stdout
     fedctl(proj, "start", check=True)
@@ -56,12 +61,7 @@ def test_four_gpus_get_one_client_process_each(sshd_fleet, tmp_path):
 
 
 def test_two_processes_per_gpu_share_its_memory(sshd_fleet, tmp_path):
-    fleet = sshd_fleet(2)
-    fake = install(tmp_path / "gpu1", 1).parent
-    proj = project(tmp_path, fleet, rounds=300, round_s=0.2, placement={"processes_per_gpu": 2})
-    inv = yaml.safe_load((proj / "inventory.yaml").read_text())
-    inv["hosts"][1]["environment"] = {"PATH": f"{fake}:$PATH"}
-    (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
+    proj = _gpu_client_host(sshd_fleet(2), tmp_path, gpus=1, per_gpu=2)
     fedctl(proj, "provision", "--clients", "4", "-i", "inventory.yaml", "--yes", check=True)
     fedctl(proj, "start", check=True)
     try:

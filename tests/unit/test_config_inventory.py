@@ -217,8 +217,8 @@ def test_same_address_with_other_workdirs_is_fine(tmp_path):
 
 
 def test_unknown_provider(tmp_path):
-    e = err(tmp_path, "provider: aws\n")
-    assert e.key_path == "provider" and "static" in e.valid and "local" in e.valid
+    e = err(tmp_path, "provider: gcp\n")  # aws is a provider now
+    assert e.key_path == "provider" and "static" in e.valid and "local" in e.valid and "aws" in e.valid
 
 
 def test_static_without_hosts(tmp_path):

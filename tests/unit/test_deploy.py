@@ -73,6 +73,10 @@ def test_stop_finds_unrecorded_processes_by_their_run_mark(tmp_path):
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)
     ref = spawn_detached(conn, "sleep 300", str(run_dir), str(run_dir / "a.pid"), str(run_dir / "a.log"))
+    # the mark is in the environment from the exec of setsid on: wait for that instant
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and b"FEDCTL_RUN_DIR" not in open(f"/proc/{ref.pid}/environ", "rb").read():
+        time.sleep(0.01)
     (run_dir / "a.pid").unlink()
     assert stop_pids(conn, [], scan_marks=[str(run_dir)], grace_s=2) == []
     assert not pids_alive(conn, [ref])[ref.pid]

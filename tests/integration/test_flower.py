@@ -1,0 +1,109 @@
+"""The flower payload end to end: a Flower app (examples/flower-numpy) through Flower's deployment
+engine, on the local provider and on real sshd hosts on loopback; fedctl runs as a subprocess.
+
+Flower's SuperNodes poll every 3 s, so a round takes several seconds whatever the model: these
+tests keep rounds and clients few. They are skipped where flwr is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.test_lifecycle import fedctl, run_pids, state
+
+pytest.importorskip("flwr", reason="the flower payload needs flwr (pip install -e '.[flower]')")
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "examples" / "flower-numpy"
+
+
+def _project(tmp_path: Path, **cfg) -> Path:
+    proj = tmp_path / "proj"
+    proj.mkdir(exist_ok=True)
+    (proj / "fedctl.yaml").write_text(yaml.safe_dump({"payload": "flower", "app": str(APP), **cfg}))
+    return proj
+
+
+def _metrics(results: Path) -> list[dict]:
+    return [json.loads(line) for line in (results / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _no_flower_left(run_id: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "flower-super|flwr-serverapp|flwr-clientapp"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if run_id in line] + [str(p) for p in run_pids(run_id)]
+
+
+def test_flower_app_on_the_local_provider(tmp_path):
+    proj = _project(tmp_path, rounds=2, flower={"run_config": {"learning-rate": 0.3}})
+    res = fedctl(proj, "run", "--clients", "2", timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run_id = state(proj)["run_id"]
+    results = proj / "results" / run_id
+    lines = _metrics(results)
+    rounds = [ln for ln in lines if ln["type"] == "round"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["clients_reported"] == 2 and r["client_failures"] == 0 for r in rounds)
+    assert 0.0 < rounds[-1]["accuracy"] <= 1.0
+    summary = lines[-1]
+    assert summary["type"] == "summary" and summary["status"] == "finished" and summary["flower_status"] == "finished:completed"
+    logs = {p.name for p in (results / "logs").rglob("*.log")}
+    assert {"superlink.log", "serverapp.log", "supernode-0.log", "supernode-1.log"} <= logs
+    assert (results / "app-output.tar.gz").is_file()  # what the app wrote to $FEDCTL_OUTPUT_DIR
+    assert _no_flower_left(run_id) == []
+
+
+def test_flower_app_over_three_sshd_hosts(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(3)
+    proj = _project(tmp_path, rounds=3, server={"bind": fleet.hosts[0].address})
+    fleet.write_inventory(proj / "inventory.yaml")
+    fedctl(proj, "provision", "--clients", "6", "-i", "inventory.yaml", "--yes", check=True)
+    fedctl(proj, "start", check=True, timeout=120)
+    run_id = state(proj)["run_id"]
+    # the app folder was shipped to every host, content-addressed
+    for h in fleet.hosts:
+        assert list(Path(h.workdir).glob("data/*/flower-numpy/pyproject.toml")), h.name
+    snap = None
+    deadline = time.time() + 150
+    while time.time() < deadline:
+        res = fedctl(proj, "watch", "--once", "--json", timeout=60)
+        snap = json.loads(res.stdout)
+        if snap.get("phase") in ("finished", "failed") or (snap.get("summary") or {}).get("status"):
+            break
+        time.sleep(3)
+    assert snap is not None
+    fedctl(proj, "teardown", "--yes", check=True, timeout=120)
+    results = proj / "results" / run_id
+    lines = _metrics(results)
+    rounds = [ln for ln in lines if ln["type"] == "round"]
+    assert [r["round"] for r in rounds] == [1, 2, 3], lines
+    assert all(r["clients_reported"] == 6 for r in rounds)
+    assert lines[-1]["status"] == "finished"
+    supernode_logs = sorted(p.name for p in (results / "logs").rglob("supernode-*.log"))
+    assert supernode_logs == [f"supernode-{k}.log" for k in range(6)]
+    assert _no_flower_left(run_id) == []
+    assert [p for h in fleet.hosts for p in Path(h.workdir).rglob("*") if p.is_file()] == []
+
+
+def test_a_wrong_server_address_fails_start_naming_host_and_reason(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(2)
+    proj = _project(tmp_path, rounds=1, server={"bind": fleet.hosts[0].address})
+    inv = yaml.safe_load(fleet.write_inventory(proj / "inventory.yaml").read_text())
+    inv["hosts"][0]["private_address"] = "127.0.0.250"  # what the clients dial: nothing listens there
+    (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
+    fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
+    t0 = time.monotonic()
+    res = fedctl(proj, "start", timeout=120)
+    took = time.monotonic() - t0
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert took < 60
+    assert "h2" in out and "127.0.0.250" in out and "refused" in out, out
+    run_id = state(proj)["run_id"]
+    fedctl(proj, "teardown", "--yes", timeout=120)
+    assert _no_flower_left(run_id) == []
