@@ -36,7 +36,7 @@ PLACEHOLDERS = (
 TOP_KEYS = ("name", "description", "files", "requirements", "config", "server", "client")
 REQUIREMENT_KEYS = ("python", "imports", "pip", "pip_gpu")
 CONFIG_KEYS = ("validator", "keys", "files")
-SERVER_KEYS = ("command", "ready_file", "log", "metrics", "results", "resume_flag")
+SERVER_KEYS = ("command", "ready_file", "log", "metrics", "results", "resume_flag", "reports_clients")
 CLIENT_KEYS = ("command", "log")
 _SKIP_DIRS = {"__pycache__", ".git", ".pytest_cache", ".mypy_cache"}
 
@@ -111,6 +111,10 @@ class ServerSpec:
     metrics: str = "{run_dir}/metrics.jsonl"
     results: tuple[str, ...] = ()
     resume_flag: str | None = None
+    #: the server writes ``connected`` (clients it has heard from) into status.json while it waits
+    #: for them: start then waits until all are there, so a client that cannot reach the server
+    #: fails start (with the logs that say why), not a minute into watch
+    reports_clients: bool = False
 
 
 @dataclass(frozen=True)
@@ -320,6 +324,10 @@ def load_manifest(directory: str | Path) -> PayloadManifest:
             server_kwargs[key] = tuple(results)
         elif key == "resume_flag":
             server_kwargs[key] = check_str(file, kp, server_raw[key])
+        elif key == "reports_clients":
+            if not isinstance(server_raw[key], bool):
+                raise ConfigError(file, kp, f"must be true or false, not {type_name(server_raw[key])}")
+            server_kwargs[key] = server_raw[key]
         else:
             server_kwargs[key] = _check_template(file, kp, server_raw[key])
 

@@ -27,6 +27,7 @@ class ServerStatus(NamedTuple):
     waiting: Tuple[int, ...] = ()
     uploading: Tuple[int, ...] = ()
     time: Optional[float] = None
+    connected: Optional[int] = None  # clients the server has heard from (manifest: server.reports_clients)
 
 
 def parse_status(text: Optional[str]) -> Optional[ServerStatus]:
@@ -38,7 +39,8 @@ def parse_status(text: Optional[str]) -> Optional[ServerStatus]:
     return ServerStatus(phase=text_or_none(obj.get("phase")), round=integer(obj.get("round")),
                         rounds=integer(obj.get("rounds")), sampled=ids(obj.get("sampled")),
                         reported=ids(obj.get("reported")), waiting=ids(obj.get("waiting")),
-                        uploading=ids(obj.get("uploading")), time=number(obj.get("time")))
+                        uploading=ids(obj.get("uploading")), time=number(obj.get("time")),
+                        connected=integer(obj.get("connected")))
 
 
 class ReadyInfo(NamedTuple):

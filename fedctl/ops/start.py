@@ -175,8 +175,11 @@ def start(
     experiment: Any,
     progress: Progress = quiet,
     ready_timeout: float = 300.0,
+    connect_timeout: float = 600.0,
 ) -> StartReport:
-    """Start the run's server and clients. The caller holds the state lock."""
+    """Start the run's server and clients. The caller holds the state lock. ``connect_timeout``
+    bounds the wait for clients when the payload reports them (the payload's own, shorter,
+    timeout normally ends it first)."""
     if any(r.status != "provisioned" for r in state.hosts):
         bad = ", ".join(f"{r.name} ({r.status})" for r in state.hosts if r.status != "provisioned")
         raise UsageError(f"not every host is provisioned: {bad}", hint="run `fedctl provision` again")
@@ -298,6 +301,9 @@ def start(
                 report.failures[r.host] = r.error or "unreachable"
             elif r.value:
                 report.failures[r.host] = r.value
+        if not report.failures and manifest.server.reports_clients:
+            progress(f"waiting until the server has heard from all {state.clients} clients")
+            report.failures.update(wait_connected(fleet, state, server_rec, proc, client_hosts, connect_timeout))
     for rec in state.hosts:
         for p in rec.processes:
             if p.status == "starting" and p.pid:
@@ -349,6 +355,52 @@ def start_watchdogs(store: StateStore, state: RunState, report: StartReport, pro
         for r in fleet.map(one):
             if not r.ok:
                 report.failures[r.host] = f"budget watchdog did not start: {r.error}"
+
+
+def wait_connected(
+    fleet: Any, state: RunState, server_rec: HostRecord, server: ProcessRecord, client_hosts: list[HostRecord],
+    timeout: float,
+) -> dict[str, str]:
+    """Wait until the server's status.json says every client connected (``server.reports_clients``).
+
+    Returns failures per host, empty when all connected. It stops early, with the logs that say why,
+    when the server exits (a payload that gives up on its clients says so in its log) or every
+    client process of a host is gone; after ``timeout`` it names the hosts that are not there."""
+    from fedctl.contract import host_files, parse_status
+
+    sconn = fleet.connector(server_rec.name)
+    status_path = host_files(state, server_rec).status
+    deadline = time.monotonic() + timeout
+    connected = 0
+    while time.monotonic() < deadline:
+        st = parse_status(read_file(sconn, status_path))
+        if st is not None:
+            connected = st.connected or 0
+            if connected >= state.clients or (st.phase not in (None, "waiting", "starting") and st.round):
+                return {}
+        if not pids_alive(sconn, [ref_of(server)]).get(server.pid, False):
+            out = {server_rec.name: f"the server exited while waiting for its clients ({connected}/{state.clients} "
+                   f"connected): {tail_file(sconn, server.log, 8).strip()[-800:]}"}
+            out.update(_client_tails(fleet, client_hosts))
+            return out
+        gone = [r for r in client_hosts if not any(pids_alive(fleet.connector(r.name), [ref_of(p)]).get(p.pid)
+                                                   for p in r.processes if p.role == "client" and p.pid)]
+        if gone:
+            return _client_tails(fleet, gone, why="every client process of this host exited")
+        time.sleep(1.0)
+    out = {server_rec.name: f"only {connected} of {state.clients} clients connected within {timeout:.0f} s"}
+    out.update(_client_tails(fleet, client_hosts))
+    return out
+
+
+def _client_tails(fleet: Any, hosts: list[HostRecord], why: str = "its clients did not connect") -> dict[str, str]:
+    """Per host, why and the last lines of its first client log (what a client says when it cannot connect)."""
+    out = {}
+    for rec in hosts:
+        procs = [p for p in rec.processes if p.role == "client"]
+        tail = tail_file(fleet.connector(rec.name), procs[0].log, 6).strip()[-600:] if procs else ""
+        out[rec.name] = f"{why}: {tail}" if tail else why
+    return out
 
 
 def _check_alive(conn: Connector, rec: HostRecord, server_alive: bool) -> str | None:

@@ -107,3 +107,51 @@ def test_a_wrong_server_address_fails_start_naming_host_and_reason(sshd_fleet, t
     run_id = state(proj)["run_id"]
     fedctl(proj, "teardown", "--yes", timeout=120)
     assert _no_flower_left(run_id) == []
+
+
+def test_a_server_address_that_never_answers_fails_start_not_watch(sshd_fleet, tmp_path):
+    """Clients dial an address that accepts connections and then says nothing (a black hole, not a
+    refusal): start waits for the server to hear from its clients and fails with what they logged."""
+    import socket
+    import threading
+
+    from tests.integration.sshd import _free_port
+
+    hole_addr = "127.0.0.251"
+    port = _free_port(hole_addr)
+    hole = socket.create_server((hole_addr, port))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def swallow() -> None:
+        hole.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                held.append(hole.accept()[0])  # accept and never answer
+            except OSError:
+                continue
+
+    threading.Thread(target=swallow, daemon=True).start()
+    try:
+        fleet = sshd_fleet(2)
+        proj = _project(tmp_path, rounds=1, server={"bind": fleet.hosts[0].address, "port": port},
+                        flower={"connect_timeout_s": 15})
+        inv = yaml.safe_load(fleet.write_inventory(proj / "inventory.yaml").read_text())
+        inv["hosts"][0]["private_address"] = hole_addr
+        (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
+        fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
+        t0 = time.monotonic()
+        res = fedctl(proj, "start", timeout=180)
+        took = time.monotonic() - t0
+        out = res.stdout + res.stderr
+        assert res.returncode != 0, out
+        assert took < 60, took
+        assert "h2" in out and hole_addr in out, out
+        run_id = state(proj)["run_id"]
+        fedctl(proj, "teardown", "--yes", timeout=120)
+        assert _no_flower_left(run_id) == []
+    finally:
+        stop.set()
+        hole.close()
+        for s in held:
+            s.close()

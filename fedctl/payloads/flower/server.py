@@ -99,10 +99,13 @@ class Server:
         log(ROLE, message)
         self.append({"type": "event", "time": time.time(), "level": level, "message": message})
 
-    def status(self, rnd: int) -> None:
+    def status(self, rnd: int, connected: int | None = None) -> None:
+        """status.json; ``connected`` (SuperNodes online) while waiting for them: fedctl's start
+        waits on it (manifest ``server.reports_clients``)."""
         write_json_atomic(os.path.join(self.run_dir, "status.json"), {
             "round": rnd, "rounds": self.rounds, "phase": self.phase, "sampled": [], "reported": [],
             "waiting": [], "time": time.time(), "flower_run_id": self.run_id,
+            "connected": self.expected if connected is None and self.phase != "waiting" else (connected or 0),
         })
 
     def _round(self, line: dict) -> None:
@@ -195,6 +198,7 @@ class Server:
                 online = sum(1 for n in nodes if n.get("status") == "online")
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 log(ROLE, f"listing SuperNodes: {exc}")
+            self.status(0, connected=online)
             if online >= self.expected:
                 log(ROLE, f"{online}/{self.expected} SuperNodes online")
                 return
