@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+#: the venv's processes must not see this checkout through PYTHONPATH (a test runner may set it)
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FEDCTL_STATE_DIR")}
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +36,19 @@ def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+                          check=True, capture_output=True, text=True, env=CLEAN_ENV).stdout.strip()
     (Path(site) / "zz_host_site.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     # dependencies are satisfied from the appended path: pip resolves them and downloads nothing
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", str(wheels[0])], check=True,
-                   capture_output=True, timeout=300)
+                   capture_output=True, timeout=300, env=CLEAN_ENV)
     where = subprocess.run([str(py), "-c", "import fedctl; print(fedctl.__file__)"], check=True,
-                           capture_output=True, text=True, cwd=base).stdout.strip()
+                           capture_output=True, text=True, cwd=base, env=CLEAN_ENV).stdout.strip()
     assert where.startswith(str(venv)), f"fedctl imported from {where}, not from the wheel"
     return venv
 
 
 def _fedctl(venv: Path, cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FEDCTL_STATE_DIR")}
+    env = dict(CLEAN_ENV)
     env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
     env["COLUMNS"] = "200"
     return subprocess.run([str(venv / "bin" / "fedctl"), *args], cwd=cwd, capture_output=True, text=True,
