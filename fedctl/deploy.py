@@ -58,14 +58,14 @@ class ProcRef:
 #: POSIX sh functions that check a process's identity on the host, in the same shell command as the
 #: signal that follows (no window for a pid to be reused between the check and the kill).
 #:   _st PID            -> "START PGRP" of a live, non-zombie process; fails otherwise
-#:   _ours PID START MARK -> succeeds when PID is that process: same start time (START "-": unknown)
-#:                         and MARK in its environment (or, with a known start time, its argv)
+#:   _ours PID START MARK -> succeeds when PID is that process: same start time (START "-": unknown,
+#:                         as in a state an older fedctl wrote) and MARK in its environment or argv
 IDENT_SH = r"""_st() { _s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; _s=${_s##*") "}
 set -- $_s; [ "$1" != Z ] && [ "$1" != X ] || return 1; echo "${20} $3"; }
 _ours() { _i=$(_st "$1") || return 1; _g=${_i#* }; _i=${_i% *}
 if [ "$2" != - ] && [ "$2" != "$_i" ]; then return 1; fi
 { tr '\000' '\n' < "/proc/$1/environ" | grep -qxF "FEDCTL_RUN_DIR=$3"; } 2>/dev/null && return 0
-[ "$2" != - ] && { tr '\000' '\n' < "/proc/$1/cmdline" | grep -qF -- "$3"; } 2>/dev/null; }
+{ tr '\000' '\n' < "/proc/$1/cmdline" | grep -qF -- "$3"; } 2>/dev/null; }
 """
 
 
