@@ -11,7 +11,9 @@ fedctl metrics. Runs on the server host (started detached by fedctl).
    ``rounds`` and ``flower.run_config``; Flower's run id goes to ``flower_run.json``.
 4. Follows ``flwr log RUN_ID`` into ``serverapp.log`` and translates it into metrics.jsonl round lines
    (flower_progress.py), polls ``flwr ls`` for the run's status, writes the summary, packs what the
-   app wrote to ``$FEDCTL_OUTPUT_DIR`` into ``app-output.tar.gz``, tells the clients the run is over.
+   app wrote to ``$FEDCTL_OUTPUT_DIR`` (also the ServerApp's working directory, so relative paths
+   such as ``joblib.dump(model, "model.pkl")`` land there) into ``app-output.tar.gz``, tells the
+   clients the run is over.
 5. SIGTERM (``fedctl stop``/``teardown``): ``flwr stop RUN_ID``, then the SuperLink.
 
 ``--resume``: the SuperLink restarts on the same database. Flower cannot continue a run whose
@@ -166,9 +168,14 @@ class Server:
         cmd = [flower_tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
                "--database", os.path.join(self.fdir, "superlink.db"), "--disable-runtime-dependency-installation"]
         out = open(os.path.join(self.run_dir, "superlink.log"), "ab")
-        # its own session: fedctl's TERM to our group must reach us first, so that we `flwr stop`
+        # its own session: fedctl's TERM to our group must reach us first, so that we `flwr stop`.
+        # cwd: the ServerApp inherits it (SuperLink -> SuperExec -> flwr-serverapp, no chdir), and apps
+        # not written for fedctl save their results relative to it (Flower's quickstart-sklearn:
+        # joblib.dump(model, "logreg_model.pkl")); in $FEDCTL_OUTPUT_DIR they reach app-output.tar.gz
+        # instead of being removed with the run dir. The SuperLink itself writes nothing there (its
+        # database and FLWR_HOME are absolute paths).
         self.superlink = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=self.env(), cwd=self.fdir, start_new_session=True)
+                                          env=self.env(), cwd=self.output, start_new_session=True)
         deadline = time.time() + 60
         import socket
 
