@@ -155,3 +155,43 @@ def test_a_server_address_that_never_answers_fails_start_not_watch(sshd_fleet, t
         hole.close()
         for s in held:
             s.close()
+
+
+def test_a_killed_server_is_resumed_and_says_what_flower_can_do(tmp_path):
+    """SIGKILL of the server side (wrapper and SuperLink) mid-run, then `start --resume`: the
+    SuperLink restarts on its database, the payload says plainly that Flower starts the run again
+    from round 1, the SuperNodes reconnect on their own, and the run finishes."""
+    import os
+    import signal
+
+    proj = _project(tmp_path, rounds=2)
+    fedctl(proj, "provision", "--clients", "2", check=True)
+    fedctl(proj, "start", check=True, timeout=180)
+    st = state(proj)
+    run_id = st["run_id"]
+    server = next(p for h in st["hosts"] for p in h["processes"] if p["role"] == "server")
+    run_dir = Path(server["pidfile"]).parent
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill it mid-run: after the first round line
+        if metrics.exists() and '"type": "round"' in metrics.read_text(errors="replace"):
+            break
+        time.sleep(0.5)
+    os.killpg(server["pid"], signal.SIGKILL)
+    out = subprocess.run(["pgrep", "-f", f"flower-superlink.*{run_dir}"], capture_output=True, text=True).stdout
+    for pid in out.split():
+        os.kill(int(pid), signal.SIGKILL)
+    time.sleep(1)
+    res = fedctl(proj, "start", "--resume", timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if '"phase": "finished"' in fedctl(proj, "status", "--json").stdout:
+            break
+        time.sleep(2)
+    log = (run_dir / "server.log").read_text(errors="replace")
+    assert "cannot resume" in log or "already finished" in log, log[-2000:]
+    fedctl(proj, "teardown", "--yes", check=True, timeout=180)
+    lines = _metrics(proj / "results" / run_id)
+    assert lines[-1]["type"] == "summary" and lines[-1]["status"] == "finished", lines[-3:]
+    assert _no_flower_left(run_id) == []
