@@ -29,10 +29,10 @@ from fedctl.ops.start import (
     _fail,
     client_command,
     command_values,
-    process_env,
     start_watchdogs,
     wait_ready,
 )
+from fedctl.ops.procenv import process_env
 from fedctl.ops.status import parse_metrics_tail
 from fedctl.shell import quote
 from fedctl.state import RunState, StateStore
