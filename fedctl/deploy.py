@@ -13,8 +13,9 @@ from typing import Iterable, Mapping, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.errors import RemoteError
-from fedctl.shell import join, quote
+from fedctl.shell import join, posix_sh, quote
 from fedctl.state import HostRecord, ProcessRecord
+
 
 def remote_run_dir(host: HostRecord, run_id: str) -> str:
     """``<workdir>/runs/<run-id>`` on that host (workdir must be resolved already)."""
@@ -79,11 +80,6 @@ def record_spawn(proc: ProcessRecord, ref: ProcRef) -> None:
     proc.pid, proc.start_time = ref.pid, ref.start
 
 
-def _sh(script: str) -> str:
-    """Run ``script`` under /bin/sh whatever the remote user's login shell is (zsh, fish, ...)."""
-    return f"/bin/sh -c {quote(script)}"
-
-
 def _candidates(refs: Iterable[ProcRef], scan_marks: Sequence[str] = ()) -> list[str]:
     """Shell lines that set ``M0``, ``M1``... (the marks) and ``_c`` (the candidates as
     ``pid:start:k`` words); with ``scan_marks``, every process carrying one of those marks in its
@@ -140,7 +136,7 @@ def spawn_detached(
         f'echo "$_p ${{_i% *}}" > {quote(pidfile + ".tmp")} && mv {quote(pidfile + ".tmp")} {quote(pidfile)}) && '
         f"cat {quote(pidfile)}"
     )
-    res = conn.run(_sh(script), timeout=60)
+    res = conn.run(posix_sh(script), timeout=60)
     check(res.ok, conn.host.name, "starting a process", res.stderr or res.stdout)
     refs = parse_pidfile(res.stdout, cwd)
     if not refs:
@@ -160,6 +156,15 @@ def parse_pidfile(text: str, mark: str) -> list[ProcRef]:
     return refs
 
 
+def _ours_now(conn: Connector, refs: Sequence[ProcRef], scan_marks: Sequence[str], what: str) -> set[int]:
+    """The pids of ``refs`` (and of processes carrying one of ``scan_marks``) that are fedctl's
+    processes right now, in one round trip (``IDENT_SH``)."""
+    script = IDENT_SH + "\n".join(_candidates(refs, scan_marks)) + '\n_yes() { echo "$1"; }; _each _yes; true'
+    res = conn.run(posix_sh(script), timeout=30)
+    check(res.ok, conn.host.name, what, res.stderr)
+    return {int(p) for p in res.stdout.split() if p.isdigit()}
+
+
 def pids_alive(conn: Connector, refs: Iterable[ProcRef]) -> dict[int, bool]:
     """Which of ``refs`` are alive and still the process fedctl started, in one round trip.
 
@@ -168,12 +173,13 @@ def pids_alive(conn: Connector, refs: Iterable[ProcRef]) -> dict[int, bool]:
     refs = [r for r in refs if r.pid]
     if not refs:
         return {}
-    lines = _candidates(refs)
-    script = IDENT_SH + "\n".join(lines) + '\n_yes() { echo "$1"; }; _each _yes; true'
-    res = conn.run(_sh(script), timeout=30)
-    check(res.ok, conn.host.name, "checking processes", res.stderr)
-    live = {int(p) for p in res.stdout.split() if p.isdigit()}
+    live = _ours_now(conn, refs, (), "checking processes")
     return {int(r.pid): int(r.pid) in live for r in refs}
+
+
+def is_alive(conn: Connector, ref: ProcRef) -> bool:
+    """Whether one process fedctl started is still running (``pids_alive`` for one)."""
+    return pids_alive(conn, [ref]).get(ref.pid, False)
 
 
 def find_run_pids(conn: Connector, marks: Sequence[str]) -> list[int]:
@@ -181,11 +187,7 @@ def find_run_pids(conn: Connector, marks: Sequence[str]) -> list[int]:
     the run's processes and their children, tracked or not."""
     if not marks:
         return []
-    lines = _candidates([], scan_marks=marks)
-    script = IDENT_SH + "\n".join(lines) + '\n_yes() { echo "$1"; }; _each _yes; true'
-    res = conn.run(_sh(script), timeout=30)
-    check(res.ok, conn.host.name, "listing the run's processes", res.stderr)
-    return sorted({int(p) for p in res.stdout.split() if p.isdigit()})
+    return sorted(_ours_now(conn, [], marks, "listing the run's processes"))
 
 
 def read_pidfiles(conn: Connector, run_dir: str) -> list[ProcRef]:
@@ -222,7 +224,7 @@ def stop_pids(
         "sleep 0.2; _n=$((_n+1)); done"
         + "\n_each _kill; sleep 0.2; _each _yes; true"
     )
-    res = conn.run(_sh(script), timeout=grace_s + 60)
+    res = conn.run(posix_sh(script), timeout=grace_s + 60)
     check(res.ok, conn.host.name, "stopping processes", res.stderr)
     return sorted({int(p) for p in res.stdout.split() if p.isdigit()})
 
@@ -255,7 +257,7 @@ def make_dirs(
         f'if [ -d "$p" ] && [ ! -f "$p/{TREE_MARKER}" ]; then echo "F $p"; continue; fi; '
         f'mk "$p"; [ -f "$p/{TREE_MARKER}" ] && echo "A $p"; : > "$p/{TREE_MARKER}" || exit 1; done'
     )
-    res = conn.run(_sh(script), timeout=60)
+    res = conn.run(posix_sh(script), timeout=60)
     check(res.ok, conn.host.name, "creating folders", res.stderr)
     foreign = []
     for line in res.stdout.splitlines():

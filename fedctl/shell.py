@@ -11,7 +11,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: a shell variable name (what env prefixes and the inventory accept)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,19 @@ def join(argv: Iterable[object]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
+def posix_sh(script: str) -> str:
+    """``script`` run by /bin/sh, whatever the remote user's login shell is (zsh does not split an
+    unquoted ``$var`` into words; fish is not a POSIX shell at all)."""
+    return f"/bin/sh -c {quote(script)}"
+
+
 def export_prefix(environment: Mapping[str, str]) -> str:
     """``export K="V"; ...`` for a host's ``environment:``: every command fedctl runs there starts
     with it. Double quotes keep ``$VAR`` expandable (``PATH: /opt/cuda/bin:$PATH``) while a value
     cannot end the quote or run a command (``"``, backslash, backtick and ``$(`` are escaped)."""
     parts = []
     for k, v in environment.items():
-        if not _ENV_NAME.match(k):
+        if not ENV_NAME.match(k):
             raise ValueError(f"invalid environment variable name {k!r}")
         escaped = str(v).replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`").replace("$(", "\\$(")
         parts.append(f'export {k}="{escaped}";')

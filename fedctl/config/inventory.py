@@ -28,6 +28,7 @@ from fedctl.config.loader import (
 )
 from fedctl.connectors.base import HostInfo
 from fedctl.model import ENV_MODES, EnvSettings
+from fedctl.shell import ENV_NAME
 from fedctl.errors import ConfigError
 
 PROVIDERS = ("static", "local", "aws")
@@ -66,7 +67,6 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "keep_env": False,
 }
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 
@@ -196,7 +196,7 @@ def _check_settings(file: str, path: KeyPath, data: dict[str, Any], valid: tuple
             if value is None:
                 out[key] = None
                 continue
-            if not isinstance(value, str) or not _ENV_NAME.match(value):
+            if not isinstance(value, str) or not ENV_NAME.match(value):
                 # Never echo the value: it may be the password itself.
                 raise ConfigError(
                     file, kp,
@@ -254,7 +254,7 @@ def _check_environment(file: str, path: KeyPath, value: Any) -> dict[str, str]:
     env = require_mapping(file, path, value)
     out = {}
     for name, v in env.items():
-        if not _ENV_NAME.match(name):
+        if not ENV_NAME.match(name):
             raise ConfigError(file, (*path, name), "is not a shell variable name (letters, digits, _)")
         if name.startswith("FEDCTL_"):
             raise ConfigError(file, (*path, name), "FEDCTL_* variables are fedctl's own")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import shlex
 import socket
 import threading
@@ -36,11 +35,10 @@ from fedctl.connectors.hostkeys import (
 from fedctl.connectors.ssh_channel import collect_result
 from fedctl.connectors.ssh_config import Target, jump_hops, resolve_target
 from fedctl.errors import ConnectError, HostKeyError, RemoteError
-from fedctl.shell import export_prefix
+from fedctl.shell import ENV_NAME, export_prefix
 
 log = logging.getLogger("fedctl.ssh")
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class SSHConnector(Connector):
@@ -351,7 +349,7 @@ def _with_env(command: str, env: Mapping[str, str] | None) -> str:
         return command
     parts = []
     for k, v in env.items():
-        if not _ENV_NAME.match(k):
+        if not ENV_NAME.match(k):
             raise ValueError(f"invalid environment variable name {k!r}")
         parts.append(f"export {k}={shlex.quote(str(v))};")
     return " ".join(parts) + " " + command

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from fedctl.monitor.nvidia import QUERY_APPS_ARGS, QUERY_GPU_ARGS
-from fedctl.shell import quote
+from fedctl.deploy import IDENT_SH
+from fedctl.shell import posix_sh, quote
 
 #: bytes of history a log shows when first followed (offset -1 = "start near the end")
 LOG_TAIL_BYTES = 16 * 1024
@@ -84,9 +85,10 @@ def new_nonce() -> str:
     return f"@@fedctl-{secrets.token_hex(6)}@@"
 
 
-_FUNCS = r"""_p() { _l=$1; p=$2; t=$3; if [ "$p" = - ]; then read -r p t _ < "$4" 2>/dev/null; p=$(echo "$p" | tr -dc 0-9); fi
-a=0; _s=$(cat "/proc/${p:-0}/stat" 2>/dev/null) && _s=${_s##*") "} && set -- $_s \
-&& [ "$1" != Z ] && { [ "${t:--}" = - ] || [ "$t" = "${20}" ]; } && a=1
+# _p LABEL PID START PIDFILE: alive when /proc has that pid, not a zombie, with the recorded start
+# time (deploy.IDENT_SH's _st, the check stop and teardown make)
+_FUNCS = IDENT_SH + r"""_p() { _l=$1; p=$2; t=$3; if [ "$p" = - ]; then read -r p t _ < "$4" 2>/dev/null; p=$(echo "$p" | tr -dc 0-9); fi
+a=0; _i=$(_st "${p:-0}") && { [ "${t:--}" = - ] || [ "$t" = "${_i% *}" ]; } && a=1
 echo "$_l ${p:--} $a ${t:--}"; }
 _f() { st=$(stat -Lc '%s %i' "$2" 2>/dev/null) || { echo "$M file $1 missing"; return 0; }
 sz=${st% *}; ino=${st#* }; o=$3
@@ -141,7 +143,7 @@ def build_probe(
     # Collect everything and write it at once: sshd sends each small write of the shell as its own
     # packet, and each packet costs the watching process CPU (decrypt, MAC, wake a reader).
     body = "\n".join(lines[1:])
-    return f"{lines[0]}\n_o=$(\n{body}\n)\nprintf '%s\\n' \"$_o\"\n"
+    return posix_sh(f"{lines[0]}\n_o=$(\n{body}\n)\nprintf '%s\\n' \"$_o\"\n")
 
 
 def parse_probe(stdout: str, nonce: str) -> ProbeResult:

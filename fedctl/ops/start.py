@@ -18,6 +18,7 @@ from typing import Any
 from fedctl.connectors.base import Connector
 from fedctl.deploy import (
     ProcRef,
+    is_alive,
     make_dirs,
     pids_alive,
     record_spawn,
@@ -130,7 +131,7 @@ def wait_ready(conn: Connector, ready_file: str, proc: ProcRef, log: str, timeou
         ready = parse_ready(read_file(conn, ready_file))  # None while absent or being written
         if ready is not None:
             return {"port": ready.port, "pid": ready.pid}
-        if not pids_alive(conn, [proc]).get(proc.pid, False):
+        if not is_alive(conn, proc):
             raise PayloadError(
                 f"{conn.host.name}: the server exited before it was ready; last log lines:\n"
                 + tail_file(conn, log, 15)
@@ -265,7 +266,7 @@ def start(
 
         # a client that dies at once (bad config, missing module) should fail start, not watch
         time.sleep(1.0)
-        server_alive = pids_alive(conn, [ref_of(proc)]).get(proc.pid, False)
+        server_alive = is_alive(conn, ref_of(proc))
         for r in fleet.map(lambda c: _check_alive(c, state.host(c.host.name), server_alive),
                            hosts=[h.name for h in client_hosts]):
             if not r.ok:
@@ -349,13 +350,14 @@ def wait_connected(
             connected = st.connected or 0
             if connected >= state.clients or (st.phase not in (None, "waiting", "starting") and st.round):
                 return {}
-        if not pids_alive(sconn, [ref_of(server)]).get(server.pid, False):
+        if not is_alive(sconn, ref_of(server)):
             out = {server_rec.name: f"the server exited while waiting for its clients ({connected}/{state.clients} "
                    f"connected): {tail_file(sconn, server.log, 8).strip()[-800:]}"}
             out.update(_client_tails(fleet, client_hosts))
             return out
-        gone = [r for r in client_hosts if not any(pids_alive(fleet.connector(r.name), [ref_of(p)]).get(p.pid)
-                                                   for p in r.processes if p.role == "client" and p.pid)]
+        # one round trip per host: is any of its client processes still there?
+        gone = [r for r in client_hosts if not any(pids_alive(
+            fleet.connector(r.name), [ref_of(p) for p in r.processes if p.role == "client" and p.pid]).values())]
         if gone:
             return _client_tails(fleet, gone, why="every client process of this host exited")
         time.sleep(1.0)
