@@ -84,6 +84,20 @@ def pinned(requirements: Sequence[str]) -> list[str]:
     return out
 
 
+def _done(conn: Connector, marker: str) -> bool:
+    """Whether a step whose success leaves ``marker`` already ran on the host."""
+    return conn.run(f"test -f {quote(marker)}", timeout=30).ok
+
+
+def _run_logged(conn: Connector, script: str, log: str, marker: str, what: str) -> None:
+    """Run ``script`` with its output in ``log``; leave ``marker`` when it worked, else raise
+    SetupFailed with the exit code and the log's last lines."""
+    res = conn.run(f"{{ {script}; }} > {quote(log)} 2>&1 && touch {quote(marker)}", timeout=INSTALL_TIMEOUT_S)
+    if not res.ok:
+        tail = tail_file(conn, log, 12).strip() or res.stderr.strip()[-800:]
+        raise SetupFailed(f"{what} failed (exit {res.exit_code}; log {log}):\n{tail}")
+
+
 def run_setup(conn: Connector, rec: HostRecord, workdir: str) -> bool:
     """Run the host's ``setup`` commands once per content hash. Returns whether they ran now."""
     commands = rec.info.env.setup
@@ -93,19 +107,15 @@ def run_setup(conn: Connector, rec: HostRecord, workdir: str) -> bool:
     make_dirs(conn, rec, holders=[envs])
     key = _digest(*commands)
     done, log = posixpath.join(envs, f"setup-{key}.done"), posixpath.join(envs, f"setup-{key}.log")
-    res = conn.run(f"test -f {quote(done)}", timeout=30)
-    if res.ok:
+    if _done(conn, done):
         return False
     # one shell for the list, stopping at the first failure; its number and exit code are reported
     script = "; ".join(
         f"echo '$ '{quote(c)}; ( {c} ) || {{ rc=$?; echo \"fedctl: setup command {i + 1} failed with exit $rc\"; exit $rc; }}"
         for i, c in enumerate(commands)
     )
-    res = conn.run(f"{{ {script}; }} > {quote(log)} 2>&1 && touch {quote(done)}", timeout=INSTALL_TIMEOUT_S)
     rec.own(log, "tree")
-    if not res.ok:
-        tail = tail_file(conn, log, 12).strip()
-        raise SetupFailed(f"setup failed (exit {res.exit_code}; log {log}):\n{tail}")
+    _run_logged(conn, script, log, done, "setup")
     rec.own(done, "tree")
     return True
 
@@ -138,7 +148,7 @@ def prepare(
     env_dir = posixpath.join(workdir, "envs", key)
     py = posixpath.join(env_dir, "bin", "python")
     complete = posixpath.join(env_dir, ".complete")
-    if conn.run(f"test -f {quote(complete)}", timeout=30).ok:
+    if _done(conn, complete):
         make_dirs(conn, rec, trees=[env_dir], keep=settings.keep)  # adopt it (a kept env) as ours
         return EnvResult(py, env_dir, False)
     make_dirs(conn, rec, holders=[posixpath.join(workdir, "envs")], trees=[env_dir], keep=settings.keep)
@@ -146,9 +156,5 @@ def prepare(
     venv = [rec.info.python, "-m", "venv", *(["--system-site-packages"] if settings.site_packages else []), env_dir]
     index = ["--no-index", "--find-links", wheels] if wheels else []
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *index, *reqs]
-    script = f"{{ {join(venv)} && {join(pip)}; }} > {quote(log)} 2>&1 && touch {quote(complete)}"
-    res = conn.run(script, timeout=INSTALL_TIMEOUT_S)
-    if not res.ok:
-        tail = tail_file(conn, log, 12).strip() or res.stderr.strip()[-800:]
-        raise SetupFailed(f"creating the environment failed (exit {res.exit_code}; log {log}):\n{tail}")
+    _run_logged(conn, f"{join(venv)} && {join(pip)}", log, complete, "creating the environment")
     return EnvResult(py, env_dir, True)

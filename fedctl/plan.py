@@ -119,11 +119,7 @@ def gpu_processes(
     if gpus <= 0 or not ids:
         return ((tuple(ids),) if ids else ()), ((None,) if ids else ())
     count = min(len(ids), gpus * max(1, per_gpu))
-    procs, start = [], 0
-    for size in even_split(len(ids), count):
-        procs.append(tuple(ids[start:start + size]))
-        start += size
-    return tuple(procs), tuple(i % gpus for i in range(count))
+    return even_chunks(ids, count), tuple(i % gpus for i in range(count))
 
 
 def local_gpu_count(timeout: float = 10.0) -> int:
@@ -148,6 +144,15 @@ def even_split(n: int, parts: int) -> list[int]:
     """Sizes of ``parts`` groups holding ``n`` items, differing by at most one, larger first."""
     base, extra = divmod(n, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def even_chunks(ids: Sequence[int], parts: int) -> tuple[tuple[int, ...], ...]:
+    """``ids`` in ``parts`` contiguous chunks whose sizes differ by at most one (larger first)."""
+    ids, out, start = list(ids), [], 0
+    for size in even_split(len(ids), parts):
+        out.append(tuple(ids[start:start + size]))
+        start += size
+    return tuple(out)
 
 
 def local_host(name: str, cwd: Path, roles: tuple[str, ...]) -> HostInfo:
@@ -177,10 +182,7 @@ def _local_plan(
         cpus = cpu_count or os.cpu_count() or 1
         processes = max(1, min(n, cpus))
     hosts = [PlannedHost(local_host("local-server", cwd, ("server",)), role_server=True)]
-    next_id = 0
-    for i, size in enumerate(even_split(n, processes), start=1):
-        ids = tuple(range(next_id, next_id + size))
-        next_id += size
+    for i, ids in enumerate(even_chunks(range(n), processes), start=1):
         gpu = ((i - 1) % gpus,) if gpus > 0 else ()
         hosts.append(PlannedHost(local_host(f"local-client-{i}", cwd, ("client",)), False, (ids,), gpu))
     return Plan(provider="local", clients=n, hosts=tuple(hosts))

@@ -100,16 +100,17 @@ class HostRecord:
         if not any(o.path == path for o in self.owned):
             self.owned.append(OwnedPath(path, kind, keep))
 
-    def owns_tree(self, path: str) -> bool:
-        """Whether ``path`` lies inside (or is) a tree fedctl created."""
-        return any(o.kind == "tree" and (path == o.path or path.startswith(o.path.rstrip("/") + "/"))
-                   for o in self.owned)
+    def assign(self, ph: PlannedHost) -> "HostRecord":
+        """Take what the plan gives the host: how to reach it, its role, its client processes."""
+        self.info, self.role = ph.host, ph.role
+        self.client_processes = [list(p) for p in ph.client_processes]
+        self.client_gpus = list(ph.client_gpus)
+        return self
 
     @classmethod
     def planned(cls, ph: PlannedHost) -> "HostRecord":
         """A new record for a host of the plan, with what the plan gives it."""
-        return cls(info=ph.host, role=ph.role, client_processes=[list(p) for p in ph.client_processes],
-                   client_gpus=list(ph.client_gpus))
+        return cls(info=ph.host).assign(ph)
 
 
 @dataclass
@@ -158,12 +159,9 @@ class RunState:
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (enums as their values)."""
-        plan, self.plan = self.plan, None  # asdict would turn the plan's HostInfos into plain dicts
-        try:
-            d = dataclasses.asdict(self)
-        finally:
-            self.plan = plan
-        d["plan"] = plan.to_dict() if plan is not None else None
+        # the plan has its own form (asdict would flatten its HostInfos the wrong way)
+        d = dataclasses.asdict(dataclasses.replace(self, plan=None))
+        d["plan"] = self.plan.to_dict() if self.plan is not None else None
         d["phase"] = str(self.phase)
         for h, rec in zip(d["hosts"], self.hosts):
             h["info"] = host_to_dict(rec.info)

@@ -92,7 +92,10 @@ def _usage_hint(exc: BaseException) -> str:
 
 def _log_unexpected(exc: BaseException) -> str:
     """Write the traceback of a bug to ``.fedctl/last-error.log``; return where it went."""
+    import os
+    import tempfile
     import traceback
+    from pathlib import Path
 
     from fedctl.cli.common import env
     from fedctl.state import atomic_write
@@ -101,11 +104,8 @@ def _log_unexpected(exc: BaseException) -> str:
     path = env().state_dir.absolute() / "last-error.log"
     try:
         atomic_write(path, text.encode(), mode=0o600)
-    except OSError:
-        import tempfile
-        from pathlib import Path
-
-        path = Path(tempfile.gettempdir()) / f"fedctl-last-error-{__import__('os').getuid()}.log"
+    except OSError:  # no writable .fedctl here: the temp folder, one file per user
+        path = Path(tempfile.gettempdir()) / f"fedctl-last-error-{os.getuid()}.log"
         atomic_write(path, text.encode(), mode=0o600)
     return str(path)
 

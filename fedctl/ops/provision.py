@@ -116,7 +116,6 @@ def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequen
             hint="`fedctl teardown` it first (results are collected), then provision again",
         )
     new = {ph.host.name: ph.host for ph in plan.hosts}
-    new_planned = {ph.name: ph for ph in plan.hosts}
     blocked = []
     if state.provider != inputs.inventory.provider:
         blocked += [f"{r.name} holds something of the run under provider {state.provider}"
@@ -141,8 +140,9 @@ def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequen
         else:
             if rec.info != ph.host and rec.status == "failed":
                 rec.status = "pending"
-            rec.info, rec.role = ph.host, ph.role
-            rec.client_processes = [list(p) for p in new_planned[ph.name].client_processes]
+            rec.assign(ph)
+            if rec.facts:  # a host provision already looked at keeps its clients spread over its GPUs
+                _place_on_gpus(rec, inputs.experiment.placement.processes_per_gpu)
         hosts.append(rec)
     dropped = sorted(set(old) - set(new))
     state.hosts = hosts
@@ -291,7 +291,7 @@ def provision(
             rec.workdir = out["workdir"]
             rec.python = out["python"]
             rec.facts = out["facts"].to_dict()
-            _place_on_gpus(rec, int((state.experiment.get("placement") or {}).get("processes_per_gpu", 1)))
+            _place_on_gpus(rec, inputs.experiment.placement.processes_per_gpu)
             if out["ok"]:
                 rec.status = "provisioned"
             else:
@@ -317,9 +317,6 @@ def plan_rows(plan: Any, state: RunState | None = None) -> list[HostRow]:
         procs = ""
         if any(g is not None for g in gpus):
             procs = f"{nprocs} process(es) on GPU {', '.join(str(g) for g in gpus)}"
-        role = "server" if ph.role_server else ""
-        if ids:
-            role = f"{role}+client" if role else "client"
         detail = (rec.error or "") if rec else ""
         if rec and rec.status == "provisioned" and rec.facts:
             fields = {k: v for k, v in rec.facts.items() if k in HostFacts.__dataclass_fields__ and k != "ok"}
@@ -328,7 +325,7 @@ def plan_rows(plan: Any, state: RunState | None = None) -> list[HostRow]:
             HostRow(
                 name=ph.host.name,
                 address=rec.info.address if rec else ph.host.address,  # a created machine's, once known
-                role=role or "-",
+                role=ph.role,
                 client_ids=ids,
                 price_per_hour=ph.host.price_per_hour,
                 currency=ph.host.currency,

@@ -72,16 +72,20 @@ class StatusObserver:
         from fedctl.monitor.collect import build_probes
 
         self.metrics = MetricsLog()
-        self._key = (state.run_id, tuple(r.name for r in state.hosts if r.status not in ("torn_down", "tearing_down")))
+        self._key = self._shape(state)
         self.probes = build_probes(state, logs=False, gpu=False, system=False)
+
+    @staticmethod
+    def _shape(state: RunState) -> tuple[Any, ...]:
+        """What the probes were built for: the run, its live hosts and their processes."""
+        return state.run_id, tuple((r.name, tuple(p.pid for p in r.processes)) for r in state.hosts
+                                   if r.status not in ("torn_down", "tearing_down"))
 
     def observe(self, store: StateStore, state: RunState) -> RunStatus:
         """Probe the hosts once and derive the run's phase (written back when it changed)."""
         from fedctl.monitor.collect import collect_once
 
-        key = (state.run_id, tuple(r.name for r in state.hosts if r.status not in ("torn_down", "tearing_down")))
-        if key != self._key or any(not r.processes == [] and r.name in self.probes and
-                                   len(self.probes[r.name].procs) != len(r.processes) for r in state.hosts):
+        if self._shape(state) != self._key:
             self._reset(state)  # another run, other hosts, new processes (a resume): start afresh
         server = server_record(state)
         hosts: list[HostStatus] = []

@@ -48,15 +48,16 @@ def _remove_files(conn: Connector, rec: HostRecord) -> list[str]:
     """Remove exactly what fedctl created on the host (``rec.owned``), newest first: its trees with
     their content, and the folders it made to hold them when they are empty then. Nothing fedctl
     found there is touched. Returns the trees still there afterwards (should be none)."""
-    if not any(not o.keep for o in rec.owned):
+    removable = [o for o in rec.owned if not o.keep]
+    if not removable:
         return []
     steps = []
-    for o in reversed([o for o in rec.owned if not o.keep]):
+    for o in reversed(removable):
         if o.kind == "tree":
             steps.append(f"rm -rf -- {quote(o.path)}")
         else:  # a holder: someone may have put their own files there since
             steps.append(f"rmdir -- {quote(o.path)} 2>/dev/null")
-    must_go = [o.path for o in rec.owned if o.kind != "dir" and not o.keep]
+    must_go = [o.path for o in removable if o.kind != "dir"]
     script = "; ".join(steps) + f"; for p in {join(must_go)}; do [ -e \"$p\" ] && echo \"$p\"; done; true"
     res = conn.run(script, timeout=120)
     if not res.ok:

@@ -92,21 +92,29 @@ def test_flower_app_over_three_sshd_hosts(sshd_fleet, tmp_path):
 
 def test_a_wrong_server_address_fails_start_naming_host_and_reason(sshd_fleet, tmp_path):
     fleet = sshd_fleet(2)
-    proj = _project(tmp_path, rounds=1, server={"bind": fleet.hosts[0].address})
+    # what the clients dial: nothing listens there
+    out = _start_dialing(tmp_path, fleet, "127.0.0.250", server={"bind": fleet.hosts[0].address})
+    assert "h2" in out and "127.0.0.250" in out and "refused" in out, out
+
+
+def _start_dialing(tmp_path: Path, fleet, address: str, start_timeout: float = 120, **cfg) -> str:
+    """Provision a 2-client run whose clients dial ``address`` for the server, start it, check that
+    start fails within 60 s, tear down (nothing of Flower left); return what start printed."""
+    proj = _project(tmp_path, rounds=1, **cfg)
     inv = yaml.safe_load(fleet.write_inventory(proj / "inventory.yaml").read_text())
-    inv["hosts"][0]["private_address"] = "127.0.0.250"  # what the clients dial: nothing listens there
+    inv["hosts"][0]["private_address"] = address
     (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
     fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
     t0 = time.monotonic()
-    res = fedctl(proj, "start", timeout=120)
+    res = fedctl(proj, "start", timeout=start_timeout)
     took = time.monotonic() - t0
     out = res.stdout + res.stderr
     assert res.returncode != 0, out
-    assert took < 60
-    assert "h2" in out and "127.0.0.250" in out and "refused" in out, out
+    assert took < 60, took
     run_id = state(proj)["run_id"]
     fedctl(proj, "teardown", "--yes", timeout=120)
     assert _no_flower_left(run_id) == []
+    return out
 
 
 def test_a_server_address_that_never_answers_fails_start_not_watch(sshd_fleet, tmp_path):
@@ -134,22 +142,9 @@ def test_a_server_address_that_never_answers_fails_start_not_watch(sshd_fleet, t
     threading.Thread(target=swallow, daemon=True).start()
     try:
         fleet = sshd_fleet(2)
-        proj = _project(tmp_path, rounds=1, server={"bind": fleet.hosts[0].address, "port": port},
-                        flower={"connect_timeout_s": 15})
-        inv = yaml.safe_load(fleet.write_inventory(proj / "inventory.yaml").read_text())
-        inv["hosts"][0]["private_address"] = hole_addr
-        (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
-        fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
-        t0 = time.monotonic()
-        res = fedctl(proj, "start", timeout=180)
-        took = time.monotonic() - t0
-        out = res.stdout + res.stderr
-        assert res.returncode != 0, out
-        assert took < 60, took
+        out = _start_dialing(tmp_path, fleet, hole_addr, start_timeout=180,
+                             server={"bind": fleet.hosts[0].address, "port": port}, flower={"connect_timeout_s": 15})
         assert "h2" in out and hole_addr in out, out
-        run_id = state(proj)["run_id"]
-        fedctl(proj, "teardown", "--yes", timeout=120)
-        assert _no_flower_left(run_id) == []
     finally:
         stop.set()
         hole.close()
