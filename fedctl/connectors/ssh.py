@@ -349,7 +349,7 @@ def _with_env(command: str, env: Mapping[str, str] | None) -> str:
         return command
     parts = []
     for k, v in env.items():
-        if not ENV_NAME.match(k):
+        if not ENV_NAME.fullmatch(k):
             raise ValueError(f"invalid environment variable name {k!r}")
         parts.append(f"export {k}={shlex.quote(str(v))};")
     return " ".join(parts) + " " + command

@@ -80,3 +80,56 @@ def test_host_environment_expands_variables_but_runs_nothing(tmp_path):
     assert out[0].startswith("/opt/x:") and len(out[0]) > len("/opt/x:")
     assert out[1] == f'a"b`touch {marker}`c\\d$(touch {marker})'
     assert not marker.exists()
+
+
+# ---- a host's ``environment:``: values are data, only $NAME / ${NAME} expand --------------------
+
+from fedctl.shell import env_value_parts, export_prefix  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "value, parts",
+    [
+        ("/opt/x:$PATH", [("text", "/opt/x:"), ("ref", "PATH")]),
+        ("${HOME}/a$B_1c", [("ref", "HOME"), ("text", "/a"), ("ref", "B_1c")]),
+        ("$", [("text", "$")]),
+        ("${B@P}", [("text", "${B@P}")]),
+        ("$[B]", [("text", "$[B]")]),
+        ("$(id) $1 $$ ${#X} ${X:-y} ${ X}", [("text", "$(id) $1 $$ ${#X} ${X:-y} ${ X}")]),
+        ("x[${A}(id)]", [("text", "x["), ("ref", "A"), ("text", "(id)]")]),
+        ("", []),
+    ],
+)
+def test_only_name_references_are_references(value, parts):
+    assert env_value_parts(value) == parts
+
+
+@pytest.mark.parametrize("shell", ["bash", "dash", "zsh"])
+def test_export_prefix_is_data_in_every_shell(shell, tmp_path):
+    import shutil
+    import subprocess
+
+    exe = shutil.which(shell)
+    assert exe, f"{shell} is not installed (apt-get install -y {shell})"
+    canary = tmp_path / "pwned"
+    env = {"A": "$", "B": f"x[${{A}}(touch {canary})]", "C": "${B@P}", "D": "$[B]",
+           "E": f"'$(touch {canary})' `touch {canary}` \"q\" \\ =ls ~ *\n", "P": "/opt/x:$PATH", "U": "a${FEDCTL_NOPE}b"}
+    dump = join([sys.executable, "-c", "import json, os; print(json.dumps({k: os.environ[k] for k in 'ABCDEPU'}))"])
+    out = subprocess.run([exe, "-c", export_prefix(env) + dump], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, check=True).stdout
+    assert not canary.exists()
+    assert json.loads(out) == {
+        "A": "$", "B": f"x[$(touch {canary})]", "C": "${B@P}", "D": "$[B]", "E": env["E"],
+        "P": "/opt/x:/usr/bin:/bin", "U": "ab",
+    }
+
+
+@pytest.mark.parametrize("name", ["A\n", "1A", "A-B", "", "A B"])
+def test_export_prefix_refuses_bad_names(name):
+    with pytest.raises(ValueError):
+        export_prefix({name: "x"})
+
+
+def test_export_prefix_refuses_a_nul_value():
+    with pytest.raises(ValueError, match="NUL"):
+        export_prefix({"A": "a\0b"})
