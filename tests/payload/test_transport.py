@@ -6,7 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from fedtf.coordinator import Coordinator, make_http_server
+from fedtf.coordinator import Coordinator
+from fedtf.endpoints import make_http_server
 from fedtf.transport import Connection, TransportError, decode, encode, token_ok
 
 SHAPES = [(4, 3), (3,), (3, 2), (2,)]
@@ -48,7 +49,7 @@ def _with_header(body, header):
 
 @pytest.mark.parametrize("mutate,match", [
     (lambda b: b"XXXX" + b[4:], "magic"),
-    (lambda b: b[:-4], "too short"),
+    (lambda b: b[:-4], "are left in the body"),
     (lambda b: b + b"\0\0\0\0", "trailing"),
     (lambda b: b[:4] + struct.pack("<I", 1 << 30) + b[8:], "header length"),
     (lambda b: b[:8] + b"{not json" + b[17:], "unreadable header"),
@@ -168,3 +169,52 @@ def test_http_task_update_and_oversize(http_server):
     coord.finish("finished")
     code, body = c.request("GET", f"/task?after={task.meta['seq']}&inst={task.meta['instance']}&ids=0&proc=p1")
     assert decode(body).meta["status"] == "finished"
+
+
+# -- shapes whose size overflows, is negative, exceeds the model or disagrees with the bytes -------
+def _with_shape(body, shape):
+    _, h = _header(body)
+    h["tensors"][0]["shape"] = shape
+    return _with_header(body, h)
+
+
+@pytest.mark.parametrize("shape,match", [
+    ([2 ** 62, 2 ** 62], "bad shape"),               # each dim beyond any real tensor
+    ([2 ** 30] * 4, "needs"),                       # 2**120 elements: wraps to 0 in int64
+    ([2 ** 31 - 1] * 3, "needs"),                   # wraps to a huge positive int64
+    ([-1, 3], "bad shape"),
+    ([3, -4], "bad shape"),
+    ([1] * 40, "bad shape"),                        # more dims than any tensor has
+    ([5, 3], "needs 60 bytes"),                     # one row more than the bytes that follow
+])
+def test_decode_refuses_shapes_that_do_not_fit_the_body(shape, match):
+    ws = [np.zeros((4, 3), np.float32)]
+    with pytest.raises(TransportError, match=match):
+        decode(_with_shape(encode({}, {"w": ws}), shape))
+
+
+def test_decode_refuses_more_elements_than_the_model():
+    body = encode({}, {"w": [np.zeros(40, np.float32)]})
+    assert decode(body, max_elements=40).tensors[0].shape == (40,)
+    with pytest.raises(TransportError, match="past the model's 39 values"):
+        decode(body, max_elements=39)
+
+
+@pytest.mark.parametrize("shape,reason", [
+    ([2 ** 30] * 4, "w/0: shape"), ([2 ** 31 - 1] * 3, "past the model's 23 values"),
+    ([1000], "past the model's 23 values"), ([2, 2], "trailing bytes")])
+def test_deliver_answers_400_for_an_impossible_shape_and_the_round_goes_on(coord, shape, reason):
+    body = _with_shape(_update(0, 5), shape)
+    code, why = coord.deliver(coord.state.seq, 0, body)   # used to raise ValueError from reshape
+    assert code == 400 and reason in why, why
+    assert coord.state.dropped[0].startswith("rejected: ") and coord.state.updates == {}
+    assert coord.deliver(coord.state.seq, 1, _update(1, 5))[0] == 200  # the others still count
+
+
+def test_http_update_with_an_overflowing_shape_is_a_400(http_server):
+    coord, port = http_server
+    c = Connection("127.0.0.1", port, TOKEN, timeout=10)
+    seq = coord.state.seq
+    assert c.request("POST", f"/update?seq={seq}&id=0", _with_shape(_update(0, 5), [2 ** 30] * 4))[0] == 400
+    assert c.request("POST", f"/update?seq={seq}&id=1", _update(1, 5))[0] == 200   # same connection
+    assert sorted(coord.state.updates) == [1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import http.client
 import json
+import math
 import os
 import stat
 import struct
@@ -23,6 +24,7 @@ import numpy as np
 MAGIC = b"FTF1"
 ALLOWED_DTYPES = {"float16", "float32", "float64", "int32", "int64", "uint8"}
 MAX_HEADER = 1 << 20
+MAX_DIMS = 32            # numpy's own limit is 64; our tensors have at most 4
 TOKEN_HEADER = "Authorization"
 
 
@@ -74,8 +76,13 @@ def encode(meta: dict, groups: dict[str, list[np.ndarray]]) -> bytes:
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *bufs])
 
 
-def decode(body: bytes | memoryview) -> Message:
-    """Parse and check a message; raises TransportError on anything malformed."""
+def decode(body: bytes | memoryview, max_elements: int | None = None) -> Message:
+    """Parse and check a message; raises TransportError (a ValueError) on anything malformed.
+
+    Sizes are computed with Python integers, so a shape like [2**40, 2**40, 2**40] cannot wrap
+    around in int64 and slip past the length checks. `max_elements` caps the elements of all
+    tensors together (the server passes what its model can hold).
+    """
     if len(body) < 8 or bytes(body[:4]) != MAGIC:
         raise TransportError("not a fedtf message (bad magic)")
     (hlen,) = struct.unpack("<I", bytes(body[4:8]))
@@ -88,7 +95,7 @@ def decode(body: bytes | memoryview) -> Message:
         raise TransportError(f"unreadable header: {e}") from None
     if not isinstance(meta, dict) or not isinstance(specs, list):
         raise TransportError("header must hold a meta mapping and a tensor list")
-    pos, names, tensors, offsets = 8 + hlen, [], [], []
+    pos, names, tensors, offsets, elements = 8 + hlen, [], [], [], 0
     for s in specs:
         try:
             name, dtype, shape = str(s["name"]), s["dtype"], s["shape"]
@@ -96,14 +103,19 @@ def decode(body: bytes | memoryview) -> Message:
             raise TransportError("tensor spec needs name, dtype, shape") from None
         if dtype not in ALLOWED_DTYPES:
             raise TransportError(f"tensor {name}: dtype {dtype!r} not allowed")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                  and 0 <= d < 1 << 31 for d in shape):
-            raise TransportError(f"tensor {name}: bad shape {shape!r}")
+        if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in shape):
+            raise TransportError(f"tensor {name}: bad shape {str(shape)[:80]}")
         dt = np.dtype(dtype).newbyteorder("<")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)  # exact: no int64 overflow
+        elements += count
+        if max_elements is not None and elements > max_elements:
+            raise TransportError(f"tensor {name}: shape {shape} takes the message past the model's "
+                                 f"{max_elements} values")
         nbytes = count * dt.itemsize
-        if pos + nbytes > len(body):
-            raise TransportError(f"tensor {name}: body too short")
+        if nbytes > len(body) - pos:
+            raise TransportError(f"tensor {name}: shape {shape} needs {nbytes} bytes, "
+                                 f"{len(body) - pos} are left in the body")
         tensors.append(np.frombuffer(body, dtype=dt, count=count, offset=pos).reshape(shape))
         names.append(name)
         offsets.append(pos)
