@@ -13,22 +13,40 @@ from typing import Iterable, Mapping, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.errors import RemoteError
+from fedctl.model import CONTROL_CHARS, name_problem
 from fedctl.shell import join, posix_sh, quote
 from fedctl.state import HostRecord, ProcessRecord
 
 
-def remote_run_dir(host: HostRecord, run_id: str) -> str:
-    """``<workdir>/runs/<run-id>`` on that host (workdir must be resolved already)."""
+def remote_workdir(host: HostRecord) -> str:
+    """The host's workdir as resolved at provision, normalised. RemoteError when it is not resolved
+    yet, or holds a control character (a home folder with a newline in its name: the run's marks
+    and fedctl's listings would be ambiguous there)."""
     if not host.workdir:
         raise RemoteError(f"{host.name}: workdir not resolved yet (was the host provisioned?)")
-    return posixpath.join(host.workdir, "runs", run_id)
+    if CONTROL_CHARS.search(host.workdir):
+        raise RemoteError(f"{host.name}: workdir {host.workdir!r} holds a control character; fedctl works"
+                          " only in folders whose path has none")
+    return posixpath.normpath(host.workdir)
+
+
+def _plain(host: HostRecord, what: str, name: str) -> str:
+    """``name`` when it is a plain name (``fedctl.model.name_problem``), else RemoteError: a run id or
+    payload name from an edited or foreign state never steers a path out of the workdir."""
+    problem = name_problem(name)
+    if problem:
+        raise RemoteError(f"{host.name}: refusing {what} {problem}")
+    return name
+
+
+def remote_run_dir(host: HostRecord, run_id: str) -> str:
+    """``<workdir>/runs/<run-id>`` on that host (workdir must be resolved already)."""
+    return posixpath.join(remote_workdir(host), "runs", _plain(host, "run id", run_id))
 
 
 def remote_payload_dir(host: HostRecord, payload_name: str) -> str:
     """``<workdir>/payloads/<name>`` on that host."""
-    if not host.workdir:
-        raise RemoteError(f"{host.name}: workdir not resolved yet (was the host provisioned?)")
-    return posixpath.join(host.workdir, "payloads", payload_name)
+    return posixpath.join(remote_workdir(host), "payloads", _plain(host, "payload name", payload_name))
 
 
 def check(result_ok: bool, host: str, what: str, detail: str) -> None:
@@ -244,36 +262,48 @@ def make_dirs(
     fedctl made it (it holds ``TREE_MARKER``); otherwise this raises and writes nothing into it.
     ``keep``: teardown leaves what this call records (``keep_env``).
     """
-    paths = [*holders, *trees]
-    if not paths:
+    # normalised: what is recorded is what teardown checks against the workdir, character for character
+    holders = [posixpath.normpath(p) for p in holders]
+    trees = [posixpath.normpath(p) for p in trees]
+    if not holders and not trees:
         return
-    # for each path, the missing ancestors (deepest last) are printed before mkdir creates them
+    # Output: "KIND PATH" records, each ended by a NUL (a path may hold a newline, never a NUL).
+    # mk lists the missing ancestors of a path, deepest first, then creates them and ends the group
+    # with "E"; the parent is ${d%/*}, not $(dirname), which would drop a name's trailing newlines.
     script = (
-        f"mk() {{ d=$1; n=; "
-        'while [ ! -e "$d" ] && [ "$d" != / ] && [ "$d" != . ]; do n="$d\n$n"; d=$(dirname -- "$d"); done; '
-        'mkdir -p -- "$1" || exit 1; printf "%s" "$n" | sed "s/^/C /"; }; '
-        f"for p in {join(holders)}; do mk \"$p\"; done; "
+        r"mk() { _d=$1; "
+        r'while [ ! -e "$_d" ] && [ ! -L "$_d" ] && [ "$_d" != / ] && [ "$_d" != . ]; do '
+        r"""printf 'C %s\0' "$_d"; case $_d in */*) _d=${_d%/*}; _d=${_d:-/};; *) _d=.;; esac; done; """
+        r"""mkdir -p -- "$1" || exit 1; printf 'E .\0'; }; """
+        f'for p in {join(holders)}; do mk "$p"; done; '
         f"for p in {join(trees)}; do "
-        f'if [ -d "$p" ] && [ ! -f "$p/{TREE_MARKER}" ]; then echo "F $p"; continue; fi; '
-        f'mk "$p"; [ -f "$p/{TREE_MARKER}" ] && echo "A $p"; : > "$p/{TREE_MARKER}" || exit 1; done'
+        # a symbolic link is never fedctl's tree, whatever it points at
+        f'if [ -L "$p" ] || {{ [ -e "$p" ] && [ ! -f "$p/{TREE_MARKER}" ]; }}; then '
+        r"""printf 'F %s\0' "$p"; continue; fi; mk "$p"; """
+        f'[ -f "$p/{TREE_MARKER}" ] && ' r"""printf 'A %s\0' "$p"; """
+        f': > "$p/{TREE_MARKER}" || exit 1; done'
     )
     res = conn.run(posix_sh(script), timeout=60)
     check(res.ok, conn.host.name, "creating folders", res.stderr)
-    foreign = []
-    for line in res.stdout.splitlines():
-        kind, _, path = line.partition(" ")
+    foreign, group = [], []
+    for record in res.stdout.split("\0"):
+        kind, _, path = record.partition(" ")
         if not path:
             continue
         if kind == "C":
-            rec.own(path, "tree" if path in trees else "dir", keep)
+            group.append(path)
+        elif kind == "E":  # the group's folders exist now: record them shallowest first
+            for made in reversed(group):
+                rec.own(made, "tree" if made in trees else "dir", keep)
+            group = []
         elif kind == "A":  # made by an earlier fedctl run whose files were kept: ours again
             rec.own(path, "tree", keep)
         elif kind == "F":
             foreign.append(path)
     if foreign:
         raise RemoteError(
-            f"{conn.host.name}: {', '.join(foreign)} already exists and was not made by fedctl; fedctl "
-            "writes nothing into a folder it did not create (choose another workdir, or move that folder)"
+            f"{conn.host.name}: {', '.join(map(ascii, foreign))} already exists and was not made by fedctl;"
+            " fedctl writes nothing into a folder it did not create (choose another workdir, or move that folder)"
         )
 
 

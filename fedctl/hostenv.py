@@ -7,8 +7,9 @@ local folder of wheels pushed once, content-addressed, for hosts without a packa
 ``keep_env``. Everything a host's set-up prints goes to a log on that host; a failure reports the
 exit code and the last lines of that log, never a traceback of fedctl.
 
-Layout on a host (every folder is recorded as fedctl's, so teardown removes it unless kept):
-    <workdir>/envs/setup-<hash>.log, .done   set-up commands' output and "ran already" marker
+Layout on a host (every folder is recorded as fedctl's, so teardown removes it unless kept; fedctl
+writes files only into folders it made, never into an ``envs`` that was there before):
+    <workdir>/envs/setup-<hash>/setup.log, .done   set-up commands' output and "ran already" marker
     <workdir>/envs/<hash>/                   the venv; setup.log in it; .complete when usable
     <workdir>/wheelhouse/<hash>/             the pushed wheels
 """
@@ -104,9 +105,12 @@ def run_setup(conn: Connector, rec: HostRecord, workdir: str) -> bool:
     if not commands:
         return False
     envs = posixpath.join(workdir, "envs")
-    make_dirs(conn, rec, holders=[envs])
     key = _digest(*commands)
-    done, log = posixpath.join(envs, f"setup-{key}.done"), posixpath.join(envs, f"setup-{key}.log")
+    # the log and the "ran already" marker live in a folder fedctl makes (an envs/ that was there
+    # before, or a setup-<hash> of someone else's, is never written into: make_dirs refuses it)
+    folder = posixpath.join(envs, f"setup-{key}")
+    make_dirs(conn, rec, holders=[envs], trees=[folder])
+    done, log = posixpath.join(folder, ".done"), posixpath.join(folder, "setup.log")
     if _done(conn, done):
         return False
     # one shell for the list, stopping at the first failure; its number and exit code are reported
@@ -114,9 +118,7 @@ def run_setup(conn: Connector, rec: HostRecord, workdir: str) -> bool:
         f"echo '$ '{quote(c)}; ( {c} ) || {{ rc=$?; echo \"fedctl: setup command {i + 1} failed with exit $rc\"; exit $rc; }}"
         for i, c in enumerate(commands)
     )
-    rec.own(log, "tree")
     _run_logged(conn, script, log, done, "setup")
-    rec.own(done, "tree")
     return True
 
 

@@ -7,6 +7,8 @@ stores these and loads them back as the same objects; nothing re-parses them as 
 
 from __future__ import annotations
 
+import posixpath
+import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Mapping
@@ -14,6 +16,61 @@ from typing import Any, Mapping
 from fedctl.errors import PlanError
 
 PLAN_VERSION = 1
+
+#: A name that becomes one folder or file name, on a host or here (a host, a run id, a payload):
+#: letters, digits, '.', '_' and '-', starting with a letter or digit. ``fullmatch`` (never
+#: ``match`` with ``^...$``, whose ``$`` also matches before a trailing newline).
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: Characters a plain name may have (a folder name is at most 255 bytes on every common filesystem).
+MAX_NAME_CHARS = 128
+#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: in a path they
+#: split the line-based output of remote commands and hide what a message shows.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a folder or file (a host, a run, a payload); None when it can.
+
+    Refused: anything but letters, digits, '.', '_' and '-' (so '/', spaces and control characters,
+    a trailing newline included), a first character that is not a letter or digit (so '.', '..',
+    '-x'), '..' anywhere, and more than ``MAX_NAME_CHARS`` characters."""
+    if not isinstance(name, str):
+        return f"must be a string, not {type(name).__name__}"
+    shown = ascii(name if len(name) <= 60 else name[:57] + "...")
+    if not name:
+        return "must not be empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"{shown} is longer than {MAX_NAME_CHARS} characters"
+    if not PLAIN_NAME.fullmatch(name) or ".." in name:
+        return (
+            f"{shown} is not a plain name: it names a folder, so it may only hold letters, digits,"
+            " '.', '_' and '-', start with a letter or digit, and hold no '..'"
+            " (no '/', spaces or control characters)"
+        )
+    return None
+
+
+def rel_path_problem(rel: str) -> str | None:
+    """Why ``rel`` (a POSIX path relative to a folder, e.g. a payload file) cannot be written under
+    that folder on a host; None when it can. Each part must be non-empty, not '.' or '..', and free
+    of control characters (a newline would split the output of the commands that list files)."""
+    if not rel or rel.startswith("/"):
+        return f"{ascii(rel)} must be a relative path"
+    if CONTROL_CHARS.search(rel):
+        return f"{ascii(rel)} holds a control character (a newline, a tab ...)"
+    if any(part in ("", ".", "..") for part in rel.split("/")):
+        return f"{ascii(rel)} has an empty, '.' or '..' part"
+    return None
+
+
+def is_strictly_under(path: str, root: str) -> bool:
+    """Whether ``path`` lies strictly below ``root``, compared normalised (``posixpath.normpath``),
+    so ``root/a/../..`` is not below ``root`` and ``root`` itself is not either."""
+    p, r = posixpath.normpath(path), posixpath.normpath(root)
+    if p == r:
+        return False
+    prefix = r if r.endswith("/") else r + "/"
+    return p.startswith(prefix)
 
 
 class Phase(str, Enum):

@@ -26,6 +26,7 @@ from fedctl.config.loader import (
     type_name,
 )
 from fedctl.errors import ConfigError, PayloadError
+from fedctl.model import name_problem, rel_path_problem
 from fedctl.shell import quote
 
 MANIFEST = "payload.yaml"
@@ -167,6 +168,9 @@ class PayloadManifest:
                 real = p.resolve()
                 if root not in real.parents and real != root:
                     raise ConfigError(str(self.path), ("files", i), f"{rel} points outside the payload folder")
+                problem = rel_path_problem(rel.as_posix())
+                if problem:  # it becomes a path on every host
+                    raise ConfigError(str(self.path), ("files", i), f"file {problem}; rename it")
                 found[rel.as_posix()] = p
                 matched += 1
             if matched == 0:
@@ -271,6 +275,10 @@ def load_manifest(directory: str | Path) -> PayloadManifest:
     check_keys(file, (), raw, TOP_KEYS)
 
     name = check_str(file, ("name",), raw.get("name", d.name))
+    problem = name_problem(name)
+    if problem:  # the payload lives in <workdir>/payloads/<name> on every host
+        where = "" if "name" in raw else " (the folder's name, as payload.yaml sets no name)"
+        raise ConfigError(file, ("name",), f"payload name {problem}{where}")
     description = raw.get("description") or ""
     check_str(file, ("description",), description, allow_empty=True)
 

@@ -8,6 +8,7 @@ An inventory holds at most ``MAX_HOSTS`` hosts, counted from the ranges before t
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from fedctl.config.loader import (
     type_name,
 )
 from fedctl.connectors.base import HostInfo
-from fedctl.model import ENV_MODES, EnvSettings
+from fedctl.model import CONTROL_CHARS, ENV_MODES, EnvSettings, name_problem
 from fedctl.shell import ENV_NAME
 from fedctl.errors import ConfigError
 
@@ -67,8 +68,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "keep_env": False,
 }
 
-_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
+_CURRENCY = re.compile(r"[A-Za-z]{3}")  # fullmatch: "$" would also match before a trailing newline
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def _check_settings(file: str, path: KeyPath, data: dict[str, Any], valid: tuple
             if value is None:
                 out[key] = None
                 continue
-            if not isinstance(value, str) or not ENV_NAME.match(value):
+            if not isinstance(value, str) or not ENV_NAME.fullmatch(value):
                 # Never echo the value: it may be the password itself.
                 raise ConfigError(
                     file, kp,
@@ -207,7 +207,7 @@ def _check_settings(file: str, path: KeyPath, data: dict[str, Any], valid: tuple
             out[key] = value
         elif key == "currency":
             value = check_str(file, kp, value)
-            if not _CURRENCY.match(value):
+            if not _CURRENCY.fullmatch(value):
                 raise ConfigError(
                     file, kp, f"must be a 3-letter currency code like USD or CNY, got {preview(value)}"
                 )
@@ -230,9 +230,25 @@ def _check_settings(file: str, path: KeyPath, data: dict[str, Any], valid: tuple
             if not isinstance(value, list) or not all(isinstance(c, str) and c.strip() for c in value):
                 raise ConfigError(file, kp, "must be a list of shell commands (strings)")
             out[key] = list(value)
-        else:  # workdir, python
+        elif key == "workdir":
+            out[key] = _check_workdir(file, kp, value)
+        else:  # python
             out[key] = check_str(file, kp, value)
     return out
+
+
+def _check_workdir(file: str, path: KeyPath, value: Any) -> str:
+    """The folder fedctl works in on the host, normalised (``~/a/../b/`` -> ``~/b``): every path fedctl
+    records there starts with it, and teardown removes only what lies strictly under it. Control
+    characters are refused: a newline would split the output of the commands that list and remove
+    fedctl's folders (``/tmp/a<newline>b``)."""
+    text = check_str(file, path, value)
+    if CONTROL_CHARS.search(text):
+        raise ConfigError(
+            file, path, f"{preview(text)} holds a control character (a newline, a tab ...);"
+            " give a folder whose name has none",
+        )
+    return posixpath.normpath(text)
 
 
 def _check_wheelhouse(file: str, path: KeyPath, value: Any) -> str:
@@ -254,7 +270,7 @@ def _check_environment(file: str, path: KeyPath, value: Any) -> dict[str, str]:
     env = require_mapping(file, path, value)
     out = {}
     for name, v in env.items():
-        if not ENV_NAME.match(name):
+        if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
             raise ConfigError(file, (*path, name), "is not a shell variable name (letters, digits, _)")
         if name.startswith("FEDCTL_"):
             raise ConfigError(file, (*path, name), "FEDCTL_* variables are fedctl's own")
@@ -326,12 +342,9 @@ def _expand_entry(file: str, path: KeyPath, entry: dict[str, Any], room: int) ->
 
 def _make_host(file: str, path: KeyPath, item: dict[str, Any], defaults: dict[str, Any]) -> HostInfo:
     name = item["name"]
-    if not _HOST_NAME.match(name):
-        raise ConfigError(
-            file, (*path, "name"),
-            f"host name {preview(name)} may only hold letters, digits, '.', '_' and '-'"
-            " (it names folders and logs)",
-        )
+    problem = name_problem(name)
+    if problem:  # it names folders and logs (results/<run>/logs/<host>/)
+        raise ConfigError(file, (*path, "name"), f"host name {problem}")
     address = check_str(file, (*path, "address"), item["address"])
     private = item.get("private_address")
     roles_raw = item.get("roles")

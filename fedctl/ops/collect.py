@@ -10,10 +10,12 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.deploy import remote_run_dir
+from fedctl.errors import StateError
+from fedctl.model import name_problem
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
 from fedctl.shell import join, quote
 from fedctl.state import HostRecord, RunState, StateStore
@@ -34,7 +36,11 @@ class CollectReport:
 
 
 def results_dir(store: StateStore, run_id: str) -> Path:
-    """``results/<run-id>/`` next to the ``.fedctl`` folder."""
+    """``results/<run-id>/`` next to the ``.fedctl`` folder. StateError for a run id that is not a
+    plain name (an edited state): it would put the results elsewhere."""
+    problem = name_problem(run_id)
+    if problem:
+        raise StateError(f"{store.root / 'state.json'}: run id {problem}")
     return store.root.parent / "results" / run_id
 
 
@@ -82,18 +88,26 @@ def collect_raw(
     dest: Path | None = None,
     progress: Progress = quiet,
     fleet: Any = None,
+    hosts: Sequence[str] | None = None,
 ) -> CollectReport:
-    """Fetch the current run's outputs from every reachable host into ``dest``."""
+    """Fetch the current run's outputs from every reachable host into ``dest``.
+
+    ``fleet``: an open fleet to use (the caller's session); ``hosts``: only these hosts (the ones
+    that fleet covers; a host outside them is not asked)."""
     dest = dest or results_dir(store, state.run_id)
     dest.mkdir(parents=True, exist_ok=True)
     report = CollectReport(dest)
     server = server_record(state)
-    recs = [r for r in state.hosts if r.workdir and r.status not in ("torn_down",)]
+    recs = [r for r in state.hosts if r.workdir and r.status not in ("torn_down",)
+            and (hosts is None or r.name in hosts)]
     if not recs:
         return report
 
     def one(c: Connector) -> list[str]:
         rec = state.host(c.host.name)
+        problem = name_problem(rec.name)
+        if problem:  # its logs go to logs/<host>/ here
+            raise StateError(f"host name {problem}")
         return _fetch_host(c, state, rec, dest, server is not None and rec.name == server.name)
 
     progress(f"collecting results of run {state.run_id} into {dest}")

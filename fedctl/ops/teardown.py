@@ -16,7 +16,10 @@ from fedctl.deploy import find_run_pids, remote_run_dir
 from fedctl.ops.collect import CollectReport, collect_raw, results_dir
 from fedctl.ops.common import Progress, open_fleet, quiet
 from fedctl.ops.stop import run_ids, run_marks, stop_host
-from fedctl.shell import join, quote
+from fedctl.config.loader import safe_text
+from fedctl.deploy import TREE_MARKER
+from fedctl.model import is_strictly_under
+from fedctl.shell import posix_sh, quote
 from fedctl.errors import UsageError
 from fedctl.state import HostRecord, RunState, StateStore
 
@@ -44,25 +47,81 @@ class TeardownReport:
         return all(h.ok for h in self.hosts)
 
 
+#: Removal on the host, in one shell command per host, so that every check is made on the spot, in
+#: the same command as the ``rm`` it guards. ``$W`` is the workdir. Records out: "KIND PATH", each
+#: ended by a NUL (a path may hold a newline): L left behind, S a symbolic link, O outside the
+#: workdir (resolved through symbolic links), M no marker (not made by fedctl).
+#:   _real P   -> P with every symbolic link resolved (cd -P; the "x" keeps trailing newlines)
+#:   _ours P   -> succeeds when P is fedctl's tree: no link, strictly under the workdir, marked
+#:   _gone P   -> reports P when it is still there
+REMOVE_SH = r"""_real() { _o=$(cd -P -- "$1" 2>/dev/null && pwd -P && echo x) || return 1; printf %s "${_o%??}"; }
+_w=$(_real "$W") || _w=
+case $_w in /) _wp=/ ;; ?*) _wp=$_w/ ;; *) _wp= ;; esac
+_ours() { if [ -L "$1" ]; then printf 'S %s\0' "$1"; return 1; fi
+[ -e "$1" ] || return 1
+_r=$(_real "$1") || _r=
+case $_r in "$_wp"?*) [ -n "$_wp" ] || { printf 'O %s\0' "$1"; return 1; } ;; *) printf 'O %s\0' "$1"; return 1 ;; esac
+[ -f "$1/@MARKER@" ] || { printf 'M %s\0' "$1"; return 1; }; }
+_gone() { [ -e "$1" ] && printf 'L %s\0' "$1"; true; }
+""".replace("@MARKER@", TREE_MARKER)
+
+_REFUSED = {
+    "S": "is a symbolic link, never a folder fedctl made",
+    "O": "does not lie strictly under the workdir",
+    "M": f"holds no {TREE_MARKER} marker, so fedctl did not make it",
+    "X": "does not lie strictly under the workdir (as recorded)",
+}
+
+
 def _remove_files(conn: Connector, rec: HostRecord) -> list[str]:
     """Remove exactly what fedctl created on the host (``rec.owned``), newest first: its trees with
     their content, and the folders it made to hold them when they are empty then. Nothing fedctl
-    found there is touched. Returns the trees still there afterwards (should be none)."""
+    found there is touched.
+
+    A recorded tree is removed only when, normalised, it lies strictly under the workdir, and, on
+    the host, in the same command as the ``rm``: it is no symbolic link, it still lies strictly under
+    the workdir with every link resolved, and it holds ``TREE_MARKER``. A recorded path that fails a
+    check (an edited or foreign state, a folder swapped since) is refused, never removed, and
+    reported. Returns what is left: refusals and trees still there (normally none)."""
     removable = [o for o in rec.owned if not o.keep]
     if not removable:
         return []
+    workdir = posixpath.normpath(rec.workdir or conn.expand(rec.info.workdir))
+    refused: list[str] = []
     steps = []
     for o in reversed(removable):
+        path = posixpath.normpath(o.path)
         if o.kind == "tree":
-            steps.append(f"rm -rf -- {quote(o.path)}")
-        else:  # a holder: someone may have put their own files there since
-            steps.append(f"rmdir -- {quote(o.path)} 2>/dev/null")
-    must_go = [o.path for o in removable if o.kind != "dir"]
-    script = "; ".join(steps) + f"; for p in {join(must_go)}; do [ -e \"$p\" ] && echo \"$p\"; done; true"
-    res = conn.run(script, timeout=120)
-    if not res.ok:
-        return [f"(removal failed: {res.stderr.strip()[:200]})"]
-    return [line for line in res.stdout.splitlines() if line.strip()]
+            if is_strictly_under(path, workdir):
+                q = quote(path)
+                steps.append(f"_ours {q} && {{ rm -rf -- {q}; _gone {q}; }}")
+            else:
+                refused.append(_refusal("X", path, workdir))
+        elif o.kind == "dir" and (path == workdir or is_strictly_under(path, workdir)
+                                  or is_strictly_under(workdir, path)):
+            # a holder: the workdir, a folder in it, or a parent fedctl made for it; someone may
+            # have put their own files there since, so only an empty one goes
+            steps.append(f"[ -L {quote(path)} ] || rmdir -- {quote(path)} 2>/dev/null")
+        else:
+            refused.append(_refusal("X", path, workdir) if o.kind == "dir" else
+                           f"refused to remove {safe_text(path, 200)}: unknown kind {o.kind!r} in the state")
+    if steps:
+        res = conn.run(posix_sh(f"W={quote(workdir)}\n" + REMOVE_SH + "; ".join(steps) + "; true"), timeout=120)
+        if not res.ok:
+            return [*refused, f"(removal failed: {res.stderr.strip()[:200]})"]
+        for record in res.stdout.split("\0"):
+            kind, _, path = record.partition(" ")
+            if not path:
+                continue
+            refused.append(f"{safe_text(path, 200)} is still there" if kind == "L" else _refusal(kind, path, workdir))
+    return refused
+
+
+def _refusal(kind: str, path: str, workdir: str) -> str:
+    """A refused path, said so that the user knows why and what to do."""
+    why = _REFUSED.get(kind, "failed a check")
+    return (f"refused to remove {safe_text(path, 200)} (workdir {safe_text(workdir, 200)}): it {why}; fedctl"
+            " leaves it there (remove it yourself if it is yours to remove)")
 
 
 def teardown(
@@ -106,7 +165,10 @@ def teardown(
             store.save(state)
             reachable = [r.name for r in ssh_recs if outcome[r.name].error is None]
             if collect and (state.started_at is not None or any(r.processes for r in state.hosts)):
-                report.collect = collect_raw(store, state, progress=progress, fleet=fleet)
+                # only from hosts of this fleet: a host left out of it (a machine without an address)
+                # has nothing to collect over SSH
+                report.collect = collect_raw(store, state, progress=progress, fleet=fleet,
+                                             hosts=[r.name for r in ssh_recs])
                 store.save(state)
                 secrets = _run_tokens(fleet, state, reachable)
             if not keep_files and not machines:
