@@ -1,7 +1,9 @@
 """The payload's HTTP server against a token holder that misbehaves at the HTTP level.
 
-Raw sockets on 127.0.0.1: bad Content-Length values are answered without reading the body, silent
-connections time out, handler threads are bounded and the listen backlog fits the fleet.
+Raw sockets on 127.0.0.0/8: bad Content-Length values are answered without reading the body, heads
+and bodies have total deadlines, the token is checked on the head before a slot is taken,
+token-less connections are capped per source and in total, slots are bounded and the listen
+backlog fits the fleet.
 """
 import importlib.util
 import os
@@ -12,8 +14,11 @@ import time
 import numpy as np
 import pytest
 from conftest import PAYLOAD_DIR
-from fedtf.coordinator import Coordinator, fleet_defaults, make_http_server
+from fedtf.coordinator import Coordinator
+from fedtf.endpoints import fleet_defaults, make_http_server
 from fedtf.transport import Connection
+
+from tests.waiting import wait_until
 
 SHAPES = [(4, 3), (3,), (3, 2), (2,)]
 TOKEN = b"s3cret-token"
@@ -116,9 +121,8 @@ def test_valid_requests_still_work_after_the_checks(serve):
     assert got.startswith(b"HTTP/1.1 200 ")
 
 
-def test_silent_connections_are_closed_after_the_read_timeout(serve):
-    _, _, port = serve(read_timeout_s=0.5)
-    base = threading.active_count()
+def test_silent_and_stalled_connections_are_closed(serve):
+    _, _, port = serve(head_timeout_s=0.5, body_base_s=0.5)
     silent = socket.create_connection(("127.0.0.1", port), timeout=5)       # sends nothing
     half = socket.create_connection(("127.0.0.1", port), timeout=5)
     half.sendall(b"POST /update?seq=1&id=0 HTTP/1.1\r\nHost")                 # stalls mid-headers
@@ -129,37 +133,142 @@ def test_silent_connections_are_closed_after_the_read_timeout(serve):
     assert got.startswith(b"HTTP/1.1 408 ")
     for x in (silent, half, s):
         x.close()
-    end = time.time() + 3
-    while threading.active_count() > base and time.time() < end:
-        time.sleep(0.05)
-    assert threading.active_count() <= base  # the handler threads are gone
+
+
+def _trickle(sock: socket.socket, data: bytes, every: float, stop: float) -> bytes:
+    """Send `data` one byte per `every` seconds until the server hangs up (or `stop` passes);
+    returns what the server sent back."""
+    got = b""
+    sock.settimeout(every)
+    for b in data:
+        try:
+            sock.sendall(bytes([b]))
+            chunk = sock.recv(4096)
+            if not chunk:
+                return got
+            got += chunk
+        except TimeoutError:
+            if time.time() > stop:
+                return got
+        except OSError:  # reset by the server
+            return got
+    return got
+
+
+def test_a_head_that_trickles_in_is_cut_off_at_the_total_deadline(serve):
+    """One byte every 0.1 s: each read is quick, so a per-read timeout never fires (that let 70
+    such connections hold every slot); the head's total deadline does."""
+    _, _, port = serve(head_timeout_s=0.8)
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    t0 = time.time()
+    _trickle(s, (f"GET /health HTTP/1.1\r\nHost: t\r\nX-Pad: {'a' * 200}\r\n{AUTH}\r\n\r\n").encode(),
+             0.1, t0 + 10)
+    assert 0.7 < time.time() - t0 < 3.0
+    s.close()
+
+
+def test_a_body_that_trickles_in_is_cut_off_at_the_total_deadline(serve):
+    _, _, port = serve(body_base_s=0.8)
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(_post("Content-Length: 1000\r\n").encode())
+    t0 = time.time()
+    got = _trickle(s, b"x" * 1000, 0.1, t0 + 10)
+    assert got.startswith(b"HTTP/1.1 408 ") and 0.7 < time.time() - t0 < 3.0, got[:200]
+    s.close()
+
+
+def test_no_token_is_a_401_before_the_body(serve):
+    """A token-less POST announcing 1 MB gets its 401 at once: the body is never waited for."""
+    coord, srv, port = serve()
+    head = f"POST /update?seq=1&id=0 HTTP/1.1\r\nHost: t\r\nContent-Length: {1 << 20}\r\n\r\n"
+    t0 = time.time()
+    got, s = _raw(port, head)
+    s.close()
+    assert got.startswith(b"HTTP/1.1 401 ") and time.time() - t0 < 2.0, got[:200]
+    assert srv.connection_counts()["authed"] == 0 and coord.state.dropped == {}
+
+
+def _slow_strangers(port: int, n: int, source: str = "127.0.0.1") -> list[socket.socket]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind((source, 0))
+        s.settimeout(5)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /task?after=0 HTTP/1.1\r\n")  # ... and nothing more, for now
+        socks.append(s)
+    return socks
+
+
+def _hung_up(s: socket.socket) -> bool:
+    """True when the server closed `s` (a FIN, or a RST because our request bytes were unread)."""
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_token_less_connections_take_no_slot(serve):
+    """Every slot of the old server went to whoever connected first, token or not."""
+    _, srv, port = serve(max_connections=2)
+    strangers = _slow_strangers(port, 20)
+    wait_until(lambda: srv.connection_counts()["pending"] == 20, 5, what="20 pending connections")
+    c = Connection("127.0.0.1", port, TOKEN, timeout=5)
+    t0 = time.time()
+    assert c.request("GET", "/health")[0] == 200 and time.time() - t0 < 1.0
+    assert srv.connection_counts() == {"pending": 20, "authed": 1}
+    for s in strangers:
+        s.close()
+
+
+def test_connections_without_a_token_are_capped_per_source(serve):
+    _, srv, port = serve(pending_per_source=5, head_timeout_s=30)
+    kept = _slow_strangers(port, 5, "127.0.0.2")
+    wait_until(lambda: srv.connection_counts()["pending"] == 5, 5, what="5 pending connections")
+    t0 = time.time()
+    over = _slow_strangers(port, 3, "127.0.0.2")
+    for s in over:                      # closed at once, not after the head deadline
+        assert _hung_up(s)
+    assert time.time() - t0 < 2.0
+    assert srv.refused["source cap"] == 3 and srv.connection_counts()["pending"] == 5
+    other = _slow_strangers(port, 1, "127.0.0.3")           # another source is not affected
+    wait_until(lambda: srv.connection_counts()["pending"] == 6, 5, what="the other source's connection")
+    assert Connection("127.0.0.1", port, TOKEN, timeout=5).request("GET", "/health")[0] == 200
+    for s in kept + over + other:
+        s.close()
+
+
+def test_when_the_pending_total_is_full_the_oldest_goes(serve):
+    _, srv, port = serve(max_pending=4)
+    first = _slow_strangers(port, 1, "127.0.0.2")
+    wait_until(lambda: srv.connection_counts()["pending"] == 1, 5, what="the first connection")
+    rest = [s for i in range(3, 7) for s in _slow_strangers(port, 1, f"127.0.0.{i}")]
+    assert _hung_up(first[0])           # the oldest made room for the newest
+    wait_until(lambda: srv.connection_counts()["pending"] == 4, 5, what="4 pending connections")
+    assert srv.refused["pending cap"] == 1
+    for s in first + rest:
+        s.close()
 
 
 def test_read_timeout_has_a_default(serve):
     _, srv, _ = serve()
-    assert 30 <= srv.RequestHandlerClass.timeout <= 60
+    assert 30 <= srv.read_timeout_s <= 60 and srv.head_timeout_s <= 5
 
 
-def test_handler_threads_are_bounded(serve):
-    _, _, port = serve(max_connections=2, slot_wait_s=0.2)
-    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
-    time.sleep(0.3)  # both accepted: every slot is held by a connection that says nothing
+def test_slots_are_bounded(serve):
+    """A token holder's kept-alive connection holds a slot until it closes; beyond
+    max_connections of them, a new one gets a 503 (clients back off and retry)."""
+    _, srv, port = serve(max_connections=2)
+    held = [Connection("127.0.0.1", port, TOKEN, timeout=5) for _ in range(2)]
+    for h in held:
+        assert h.request("GET", "/health")[0] == 200
     got, s = _raw(port, f"GET /health HTTP/1.1\r\nHost: t\r\n{AUTH}\r\n\r\n")
     s.close()
     assert got.startswith(b"HTTP/1.1 503 ") and b"busy" in got, got[:200]
-    idle[0].close()
-    c = Connection("127.0.0.1", port, TOKEN, timeout=5)
-    end = time.time() + 3
-    while True:
-        try:
-            code = c.request("GET", "/health")[0]
-        except ConnectionResetError:  # refused while the slot was still being freed
-            code = 503
-        if code != 503 or time.time() > end:
-            break
-        time.sleep(0.05)
-    assert code == 200
-    idle[1].close()
+    held[0].close()
+    wait_until(lambda: srv.connection_counts()["authed"] == 1, 5, what="the slot to be freed")
+    assert Connection("127.0.0.1", port, TOKEN, timeout=5).request("GET", "/health")[0] == 200
+    held[1].close()
 
 
 def test_client_retries_a_busy_server(serve):
@@ -168,9 +277,9 @@ def test_client_retries_a_busy_server(serve):
     client_mod = importlib.util.module_from_spec(spec)  # TensorFlow is imported only in Client.__init__
     spec.loader.exec_module(client_mod)
 
-    _, _, port = serve(max_connections=1, slot_wait_s=0.1)
-    hog = socket.create_connection(("127.0.0.1", port), timeout=5)
-    time.sleep(0.2)
+    _, _, port = serve(max_connections=1)
+    hog = Connection("127.0.0.1", port, TOKEN, timeout=5)
+    assert hog.request("GET", "/health")[0] == 200   # kept alive: holds the only slot
     threading.Timer(0.8, hog.close).start()
     cl = client_mod.Client.__new__(client_mod.Client)  # the network half only
     cl.host, cl.port, cl.token, cl.unreachable_s = "127.0.0.1", port, TOKEN, 10.0

@@ -95,7 +95,7 @@ class Server:
 
     # -- serving ------------------------------------------------------------------------------
     def serve(self) -> None:
-        from fedtf.coordinator import make_http_server  # noqa: PLC0415
+        from fedtf.endpoints import make_http_server  # noqa: PLC0415
         port = self.args.port
         ready = os.path.join(self.run_dir, "server.ready")
         candidates = [port]

@@ -1,48 +1,28 @@
-"""The server's shared round state and its HTTP endpoints (no TensorFlow here).
+"""The server's shared round state (no TensorFlow, no HTTP here: fedtf.endpoints serves it).
 
 One Coordinator holds the open round (task body, sampled ids, received updates) behind a
 condition variable; HTTP handler threads long-poll on it and deliver updates into it, the
 server's main loop opens and closes rounds.
 
-Endpoints (all need `Authorization: Bearer <run token>`, else 401):
-    GET  /task?after=SEQ&ids=0,1,2&proc=P   long poll: the next round that samples one of `ids`
-    POST /update?seq=SEQ&id=K               one client update (binary message)
-    POST /drop?seq=SEQ&id=K                 a sampled client announces a simulated dropout
-    GET  /health                            JSON status
-
 An update is checked against the global model of its round (fedtf.robust) before it is accepted;
 when the round closes, updates far larger than the round's median are rejected too. Rejected
 clients appear in the round's `dropped` with a reason starting "rejected: " and in `rejected`.
-
-The HTTP server is built for a fleet of token holders that may misbehave: a POST needs a valid
-Content-Length (411 / 400 / 413 otherwise, answered without reading the body), every socket read
-times out, handler threads are bounded (extra connections wait briefly, then get 503) and the
-listen backlog is sized to the fleet.
 """
 from __future__ import annotations
 
-import json
-import re
-import socket
-import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
 from .metrics import log
 from .robust import UpdateLimits, delta_norm, norm_outliers
 from .strategies import Update
-from .transport import TransportError, decode, encode, token_ok
+from .transport import TransportError, decode, encode
 
 POLL_WAIT_S = 20.0
-READ_TIMEOUT_S = 60.0     # default: a connection silent this long mid-request or between requests is closed
-SLOT_WAIT_S = 1.0         # how long a new connection waits for a free handler thread before a 503
-_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # digits only: no sign, no spaces inside, no hex
 
 
 @dataclass
@@ -194,7 +174,9 @@ class Coordinator:
         received = time.time()
         measured = self.state  # the update is checked against this round's global model
         try:
-            msg = decode(body)
+            # a message holds at most one model-sized tensor set per group: a shape larger than
+            # that is refused before numpy sees it
+            msg = decode(body, max_elements=self.size * (1 + len(self.extras)))
             upd, cm, norms = self._check(msg, client, measured.global_w)
         except TransportError as e:
             return self._reject(seq, client, str(e))
@@ -295,209 +277,3 @@ def _split(flat: np.ndarray, shapes: list[tuple]) -> list[np.ndarray]:
         out.append(flat[pos:pos + n].reshape(s))
         pos += n
     return out
-
-
-def fleet_defaults(clients: int) -> tuple[int, int]:
-    """(max_connections, listen backlog) for a fleet of `clients` virtual clients.
-
-    A client process keeps one long-poll connection and up to four upload connections, and there
-    are at most `clients` processes. The backlog must absorb every process connecting at once:
-    with the stdlib's 5, 200 clients starting together sat in SYN retries and timed out.
-    """
-    return min(4096, max(64, 5 * clients + 16)), max(128, 2 * clients)
-
-
-class FleetHTTPServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a bounded number of handler threads and a chosen backlog.
-
-    The stdlib server starts a thread per connection without limit; here a connection beyond
-    `max_connections` waits up to `slot_wait_s` for a thread to free up, then gets a 503
-    (clients retry it like an unreachable server).
-    """
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 max_connections: int, backlog: int, slot_wait_s: float = SLOT_WAIT_S) -> None:
-        self.request_queue_size = backlog  # read by server_activate() -> listen(); set it first
-        self.max_connections = max_connections
-        self.slot_wait_s = slot_wait_s
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._refused = 0
-        self._refused_logged = 0.0
-        super().__init__(address, handler)
-
-    def process_request(self, request: socket.socket, client_address) -> None:
-        if not self._slots.acquire(timeout=self.slot_wait_s):
-            self._refuse(request)
-            return
-        try:
-            threading.Thread(target=self._serve_one, args=(request, client_address), daemon=True,
-                             name="http-conn").start()
-        except RuntimeError:  # the OS will not give us another thread: same answer as a full pool
-            self._slots.release()
-            self._refuse(request)
-
-    def _serve_one(self, request: socket.socket, client_address) -> None:
-        try:
-            self.process_request_thread(request, client_address)  # handles errors, closes the socket
-        finally:
-            self._slots.release()
-
-    def _refuse(self, request: socket.socket) -> None:
-        """503 on a connection no thread is free for; logged at most every 10 s (a storm of them
-        must not flood server.log)."""
-        self._refused += 1
-        now = time.time()
-        if now - self._refused_logged >= 10.0:
-            self._refused_logged = now
-            log("server", f"all {self.max_connections} connection slots busy: answered 503 "
-                          f"({self._refused} so far; robustness.max_connections raises the limit)", "warning")
-        body = json.dumps({"message": "server busy: too many connections"}).encode()
-        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
-        try:
-            request.settimeout(1.0)  # this runs on the accept thread: never block it for long
-            request.sendall(head + body)
-            # Closing with unread request bytes sends a RST that can destroy the 503 before the
-            # client reads it: take what has arrived already (never wait for more).
-            for _ in range(16):
-                if not request.recv(1 << 16, socket.MSG_DONTWAIT):
-                    break
-        except (BlockingIOError, InterruptedError):
-            pass  # nothing more had arrived: the usual case
-        except OSError as e:
-            log("server", f"could not send 503: {e}", "debug")
-        self.shutdown_request(request)
-
-    def handle_error(self, request, client_address) -> None:
-        """One line for network trouble (a reset, a timeout: the peer's doing); a traceback for
-        anything else, which is a bug here."""
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):
-            log("server", f"connection from {client_address[0]}: {type(exc).__name__}: {exc}")
-        else:
-            super().handle_error(request, client_address)
-
-
-def make_http_server(coord: Coordinator, host: str, port: int, read_timeout_s: float = READ_TIMEOUT_S,
-                     max_connections: int | None = None, backlog: int | None = None,
-                     slot_wait_s: float = SLOT_WAIT_S) -> FleetHTTPServer:
-    """The run's HTTP server (not yet serving). None sizes a limit from the fleet (fleet_defaults)."""
-    auto_conns, auto_backlog = fleet_defaults(len(coord.shard_sizes))
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True
-        # Socket timeout for every read and write: a connection that sends nothing (or a body that
-        # stalls) is closed instead of holding its thread forever.
-        timeout = read_timeout_s
-
-        def log_message(self, fmt, *args):  # quiet: the round loop logs what matters
-            pass
-
-        def _reply(self, code: int, body: bytes, ctype: str = "application/octet-stream") -> None:
-            # Headers and body in one write where small: no Nagle/delayed-ACK stall on keep-alive.
-            reason = self.responses.get(code, ("",))[0]
-            head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\n")
-            if self.close_connection:
-                head += "Connection: close\r\n"
-            head_b = (head + "\r\n").encode()
-            if len(body) < (1 << 16):
-                self.wfile.write(head_b + body)
-            else:
-                self.wfile.write(head_b)
-                self.wfile.write(body)
-
-        def _text(self, code: int, text: str) -> None:
-            self._reply(code, json.dumps({"message": text}).encode(), "application/json")
-
-        def _fail(self, code: int, text: str) -> None:
-            """An error reply after which the connection closes: whatever body the client sent
-            is never read, so it must not be parsed as the next request either."""
-            self.close_connection = True
-            self._text(code, text)
-
-        def _auth(self) -> bool:
-            if token_ok(self.headers.get("Authorization"), coord.token):
-                return True
-            self._fail(401, "unauthorized")
-            return False
-
-        def _query(self) -> tuple[str, dict]:
-            u = urlparse(self.path)
-            return u.path, {k: v[-1] for k, v in parse_qs(u.query).items()}
-
-        def _body_length(self) -> int | None:
-            """The declared body length, or None after an error reply.
-
-            The length is checked before a byte of the body is read: `Content-Length: -1` used to
-            read until EOF past the body cap, a non-number dropped the connection with a traceback.
-            """
-            if self.headers.get("Transfer-Encoding") is not None:
-                self._fail(411, "send a Content-Length; chunked bodies are not accepted")
-                return None
-            values = [v.strip() for v in self.headers.get_all("Content-Length") or []]
-            if not values:
-                self._fail(411, "Content-Length required")
-                return None
-            if len(set(values)) != 1 or not _CONTENT_LENGTH.fullmatch(values[0]):
-                shown = ", ".join(values)[:40]
-                self._fail(400, f"bad Content-Length {shown!r}: expected one non-negative integer")
-                return None
-            length = int(values[0])
-            if length > coord.max_body:
-                self._fail(413, f"body of {length} bytes exceeds the limit of {coord.max_body}")
-                return None
-            return length
-
-        def do_GET(self):
-            if not self._auth():
-                return
-            path, q = self._query()
-            try:
-                if path == "/task":
-                    ids = [int(i) for i in q.get("ids", "").split(",") if i != ""]
-                    self._reply(200, coord.poll(int(q.get("after", "0")), ids, q.get("proc", "?"),
-                                                q.get("inst", "")))
-                elif path == "/health":
-                    st = coord.state
-                    self._reply(200, json.dumps({"round": st.round_no, "seq": st.seq,
-                                                 "finished": coord.finished}).encode(), "application/json")
-                else:
-                    self._text(404, "no such endpoint")
-            except ValueError as e:
-                self._text(400, f"bad query: {e}")
-
-        def do_POST(self):
-            if not self._auth():
-                return
-            path, q = self._query()
-            length = self._body_length()
-            if length is None:
-                return
-            try:
-                body = self.rfile.read(length) if length else b""
-            except TimeoutError:
-                self._fail(408, f"no data for {read_timeout_s:g}s while reading the body")
-                return
-            if len(body) != length:  # the client hung up mid-body: nobody to answer
-                self.close_connection = True
-                return
-            try:
-                seq, client = int(q["seq"]), int(q["id"])
-            except (KeyError, ValueError):
-                self._text(400, "seq and id query parameters are required")
-                return
-            if path == "/update":
-                code, reason = coord.deliver(seq, client, body)
-            elif path == "/drop":
-                code, reason = coord.drop(seq, client, "dropout (simulated)")
-            else:
-                code, reason = 404, "no such endpoint"
-            self._text(code, reason)
-
-    return FleetHTTPServer((host, port), Handler,
-                           max_connections=max_connections or auto_conns,
-                           backlog=backlog or auto_backlog, slot_wait_s=slot_wait_s)
