@@ -6,6 +6,12 @@ Long-polls the server for rounds that sample one of its ids (one weight download
 process), trains the sampled ids one after another, uploads one update per id. Exits 0 when the
 server says the run finished, 4 when it failed, 1 when the server stays unreachable for
 FEDTF_UNREACHABLE_S seconds (default 600).
+
+SCAFFOLD: the server's c is the mean over all clients of their control variates c_i only if a
+client changes c_i exactly when the server takes its change dc_i. So c_i moves by dc_i only when
+the server answers the upload with 200 (never for a dropped, late (409) or rejected update), and
+each commit is saved at once (<run dir>/client-state/scaffold-c-<id>.npy, atomically) so that a
+restarted client goes on from the c_i the server has counted.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fedtf import config  # noqa: E402
+from fedtf import checkpoint, config  # noqa: E402
 from fedtf.metrics import log  # noqa: E402
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_CONFIG, EXIT_RUN_FAILED = 0, 1, 2, 4
@@ -48,12 +54,21 @@ def parse_ids(text: str, clients: int) -> list[int]:
     return ids
 
 
+STATE_DIR = "client-state"  # in the run dir: what a restarted client process must not lose
+
+
+def scaffold_state_path(run_dir: str, cid: int) -> str:
+    """Where virtual client `cid` keeps its committed SCAFFOLD control variate c_i."""
+    return os.path.join(run_dir, STATE_DIR, f"scaffold-c-{cid}.npy")
+
+
 class VirtualClient:
     """One federated client's own state inside a shared process."""
 
     def __init__(self, cid: int, x, y, n: int, slow: bool) -> None:
         self.cid, self.x, self.y, self.n, self.slow = cid, x, y, n, slow
-        self.c_i = None  # SCAFFOLD control variate (flat), zeros until first trained
+        # SCAFFOLD control variate (flat): the sum of the changes the server accepted; None is zeros
+        self.c_i = None
 
 
 class Client:
@@ -82,6 +97,13 @@ class Client:
         del ds  # only the own shards stay in memory
         first = self.clients[ids[0]]
         self.trainer.warmup(first.x, first.y)  # trace the train step now, not inside round 1
+        self._commit_lock = threading.Lock()  # upload threads commit c_i of the same client
+        if self.trainer.scaffold:
+            for vc in self.clients.values():
+                vc.c_i = checkpoint.load_vector(scaffold_state_path(args.run_dir, vc.cid), self.layout.size)
+            restored = sorted(k for k, vc in self.clients.items() if vc.c_i is not None)
+            if restored:
+                log(self.role, f"SCAFFOLD c_i of {len(restored)} client(s) restored from {STATE_DIR}/")
         host, _, port = args.server.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
         self.proc = uuid.uuid4().hex[:12]
@@ -89,6 +111,8 @@ class Client:
         self.unreachable_s = float(os.environ.get("FEDTF_UNREACHABLE_S", 600))
         self._local = threading.local()
         self.stop = threading.Event()  # set when the run is over: wakes delayed uploads
+        self._after, self._inst = 0, ""  # the last task seen (its seq and server instance)
+        self._sent: set = set()  # uploads not yet answered (futures)
         log(self.role, f"{len(ids)} virtual clients, {sum(c.n for c in self.clients.values())} examples; "
                        f"server {self.host}:{self.port}")
 
@@ -137,37 +161,61 @@ class Client:
 
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> int:
-        from fedtf.transport import TransportError, decode  # noqa: PLC0415
-        after, inst, ids_q = 0, "", ",".join(map(str, self.ids))
+        """Poll and train until the run is over; the process's exit code."""
         while True:
-            try:
-                code, body = self.request("GET", f"/task?after={after}&inst={inst}&ids={ids_q}&proc={self.proc}",
-                                          timeout=60.0)
-            except ConnectionError as e:
-                log(self.role, f"giving up: {e}", "error")
-                return EXIT_UNREACHABLE
-            if code == 401:
-                log(self.role, "server rejected the run token (401)", "error")
-                return EXIT_CONFIG
-            if code != 200:
-                log(self.role, f"unexpected reply {code} to a task poll: {body[:200]!r}", "warning")
-                time.sleep(1.0)
-                continue
-            try:
-                msg = decode(body)
-            except TransportError as e:
-                log(self.role, f"bad task message: {e}", "warning")
-                continue
-            status = msg.meta.get("status")
-            if status == "wait":
-                continue
-            if status in ("finished", "failed"):
-                self.stop.set()
-                self.uploads.shutdown(wait=True, cancel_futures=True)
-                log(self.role, f"server reports the run {status}; exiting")
-                return EXIT_OK if status == "finished" else EXIT_RUN_FAILED
-            after, inst = int(msg.meta["seq"]), str(msg.meta.get("instance", ""))
-            self.train_round(msg, len(body))
+            rc = self.step()
+            if rc is not None:
+                return rc
+
+    def step(self) -> int | None:
+        """One long poll and, when it brings a round for our ids, that round's training (uploads go
+        on in the background). None: go on polling; otherwise the process's exit code."""
+        from fedtf.transport import TransportError, decode  # noqa: PLC0415
+        ids_q = ",".join(map(str, self.ids))
+        try:
+            code, body = self.request(
+                "GET", f"/task?after={self._after}&inst={self._inst}&ids={ids_q}&proc={self.proc}", timeout=60.0)
+        except ConnectionError as e:
+            log(self.role, f"giving up: {e}", "error")
+            return EXIT_UNREACHABLE
+        if code == 401:
+            log(self.role, "server rejected the run token (401)", "error")
+            return EXIT_CONFIG
+        if code != 200:
+            log(self.role, f"unexpected reply {code} to a task poll: {body[:200]!r}", "warning")
+            time.sleep(1.0)
+            return None
+        try:
+            msg = decode(body)
+        except TransportError as e:
+            log(self.role, f"bad task message: {e}", "warning")
+            return None
+        status = msg.meta.get("status")
+        if status == "wait":
+            return None
+        if status in ("finished", "failed"):
+            self.stop.set()
+            self.uploads.shutdown(wait=True, cancel_futures=True)
+            log(self.role, f"server reports the run {status}; exiting")
+            return EXIT_OK if status == "finished" else EXIT_RUN_FAILED
+        self._after, self._inst = int(msg.meta["seq"]), str(msg.meta.get("instance", ""))
+        self.train_round(msg, len(body))
+        return None
+
+    def uploading(self) -> int:
+        """How many uploads are still waiting for the server's answer."""
+        with self._commit_lock:
+            return len(self._sent)
+
+    def _submit(self, *args) -> None:
+        fut = self.uploads.submit(self._post, *args)
+        with self._commit_lock:
+            self._sent.add(fut)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut) -> None:
+        with self._commit_lock:
+            self._sent.discard(fut)
 
     def train_round(self, msg, download_bytes: int) -> None:
         from fedtf.transport import encode  # noqa: PLC0415
@@ -180,34 +228,36 @@ class Client:
             vc = self.clients[k]
             rng = np.random.default_rng([cfg["seed"], k, rnd, int(msg.meta.get("attempt", 0))])
             if self.realism.drops_out(rng):
-                self.uploads.submit(self._post, f"/drop?seq={seq}&id={k}", b"", k, 0.0)
+                self._submit(f"/drop?seq={seq}&id={k}", b"", k, 0.0, None)
                 log(self.role, f"round {rnd}: client {k} drops out (simulated)")
                 continue
             self.layout.set(global_w)
-            correction = None
+            correction = base = None
             if c is not None:
-                if vc.c_i is None:
-                    vc.c_i = np.zeros_like(c)
-                correction = c - vc.c_i
+                # c_i as the server has counted it; an upload still unanswered is not in it yet
+                base = vc.c_i if vc.c_i is not None else np.zeros_like(c)
+                correction = c - base
             t0 = time.perf_counter()
             loss = self.trainer.train(vc.x, vc.y, vc.n, rng, global_w, correction)
             new_w = self.layout.get()
             train_s = time.perf_counter() - t0
             groups = {"w": self.layout.split(new_w)}
+            dc = None
             if c is not None:  # SCAFFOLD option II: c_i+ = c_i - c + (x - y) / (K lr)
                 steps = self.trainer.steps(vc.n)
-                c_new = vc.c_i - c + (global_w - new_w) / np.float32(steps * cfg["train"]["lr"])
-                groups["dc"] = self.layout.split((c_new - vc.c_i).astype(np.float32))
-                vc.c_i = c_new.astype(np.float32)
+                c_new = base - c + (global_w - new_w) / np.float32(steps * cfg["train"]["lr"])
+                dc = (c_new - base).astype(np.float32)
+                groups["dc"] = self.layout.split(dc)  # c_i moves by dc only once the server takes it
             meta = {"client": k, "round": rnd, "seq": seq, "examples": vc.n, "loss": loss,
                     "train_s": round(train_s, 4)}
             body_size_guess = 4 * self.layout.size * len(groups)
             delay = self.realism.delay(rng, download_bytes, body_size_guess, train_s, vc.slow)
             meta["simulated_delay_s"] = round(delay, 4)
             body = encode(meta, groups)
-            self.uploads.submit(self._post, f"/update?seq={seq}&id={k}", body, k, delay)
+            self._submit(f"/update?seq={seq}&id={k}", body, k, delay, dc)
 
-    def _post(self, path: str, body: bytes, k: int, delay: float) -> None:
+    def _post(self, path: str, body: bytes, k: int, delay: float, dc) -> None:
+        """Send one update (or drop notice); on the server's 200, commit the update's SCAFFOLD `dc`."""
         if delay > 0 and self.stop.wait(delay):
             return  # the run ended while this (simulated) straggler was still on its way
         try:
@@ -216,8 +266,23 @@ class Client:
             log(self.role, f"client {k}: upload failed: {e}", "warning")
             return
         if code != 200:
-            log(self.role, f"client {k}: server answered {code}: {reply[:200].decode(errors='replace')}",
-                "warning")
+            log(self.role, f"client {k}: server answered {code}: {reply[:200].decode(errors='replace')}"
+                + ("; c_i unchanged" if dc is not None else ""), "warning")
+            return
+        if dc is not None:
+            self._commit(k, dc)
+
+    def _commit(self, k: int, dc) -> None:
+        """c_i += dc, saved before it counts: the server has added dc / N to c."""
+        vc = self.clients[k]
+        with self._commit_lock:  # additive, so an answer that arrives after the next round's training is right too
+            new = dc.copy() if vc.c_i is None else vc.c_i + dc
+            try:
+                checkpoint.save_vector(scaffold_state_path(self.args.run_dir, k), new)
+            except OSError as e:  # the server counted it: train with it, but a restart will drift
+                log(self.role, f"client {k}: cannot save c_i ({e}); a restarted client would start "
+                               "from an older one", "error")
+            vc.c_i = new
 
 
 def main(argv=None) -> int:

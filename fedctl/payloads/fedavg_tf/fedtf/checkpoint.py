@@ -37,6 +37,47 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _fsync_dir(folder: str) -> None:
+    """Make a rename in `folder` durable (a power loss must not bring the old file back)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_vector(path: str, vec: np.ndarray) -> None:
+    """Write one flat float32 vector as .npy: temp file, fsync, rename, fsync of the folder.
+
+    A crash at any point leaves either the previous vector or the new one, never a torn file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(vec, dtype=np.float32), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(folder)
+
+
+def load_vector(path: str, size: int) -> np.ndarray | None:
+    """The vector `save_vector` wrote, or None when there is none yet.
+
+    Raises ValueError when the file is not a float32 vector of `size` values (another model's state).
+    """
+    if not os.path.exists(path):
+        return None
+    try:
+        vec = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path}: not a saved state vector ({e})") from None
+    if vec.dtype != np.float32 or vec.shape != (size,):
+        raise ValueError(f"{path}: holds {vec.dtype} {vec.shape}, this model needs float32 ({size},)")
+    return vec
+
+
 def atomic_write_json(path: str, obj) -> None:
     """Write `obj` as strict JSON (non-finite floats become null) via a rename."""
     atomic_write_bytes(path, json.dumps(json_safe(obj), separators=(",", ":"), allow_nan=False).encode())

@@ -107,6 +107,8 @@ class Trainer:
         self.optimizer = train_cfg["optimizer"]
         self.prox = strategy == "fedprox"
         self.scaffold = strategy == "scaffold"
+        if self.scaffold and self.optimizer != "sgd":  # config.validate refuses it; keep the guard here
+            raise ValueError(f"train.optimizer: scaffold needs sgd, got {self.optimizer!r}")
         self.lr = tf.Variable(self.lr_value, dtype=tf.float32, trainable=False)
         self.mu = tf.Variable(float(mu), dtype=tf.float32, trainable=False)
         zeros = lambda: [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.vars]  # noqa: E731

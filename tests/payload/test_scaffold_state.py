@@ -1,0 +1,233 @@
+"""SCAFFOLD's state stays consistent: the server's c equals the mean over all clients of their c_i.
+
+Real server (server.py's Server: its HTTP coordinator, round loop, aggregation and checkpoint) and
+real clients (client.py's Client: TF training, uploads, commits), in this process on loopback. The
+test drives each client process one poll at a time, so between rounds nothing moves and the
+invariant can be checked on what a restart would read: the server's checkpoint and the clients'
+saved c_i files. Faults are injected at the clients' network boundary (their HTTP connection):
+
+- round 1: every update is accepted;
+- then client process B (ids 2, 3) is restarted: a new Client object reads its state from disk;
+- round 2: client 1's update is corrupted on the wire, the server rejects it (400);
+- round 3: client 2's update is held until the round has closed, the server answers 409 (late).
+
+Before the fix the client changed c_i before the server took the update and never saved it, so
+round 2 and 3 and the restart each broke c = mean(c_i).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import yaml
+from conftest import PAYLOAD_DIR
+from fedtf import checkpoint, config
+from fedtf.transport import decode, encode
+
+from tests.waiting import wait_until
+
+TOKEN = b"scaffold-state-test-token-0123456789"
+CLIENTS, ROUNDS, ROUND_TIMEOUT_S = 4, 4, 12.0
+CFG = {"clients": CLIENTS, "rounds": ROUNDS, "seed": 0, "model": "logreg",
+       "strategy": {"name": "scaffold"},
+       "data": {"dataset": "synthetic", "partition": "iid",
+                "synthetic": {"train": 400, "test": 100, "features": 16, "classes": 4, "noise": 1.0}},
+       "train": {"epochs": 1, "batch_size": 32, "lr": 0.1},
+       "sampling": {"fraction": 1.0, "min_clients": 2, "round_timeout_s": ROUND_TIMEOUT_S, "retries": 0}}
+CORRUPT, LATE = (1, 2), (2, 3)  # (client id, round)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"fedavg_tf_{name}", os.path.join(PAYLOAD_DIR, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class FaultyConnection:
+    """A client's real Connection, with the test's faults applied to the uploads that pass."""
+
+    def __init__(self, real, faults: "Faults") -> None:
+        self.real, self.faults = real, faults
+
+    def request(self, method, path, body=None, timeout=None, headers=None):
+        if method == "POST" and path.startswith("/update"):
+            body = self.faults.apply(body)
+        code, reply = self.real.request(method, path, body, timeout=timeout, headers=headers)
+        if method == "POST" and path.startswith("/update"):
+            meta = decode(body).meta
+            self.faults.replies[(meta["client"], meta["round"])] = code
+        return code, reply
+
+
+class Faults:
+    def __init__(self, coord) -> None:
+        self.coord = coord
+        self.sent: dict[int, list[int]] = {k: [] for k in range(CLIENTS)}   # client -> rounds uploaded
+        self.replies: dict[tuple[int, int], int] = {}
+        self.lock = threading.Lock()
+
+    def wrap(self, client) -> None:
+        real = client._conn  # the client's own per-thread connection factory
+        client._conn = lambda: FaultyConnection(real(), self)
+
+    def apply(self, body: bytes) -> bytes:
+        msg = decode(body)
+        k, rnd, seq = msg.meta["client"], msg.meta["round"], msg.meta["seq"]
+        with self.lock:
+            self.sent[k].append(rnd)
+        if (k, rnd) == CORRUPT:  # one NaN weight: the server's checks refuse the whole update
+            groups = {g: [np.array(t) for t in msg.group(g)] for g in ("w", "dc")}
+            groups["w"][0].flat[0] = np.nan
+            return encode(msg.meta, groups)
+        if (k, rnd) == LATE:  # a straggler: arrives after the server closed its round
+            wait_until(lambda: self.coord.state.seq != seq or not self.coord.state.open,
+                       timeout=ROUND_TIMEOUT_S + 30, what=f"round {rnd} to close")
+        return body
+
+    def trained(self, ids) -> int:
+        with self.lock:
+            return max((r for k in ids for r in self.sent[k]), default=0)
+
+
+class Harness:
+    def __init__(self, tmp_path, monkeypatch) -> None:
+        monkeypatch.setenv("FEDTF_UNREACHABLE_S", "60")
+        monkeypatch.setenv("FEDTF_CONNECT_WAIT_S", "120")
+        self.run_dir = str(tmp_path)
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(CFG))
+        (tmp_path / "token").write_bytes(TOKEN)
+        os.chmod(tmp_path / "token", 0o600)
+        self.common = ["--config", str(tmp_path / "config.yaml"), "--run-dir", self.run_dir,
+                       "--token-file", str(tmp_path / "token")]
+        self.cfg = config.load(tmp_path / "config.yaml")
+        self.server_mod, self.client_mod = _load("server"), _load("client")
+        args = self.server_mod.parse_args([*self.common, "--host", "127.0.0.1", "--port", "0"])
+        self.server = self.server_mod.Server(args, self.cfg, TOKEN)
+        self.server.serve()
+        self.faults = Faults(self.server.coord)
+        self.result: list[int] = []
+        self.thread = threading.Thread(target=lambda: self.result.append(self.server.run()), daemon=True)
+        self.thread.start()
+
+    def client(self, ids: list[int]):
+        port = self.server.httpd.server_address[1]
+        args = self.client_mod.parse_args([*self.common, "--server", f"127.0.0.1:{port}",
+                                           "--client-ids", ",".join(map(str, ids))])
+        cl = self.client_mod.Client(args, self.cfg, TOKEN, ids)
+        self.faults.wrap(cl)
+        return cl
+
+    def play_round(self, r: int, procs: list) -> None:
+        """Each client process polls until it has trained round r; then wait until the server has
+        checkpointed round r and every upload has its answer (and nothing moves until the next call)."""
+        def until_trained(cl):
+            while self.faults.trained(cl.ids) < r:
+                assert cl.step() is None, f"{cl.role} stopped before round {r}"
+        with ThreadPoolExecutor(len(procs)) as ex:
+            list(ex.map(until_trained, procs))
+        wait_until(lambda: (checkpoint.load(self.server.ckpt_dir) or (0,))[0] == r,
+                   timeout=ROUND_TIMEOUT_S + 60, what=f"the server's checkpoint of round {r}")
+        wait_until(lambda: all(cl.uploading() == 0 for cl in procs), timeout=60,
+                   what=f"the answers to round {r}'s uploads")
+
+    def saved_c_i(self, k: int) -> np.ndarray:
+        got = checkpoint.load_vector(self.client_mod.scaffold_state_path(self.run_dir, k),
+                                     self.server.layout.size)
+        return np.zeros(self.server.layout.size, np.float32) if got is None else got
+
+    def check(self, procs: list, when: str) -> np.ndarray:
+        """c == mean(c_i) over all clients, on disk; every live client's c_i equals its saved one."""
+        _, _, state, _ = checkpoint.load(self.server.ckpt_dir)
+        saved = {k: self.saved_c_i(k) for k in range(CLIENTS)}
+        for cl in procs:
+            for k, vc in cl.clients.items():
+                live = np.zeros_like(saved[k]) if vc.c_i is None else vc.c_i
+                np.testing.assert_array_equal(live, saved[k], err_msg=f"{when}: client {k} in memory vs on disk")
+        mean = np.mean(np.stack(list(saved.values())), axis=0)
+        np.testing.assert_allclose(state["c"], mean, rtol=1e-4, atol=1e-6, err_msg=f"{when}: c != mean(c_i)")
+        assert np.abs(state["c"]).max() > 1e-3, f"{when}: c is still zero; the check proves nothing"
+        return saved
+
+    def rounds(self) -> dict[int, dict]:
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+            lines = [json.loads(x) for x in f if x.strip()]
+        return {x["round"]: x for x in lines if x["type"] == "round"}
+
+    def close(self, procs: list) -> None:
+        if self.thread.is_alive():
+            self.server.coord.finish("failed")
+        for cl in procs:
+            cl.stop.set()
+            cl.uploads.shutdown(wait=False, cancel_futures=True)
+
+
+def test_c_is_the_mean_of_committed_c_i_through_rejections_late_updates_and_a_restart(tmp_path, monkeypatch):
+    h = Harness(tmp_path, monkeypatch)
+    a, b = h.client([0, 1]), h.client([2, 3])
+    procs = [a, b]
+    try:
+        h.play_round(1, procs)
+        saved = h.check(procs, "after round 1")
+        assert all(np.abs(saved[k]).max() > 0 for k in range(CLIENTS))
+
+        # client process B restarts: its replacement reads c_2 and c_3 from disk
+        b.stop.set()
+        b.uploads.shutdown(wait=True)
+        b = h.client([2, 3])
+        procs = [a, b]
+        for k in (2, 3):
+            np.testing.assert_array_equal(b.clients[k].c_i, saved[k])
+        h.check(procs, "after restarting client process B")
+
+        h.play_round(2, procs)
+        assert h.faults.replies[CORRUPT] == 400
+        new = h.check(procs, "after round 2 (client 1's update rejected)")
+        np.testing.assert_array_equal(new[1], saved[1])  # the rejected client's c_i did not move
+        assert not np.array_equal(new[0], saved[0])
+
+        h.play_round(3, procs)
+        assert h.faults.replies[LATE] == 409
+        newer = h.check(procs, "after round 3 (client 2's update late)")
+        np.testing.assert_array_equal(newer[2], new[2])
+        assert not np.array_equal(newer[3], new[3])
+
+        h.play_round(4, procs)
+        h.check(procs, "after round 4")
+        with ThreadPoolExecutor(2) as ex:
+            assert list(ex.map(lambda cl: cl.step(), procs)) == [0, 0]  # "finished"
+        h.thread.join(60)
+        assert h.result == [0]
+    finally:
+        h.close(procs)
+    rounds = h.rounds()
+    assert rounds[2]["reported"] == [0, 2, 3] and rounds[2]["rejected"] == 1
+    assert rounds[3]["reported"] == [0, 1, 3] and rounds[3]["dropped"] == [{"id": 2, "reason": "timeout"}]
+    assert rounds[1]["reported"] == rounds[4]["reported"] == [0, 1, 2, 3]
+
+
+def test_a_saved_c_i_of_another_model_is_refused(tmp_path):
+    path = str(tmp_path / "client-state" / "scaffold-c-0.npy")
+    checkpoint.save_vector(path, np.arange(5, dtype=np.float32))
+    np.testing.assert_array_equal(checkpoint.load_vector(path, 5), np.arange(5, dtype=np.float32))
+    assert sorted(os.listdir(tmp_path / "client-state")) == ["scaffold-c-0.npy"]  # no temp file left
+    with pytest.raises(ValueError, match=r"needs float32 \(7,\)"):
+        checkpoint.load_vector(path, 7)
+    assert checkpoint.load_vector(str(tmp_path / "missing.npy"), 5) is None
+
+
+@pytest.mark.parametrize("optimizer", ["adam"])
+def test_scaffold_with_a_non_sgd_optimizer_is_refused(optimizer):
+    with pytest.raises(config.ConfigProblem) as e:
+        config.validate({"strategy": {"name": "scaffold"}, "train": {"optimizer": optimizer}})
+    assert e.value.key_path == "train.optimizer"
+    assert e.value.valid.startswith("sgd")
+    assert "scaffold" in str(e.value) and repr(optimizer) in str(e.value)
+    # the same optimizer stays valid for the other strategies
+    assert config.validate({"strategy": {"name": "fedavg"}, "train": {"optimizer": optimizer}})["train"][
+        "optimizer"] == optimizer
