@@ -113,14 +113,43 @@ def parse_version(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def satisfies(version: str, spec: str | None) -> bool:
-    """Does ``version`` satisfy a simple ``>=X.Y`` spec (the only form manifests use)?"""
-    if not spec:
+#: what a payload's ``requirements.python`` may look like (PEP 440 specifiers), for error messages
+SPEC_EXAMPLES = (">=3.10", ">=3.10,<3.13", "~=3.10", "==3.11.*")
+
+
+def python_specifier(spec: str, file: str | None = None) -> Any:
+    """``spec`` as a ``packaging`` SpecifierSet (every PEP 440 form: ``>=3.10,<3.13``, ``~=3.10``,
+    ``==3.11.*``, ``!=3.12.0``). An invalid spec is a ConfigError naming ``file`` and the key."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    from fedctl.errors import ConfigError
+
+    try:
+        return SpecifierSet(spec)
+    except InvalidSpecifier:
+        raise ConfigError(
+            file, "requirements.python", f"{spec!r} is not a Python version specifier", valid=SPEC_EXAMPLES
+        ) from None
+
+
+def satisfies(version: str, spec: str | None, file: str | None = None) -> bool:
+    """Does Python ``version`` (what ``platform.python_version()`` printed) satisfy ``spec``?
+
+    A release candidate counts as its release (``3.13.0rc1`` satisfies ``>=3.10``); a version that is
+    not PEP 440 (``3.12.0+`` of a source build) is judged by its numeric part."""
+    from packaging.version import InvalidVersion, Version
+
+    if not spec or not spec.strip():
         return True
-    spec = spec.strip()
-    if not spec.startswith(">="):
-        return True
-    return parse_version(version) >= parse_version(spec[2:])
+    specifier = python_specifier(spec.strip(), file)
+    try:
+        v = Version(version)
+    except InvalidVersion:
+        numbers = parse_version(version)
+        if not numbers:
+            return False
+        v = Version(".".join(map(str, numbers)))
+    return specifier.contains(v, prereleases=True)
 
 
 def gather_facts(
@@ -157,7 +186,7 @@ def gather_facts(
         cpus=data.get("cpus"),
     )
     if facts.python and not satisfies(facts.python, python_spec):
-        facts.problems.append(f"python {facts.python} is older than {python_spec}")
+        facts.problems.append(f"python {facts.python} does not satisfy the payload's requirement {python_spec}")
     for name, info in facts.imports.items():
         if not info.get("ok"):
             facts.problems.append(f"cannot import {name}: {info.get('error')}")

@@ -280,8 +280,13 @@ class StateStore:
         return dest
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold ``.fedctl/lock`` for the block; a second fedctl gets StateLockedError at once."""
+    def lock(self, create: bool = True) -> Iterator[None]:
+        """Hold ``.fedctl/lock`` for the block; a second fedctl gets StateLockedError at once.
+
+        ``create=False`` is for commands that act on an existing run (start, stop, teardown): with
+        no ``.fedctl/`` here they raise "no run here" instead of leaving an empty ``.fedctl/`` behind."""
+        if not create and not self.root.is_dir():
+            self.load()  # raises the StateError that says there is no run here and how to start one
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

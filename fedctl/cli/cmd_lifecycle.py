@@ -87,38 +87,55 @@ def provision_cmd(
     _do_provision(clients, inventory, config, sets, yes, dry_run, as_json)
 
 
-def _load_experiment_for(state: Any, config: Optional[str], sets: OptList, rounds: Optional[int]) -> Any:
-    """The experiment for ``start``: the file given now, else the one recorded at provision."""
+def _load_experiment_for(
+    state: Any, config: Optional[str], sets: OptList, rounds: Optional[int], clients: Optional[int] = None
+) -> Any:
+    """The experiment for ``start``: the file given now, else the one recorded at provision.
+
+    The number of clients is the plan's (the file's own ``clients:`` may differ from provision's
+    ``--clients``), but a ``--set clients=N`` or ``--clients N`` given to this start that asks for
+    another number is an error: the hosts were placed for the plan's count."""
     from fedctl.config.experiment import load_experiment
+    from fedctl.config.overrides import parse_overrides
     from fedctl.errors import UsageError
 
     path = config or state.config_path
+    # a --set that provision already applied (``fedctl run`` passes its --set to both) is not a new
+    # ask: there provision's --clients, if given, took precedence and the plan follows it
+    asked = [o.text for o in parse_overrides(sets or []) if o.path == ("clients",) and o.text not in state.overrides]
     # provision's --set values still hold unless this start sets the same keys again
-    exp = load_experiment(path, [*state.overrides, *(sets or [])], clients=state.clients, rounds=rounds)
+    exp = load_experiment(path, [*state.overrides, *(sets or [])],
+                          clients=clients if clients is not None else None if asked else state.clients,
+                          rounds=rounds)
     if exp.clients != state.clients:
+        how = f"--clients {clients}" if clients is not None else f"--set {asked[-1]}"
         raise UsageError(
-            f"the hosts were provisioned for {state.clients} clients, the config asks for {exp.clients}",
-            hint="teardown and provision again to change the number of clients",
+            f"{how} asks for {exp.clients} clients, but run {state.run_id} was provisioned for {state.clients}",
+            hint=f"provision again for {exp.clients} clients (`fedctl provision --clients {exp.clients}`; "
+            "a run that was started: `fedctl teardown` first), or start without changing the number of clients",
         )
     return exp
 
 
-def _do_start(config: Optional[str], sets: OptList, rounds: Optional[int], as_json: bool, resume: bool = False) -> Any:
+def _do_start(
+    config: Optional[str], sets: OptList, rounds: Optional[int], as_json: bool, resume: bool = False,
+    clients: Optional[int] = None,
+) -> Any:
     from fedctl.errors import HostsFailed, UsageError
     from fedctl.ops.start import start
 
     e = env()
     store = e.store
-    if resume and (config or sets or rounds):
-        raise UsageError("--resume continues the run as it was configured: -c/--set/--rounds cannot change it")
-    with store.lock():
+    if resume and (config or sets or rounds or clients is not None):
+        raise UsageError("--resume continues the run as it was configured: -c/--set/--rounds/--clients cannot change it")
+    with store.lock(create=False):
         state = store.load()
         if resume:
             from fedctl.ops.resume import resume as resume_run
 
             report = resume_run(store, state, progress=_progress)
         else:
-            exp = _load_experiment_for(state, config, sets, rounds)
+            exp = _load_experiment_for(state, config, sets, rounds, clients)
             report = start(store, state, exp, progress=_progress)
     if as_json:
         e.print_json({"run_id": state.run_id, "ok": report.ok, "failures": report.failures, "server": state.server})
@@ -138,6 +155,9 @@ def _do_start(config: Optional[str], sets: OptList, rounds: Optional[int], as_js
 
 def start_cmd(
     rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="override the number of rounds"),
+    clients: Optional[int] = typer.Option(
+        None, "--clients", "-n", help="must match what was provisioned (to change it, provision again)"
+    ),
     config: Optional[str] = ConfigOpt,
     sets: OptList = SetOpt,
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="budget: stop the run before it costs this much"),
@@ -149,7 +169,8 @@ def start_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Push the payload and start the server and clients, detached (budget watchdogs included)."""
-    _do_start(config, budget_sets(sets, max_cost, max_hours, idle_minutes), rounds, as_json, resume=resume)
+    _do_start(config, budget_sets(sets, max_cost, max_hours, idle_minutes), rounds, as_json, resume=resume,
+              clients=clients)
 
 
 def status_cmd(as_json: bool = JsonOpt) -> None:
@@ -183,7 +204,7 @@ def stop_cmd(
 
     e = env()
     store = e.store
-    with store.lock():
+    with store.lock(create=False):
         state = store.load()
         report = stop(store, state, grace_s=grace, progress=_progress)
     if as_json:
@@ -201,7 +222,7 @@ def _do_teardown(keep_files: bool, as_json: bool, grace: float = 10.0) -> Any:
 
     e = env()
     store = e.store
-    with store.lock():
+    with store.lock(create=False):
         state = store.load()
         if state.phase == "torn_down":
             if not as_json:

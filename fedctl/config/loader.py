@@ -31,6 +31,11 @@ MAX_FILE_BYTES = 1024 * 1024
 #: Values (scalars, lists, mappings) a document may hold, every alias counted each time it is used.
 #: An inventory of 10,000 hosts written out one by one, each with ``<<: *defaults``, holds ~300,000.
 MAX_YAML_VALUES = 500_000
+#: Characters of text a document may stand for once its aliases are expanded, and (through
+#: ``fedctl.config.textsize``) an inventory once its ranges and defaults are applied to every host. A 1 MiB
+#: string used through an alias or shared by a 10,000-host range stands for 10 GB once printed,
+#: stored or copied per host; the most any real file needs is a few MiB.
+MAX_TEXT_CHARS = 64 * 1024 * 1024
 #: Nesting depth; fedctl's own files go 4 levels deep. Deeper input would exhaust Python's stack.
 MAX_YAML_DEPTH = 64
 #: Characters an integer may be written with. Past ~309 digits an int has no float value (so a number
@@ -173,6 +178,7 @@ def _check_expansion(root: yaml.Node, anchors: Mapping[str, yaml.Node]) -> None:
     are computed once per node, post-order, without recursion: the cost is linear in the file. The
     first node found too big is the innermost one, which is the one to blame."""
     size: dict[int, int] = {}
+    chars: dict[int, int] = {}  # characters of text a node stands for, aliases counted in full
     open_nodes: set[int] = set()  # the current path from the root: an alias back into it is a cycle
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
@@ -190,7 +196,16 @@ def _check_expansion(root: yaml.Node, anchors: Mapping[str, yaml.Node]) -> None:
                     " large (an 'alias bomb' would exhaust memory)",
                     problem_mark=node.start_mark,
                 )
-            size[key] = total
+            text = len(node.value) if isinstance(node, yaml.ScalarNode) else sum(chars[id(c)] for c in _children(node))
+            if text > MAX_TEXT_CHARS:
+                name = next((a for a, n in anchors.items() if n is node), None)
+                what = f"this value (anchor &{name})" if name else "this value"
+                raise YamlLimitError(
+                    problem=f"{what} stands for {text:,} characters of text once its aliases are expanded"
+                    f" (each use of an alias counts in full); fedctl reads at most {MAX_TEXT_CHARS:,}",
+                    problem_mark=node.start_mark,
+                )
+            size[key], chars[key] = total, text
             continue
         if key in size:
             continue

@@ -41,17 +41,32 @@ def load_inputs(
     """Validate inventory + experiment completely and make the plan. Raises ConfigError/PlanError."""
     from fedctl.config.experiment import load_experiment
     from fedctl.config.inventory import load_inventory
+    from fedctl.config.textsize import check_text_size
     from fedctl.plan import make_plan
 
     inventory = load_inventory(inventory_path)
+    # ranges and defaults share one string among many hosts: bound what the per-host copies make
+    check_text_size(inventory.path, "hosts", inventory.hosts)
     experiment = load_experiment(config_path, overrides, clients=clients, rounds=rounds)
+    _check_python_spec(experiment.payload)
     root = store.root.parent if store else Path.cwd()
     plan = make_plan(inventory, experiment, experiment.clients, cpu_count=cpu_count, cwd=root)
     return Inputs(inventory, experiment, plan)
 
 
+def _check_python_spec(manifest: Any) -> None:
+    """The payload's ``requirements.python`` must be a valid specifier before any host is asked
+    (an invalid one is a ConfigError naming payload.yaml, not a per-host failure later)."""
+    from fedctl.facts import python_specifier
+
+    spec = getattr(manifest, "python_requirement", None)
+    if spec:
+        python_specifier(spec, str(manifest.dir / "payload.yaml"))
+
+
 def known_hosts_path(store: StateStore) -> str:
-    store.root.mkdir(parents=True, exist_ok=True)
+    """fedctl's host-key pin file. Nothing is created here: the pin file (and ``.fedctl/``) appear
+    only when a key is pinned, so a read-only command leaves no ``.fedctl/`` behind."""
     return str(store.known_hosts)
 
 
