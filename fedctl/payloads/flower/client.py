@@ -1,11 +1,13 @@
 """fedctl's flower payload, client side: one ``flower-supernode`` per client id of this process.
 
 Each SuperNode gets ``--node-config "partition-id=<id> num-partitions=<clients>"``, its own
-ClientAppIo (Runtime API) port on 127.0.0.1, the run CA as root certificate (unless
-``flower.insecure``), and bounded retries (``--max-wait-time`` = ``flower.connect_timeout_s``), so
-a SuperLink that cannot be reached ends it with an error instead of retrying forever.
+ClientAppIo (Runtime API) port on 127.0.0.1, the run CA as root certificate and its own private key
+(Flower's node authentication; unless ``flower.insecure``), and bounded retries (``--max-wait-time``
+= ``flower.connect_timeout_s``), so a SuperLink that cannot be reached ends it with an error instead
+of retrying forever.
 
-Before starting any SuperNode the wrapper checks the server: it connects to ADDR:PORT and (with TLS)
+Before starting any SuperNode the wrapper checks the server: it connects to ADDR:PORT, says hello
+(see flower_common: the address it dials, its SuperNodes' public keys; it learns the run CA) and
 verifies the certificate. A refused connection, an unknown name or a certificate that does not
 name ADDR fails at once (exit 1) with a message naming this host, the address and the reason, which
 ``fedctl start`` reports. It then polls the gateway's ``/fedctl/state`` each second and exits 0 when
@@ -29,17 +31,22 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flower_common import (  # noqa: E402
-    ca_certificate_pem,
     flower_settings,
     flower_tool,
     free_port,
     log,
+    mac,
+    mac_ok,
+    new_node_key,
     read_config,
     read_token,
     tail,
     terminate,
     tool_env,
+    write_private,
 )
+
+CA_FOR_CLIENTS = "flower-ca.pem"  # the run CA's certificate in the run dir, when fedctl (or the server) put it there
 
 HOST = socket.gethostname()
 
@@ -67,7 +74,7 @@ def preflight(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float) 
             sock.close()
     except ssl.SSLCertVerificationError as exc:
         return (f"TLS: the server's certificate is not valid for {host} ({exc.verify_message}); if clients "
-                f"reach the server by an address it does not have (NAT), add it to flower.tls_names")
+                f"reach the server by an address it does not have (NAT), the server should have added it after the hello: see its server.log")
     except (ssl.SSLError, OSError) as exc:
         return f"TLS handshake with {host}:{port} failed: {exc}"
     return None
@@ -88,13 +95,65 @@ class Client:
         self.procs: dict[int, subprocess.Popen] = {}
         self.ctx: ssl.SSLContext | None = None
         self.ca: str | None = None
-        if not self.fl.get("insecure"):
-            tdir = os.path.join(self.run_dir, "flower-client-tls")
-            os.makedirs(tdir, mode=0o700, exist_ok=True)
-            self.ca = os.path.join(tdir, "ca.pem")
-            with open(self.ca, "wb") as f:
-                f.write(ca_certificate_pem(read_token(args.token_file)))
-            self.ctx = ssl.create_default_context(cafile=self.ca)
+        self.token = read_token(args.token_file)
+        self.home = os.path.join(self.run_dir, f"flower-client-{args.process}")
+        self.keys: dict[int, str] = {}  # client id -> its SuperNode's private key file
+
+    def node_keys(self) -> dict[str, str]:
+        """Per client id, the OpenSSH public key of its SuperNode; the private key stays in this
+        process's folder (0600), kept across a restart so the SuperNode keeps its registration."""
+        os.makedirs(self.home, mode=0o700, exist_ok=True)
+        pubs = {}
+        for cid in self.ids:
+            key, pub = os.path.join(self.home, f"node-{cid}.key"), os.path.join(self.home, f"node-{cid}.pub")
+            if not (os.path.exists(key) and os.path.exists(pub)):
+                priv_pem, pub_line = new_node_key()
+                write_private(key, priv_pem)
+                with open(pub, "wb") as f:
+                    f.write(pub_line + b"\n")
+            with open(pub, encoding="ascii") as f:
+                pubs[str(cid)] = f.read().strip()
+            self.keys[cid] = key
+        return pubs
+
+    def hello(self) -> str | None:
+        """Say hello to the server (TLS; the body and the answer carry an HMAC under the run token):
+        the address this client dials (the server's certificate names it from now on) and its
+        SuperNodes' public keys (registered for the run); learn the run CA's certificate from
+        ``<run_dir>/flower-ca.pem`` when it is there, else from the answer. None, or why it failed."""
+        local_ca = os.path.join(self.run_dir, CA_FOR_CLIENTS)
+        ctx = ssl.create_default_context(cafile=local_ca) if os.path.exists(local_ca) else ssl.create_default_context()
+        ctx.check_hostname = False  # the certificate may not name our address yet: this hello asks for it
+        if not os.path.exists(local_ca):
+            ctx.verify_mode = ssl.CERT_NONE  # the answer's MAC authenticates the CA instead
+        nonce = os.urandom(16).hex()
+        nodes = self.node_keys()
+        nodes_json = json.dumps(nodes, sort_keys=True)
+        body = json.dumps({"nonce": nonce, "dial": self.host, "nodes": nodes,
+                           "mac": mac(self.token, nonce.encode(), self.host.encode(), nodes_json.encode())}).encode()
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        req = urllib.request.Request(f"https://{host}:{self.port}/fedctl/hello", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120, context=ctx) as resp:  # noqa: S310 - our server
+                answer = json.loads(resp.read().decode())
+        except urllib.error.HTTPError as exc:
+            return f"the server refused this client's hello ({exc.code}): {exc.read().decode(errors='replace')[:300]}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return f"hello to {host}:{self.port} failed: {exc}"
+        ca = answer.get("ca") if isinstance(answer, dict) else None
+        if not isinstance(ca, str) or not mac_ok(self.token, answer.get("mac"), nonce.encode(), ca.encode()):
+            return "the hello's answer does not carry the run's MAC: not this run's server"
+        tdir = os.path.join(self.run_dir, "flower-client-tls")
+        os.makedirs(tdir, mode=0o700, exist_ok=True)
+        self.ca = local_ca if os.path.exists(local_ca) else os.path.join(tdir, "ca.pem")
+        if self.ca != local_ca:
+            with open(self.ca, "w", encoding="ascii") as f:
+                f.write(ca)
+        self.ctx = ssl.create_default_context(cafile=self.ca)
+        log(self.role, f"registered {len(nodes)} SuperNode key(s); run CA from "
+                       f"{'this run dir' if self.ca == local_ca else 'the server (MAC under the run token)'}")
+        return None
 
     def fail(self, reason: str) -> int:
         log(self.role, f"FAILED on {HOST}: {reason}")
@@ -102,14 +161,17 @@ class Client:
         return 1
 
     def start_nodes(self) -> None:
-        home = os.path.join(self.run_dir, f"flower-client-{self.args.process}")
+        home = self.home
         os.makedirs(home, exist_ok=True)
         env = tool_env({"FLWR_HOME": home})
         for cid in self.ids:
             cmd = [flower_tool("flower-supernode"), "--superlink", f"{self.args.server}",
                    "--port", str(free_port()), "--node-config", f"partition-id={cid} num-partitions={self.total}",
                    "--max-wait-time", str(int(self.timeout))]
-            cmd += ["--insecure"] if self.ca is None else ["--root-certificates", self.ca]
+            if self.ca is None:
+                cmd += ["--insecure"]
+            else:
+                cmd += ["--root-certificates", self.ca, "--auth-supernode-private-key", self.keys[cid]]
             out = open(os.path.join(self.run_dir, f"supernode-{cid}.log"), "ab")
             self.procs[cid] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                env=env, cwd=home, start_new_session=True)
@@ -141,7 +203,13 @@ class Client:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_term)
         signal.signal(signal.SIGINT, self.on_term)
-        why = preflight(self.host, self.port, self.ctx, timeout=min(10.0, self.timeout))
+        insecure = bool(self.fl.get("insecure"))
+        probe = None if insecure else ssl.create_default_context()
+        if probe is not None:
+            probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE  # reachability only; hello checks
+        why = preflight(self.host, self.port, probe, timeout=min(10.0, self.timeout))
+        if not why and not insecure:
+            why = self.hello() or preflight(self.host, self.port, self.ctx, timeout=min(10.0, self.timeout))
         if why:
             return self.fail(f"SuperLink {self.args.server} unreachable: {why}")
         self.start_nodes()

@@ -4,10 +4,13 @@ Stdlib + PyYAML + ``cryptography`` (both are dependencies of ``flwr``, so a host
 has them). Nothing here imports flwr: the wrappers drive Flower through its commands
 (``flower-superlink``, ``flower-supernode``, ``flwr``), the interface Flower keeps stable.
 
-The run's TLS: fedctl gives every host of a run the same secret token (a 0600 file). The run CA's
-private key is derived from it (HMAC-SHA256 -> a P-256 scalar), so the server and every client
-build the same CA without a second channel: the server signs its certificate with it, the clients
-trust it. Whoever holds the token is a host of the run already; nobody else can forge the CA.
+The run's trust (docs/flower.md, "Trust"): the server host makes a random run CA per run; its key
+stays in the server's run dir. A client learns the CA certificate from a copy in its run dir (put
+there by fedctl, or the server's own on the server host), else from the server's answer to its
+hello, which carries an HMAC under the run token (so a stranger cannot hand a client a CA). The
+hello also registers the client's SuperNode public keys (Flower's node authentication: a SuperNode
+whose key was not registered for the run is refused) and the address the client dials, which the
+server then puts into its certificate.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,9 +29,6 @@ import sys
 import tempfile
 import time
 from typing import Any, Iterable
-
-CA_LABEL = b"fedctl-flower-ca-v1"
-
 
 def log(role: str, message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} [{role}] {message}", flush=True)
@@ -122,12 +123,9 @@ def tail(path: str, lines: int = 8) -> str:
 
 
 # -- TLS ----------------------------------------------------------------------------------------------
-def _ca_key(token: bytes):
-    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
-
-    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256 group order
-    scalar = int.from_bytes(hmac.new(token, CA_LABEL, hashlib.sha256).digest(), "big") % (order - 1) + 1
-    return ec.derive_private_key(scalar, ec.SECP256R1())
+# The run CA is random, made on the server host per run; its private key never leaves the server's
+# run dir (0600). Clients get only its certificate. HELLO_LABEL keys the MACs of the client hello.
+HELLO_LABEL = b"fedctl-flower-hello-v1"
 
 
 def _name(common_name: str):
@@ -138,22 +136,22 @@ def _name(common_name: str):
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def ca_certificate_pem(token: bytes) -> bytes:
-    """The run CA's certificate. Every host builds the same one (same key, name, serial, dates);
-    only the signature bytes differ, and a trust anchor's self-signature is not what TLS checks."""
+def new_ca() -> tuple[bytes, bytes]:
+    """(certificate, private key) PEMs of a fresh random run CA (P-256, 30 days)."""
     from cryptography import x509  # noqa: PLC0415
     from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
 
-    key = _ca_key(token)
-    pub = key.public_key()
-    ski = x509.SubjectKeyIdentifier.from_public_key(pub)
+    key = ec.generate_private_key(ec.SECP256R1())
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     name = _name("fedctl run CA " + ski.digest.hex()[:16])
+    now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(pub)
-        .serial_number(int.from_bytes(ski.digest[:8], "big") | 1)
-        .not_valid_before(datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc))
-        .not_valid_after(datetime.datetime(2124, 1, 1, tzinfo=datetime.timezone.utc))
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                      content_commitment=False, key_encipherment=False, data_encipherment=False,
@@ -161,21 +159,23 @@ def ca_certificate_pem(token: bytes) -> bytes:
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
-    return cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def server_certificate_pem(token: bytes, names: Iterable[str]) -> tuple[bytes, bytes]:
-    """(certificate, private key) of the server, signed by the run CA, for ``names`` (IPs or DNS
-    names). The key is fresh: only the CA key derives from the token."""
+def server_certificate_pem(ca_cert_pem: bytes, ca_key_pem: bytes, names: Iterable[str]) -> tuple[bytes, bytes]:
+    """(certificate, private key) of a server, signed by the run CA, for ``names`` (IPs or DNS
+    names; invalid ones are left out). The key is fresh."""
     from cryptography import x509  # noqa: PLC0415
     from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
 
-    ca_key = _ca_key(token)
-    ca = x509.load_pem_x509_certificate(ca_certificate_pem(token))
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    ca = x509.load_pem_x509_certificate(ca_cert_pem)
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[Any] = []
-    for n in dict.fromkeys(names):
+    for n in san_names(names):
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(n)))
         except ValueError:
@@ -196,6 +196,72 @@ def server_certificate_pem(token: bytes, names: Iterable[str]) -> tuple[bytes, b
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+_DNS_LABEL = re.compile(r"\A(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+
+
+def valid_name(name: str) -> bool:
+    """An IP address or a DNS name a certificate may carry (what a client may say it dials)."""
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return 0 < len(name) <= 253 and all(_DNS_LABEL.match(p) for p in name.rstrip(".").split("."))
+
+
+def san_names(names: Iterable[str]) -> list[str]:
+    """``names`` without duplicates and without what cannot be a certificate name."""
+    return [n for n in dict.fromkeys(str(x).strip().strip("[]") for x in names) if n and valid_name(n)]
+
+
+def certificate_names(cert_pem: bytes) -> list[str]:
+    """The subject alternative names (IPs and DNS names) of a PEM certificate."""
+    from cryptography import x509  # noqa: PLC0415
+
+    san = x509.load_pem_x509_certificate(cert_pem).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return [str(v) for v in san.value.get_values_for_type(x509.IPAddress)] + list(
+        san.value.get_values_for_type(x509.DNSName))
+
+
+def mac(token: bytes, *parts: bytes) -> str:
+    """HMAC-SHA256 (hex) of ``parts`` under the run token: the client hello and its answer carry one,
+    so a stranger (no token) can neither register a SuperNode key nor hand a client a CA."""
+    h = hmac.new(token, HELLO_LABEL, hashlib.sha256)
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.hexdigest()
+
+
+def mac_ok(token: bytes, given: object, *parts: bytes) -> bool:
+    return isinstance(given, str) and hmac.compare_digest(mac(token, *parts), given)
+
+
+def new_node_key() -> tuple[bytes, bytes]:
+    """(OpenSSH private key, OpenSSH public key) of a SuperNode (P-384, what Flower's node
+    authentication takes: ``--auth-supernode-private-key``, ``flwr supernode register``)."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return priv, pub
+
+
+def node_public_key_ok(pub: str) -> bool:
+    """An OpenSSH NIST EC public key (what ``flwr supernode register`` accepts)."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
+    try:
+        key = serialization.load_ssh_public_key(pub.encode("ascii"))
+    except (ValueError, UnicodeError, TypeError):
+        return False
+    return isinstance(key, ec.EllipticCurvePublicKey)
 
 
 def host_names() -> list[str]:
