@@ -47,11 +47,24 @@ def load_inputs(
     inventory = load_inventory(inventory_path)
     # ranges and defaults share one string among many hosts: bound what the per-host copies make
     check_text_size(inventory.path, "hosts", inventory.hosts)
+    _check_environment_values(inventory)
     experiment = load_experiment(config_path, overrides, clients=clients, rounds=rounds)
     _check_python_spec(experiment.payload)
     root = store.root.parent if store else Path.cwd()
     plan = make_plan(inventory, experiment, experiment.clients, cpu_count=cpu_count, cwd=root)
     return Inputs(inventory, experiment, plan)
+
+
+def _check_environment_values(inventory: Any) -> None:
+    """A NUL cannot be in any environment variable (``"\\0"`` in YAML makes one): refuse it with the
+    host and key now, not as an error from the connector later."""
+    from fedctl.errors import ConfigError
+
+    for h in inventory.hosts:
+        for key, value in h.environment.items():
+            if "\0" in value:
+                raise ConfigError(inventory.path, f"environment.{key}", f"host {h.name}: holds a NUL character,"
+                                  " which no environment variable can hold")
 
 
 def _check_python_spec(manifest: Any) -> None:

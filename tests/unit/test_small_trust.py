@@ -209,3 +209,14 @@ def test_an_alias_that_stands_for_too_much_text_is_refused_while_loading():
     assert f"at most {MAX_TEXT_CHARS:,}" in str(e.value)
     # the same string used a few times is fine
     assert len(parse_yaml_text('x: &a "' + "a" * 500_000 + '"\ny: [*a, *a]\n', "fedctl.yaml")["y"]) == 2
+
+
+def test_a_nul_in_an_environment_value_is_a_config_error(tmp_path):
+    """No environment variable can hold a NUL; the inventory is refused before any host is reached."""
+    fake_payload(tmp_path)
+    (tmp_path / "inv.yaml").write_text(
+        'provider: static\ndefaults: {user: u, environment: {A: "x\\0y"}}\nhosts:\n  - {name: h1, address: 127.0.0.9}\n'
+    )
+    res = fedctl(tmp_path, "provision", "--dry-run", "-i", "inv.yaml", "--clients", "1")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: inv.yaml: environment.A: host h1: holds a NUL character")
