@@ -53,7 +53,7 @@ def _digest(*parts: str) -> str:
     return h.hexdigest()[:16]
 
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a requirement's leading name (match: a prefix)
 
 
 def pinned(requirements: Sequence[str]) -> list[str]:

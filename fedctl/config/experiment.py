@@ -50,7 +50,8 @@ MAX_SEED = 2**32 - 1
 #: Characters of a payload validator's message kept: it may quote a value at any length.
 VALIDATOR_PROBLEM_CHARS = 240
 
-_VALIDATOR_MSG = re.compile(r"^(?P<path>[A-Za-z0-9_.\[\]-]+): (?P<problem>.*?)(?: \(valid: (?P<valid>.*)\))?$", re.S)
+# fullmatch, never match with ^...$ ("$" also matches before a trailing newline)
+_VALIDATOR_MSG = re.compile(r"(?P<path>[A-Za-z0-9_.\[\]-]+): (?P<problem>.*?)(?: \(valid: (?P<valid>.*)\))?", re.S)
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,7 @@ def _validate_payload(
         problem = getattr(exc, "problem", None)
         valid = getattr(exc, "valid", None)
         if problem is None:
-            m = _VALIDATOR_MSG.match(str(exc))
+            m = _VALIDATOR_MSG.fullmatch(str(exc))
             if m and key_path is None:
                 key_path, problem, valid = m.group("path"), m.group("problem"), m.group("valid")
             else:

@@ -66,11 +66,14 @@ _gone() { [ -e "$1" ] && printf 'L %s\0' "$1"; true; }
 """.replace("@MARKER@", TREE_MARKER)
 
 _REFUSED = {
-    "S": "is a symbolic link, never a folder fedctl made",
-    "O": "does not lie strictly under the workdir",
-    "M": f"holds no {TREE_MARKER} marker, so fedctl did not make it",
-    "X": "does not lie strictly under the workdir (as recorded)",
+    "S": "is a symbolic link",
+    "O": "does not lie strictly under the workdir {w} (symbolic links resolved)",
+    "M": f"holds no {TREE_MARKER} marker (fedctl did not make it)",
+    "X": "does not lie strictly under the workdir {w}",
+    "K": "is recorded with an unknown kind",
 }
+#: the start of every refusal, so that a reader (and a test) can find them
+REFUSED = "refused to remove"
 
 
 def _remove_files(conn: Connector, rec: HostRecord) -> list[str]:
@@ -81,47 +84,46 @@ def _remove_files(conn: Connector, rec: HostRecord) -> list[str]:
     A recorded tree is removed only when, normalised, it lies strictly under the workdir, and, on
     the host, in the same command as the ``rm``: it is no symbolic link, it still lies strictly under
     the workdir with every link resolved, and it holds ``TREE_MARKER``. A recorded path that fails a
-    check (an edited or foreign state, a folder swapped since) is refused, never removed, and
-    reported. Returns what is left: refusals and trees still there (normally none)."""
+    check (an edited or foreign state, a folder swapped since) is refused, never removed, reported,
+    and dropped from ``rec.owned`` (it is not fedctl's: a second teardown does not refuse it again).
+    Returns what is left: the refusals and any tree still there (normally nothing)."""
     removable = [o for o in rec.owned if not o.keep]
     if not removable:
         return []
     workdir = posixpath.normpath(rec.workdir or conn.expand(rec.info.workdir))
-    refused: list[str] = []
+    refused: dict[str, str] = {}  # recorded path -> why
+    by_norm: dict[str, list[str]] = {}
     steps = []
     for o in reversed(removable):
         path = posixpath.normpath(o.path)
+        by_norm.setdefault(path, []).append(o.path)
         if o.kind == "tree":
             if is_strictly_under(path, workdir):
                 q = quote(path)
                 steps.append(f"_ours {q} && {{ rm -rf -- {q}; _gone {q}; }}")
             else:
-                refused.append(_refusal("X", path, workdir))
+                refused[o.path] = _REFUSED["X"]
         elif o.kind == "dir" and (path == workdir or is_strictly_under(path, workdir)
                                   or is_strictly_under(workdir, path)):
             # a holder: the workdir, a folder in it, or a parent fedctl made for it; someone may
             # have put their own files there since, so only an empty one goes
             steps.append(f"[ -L {quote(path)} ] || rmdir -- {quote(path)} 2>/dev/null")
         else:
-            refused.append(_refusal("X", path, workdir) if o.kind == "dir" else
-                           f"refused to remove {safe_text(path, 200)}: unknown kind {o.kind!r} in the state")
+            refused[o.path] = _REFUSED["X" if o.kind == "dir" else "K"]
+    left: list[str] = []
     if steps:
         res = conn.run(posix_sh(f"W={quote(workdir)}\n" + REMOVE_SH + "; ".join(steps) + "; true"), timeout=120)
         if not res.ok:
-            return [*refused, f"(removal failed: {res.stderr.strip()[:200]})"]
-        for record in res.stdout.split("\0"):
+            left.append(f"(removal failed: {res.stderr.strip()[:200]})")
+        for record in res.stdout.split("\0") if res.ok else ():
             kind, _, path = record.partition(" ")
-            if not path:
-                continue
-            refused.append(f"{safe_text(path, 200)} is still there" if kind == "L" else _refusal(kind, path, workdir))
-    return refused
-
-
-def _refusal(kind: str, path: str, workdir: str) -> str:
-    """A refused path, said so that the user knows why and what to do."""
-    why = _REFUSED.get(kind, "failed a check")
-    return (f"refused to remove {safe_text(path, 200)} (workdir {safe_text(workdir, 200)}): it {why}; fedctl"
-            " leaves it there (remove it yourself if it is yours to remove)")
+            if kind == "L":
+                left.append(f"{safe_text(path, 200)} is still there")
+            elif path:
+                refused.update({p: _REFUSED.get(kind, "failed a check") for p in by_norm.get(path, [path])})
+    rec.owned = [o for o in rec.owned if o.path not in refused]
+    shown = safe_text(workdir, 200)
+    return [f"{REFUSED} {safe_text(p, 200)}: it {why.format(w=shown)}" for p, why in refused.items()] + left
 
 
 def teardown(
@@ -193,6 +195,12 @@ def teardown(
     for name, o in (outcome.items() if not machines else ()):
         rec = state.host(name)
         o.ok = o.error is None and not o.leftover_pids and not o.leftover_files
+        if o.error is None and o.leftover_files:  # said in full: what was refused, and why
+            o.error = "; ".join(o.leftover_files)
+            if any(f.startswith(REFUSED) for f in o.leftover_files):
+                o.error += ("; fedctl removes only folders it made (marked, strictly under the workdir) and"
+                            " no longer tracks the refused ones: remove them yourself if they are yours")
+                state.event(f"{name}: {o.error}", store.clock)
         if o.ok:
             rec.status = "torn_down"
             rec.released_at = rec.released_at or now
