@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.shell import join
+
+if TYPE_CHECKING:
+    from packaging.specifiers import SpecifierSet
 
 # Runs on the host with the host's python. Keep it stdlib-only and Python-3.6 compatible so it
 # can report "too old" instead of failing to parse.
@@ -117,7 +120,7 @@ def parse_version(text: str) -> tuple[int, ...]:
 SPEC_EXAMPLES = (">=3.10", ">=3.10,<3.13", "~=3.10", "==3.11.*")
 
 
-def python_specifier(spec: str, file: str | None = None) -> Any:
+def python_specifier(spec: str, file: str | None = None) -> SpecifierSet:
     """``spec`` as a ``packaging`` SpecifierSet (every PEP 440 form: ``>=3.10,<3.13``, ``~=3.10``,
     ``==3.11.*``, ``!=3.12.0``). An invalid spec is a ConfigError naming ``file`` and the key."""
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
