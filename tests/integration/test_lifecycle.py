@@ -11,11 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ECHO = REPO / "tests" / "payloads" / "echo"
@@ -62,6 +63,24 @@ def state(proj: Path) -> dict:
     return json.loads((proj / ".fedctl" / "state.json").read_text())
 
 
+def status_json(proj: Path) -> dict:
+    """``fedctl status --json`` as a dict."""
+    return json.loads(fedctl(proj, "status", "--json", check=True).stdout)
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie waiting for its reaper counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def rounds_done(metrics: Path) -> int:
+    """How many round lines the server has appended to its metrics.jsonl so far."""
+    return metrics.read_text().count('"type": "round"') if metrics.exists() else 0
+
+
 def test_full_lifecycle_with_echo_payload(sshd_fleet, tmp_path):
     fleet = sshd_fleet(3)
     proj = project(tmp_path, fleet, rounds=200, round_s=0.2)
@@ -90,12 +109,9 @@ def test_full_lifecycle_with_echo_payload(sshd_fleet, tmp_path):
     for pid in run_pids(run_id):
         assert secret not in Path(f"/proc/{pid}/cmdline").read_text()
 
-    deadline = time.monotonic() + 60  # a loaded CI machine may take a while to finish round 1
-    while True:
-        status = json.loads(fedctl(proj, "status", "--json", check=True).stdout)
-        if status["round"] >= 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+    # a loaded CI machine may take a while to finish round 1
+    status = wait_until(lambda: (s := status_json(proj))["round"] >= 1 and s, 60, interval=0.3,
+                        what="fedctl status to report round 1")
     assert status["run_id"] == run_id and status["phase"] == "running"
     assert status["rounds"] == 200 and status["round"] >= 1
     assert all(h["reachable"] for h in status["hosts"])
@@ -104,15 +120,17 @@ def test_full_lifecycle_with_echo_payload(sshd_fleet, tmp_path):
     # a killed client shows as dead
     victim = next(p for p in state(proj)["hosts"][2]["processes"] if p["role"] == "client")
     os.kill(victim["pid"], signal.SIGKILL)
-    time.sleep(0.5)
-    status = json.loads(fedctl(proj, "status", "--json", check=True).stdout)
+    wait_until(lambda: gone(victim["pid"]), 10, what="the killed client to exit")
+    status = status_json(proj)
     h3 = next(h for h in status["hosts"] if h["name"] == "h3")
     assert h3["alive"] == {"client-0": False}
 
     ex = fedctl(proj, "exec", "--role", "client", "--", "echo hi-$((6*7))", check=True)
     assert "h2" in ex.stdout and "hi-42" in ex.stdout and "h1 " not in ex.stdout
     bad = fedctl(proj, "exec", "--host", "h2", "--", "exit 3")
-    assert bad.returncode != 0 and "3" in bad.stdout
+    assert bad.returncode == 3, bad.stdout + bad.stderr  # ExitCode.HOSTS
+    rows = [[c.strip() for c in line.strip().strip("│").split("│")] for line in bad.stdout.splitlines()]
+    assert [r[:2] for r in rows if r[0] == "h2"] == [["h2", "error: exit 3"]], bad.stdout  # host, exit
 
     fedctl(proj, "stop", "--grace", "3", check=True)
     assert run_pids(run_id) == []
@@ -148,14 +166,14 @@ def test_dead_host_is_reported_by_provision_and_teardown(sshd_fleet, tmp_path):
     proj = project(tmp_path, fleet)
     fleet.stop(2)
     res = fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes")
-    assert res.returncode != 0
+    assert res.returncode == 3, res.stdout + res.stderr  # ExitCode.HOSTS
     assert "h3" in res.stderr and "failed" in res.stdout
     st = state(proj)
     assert {h["info"]["name"]: h["status"] for h in st["hosts"]} == {"h1": "provisioned", "h2": "provisioned", "h3": "failed"}
     # start refuses while a host is not provisioned
-    assert fedctl(proj, "start").returncode != 0
+    assert fedctl(proj, "start").returncode == 2  # ExitCode.USAGE
     td = fedctl(proj, "teardown", "--yes")
-    assert td.returncode != 0 and "h3" in td.stderr
+    assert td.returncode == 3 and "h3" in td.stderr
     st = state(proj)
     assert {h["info"]["name"]: h["status"] for h in st["hosts"]}["h3"] != "torn_down"
     assert st["phase"] == "tearing_down"
@@ -173,9 +191,11 @@ def test_changed_host_key_aborts_with_hint(sshd_fleet, tmp_path):
     assert fleet.hosts[1].address in known
     fleet.regen_host_key(1)
     res = fedctl(proj, "exec", "-i", "inventory.yaml", "--", "true")
-    assert res.returncode != 0
-    assert "ssh-keygen" in res.stdout + res.stderr and "-R" in res.stdout + res.stderr
-    assert "h2" in res.stdout
+    assert res.returncode == 5, res.stdout + res.stderr  # ExitCode.HOST_KEY
+    # the error names the host, and the hint gives the exact command that forgets its old key
+    flat = " ".join(res.stdout.replace("│", " ").split())  # the table wraps the long hint
+    assert "h2 error: host h2 (" in flat, res.stdout
+    assert f"ssh-keygen -f {proj / '.fedctl' / 'known_hosts'} -R '[{fleet.hosts[1].address}]:{fleet.hosts[1].port}'" in flat, res.stdout
 
 
 def test_unknown_inventory_key_is_a_clear_error(tmp_path):
@@ -189,33 +209,84 @@ def test_unknown_inventory_key_is_a_clear_error(tmp_path):
     assert not (proj / ".fedctl" / "state.json").exists()
 
 
-def _kill_when(proc: subprocess.Popen, cond, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if cond():
-            break
-        time.sleep(0.02)
+def _spawn_fedctl(proj: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fedctl", *args], cwd=proj, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill_mid_phase(proc: subprocess.Popen, proj: Path, mid_phase, what: str, timeout: float = 90.0) -> dict:
+    """SIGKILL ``proc`` as soon as its state file shows ``mid_phase`` (a predicate on the state dict),
+    then check that the state it left really is that point of the phase: a kill that came too late
+    (the phase already over) or too early must fail the test, not pass it by luck. Returns the state."""
+
+    def reached() -> bool:
+        assert proc.poll() is None, f"fedctl exited ({proc.returncode}) before {what}"
+        f = proj / ".fedctl" / "state.json"
+        return f.exists() and bool(mid_phase(json.loads(f.read_text())))
+
+    wait_until(reached, timeout, interval=0.02, what=what)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    left = state(proj)  # fedctl is dead: this is what a user finds after the crash
+    assert mid_phase(left), f"fedctl was not killed {what}: {left['phase']}"
+    return left
 
 
-@pytest.mark.parametrize("phase", ["provision", "start"])
+def _procs(st: dict, role: str) -> list[dict]:
+    return [p for h in st["hosts"] for p in h["processes"] if p["role"] == role]
+
+
+def _setup_blocked(st: dict) -> bool:
+    """provision is in its set-up step on every host (the hosts are still provisioning)."""
+    return st["phase"] == "provisioning" and all(h["status"] == "provisioning" for h in st["hosts"])
+
+
+def _server_spawned_no_clients(st: dict) -> bool:
+    """start has spawned the server (its pid is recorded) and has not recorded any client yet."""
+    servers = _procs(st, "server")
+    return (st["phase"] == "starting" and len(servers) == 1 and servers[0]["pid"] is not None
+            and _procs(st, "client") == [])
+
+
+def _clients_spawned_not_running(st: dict) -> bool:
+    """start has spawned every client (pids recorded) and is still checking them (phase starting)."""
+    clients = _procs(st, "client")
+    return st["phase"] == "starting" and len(clients) == 2 and all(p["pid"] is not None for p in clients)
+
+
+# fedctl killed while provision runs a host's set-up leaves <workdir>/envs (the set-up log and done
+# marker) behind after a teardown that says "ok": provision records the folders it made only in memory
+# and saves them once every host is done (fedctl/ops/provision.py). Strict: passes once that is fixed.
+PROVISION_KILL_LEAKS = pytest.mark.xfail(
+    strict=True, reason="provision saves the folders it made only after every host finished (envs/ leaks)")
+
+
+@pytest.mark.parametrize("phase", [pytest.param("provision", marks=PROVISION_KILL_LEAKS), "start-server",
+                                   "start-clients"])
 def test_fedctl_killed_then_teardown_leaves_nothing(sshd_fleet, tmp_path, phase):
     fleet = sshd_fleet(3)
+    release = tmp_path / "release-setup"
     proj = project(tmp_path, fleet, rounds=100, round_s=0.2)
-    args = [sys.executable, "-m", "fedctl"]
-    env = {**os.environ}
     if phase == "provision":
-        proc = subprocess.Popen(args + ["provision", "--clients", "4", "-i", "inventory.yaml", "--yes"],
-                                cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _kill_when(proc, lambda: (proj / ".fedctl" / "state.json").exists())
+        # a set-up step that waits for the test (a stand-in for a slow `pip install`), so the kill
+        # lands while every host is being provisioned: its workdir made, its set-up running
+        fleet.write_inventory(proj / "inventory.yaml", setup=[f"while [ ! -e {release} ]; do sleep 0.1; done"])
+        proc = _spawn_fedctl(proj, "provision", "--clients", "4", "-i", "inventory.yaml", "--yes")
+        wait_until(lambda: all(list((h.workdir / "envs").glob("setup-*.log")) for h in fleet.hosts), 90,
+                   what="the set-up step to run on every host")
+        st = _kill_mid_phase(proc, proj, _setup_blocked, "during the hosts' set-up")
+        # the orphaned set-up commands finish on their own, as a real install would after the crash
+        release.touch()
+        wait_until(lambda: all(list((h.workdir / "envs").glob("setup-*.done")) for h in fleet.hosts), 30,
+                   what="the orphaned set-up commands to finish")
     else:
         fedctl(proj, "provision", "--clients", "4", "-i", "inventory.yaml", "--yes", check=True)
-        proc = subprocess.Popen(args + ["start"], cwd=proj, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # killed right after the server was spawned, before clients were recorded
-        _kill_when(proc, lambda: any((fleet.hosts[0].workdir / "runs").glob("*/server.pid")))
-    st = state(proj)
+        proc = _spawn_fedctl(proj, "start")
+        if phase == "start-server":
+            st = _kill_mid_phase(proc, proj, _server_spawned_no_clients, "after the server spawned, before any client")
+        else:
+            st = _kill_mid_phase(proc, proj, _clients_spawned_not_running, "after the clients spawned, while starting")
+        assert run_pids(st["run_id"]), "the kill left no process behind: nothing for teardown to prove"
     td = fedctl(proj, "teardown", "--yes")
     assert td.returncode == 0, td.stdout + td.stderr
     assert run_pids(st["run_id"]) == []
@@ -231,13 +302,11 @@ def test_killed_server_is_resumed_from_its_checkpoint(sshd_fleet, tmp_path):
     st = state(proj)
     run_id = st["run_id"]
     metrics = fleet.hosts[0].workdir / "runs" / run_id / "metrics.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not metrics.exists() or metrics.read_text().count('"round"') < 3):
-        time.sleep(0.1)
+    wait_until(lambda: rounds_done(metrics) >= 3, 60, interval=0.1, what="3 rounds in metrics.jsonl")
     server = next(p for p in st["hosts"][0]["processes"] if p["role"] == "server")
     os.kill(server["pid"], signal.SIGKILL)
-    time.sleep(1.0)
-    status = json.loads(fedctl(proj, "status", "--json", check=True).stdout)
+    wait_until(lambda: gone(server["pid"]), 10, what="the killed server to exit")
+    status = status_json(proj)
     assert status["phase"] == "failed"
     assert fedctl(proj, "start", "--resume", "--set", "rounds=3").returncode == 2  # cannot change a run
     fedctl(proj, "start", "--resume", check=True)
@@ -245,12 +314,8 @@ def test_killed_server_is_resumed_from_its_checkpoint(sshd_fleet, tmp_path):
     assert st2["run_id"] == run_id and st2["phase"] == "running"
     new_server = next(p for p in st2["hosts"][0]["processes"] if p["role"] == "server")
     assert new_server["pid"] != server["pid"]
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        status = json.loads(fedctl(proj, "status", "--json", check=True).stdout)
-        if status["phase"] != "running":
-            break
-        time.sleep(0.5)
+    status = wait_until(lambda: (s := status_json(proj))["phase"] != "running" and s, 90, interval=0.5,
+                        what="the resumed run to end")
     assert status["phase"] == "finished", status
     rounds = [json.loads(x)["round"] for x in metrics.read_text().splitlines() if '"type": "round"' in x]
     assert rounds == list(range(1, 26))
@@ -266,7 +331,7 @@ def test_host_lost_mid_run_is_kept_until_teardown_can_finish(sshd_fleet, tmp_pat
     fedctl(proj, "start", check=True)
     run_id = state(proj)["run_id"]
     fleet.stop(2)  # h3's sshd dies; its client process (detached) keeps running
-    status = json.loads(fedctl(proj, "status", "--json", check=True).stdout)
+    status = status_json(proj)
     h3 = next(h for h in status["hosts"] if h["name"] == "h3")
     assert h3["reachable"] is False
     td = fedctl(proj, "teardown", "--yes", "--grace", "2")
