@@ -9,12 +9,17 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import yaml
 
 from tests.integration.test_lifecycle import fedctl, project, state
+from tests.waiting import wait_until
+
+
+def _group(pgid: int) -> list[str]:
+    """The pids of a process group on this machine."""
+    return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
 
 
 def _write_state(proj: Path, st: dict) -> None:
@@ -86,7 +91,7 @@ def test_an_unrelated_process_on_a_reused_pid_survives_stop_and_teardown(sshd_fl
     # every recorded pid (state and pid files) at an unrelated process group of this machine.
     other = subprocess.Popen(["sh", "-c", "sleep 300 & wait"], start_new_session=True)
     try:
-        time.sleep(0.3)
+        wait_until(lambda: len(_group(other.pid)) == 2, 10, what="the unrelated group's sleep to start")
         st = state(proj)
         for h in st["hosts"]:
             for p in h["processes"]:
@@ -98,8 +103,7 @@ def test_an_unrelated_process_on_a_reused_pid_survives_stop_and_teardown(sshd_fl
         res = fedctl(proj, "teardown", "--yes")
         assert res.returncode == 0, res.stdout + res.stderr
         assert other.poll() is None, "teardown killed an unrelated process"
-        group = subprocess.run(["pgrep", "-g", str(other.pid)], capture_output=True, text=True).stdout.split()
-        assert len(group) == 2, "teardown killed a member of an unrelated process group"
+        assert len(_group(other.pid)) == 2, "teardown killed a member of an unrelated process group"
     finally:
         os.killpg(other.pid, signal.SIGKILL)
         other.wait()
