@@ -1,9 +1,11 @@
 """The watch loop: ONE thread owns rich.Live; collector threads feed it HostSamples through a queue.
 
 Keys (when stdin is a terminal): ``q`` quits (training keeps running: nothing is stopped), ``f``
-cycles the log filter through all / server / client / each host. Ctrl-C quits the same way.
-Without a terminal the loop prints plain lines instead (a status line when it changes, new alerts,
-new log lines).
+cycles the log filter through all / server / client / each host. Ctrl-C quits the same way in
+``fedctl watch``. In ``fedctl run`` (``run_mode``) Ctrl-C is not a quit: it propagates, and the run
+is stopped, collected and torn down; leaving the run going is the explicit ``d`` key (``q`` too, as
+the logs panel says), shown in a line on top of the screen. Without a terminal the loop prints plain lines
+instead (a status line when it changes, new alerts, new log lines).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class WatchOutcome:
-    """How a watch ended: ``quit`` (q / Ctrl-C), ``done`` (the run finished); the last snapshot."""
+    """How a watch ended: ``quit`` (q / Ctrl-C), ``detached`` (d in run mode), ``done`` (the run
+    finished), ``stopped`` (stop_when), ``timeout``; the last snapshot."""
 
     reason: str
     snapshot: Snapshot
@@ -130,12 +133,22 @@ def table_rows_for(snap: Snapshot, height: int, min_logs: int = 5) -> tuple[int,
     return c_room, max(1, rows)
 
 
-def fit_screen(snap: Snapshot, console: Console) -> RenderableType:
+#: the footer of ``fedctl run``'s screen: what its keys do (it is the only place a user learns it)
+DETACH_HELP = ("d: detach (the run goes on; `fedctl watch` to come back, `fedctl teardown` to end it)"
+               "  ·  Ctrl-C: stop the run, collect results, tear down")
+NO_KEYS_HELP = "Ctrl-C: stop the run, collect results, tear down"
+
+
+def fit_screen(snap: Snapshot, console: Console, footer: str | None = None) -> RenderableType:
     """``render(snap)`` sized to the terminal: the panels above are rendered once, and the logs
-    panel gets exactly the lines left (Live in screen mode crops whatever does not fit)."""
+    panel gets exactly the lines left (Live in screen mode crops whatever does not fit); a
+    ``footer`` line (the keys of ``fedctl run``) goes on top, where no terminal crops it."""
     from rich.console import Group
+    from rich.text import Text
 
     width, height = console.size
+    if footer is not None:
+        height -= 1
     clients, hosts = table_rows_for(snap, height)
     upper = render(snap, max_log_lines=0, heat_columns=heat_columns_for(width),
                    max_client_rows=clients, max_host_rows=hosts)
@@ -143,6 +156,8 @@ def fit_screen(snap: Snapshot, console: Console) -> RenderableType:
     room = height - len(lines) - 2  # the logs panel's borders
     segments = [seg for line in lines for seg in line]
     parts: list[RenderableType] = [_Segments(segments)]
+    if footer is not None:  # first, so a short terminal (Live crops the bottom) still shows it
+        parts.insert(0, Text(footer, style="bold", no_wrap=True, overflow="ellipsis"))
     if room >= 1:
         parts.append(render_logs(snap, room))
     return Group(*parts)
@@ -175,8 +190,11 @@ class WatchLoop:
         reload_state: Callable[[], RunState | None] | None = None,
         max_duration: float | None = None,
         stop_when: Callable[[Snapshot], Any] | None = None,
+        run_mode: bool = False,
     ) -> None:
         self.state = state
+        #: ``fedctl run``: Ctrl-C propagates (the caller tears the run down), ``d`` detaches
+        self.run_mode = run_mode
         #: checked on every frame; a truthy answer ends the watch with reason "stopped" (fedctl run's
         #: budget guard uses it) and is kept in ``stop_value``
         self.stop_when = stop_when
@@ -209,6 +227,8 @@ class WatchLoop:
                     return self._run_plain()
                 return self._run_live()
             except KeyboardInterrupt:
+                if self.run_mode:  # fedctl run: Ctrl-C stops the run, it is not a way out of the screen
+                    raise
                 return WatchOutcome("quit", self.model.snapshot(log_filter=self.log_filter))
         finally:
             if reader is not None:
@@ -231,8 +251,10 @@ class WatchLoop:
                 on_lines(new)
 
     def _key(self, ch: str) -> bool:
-        """Handle a key; True means quit."""
-        if ch in ("q", "Q", "\x03", "\x04"):
+        """Handle a key; True means quit (in run mode: detach)."""
+        if self.run_mode and ch in ("\x03",):  # a Ctrl-C that arrived as a character still stops the run
+            raise KeyboardInterrupt
+        if ch in ("q", "Q", "\x03", "\x04") or (self.run_mode and ch in ("d", "D")):
             return True
         if ch in ("f", "F"):
             i = self.choices.index(self.log_filter) if self.log_filter in self.choices else 0
@@ -277,14 +299,22 @@ class WatchLoop:
         with Live(console=self.console, auto_refresh=False, screen=True, transient=False) as live:
             while True:
                 snap = self.model.snapshot(log_filter=self.log_filter)
-                live.update(fit_screen(snap, self.console), refresh=True)
+                live.update(fit_screen(snap, self.console, self._footer()), refresh=True)
                 ended = self._ended(snap, start)
                 if ended is not None:
                     return ended
                 key = self._drain(time.monotonic() + self.interval)
                 if key is not None and self._key(key):
-                    return WatchOutcome("quit", self.model.snapshot(log_filter=self.log_filter))
+                    return WatchOutcome(self._quit_reason(), self.model.snapshot(log_filter=self.log_filter))
                 self._maybe_reload(reloaded)
+
+    def _footer(self) -> str | None:
+        if not self.run_mode:
+            return None
+        return DETACH_HELP if self.keys else NO_KEYS_HELP
+
+    def _quit_reason(self) -> str:
+        return "detached" if self.run_mode else "quit"
 
     def _run_plain(self) -> WatchOutcome:
         start = time.monotonic()
@@ -314,7 +344,7 @@ class WatchLoop:
                 return ended
             key = self._drain(time.monotonic() + self.interval, on_lines)
             if key is not None and self._key(key):
-                return WatchOutcome("quit", self.model.snapshot(log_filter=self.log_filter))
+                return WatchOutcome(self._quit_reason(), self.model.snapshot(log_filter=self.log_filter))
             self._maybe_reload(reloaded)
 
 
@@ -340,24 +370,6 @@ def summary_lines(snap: Snapshot) -> list[str]:
     return lines
 
 
-def watch_until_done(
-    state: RunState,
-    fleet: "Fleet",
-    console: Console,
-    interval: float = 1.0,
-    plain: bool | None = None,
-    reload_state: Callable[[], RunState | None] | None = None,
-    stop_when: Callable[[Snapshot], Any] | None = None,
-) -> WatchOutcome:
-    """Show the watch screen until the run finishes (or the user quits, or ``stop_when`` answers);
-    for ``fedctl run``.
-
-    Returns the outcome; ``outcome.snapshot.summary`` holds the run's summary line when done.
-    """
-    return WatchLoop(state, fleet, console, interval=interval, until_done=True, plain=plain,
-                     reload_state=reload_state, stop_when=stop_when).run()
-
-
 __all__ = [
     "WatchLoop",
     "WatchOutcome",
@@ -365,5 +377,4 @@ __all__ = [
     "render_lines",
     "snapshot_once",
     "summary_lines",
-    "watch_until_done",
 ]

@@ -48,6 +48,19 @@ def get_provider(name: str, **kwargs: object) -> Provider:
     return provider_class(name)(**kwargs)  # type: ignore[arg-type]
 
 
+#: the HostInfo.extra key where a machine-creating provider records the origin tag it put on a machine
+ORIGIN_KEY = "origin"
+
+
+def run_origin(state: "RunState", store: "StateStore") -> str:
+    """The ``fedctl-origin`` tag of the run's machines: the one recorded when they were created
+    (so a project folder that moved still owns its machines), else this folder's."""
+    recorded = {r.info.extra.get(ORIGIN_KEY) for r in state.hosts} - {None, ""}
+    if len(recorded) == 1:
+        return str(recorded.pop())
+    return folder_origin(store.root)
+
+
 def for_run(state: "RunState", store: "StateStore", progress: Callable[[str], None] = lambda _m: None) -> Provider:
     """The provider of a run, built from what the state holds (the inventory may be gone by then).
 
@@ -78,7 +91,7 @@ def for_run(state: "RunState", store: "StateStore", progress: Callable[[str], No
     port = (exp.get("server") or {}).get("port")  # "auto": chosen at start; then the group opens all TCP inside
     ctx = RunContext(
         run_id=state.run_id,
-        origin=folder_origin(store.root),
+        origin=run_origin(state, store),
         journal=journal,
         progress=progress,
         fl_port=port if isinstance(port, int) and not isinstance(port, bool) else None,

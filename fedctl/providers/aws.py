@@ -9,8 +9,10 @@ Never leak an instance (the lesson of SkyPilot's leak bugs):
 - every instance terminates itself: ``InstanceInitiatedShutdownBehavior=terminate`` plus a
   user-data ``shutdown -h +M`` from the budget's ``max_hours`` (plus a margin), so a run whose laptop
   died still ends, and the on-host watchdog's power-off terminates instead of stopping;
-- release terminates everything tagged with the run and re-queries until nothing of it is pending,
-  running, stopping or stopped; only then is a host released. Then the run's security group goes.
+- release terminates everything tagged with the run and this origin (a recorded id whose tags say
+  otherwise is refused) and re-queries until nothing of it is pending, running, stopping or stopped;
+  only then is a host released. Then the run's security group goes, unless a live instance of
+  another origin carries the run's tag.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from fedctl.connectors.base import HostInfo
 from fedctl.providers import aws_ec2 as api
-from fedctl.providers import register
+from fedctl.providers import ORIGIN_KEY, register
 from fedctl.providers.aws_config import settings
 from fedctl.providers.base import HostUpdate, Machine, Provider, ProviderError, RunContext
 
@@ -100,6 +102,8 @@ class AwsProvider(Provider):
         self.clock = clock
         self._progress = run.progress if run is not None else (progress or (lambda _m: None))
         self._client: Any = None
+        #: instances the last release/sweep would not terminate (their tags were not as expected): id -> why
+        self.refused: dict[str, str] = {}
 
     # -- plumbing -----------------------------------------------------------------------------------
     @property
@@ -128,12 +132,16 @@ class AwsProvider(Provider):
         chosen = m.private_address if h.extra.get("aws.address") == "private" else m.address
         return dataclasses.replace(
             h, address=chosen or h.address, private_address=m.private_address or h.private_address,
-            extra={**h.extra, "aws.instance_id": m.id})
+            extra={**h.extra, "aws.instance_id": m.id, ORIGIN_KEY: self._ctx().origin})
 
     # -- what exists ---------------------------------------------------------------------------------
     def machines(self, all_runs: bool = False, include_ended: bool = False) -> list[Machine]:
+        """The run's machines (its run AND origin tags: a same-named run elsewhere is not ours), or
+        every fedctl machine in the region with ``all_runs``."""
         runs = None if all_runs else [self._ctx().run_id]
         found = api.find_instances(self.ec2, api.run_filter(runs))
+        if not all_runs:
+            found = [m for m in found if m.origin == self._ctx().origin]
         return found if include_ended else [m for m in found if m.state not in api.ENDED_STATES]
 
     def list(self) -> list[str]:
@@ -281,55 +289,117 @@ class AwsProvider(Provider):
 
     # -- release -------------------------------------------------------------------------------------
     def release(self, hosts: Sequence[HostInfo]) -> None:
-        """Terminate every instance of the run (by tag, and every id recorded), wait until none of it
-        bills, then delete its security group. Idempotent; ProviderError when time runs out."""
-        recorded = [i for i in (self.instance_id(h) for h in hosts) if i]
-        self.destroy_runs([self._ctx().run_id], recorded)
+        """Terminate every instance of the run (tagged with its run AND origin), wait until none of it
+        bills, then delete its security group. A recorded id whose tags name another run or origin is
+        refused and said so (an edited or stale state must not end someone else's machine).
+        Idempotent; ProviderError when time runs out."""
+        ctx = self._ctx()
+        recorded = {i: h.name for h in hosts if (i := self.instance_id(h))}
+        owner = (ctx.run_id, ctx.origin)
+        found = {m.id: m for m in api.find_instances(self.ec2, api.run_filter([ctx.run_id]))}
+        strangers = [i for i in recorded if i not in found]
+        if strangers:
+            found.update({m.id: m for m in api.find_instances(self.ec2, [{"Name": "instance-id", "Values": strangers}])})
+        for i, m in sorted(found.items()):
+            if _owner(m) != owner and m.billed and (i in recorded or m.run_id == ctx.run_id):
+                self._say(f"refusing to terminate {i}{f' (recorded for {recorded[i]})' if i in recorded else ''}: "
+                          f"{_whose(m)}, not this run's (run {ctx.run_id}, origin {ctx.origin})")
+        mine = [i for i, m in found.items() if _owner(m) == owner]
+        self._end(mine, {i: owner for i in mine}, self.clock() + RELEASE_TIMEOUT_S, by_tag=owner)
+        self._say(f"no instance of run {ctx.run_id} is left pending, running, stopping or stopped")
+        self.delete_groups([ctx.run_id], origins={ctx.origin})
 
-    def destroy_runs(self, run_ids: Sequence[str], ids: Sequence[str] = (),
-                     timeout_s: float = RELEASE_TIMEOUT_S) -> list[Machine]:
-        """Terminate the instances of ``run_ids`` (plus ``ids``), wait until none bills, delete the
-        runs' security groups. Journals each host's termination time. Returns the ended machines."""
+    def sweep(self, listed: Sequence[Machine], group_runs: Sequence[str], origins: set[str] | None,
+              timeout_s: float = RELEASE_TIMEOUT_S) -> list[str]:
+        """Terminate exactly the ``listed`` instances, each only while its run and origin tags are
+        still what was listed (re-read just before every terminate call); wait until none bills; then
+        delete the security groups of ``group_runs`` made from ``origins`` (None: any) that no live
+        instance still uses by its run tag. Returns the ids terminated."""
+        expect = {m.id: _owner(m) for m in listed}
+        self._end(list(expect), expect, self.clock() + timeout_s)
+        runs = sorted({*group_runs, *(r for r, _o in expect.values() if r)})
+        self.delete_groups(runs, origins, timeout_s)
+        return sorted(i for i in expect if i not in self.refused)
+
+    def _end(self, ids: Sequence[str], expect: dict[str, tuple[str | None, str | None]], deadline: float,
+             by_tag: tuple[str, str] | None = None) -> None:
+        """Terminate ``ids`` (plus, with ``by_tag``, any instance launched since with that run and
+        origin), re-checking each one's tags against ``expect`` right before each terminate call, and
+        poll until none of them bills. Journals each host's termination time as the API reports it."""
         ec2 = self.ec2
-        deadline = self.clock() + timeout_s
-        flt = api.run_filter(run_ids)
+        self.refused = {}
         seen: set[str] = set()
+        watch = list(ids)
         while True:
-            found = api.find_instances(ec2, flt)
-            if ids:  # recorded ids are ours even if a tag were missing
-                found += [m for m in api.find_instances(ec2, [{"Name": "instance-id", "Values": list(ids)}])
-                          if m.id not in {f.id for f in found}]
-            alive = [m for m in found if m.state not in api.ENDED_STATES]
-            if alive:
-                api.terminate(ec2, [m.id for m in alive])
-            billed = [m for m in found if m.billed]
+            found = api.find_instances(ec2, [{"Name": "instance-id", "Values": watch}]) if watch else []
+            if by_tag is not None:  # a launch that raced the teardown
+                extra = [m for m in api.find_instances(ec2, api.run_filter([by_tag[0]]))
+                         if _owner(m) == by_tag and m.id not in expect]
+                expect.update({m.id: by_tag for m in extra})
+                watch += [m.id for m in extra]
+                found += extra
+            ours = []
             for m in found:
+                if _owner(m) == expect.get(m.id):
+                    ours.append(m)
+                elif m.id not in self.refused:
+                    self.refused[m.id] = _whose(m)
+                    self._say(f"not terminating {m.id}: its tags changed ({_whose(m)})")
+            alive = [m.id for m in ours if m.state not in api.ENDED_STATES]
+            if alive:
+                api.terminate(ec2, alive)
+            for m in ours:
                 if not m.billed and m.id not in seen:
                     seen.add(m.id)
                     if self.run is not None and m.host and m.run_id == self.run.run_id:
                         self.run.journal(HostUpdate(m.host, released_at=m.ended_at or time.time()))
+            billed = [m for m in ours if m.billed]
             if not billed:
-                break
+                return
             if self.clock() > deadline:
                 raise ProviderError("instances still not ended: " + ", ".join(f"{m.id} ({m.state})" for m in billed),
                                     hint="run `fedctl teardown` again; `fedctl instances` shows them")
             self._say(f"waiting for {len(billed)} instance(s) to end")
             time.sleep(self.poll_s)
-        self._say(f"no instance of {', '.join(run_ids)} is left pending, running, stopping or stopped")
-        self._delete_groups(run_ids, deadline)
-        return found
 
-    def _delete_groups(self, run_ids: Sequence[str], deadline: float) -> None:
-        """Delete the runs' security groups; instances shutting down still hold them for a while."""
-        groups = [g["GroupId"] for g in api.run_groups(self.ec2, run_ids)]
-        while groups:
-            groups = [g for g in groups if not api.delete_group(self.ec2, g)]
-            if not groups:
+    def delete_groups(self, run_ids: Sequence[str], origins: set[str] | None,
+                      timeout_s: float = RELEASE_TIMEOUT_S) -> list[str]:
+        """Delete the security groups fedctl made for ``run_ids`` from ``origins`` (None: any), but
+        only those whose run tag no live instance carries (another origin's instance with the same
+        run tag may be using it); instances shutting down hold a group a while. Returns the ids."""
+        if not run_ids:
+            return []
+        deadline = self.clock() + timeout_s
+        live = {m.run_id for m in api.find_instances(self.ec2, api.run_filter(run_ids)) if m.billed}
+        groups = []
+        for g in api.run_groups(self.ec2, run_ids):
+            tags = {t["Key"]: t["Value"] for t in g.get("Tags", [])}
+            if origins is not None and tags.get(api.TAG_ORIGIN) not in origins:
+                continue
+            if tags.get(api.TAG_RUN) in live:
+                self._say(f"keeping security group {g['GroupId']}: a live instance still carries run "
+                          f"{tags.get(api.TAG_RUN)}")
+                continue
+            groups.append(str(g["GroupId"]))
+        deleted, waiting = list(groups), list(groups)
+        while waiting:
+            waiting = [g for g in waiting if not api.delete_group(self.ec2, g)]
+            if not waiting:
                 break
             if self.clock() > deadline:
-                raise ProviderError(f"security group(s) {', '.join(groups)} still in use",
+                raise ProviderError(f"security group(s) {', '.join(waiting)} still in use",
                                     hint="run `fedctl teardown` again in a minute")
             time.sleep(self.poll_s)
+        return deleted
+
+
+def _owner(m: Machine) -> tuple[str | None, str | None]:
+    """Whose an instance is, by its tags: (run, origin)."""
+    return m.run_id, m.origin
+
+
+def _whose(m: Machine) -> str:
+    return f"its tags name run {m.run_id or '(none)'}, origin {m.origin or '(none)'}"
 
 
 def _ssh_banner(address: str, port: int, timeout: float = 3.0) -> bool:

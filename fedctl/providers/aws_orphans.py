@@ -4,7 +4,8 @@ Works for any provider that creates machines (``creates_machines``); aws is the 
 machine belongs to the run this folder is working on, or it is an orphan of this folder (its run
 was torn down, forgotten or its state deleted), or it was started from another folder or machine
 (``fedctl-origin`` differs): that one is listed but swept only when asked for explicitly, since
-it may be someone's running experiment.
+it may be someone's running experiment. When this folder's state cannot be read, its machines are
+``unknown``: they may be the live run's, so they are swept only with ``--any-folder`` too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from fedctl.providers.base import Machine, Provider, folder_origin
 from fedctl.state import StateStore
 
 THIS_RUN, ORPHAN, OTHER_FOLDER = "this run", "orphan", "other folder"
+#: a machine of this folder while its state cannot be read: maybe the live run's, so never an orphan
+UNKNOWN = "unknown (state unreadable)"
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class Listed:
     """One machine and whose it is."""
 
     machine: Machine
-    whose: str  # THIS_RUN | ORPHAN | OTHER_FOLDER
+    whose: str  # THIS_RUN | ORPHAN | OTHER_FOLDER | UNKNOWN
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self.machine), "whose": self.whose, "billed": self.machine.billed}
@@ -74,22 +77,47 @@ def _states(store: StateStore) -> list[Any]:
     return out
 
 
-def active_run(store: StateStore) -> str | None:
+@dataclass(frozen=True)
+class FolderView:
+    """What this folder's state says: the run it works on and that run's origin tag; ``unreadable``
+    when a state file exists but cannot be read (another fedctl version, a corrupt file): then no
+    machine of this folder can be called an orphan."""
+
+    active: str | None
+    origin: str
+    unreadable: bool = False
+
+
+def folder_view(store: StateStore) -> FolderView:
     """The run this folder is still working on (its machines are not orphans)."""
     from fedctl.errors import StateError
+    from fedctl.providers import run_origin
 
+    origin = folder_origin(store.root)
     try:
         state = store.load_or_none()
     except StateError:
-        return None
-    return state.run_id if state is not None and state.phase != "torn_down" else None
+        return FolderView(None, origin, unreadable=True)
+    if state is None or state.phase == "torn_down":
+        return FolderView(None, origin)
+    return FolderView(state.run_id, run_origin(state, store))
 
 
-def classify(machines: Sequence[Machine], active: str | None, origin: str) -> list[Listed]:
+def active_run(store: StateStore) -> str | None:
+    """The run this folder is still working on, if its state can be read."""
+    return folder_view(store).active
+
+
+def classify(machines: Sequence[Machine], active: str | None, origin: str, unreadable: bool = False,
+             active_origin: str | None = None) -> list[Listed]:
+    """Whose each machine is. ``origin`` is this folder's tag, ``active_origin`` the active run's
+    (the same unless the folder moved since the run began)."""
     out = []
     for m in machines:
-        if active is not None and m.run_id == active:
+        if active is not None and m.run_id == active and m.origin in (origin, active_origin or origin):
             whose = THIS_RUN
+        elif m.origin == origin and unreadable:
+            whose = UNKNOWN
         elif m.origin == origin:
             whose = ORPHAN
         else:
@@ -100,22 +128,41 @@ def classify(machines: Sequence[Machine], active: str | None, origin: str) -> li
 
 def listing(store: StateStore, provider: Provider, include_ended: bool) -> list[Listed]:
     """Every machine fedctl created with this provider's account and region, and whose it is."""
+    view = folder_view(store)
     machines = provider.machines(all_runs=True, include_ended=include_ended)
-    return classify(machines, active_run(store), folder_origin(store.root))
+    return classify(machines, view.active, folder_origin(store.root), view.unreadable, view.origin)
 
 
-def sweep_targets(store: StateStore, provider: Any, any_folder: bool) -> tuple[list[Listed], list[str]]:
-    """The live machines to terminate and the runs to clean (their security groups included)."""
+@dataclass(frozen=True)
+class SweepPlan:
+    """What ``--sweep`` will terminate (exactly these instances), which runs' security groups it
+    may delete, and what it refuses (machines of this folder whose state cannot be read)."""
+
+    targets: list[Listed]
+    group_runs: list[str]
+    refused: list[Listed]
+    origins: set[str] | None  # whose groups may go: this folder's, or anyone's with --any-folder
+
+
+def sweep_plan(store: StateStore, provider: Any, any_folder: bool) -> SweepPlan:
+    """The live machines to terminate, the runs whose leftover groups to delete, what is refused.
+
+    A security group never makes an instance a target: only listed instances are terminated."""
     from fedctl.providers import aws_ec2
 
-    active, origin = active_run(store), folder_origin(store.root)
-    wanted = (ORPHAN, OTHER_FOLDER) if any_folder else (ORPHAN,)
-    targets = [x for x in listing(store, provider, include_ended=False) if x.whose in wanted]
+    view = folder_view(store)
+    origin = folder_origin(store.root)
+    wanted = (ORPHAN, OTHER_FOLDER, UNKNOWN) if any_folder else (ORPHAN,)
+    rows = listing(store, provider, include_ended=False)
+    targets = [x for x in rows if x.whose in wanted]
+    refused = [x for x in rows if x.whose == UNKNOWN and not any_folder]
     runs = {x.machine.run_id for x in targets if x.machine.run_id}
-    # security groups of runs whose instances are all gone already (a crash between the two)
-    for g in aws_ec2.run_groups(provider.ec2, None):
-        tags = {t["Key"]: t["Value"] for t in g.get("Tags", [])}
-        run = tags.get(aws_ec2.TAG_RUN)
-        if run and run != active and (any_folder or tags.get(aws_ec2.TAG_ORIGIN) == origin):
-            runs.add(run)
-    return targets, sorted(runs)
+    # security groups of runs whose instances are all gone already (a crash between the two); with an
+    # unreadable state this folder's active run is unknown, so its groups stay unless --any-folder
+    if any_folder or not view.unreadable:
+        for g in aws_ec2.run_groups(provider.ec2, None):
+            tags = {t["Key"]: t["Value"] for t in g.get("Tags", [])}
+            run = tags.get(aws_ec2.TAG_RUN)
+            if run and run != view.active and (any_folder or tags.get(aws_ec2.TAG_ORIGIN) == origin):
+                runs.add(run)
+    return SweepPlan(targets, sorted(runs), refused, None if any_folder else {origin})
