@@ -123,21 +123,25 @@ def gpu_processes(
 
 
 def local_gpu_count(timeout: float = 10.0) -> int:
-    """GPUs of this machine as ``nvidia-smi`` lists them (0 without nvidia-smi or when it fails)."""
+    """GPUs of this machine as ``nvidia-smi`` lists them (0 without nvidia-smi or when it fails).
+
+    Only lines that are a GPU index (ASCII digits) count; any other line (a warning, "No devices
+    were found" printed with exit 0) is logged as a warning that names it (``fedctl.monitor.nvidia``)."""
     import shutil
     import subprocess
+
+    from fedctl.monitor.nvidia import GPU_INDEX_ARGS, parse_gpu_indices
 
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return 0
     try:
-        res = subprocess.run([exe, "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=timeout)
+        res = subprocess.run([exe, *GPU_INDEX_ARGS], capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired):
         return 0
     if res.returncode != 0:
         return 0
-    return sum(1 for line in res.stdout.splitlines() if line.strip().isdigit())
+    return len(parse_gpu_indices(res.stdout)[0])
 
 
 def even_split(n: int, parts: int) -> list[int]:

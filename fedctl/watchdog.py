@@ -27,6 +27,7 @@ stops it first (so a finished run on a closed laptop does not bill forever).
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -173,6 +174,10 @@ def last_round_end(path):
     return read_metrics(path, METRICS_TAIL_BYTES).last_round_end()
 
 
+_PERCENT = re.compile(r"[0-9]+(\.[0-9]+)?\Z")
+_IGNORED = set()  # nvidia-smi lines already logged: the same warning every poll would flood the log
+
+
 def gpu_utilisation(cmd=("nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits")):
     """The highest GPU utilisation on this host in percent, or None without a (working) nvidia-smi."""
     try:
@@ -184,10 +189,14 @@ def gpu_utilisation(cmd=("nvidia-smi", "--query-gpu=utilization.gpu", "--format=
         return None
     vals = []
     for line in r.stdout.splitlines():
-        try:
-            vals.append(float(line.strip()))
-        except ValueError:
-            continue
+        line = line.strip(" \t\r\n")
+        # ASCII digits only: float() also takes "nan", "inf", "1_0" and non-ASCII digits, and
+        # nvidia-smi prints warnings ("No devices were found") on stdout, at times with exit 0
+        if _PERCENT.match(line):
+            vals.append(float(line))
+        elif line and line not in _IGNORED and len(_IGNORED) < 100:
+            _IGNORED.add(line)
+            log("nvidia-smi: ignored a line that is not a utilisation: %r" % line[:120])
     return max(vals) if vals else None
 
 

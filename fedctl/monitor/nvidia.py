@@ -8,12 +8,20 @@ The probe runs (``--format=csv,noheader,nounits``)::
 ``[N/A]`` / ``[Not Supported]`` fields become ``None`` (shown as "n/a", never as 0). A failing
 nvidia-smi (driver not loaded, ...) gives a report with ``status="error"`` and its message; a host
 without nvidia-smi gives ``status="none"``.
+
+Every number is parsed strictly (ASCII digits: ``str.isdigit`` and ``int`` also take "²", "١" or
+"1_000"), and a line that is not the queried format is reported, never counted as a GPU: nvidia-smi
+prints warnings (a corrupt infoROM) and "No devices were found" on stdout, sometimes with exit 0.
+The same rules serve the host facts (``parse_gpu_facts``) and this machine's GPU count
+(``parse_gpu_indices``), so placement and ``watch`` agree on what a GPU is.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
+import re
 from typing import AbstractSet, Iterable, Mapping
 
 from fedctl.monitor.snapshot import GpuHolder, GpuInfo, GpuReport
@@ -33,19 +41,90 @@ APP_FIELDS = ("pid", "gpu_uuid", "used_memory")
 QUERY_GPU_ARGS = f"--query-gpu={','.join(GPU_FIELDS)} --format=csv,noheader,nounits"
 QUERY_APPS_ARGS = f"--query-compute-apps={','.join(APP_FIELDS)} --format=csv,noheader,nounits"
 
+#: the host facts' query (``fedctl.facts``): one ``NAME, MEMORY_MIB`` line per GPU
+GPU_FACTS_ARGS = ("--query-gpu=name,memory.total", "--format=csv,noheader,nounits")
+#: this machine's GPU count (``fedctl.plan.local_gpu_count``): one index per line
+GPU_INDEX_ARGS = ("--query-gpu=index", "--format=csv,noheader")
+
 #: what nvidia-smi prints when the machine has the tool but no usable GPU
 _NO_DEVICE_MARKERS = ("No devices were found",)
 
+_UINT = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# a GPU's facts line: a name (no comma, no control character) and its memory in MiB
+_FACT_LINE = re.compile(r"(?P<name>[^,\x00-\x1f\x7f]*[^,\s\x00-\x1f\x7f])[ \t]*,[ \t]*(?P<mem>[0-9]+)")
+_BLANKS = " \t\r\n"  # only ASCII blanks are trimmed: str.strip() would also eat Unicode spaces
+
+log = logging.getLogger("fedctl.gpu")
+
+
+def parse_uint(text: str) -> int | None:
+    """``"16384" -> 16384``; anything but ASCII digits (``"²"``, ``"1_000"``, ``"+1"``, ``"-1"``) -> None."""
+    t = text.strip(_BLANKS)
+    return int(t) if _UINT.fullmatch(t) else None
+
 
 def _num(text: str) -> float | None:
-    """``"62.50" -> 62.5``; ``"[N/A]"``, ``"[Not Supported]"``, ``""`` -> None."""
-    t = text.strip()
-    if not t or t.startswith("[") or t.upper() in {"N/A", "NA"}:
-        return None
-    try:
-        return float(t)
-    except ValueError:
-        return None
+    """``"62.50" -> 62.5``; ``"[N/A]"``, ``"[Not Supported]"``, ``""`` and every other text -> None.
+
+    Strict on purpose: ``float`` takes ``"nan"``, ``"inf"``, ``"1_0"`` and non-ASCII digits."""
+    t = text.strip(_BLANKS)
+    return float(t) if _DECIMAL.fullmatch(t) else None
+
+
+def _shown(line: str) -> str:
+    """A line for a message: bounded, control characters escaped."""
+    return repr(line[:120])
+
+
+def parse_gpu_facts(lines: Iterable[object], warn: bool = True) -> tuple[list[str], list[str]]:
+    """The lines of ``nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits`` ->
+    (one ``"NAME, MIB"`` line per GPU, the other non-blank lines). Each other line is never a GPU
+    ("No devices were found", an infoROM warning, "Fake GPU, ²"); with ``warn`` it is logged as a
+    warning naming it."""
+    gpus, other = [], []
+    for raw in lines:
+        line = raw.strip(_BLANKS) if isinstance(raw, str) else repr(raw)
+        if not line:
+            continue
+        m = _FACT_LINE.fullmatch(line)
+        if m:
+            gpus.append(f"{m['name']}, {int(m['mem'])}")
+            continue
+        other.append(line)
+        if warn:
+            log.warning("nvidia-smi: ignored a line that is not 'NAME, MEMORY_MIB': %s", _shown(line))
+    return gpus, other
+
+
+def gpu_fact_lines(lines: Iterable[str]) -> list[str]:
+    """``parse_gpu_facts`` for the host facts: the GPU lines only (the others are logged)."""
+    return parse_gpu_facts(lines)[0]
+
+
+def gpu_memory_mib(fact: str) -> int | None:
+    """The memory of one GPU from its facts line (``"NAME, MEMORY_MIB"``), or None when the line is
+    not one (facts saved by an older fedctl may hold any line)."""
+    m = _FACT_LINE.fullmatch(fact.strip(_BLANKS))
+    return int(m["mem"]) if m else None
+
+
+def parse_gpu_indices(text: str) -> tuple[list[int], list[str]]:
+    """``nvidia-smi --query-gpu=index --format=csv,noheader`` -> (the distinct GPU indices, the other
+    non-blank lines, each logged as a warning)."""
+    indices: list[int] = []
+    other = []
+    for raw in text.splitlines():
+        line = raw.strip(_BLANKS)
+        if not line:
+            continue
+        i = parse_uint(line)
+        if i is None:
+            other.append(line)
+            log.warning("nvidia-smi: ignored a line that is not a GPU index: %s", _shown(line))
+        elif i not in indices:
+            indices.append(i)
+    return indices, other
 
 
 def _rows(text: str) -> list[list[str]]:
@@ -62,9 +141,8 @@ def parse_compute_apps(text: str) -> list[tuple[int, str, float | None]]:
     for row in _rows(text):
         if len(row) < 3:
             continue
-        try:
-            pid = int(row[0])
-        except ValueError:
+        pid = parse_uint(row[0])
+        if pid is None:
             continue
         apps.append((pid, row[1], _num(row[2])))
     return apps
@@ -91,12 +169,8 @@ def parse_gpus(
     gpus: list[GpuInfo] = []
     bad_lines: list[str] = []
     for row in rows:
-        if len(row) < len(GPU_FIELDS):
-            bad_lines.append(", ".join(row))
-            continue
-        try:
-            index = int(row[0])
-        except ValueError:
+        index = parse_uint(row[0]) if len(row) == len(GPU_FIELDS) else None
+        if index is None:  # not the queried format: a warning line, not a GPU
             bad_lines.append(", ".join(row))
             continue
         gpus.append(

@@ -6,14 +6,19 @@ the process with what this returns.
 
 from __future__ import annotations
 
+from fedctl.errors import PlanError
+from fedctl.monitor.nvidia import gpu_memory_mib, parse_gpu_facts
 from fedctl.state import HostRecord, ProcessRecord, RunState
 
 
 def process_env(state: RunState, rec: HostRecord, proc: ProcessRecord) -> dict[str, str]:
     """The GPU settings of one payload process: which GPU it sees (CUDA_VISIBLE_DEVICES), memory
     growth instead of mapping the whole GPU, and a per-process memory limit (FEDCTL_GPU_MEMORY_MB)
-    when several processes share one GPU. Empty on a host without GPUs."""
-    gpus = rec.facts.get("gpus") or []
+    when several processes share one GPU. Empty on a host without GPUs.
+
+    Raises PlanError when the process was placed on a GPU the host's facts do not list (facts of an
+    older fedctl counted nvidia-smi's warning lines as GPUs)."""
+    gpus, _ = parse_gpu_facts(rec.facts.get("gpus") or [], warn=False)
     if not gpus and proc.gpu is None:
         return {}
     env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
@@ -24,16 +29,14 @@ def process_env(state: RunState, rec: HostRecord, proc: ProcessRecord) -> dict[s
     if proc.gpu is None:
         env["CUDA_VISIBLE_DEVICES"] = ""  # a GPU host's process that must not take GPU memory
         return env
+    if proc.gpu >= len(gpus):
+        who = "the server" if proc.role == "server" else f"client process {proc.index}"
+        raise PlanError(f"{rec.name}: {who} was placed on GPU {proc.gpu}, but nvidia-smi lists "
+                        f"{len(gpus)} GPU(s) there", hint="run `fedctl provision` again to re-read the host's GPUs")
     env["CUDA_VISIBLE_DEVICES"] = str(proc.gpu)
     sharing = sum(1 for g in rec.client_gpus if g == proc.gpu) + (1 if proc.role == "server" else 0)
-    if sharing > 1 and proc.gpu < len(gpus):
-        total = _gpu_memory_mb(gpus[proc.gpu])
+    if sharing > 1:
+        total = gpu_memory_mib(gpus[proc.gpu])
         if total:
             env["FEDCTL_GPU_MEMORY_MB"] = str(int(total * 0.9 / sharing))  # 10% for the driver and others
     return env
-
-
-def _gpu_memory_mb(fact: str) -> int | None:
-    """The memory of one GPU from its facts line ("NAME, MEMORY_MIB")."""
-    tail = fact.rsplit(",", 1)[-1].strip()
-    return int(tail) if tail.isdigit() else None
