@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from fedctl.connectors.ssh import SSHConnector
 from fedctl.deploy import TREE_MARKER, make_dirs
 from fedctl.ops.teardown import _remove_files
 from fedctl.state import HostRecord
+from tests.integration.moto_server import moto_ec2  # noqa: F401 - the fixture
 from tests.integration.test_lifecycle import ECHO, fedctl, project, state
 
 
@@ -35,6 +37,13 @@ def _user_files(workdir: Path) -> dict[str, str]:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
     return _snapshot(workdir)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def _named_echo(tmp_path: Path, name: str) -> Path:
@@ -166,3 +175,33 @@ def test_setup_never_writes_into_an_envs_folder_of_the_users(sshd_fleet, tmp_pat
     assert (logs[0].parent / TREE_MARKER).exists() and (logs[0].parent / ".done").exists()
     fedctl(proj, "teardown", "--yes", check=True)
     assert _snapshot(envs) == before
+
+
+def test_teardown_of_created_machines_collects_only_from_hosts_its_fleet_covers(moto_ec2, tmp_path):
+    """fedctl killed mid-start on AWS: the server was spawned, no client yet, ``started_at`` unset.
+    Teardown opens SSH only to hosts where something ran (the server) but collected from every host
+    with a workdir: "host ... is not in this fleet" ended it before any instance was terminated.
+    Now it collects from the hosts its fleet covers, terminates every instance and exits 0."""
+    from tests.integration import test_aws as aws
+
+    port = aws.free_shared_port(aws.addresses(3))
+    hosts = aws.loopback_hosts(tmp_path, 3, port)  # 1 server + 2 client instances
+    with hosts:
+        proj = aws.project(tmp_path, moto_ec2, port, hosts.identity_file, hosts.user, client_instances=2)
+        res = aws.fedctl(proj, "provision", "--clients", "2", "-i", "aws.yaml", "--yes")
+        assert res.returncode == 0, res.stdout + res.stderr
+        st = aws.read_state(proj)
+        assert all(h["workdir"] for h in st["hosts"])
+        server = next(h for h in st["hosts"] if "server" in h["role"])
+        run_dir = f"{server['workdir']}/runs/{st['run_id']}"
+        server["processes"] = [{"role": "server", "index": 0, "pid": _dead_pid(),
+                                "start_time": 1, "pidfile": f"{run_dir}/server.pid",
+                                "log": f"{run_dir}/server.log", "status": "starting"}]
+        st["phase"], st["started_at"] = "starting", None
+        (proj / ".fedctl" / "state.json").write_text(json.dumps(st))
+
+        res = aws.fedctl(proj, "teardown", "--yes")
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out
+        assert "not in this fleet" not in out
+        assert moto_ec2.billed(st["run_id"]) == [] and len(moto_ec2.instances(st["run_id"])) == 3
