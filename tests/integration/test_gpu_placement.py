@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.gpu.fake_nvidia_smi import install
+from tests.gpu.fake_nvidia_smi import INFOROM_WARNING, install
 from tests.integration.test_lifecycle import fedctl, project, state
 
 
@@ -25,10 +25,16 @@ def _gpu_client_host(fleet, tmp_path: Path, gpus: int, per_gpu: int) -> Path:
     """A project whose client host (h2) sees a fake nvidia-smi with ``gpus`` GPUs on its PATH."""
     fake = install(tmp_path / f"gpu{gpus}", gpus).parent
     proj = project(tmp_path, fleet, rounds=300, round_s=0.2, placement={"processes_per_gpu": per_gpu})
-    inv = yaml.safe_load((proj / "inventory.yaml").read_text())
-    inv["hosts"][1]["environment"] = {"PATH": f"{fake}:$PATH"}
-    (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
+    _put_on_path(proj, {1: fake})
     return proj
+
+
+def _put_on_path(proj: Path, fakes: dict[int, Path]) -> None:
+    """Host i of the inventory finds the fake nvidia-smi in ``fakes[i]`` first on its PATH."""
+    inv = yaml.safe_load((proj / "inventory.yaml").read_text())
+    for i, fake in fakes.items():
+        inv["hosts"][i]["environment"] = {"PATH": f"{fake}:$PATH"}
+    (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
 
 
 def test_four_gpus_get_one_client_process_each(sshd_fleet, tmp_path):
@@ -93,5 +99,30 @@ def test_the_local_provider_on_a_two_gpu_machine_starts_one_client_process_per_g
         server = next(p for h in state(proj)["hosts"] for p in h["processes"] if p["role"] == "server")
         # the server's host (this machine) has the GPUs but no clients of its own: it evaluates on GPU 0
         assert _environ(server["pid"])["CUDA_VISIBLE_DEVICES"] == "0"
+    finally:
+        fedctl(proj, "teardown", "--yes")
+
+
+def test_nvidia_smi_lines_that_are_not_gpus_are_reported_not_placed_on(sshd_fleet, tmp_path):
+    """h2 has one GPU, and nvidia-smi prints an infoROM warning before it (exit 0); h3 has the tool
+    but no GPU, and nvidia-smi says "No devices were found" with exit 0. Each such line used to
+    count as a GPU: h2 got a second client process with CUDA_VISIBLE_DEVICES=1, h3 one with 0."""
+    warned = install(tmp_path / "warned", 1, warning=INFOROM_WARNING).parent
+    none = install(tmp_path / "none", 0, no_devices_exit=0).parent
+    proj = project(tmp_path, sshd_fleet(3), rounds=300, round_s=0.2, placement={"processes_per_gpu": 1})
+    _put_on_path(proj, {1: warned, 2: none})
+    res = fedctl(proj, "provision", "--clients", "4", "-i", "inventory.yaml", "--yes", check=True)
+    assert INFOROM_WARNING in res.stderr and "No devices were found" in res.stderr  # reported, by line
+    fedctl(proj, "start", check=True)
+    try:
+        h2, h3 = state(proj)["hosts"][1:]
+        assert h2["facts"]["gpus"] == ["Fake GPU, 16384"] and h3["facts"]["gpus"] == []
+        assert h2["client_gpus"] == [0] and h3["client_gpus"] == [None]
+        (p2,) = [p for p in h2["processes"] if p["role"] == "client"]
+        (p3,) = [p for p in h3["processes"] if p["role"] == "client"]
+        assert p2["gpu"] == 0 and p2["client_ids"] == [0, 1]
+        assert _environ(p2["pid"])["CUDA_VISIBLE_DEVICES"] == "0"
+        assert p3["gpu"] is None and p3["client_ids"] == [2, 3]
+        assert "CUDA_VISIBLE_DEVICES" not in _environ(p3["pid"])
     finally:
         fedctl(proj, "teardown", "--yes")
