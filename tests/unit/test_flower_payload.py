@@ -9,6 +9,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ from fedctl.connectors.base import HostInfo
 from fedctl.payload import load_manifest, repo_payloads_dir
 from fedctl.shipping import config_for_host, find_files
 from fedctl.state import HostRecord
+from tests.waiting import wait_until
 
 PAYLOAD = repo_payloads_dir() / "flower"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flower-numpy"
@@ -40,7 +42,7 @@ def _load(name: str):
 
 @pytest.fixture(scope="module")
 def mods():
-    return {n: _load(n) for n in ("flower_config", "flower_progress", "gateway", "flower_common")}
+    return {n: _load(n) for n in ("flower_config", "flower_progress", "gateway", "flower_common", "flower_trust")}
 
 
 def test_manifest_loads_and_lists_the_wrappers():
@@ -143,43 +145,181 @@ def test_gateway_forwards_only_the_fleet_api(mods):
         up.shutdown()
 
 
-def test_run_ca_is_the_same_on_every_host_and_signs_the_server(mods, tmp_path):
-    c = mods["flower_common"]
-    token = b"a-run-token"
-    ca1, ca2 = c.ca_certificate_pem(token), c.ca_certificate_pem(token)
-    from cryptography import x509
-
-    a, b = x509.load_pem_x509_certificate(ca1), x509.load_pem_x509_certificate(ca2)
-    assert a.public_key().public_numbers() == b.public_key().public_numbers() and a.subject == b.subject
-    assert c.ca_certificate_pem(b"another") != ca1
-    cert, key = c.server_certificate_pem(token, ["127.0.0.1", "localhost"])
+def _tls_server(cert: bytes, key: bytes, tmp_path: Path, accepts: int):
+    """A TLS listener with ``cert`` on 127.0.0.1 that completes ``accepts`` handshakes; its port."""
     (tmp_path / "s.pem").write_bytes(cert)
     (tmp_path / "s.key").write_bytes(key)
-    (tmp_path / "ca.pem").write_bytes(ca2)  # a client's own copy
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(tmp_path / "s.pem", tmp_path / "s.key")
     lsock = socket.create_server(("127.0.0.1", 0))
-    port = lsock.getsockname()[1]
 
     def serve():
-        for _ in range(2):
+        for _ in range(accepts):
             conn, _ = lsock.accept()
             try:
                 with server_ctx.wrap_socket(conn, server_side=True) as s:
                     s.recv(1)
             except (ssl.SSLError, OSError):
                 pass
+        lsock.close()
 
     threading.Thread(target=serve, daemon=True).start()
+    return lsock.getsockname()[1]
+
+
+def test_the_run_ca_is_random_per_run_and_signs_the_server(mods, tmp_path):
+    """Finding: the CA key was derived from the run token, which every client host holds. Now two
+    runs with the same token get different CAs, and only the CA's own certificate verifies."""
+    from cryptography import x509
+
+    c = mods["flower_common"]
+    trusts = []
+    for k in (1, 2):
+        run_dir = tmp_path / f"run{k}"
+        run_dir.mkdir()
+        t = mods["flower_trust"].RunTrust(str(run_dir), b"the same token", 2, lambda p, n: "1")
+        t.setup([])
+        trusts.append(t)
+    a, b = (x509.load_pem_x509_certificate(t.ca_pem) for t in trusts)
+    assert a.public_key().public_numbers() != b.public_key().public_numbers()
+    assert (tmp_path / "run1" / "flower-ca.pem").read_bytes() == trusts[0].ca_pem  # for a client on this host
+    assert oct((tmp_path / "run1" / "flower" / "tls" / "ca.key").stat().st_mode & 0o777) == "0o600"
+    cert, key = c.server_certificate_pem(trusts[0].ca_pem, trusts[0].ca_key, ["127.0.0.1", "localhost"])
+    port = _tls_server(cert, key, tmp_path, accepts=2)
     client_mod = _client_module()
-    ok_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
-    assert client_mod.preflight("127.0.0.1", port, ok_ctx, 5) is None
-    (tmp_path / "other.pem").write_bytes(c.ca_certificate_pem(b"other token"))
-    bad = client_mod.preflight("127.0.0.1", port, ssl.create_default_context(cafile=str(tmp_path / "other.pem")), 5)
+    (tmp_path / "ca1.pem").write_bytes(trusts[0].ca_pem)
+    (tmp_path / "ca2.pem").write_bytes(trusts[1].ca_pem)
+    assert client_mod.preflight("127.0.0.1", port, ssl.create_default_context(cafile=str(tmp_path / "ca1.pem")), 5) is None
+    bad = client_mod.preflight("127.0.0.1", port, ssl.create_default_context(cafile=str(tmp_path / "ca2.pem")), 5)
     assert bad is not None and "TLS" in bad
-    lsock.close()
-    refused = client_mod.preflight("127.0.0.1", port, None, 2)
-    assert "refused" in refused
+    wait_until(lambda: client_mod.preflight("127.0.0.1", port, None, 2) is not None, 10, what="the listener to close")
+    assert "refused" in client_mod.preflight("127.0.0.1", port, None, 2)
+
+
+def _hello(c, token: bytes, dial: str, nodes: dict, nonce: str = "n" * 32) -> dict:
+    nodes_json = json.dumps(nodes, sort_keys=True)
+    return {"nonce": nonce, "dial": dial, "nodes": nodes,
+            "mac": c.mac(token, nonce.encode(), dial.encode(), nodes_json.encode())}
+
+
+def test_the_certificate_names_the_dial_address_and_what_a_hello_adds(mods, tmp_path):
+    """Finding: the certificate named only the host's own addresses, so clients dialing a NAT'd or
+    public address failed. --dial (fedctl's server_address) and each hello's dial address are named."""
+    c = mods["flower_common"]
+    t = mods["flower_trust"].RunTrust(str(tmp_path), b"tok", 2, lambda p, n: "7")
+    t.setup(["203.0.113.7"])
+    names = c.certificate_names((tmp_path / "flower" / "tls" / "server.pem").read_bytes())
+    assert "203.0.113.7" in names and "127.0.0.1" in names
+    assert "198.51.100.9" not in names
+    priv, pub = c.new_node_key()
+    code, answer = t.hello(_hello(c, b"tok", "198.51.100.9", {"0": pub.decode()}))
+    assert code == 200, answer
+    assert c.mac_ok(b"tok", answer["mac"], b"n" * 32, answer["ca"].encode())
+    assert answer["ca"].encode() == t.ca_pem and "PRIVATE" not in answer["ca"]
+    assert "198.51.100.9" in c.certificate_names((tmp_path / "flower" / "tls" / "server.pem").read_bytes())
+    # a restarted server (resume) keeps its CA and the names clients added
+    t2 = mods["flower_trust"].RunTrust(str(tmp_path), b"tok", 2, lambda p, n: "7")
+    t2.setup([])
+    assert t2.ca_pem == t.ca_pem and "198.51.100.9" in t2.names and t2.nodes == {"0": pub.decode().strip()}
+
+
+def test_a_hello_without_the_token_registers_nothing_and_gets_no_ca(mods, tmp_path):
+    c = mods["flower_common"]
+    registered: list[str] = []
+    t = mods["flower_trust"].RunTrust(str(tmp_path), b"tok", 2, lambda p, n: registered.append(n) or "1")
+    t.setup([])
+    _, pub = c.new_node_key()
+    code, answer = t.hello(_hello(c, b"not the token", "203.0.113.1", {"0": pub.decode()}))
+    assert code == 403 and "ca" not in answer
+    assert registered == [] and "203.0.113.1" not in t.names
+    # with the token: a partition outside the run, or a second key for a partition, is refused
+    assert t.hello(_hello(c, b"tok", "127.0.0.1", {"5": pub.decode()}))[0] == 400
+    assert t.hello(_hello(c, b"tok", "127.0.0.1", {"0": pub.decode()}))[0] == 200
+    _, other = c.new_node_key()
+    assert t.hello(_hello(c, b"tok", "127.0.0.1", {"0": other.decode()}))[0] == 409
+    assert registered == ["partition-0"]
+
+
+def _half_open_tls(port: int, source: str) -> socket.socket:
+    """A connection from ``source`` that sends the first bytes of a TLS ClientHello and stops."""
+    s = socket.socket()
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    s.sendall(bytes.fromhex("16030100c8010000c40303"))
+    return s
+
+
+def _closed(s: socket.socket) -> bool:
+    s.settimeout(0.01)
+    try:
+        return s.recv(1) == b""
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+def test_gateway_closes_half_sent_tls_within_the_deadline_and_caps_connections(mods, tmp_path):
+    """Finding: no header deadline and no connection cap. Strangers that stop mid-handshake are
+    closed after head_deadline_s, one source cannot hold more than max_per_source, and a client
+    that speaks gets its answer while they are there."""
+    c = mods["flower_common"]
+    ca, ca_key = c.new_ca()
+    cert, key = c.server_certificate_pem(ca, ca_key, ["127.0.0.1"])
+    (tmp_path / "s.pem").write_bytes(cert)
+    (tmp_path / "s.key").write_bytes(key)
+    (tmp_path / "ca.pem").write_bytes(ca)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "s.pem", tmp_path / "s.key")
+    gw = mods["gateway"].Gateway("127.0.0.1", 0, 1, ctx, lambda: {"phase": "training"},
+                                 head_deadline_s=1.5, idle_s=2.0, max_connections=40, max_per_source=30)
+    port = gw.start()
+    strangers: list[socket.socket] = []
+    try:
+        for _ in range(60):
+            strangers.append(_half_open_tls(port, "127.0.0.77"))
+        wait_until(lambda: sum(_closed(s) for s in strangers) >= 30, 5, what="the per-source cap to close 30")
+        assert gw.open_connections() <= 30
+        client = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        t0 = time.monotonic()
+        assert json.loads(urllib.request.urlopen(f"https://127.0.0.1:{port}/fedctl/state", context=client,
+                                                 timeout=5).read()) == {"phase": "training"}
+        assert time.monotonic() - t0 < 1.0
+        t0 = time.monotonic()
+        wait_until(lambda: all(_closed(s) for s in strangers), 5, what="every half-sent connection to be closed")
+        assert time.monotonic() - t0 < 2.5  # the deadline (1.5 s from each accept) and not the idle time
+        wait_until(lambda: gw.open_connections() == 0, 5, what="the gateway to forget them")
+        # a connection that completed a request and then says nothing is closed after idle_s
+        idle = client.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+        idle.sendall(b"GET /fedctl/state HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"training" in idle.recv(4096)
+        t0 = time.monotonic()
+        wait_until(lambda: gw.open_connections() == 0, 6, what="the idle connection to be closed")
+        assert 1.5 < time.monotonic() - t0 < 4.0
+        idle.close()
+    finally:
+        for s in strangers:
+            s.close()
+        gw.stop()
+
+
+def test_gateway_makes_room_by_closing_the_oldest_silent_connection(mods):
+    """At max_connections, a new connection closes the oldest that has not sent a request yet."""
+    gw = mods["gateway"].Gateway("127.0.0.1", 0, 1, None, lambda: {"phase": "training"},
+                                 head_deadline_s=30, max_connections=5, max_per_source=100)
+    port = gw.start()
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    try:
+        wait_until(lambda: gw.open_connections() == 5, 5, what="5 connections")
+        t0 = time.monotonic()
+        assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/fedctl/state", timeout=5).read())
+        assert time.monotonic() - t0 < 1.0
+        assert _closed(silent[0]) or wait_until(lambda: _closed(silent[0]), 2, what="the oldest to be closed")
+        assert not any(_closed(s) for s in silent[2:])
+    finally:
+        for s in silent:
+            s.close()
+        gw.stop()
 
 
 def _client_module():

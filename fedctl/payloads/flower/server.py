@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import tarfile
@@ -41,26 +40,17 @@ from flower_common import (  # noqa: E402
     flower_settings,
     flower_tool,
     free_port,
-    host_names,
     log,
-    mac,
-    mac_ok,
-    new_ca,
-    node_public_key_ok,
     read_config,
     read_token,
-    server_certificate_pem,
-    san_names,
     tail,
     terminate,
     tool_env,
     write_json_atomic,
-    write_private,
 )
 from flower_progress import RoundTracker  # noqa: E402
+from flower_trust import RunTrust  # noqa: E402
 from gateway import Gateway  # noqa: E402
-
-CA_FOR_CLIENTS = "flower-ca.pem"  # in the run dir: the run CA's certificate (a client on this host reads it)
 
 ROLE = "flower-server"
 
@@ -88,12 +78,8 @@ class Server:
         self.expected = int(self.cfg.get("clients") or 1)
         self.app = str(self.cfg.get("app") or "")
         self.insecure = bool(self.fl.get("insecure"))
-        self.tdir = os.path.join(self.fdir, "tls")
-        self.ca_pem, self.ca_key = b"", b""
-        self.names: list[str] = []
-        self.gateway_ctx: ssl.SSLContext | None = None
-        self.hello_lock = threading.Lock()
-        self.nodes: dict[str, str] = self._load_nodes()  # partition id -> registered public key
+        self.trust = RunTrust(self.run_dir, self.token, self.expected, self._register)
+        self.tdir = self.trust.tdir
         self.phase = "starting"
         self.stopping = threading.Event()
         self.superlink: subprocess.Popen | None = None
@@ -105,14 +91,6 @@ class Server:
         self.best_acc: float | None = None
         self.completed = 0
         self.lock = threading.Lock()
-
-    def _load_nodes(self) -> dict[str, str]:
-        try:
-            with open(os.path.join(self.fdir, "nodes.json"), encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            return {}
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     # -- files -------------------------------------------------------------------------------------
     def append(self, line: dict) -> None:
@@ -162,110 +140,14 @@ class Server:
             raise RuntimeError(f"flwr {' '.join(argv)} failed: {(res.stderr or res.stdout).strip()[-500:]}")
         return data
 
+    def _register(self, pub_path: str, name: str) -> str:
+        """Register a SuperNode public key with the SuperLink; its node id (RuntimeError if not)."""
+        try:
+            return str(self.flwr_json("supernode", "register", pub_path, "--name", name, timeout=60).get("node-id"))
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(str(exc)) from None
+
     # -- steps -------------------------------------------------------------------------------------
-    def tls(self) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
-        """The gateway's TLS context and the context to reach the SuperLink (None, None: insecure).
-
-        The run CA is random, made here (kept across ``--resume``: the running SuperNodes trust
-        it); its key never leaves ``flower/tls`` (0600). The gateway's certificate names every
-        address of this host, ``flower.tls_names``, ``--dial`` (what fedctl tells the clients to
-        dial) and each address a client's hello says it dials; the SuperLink's names 127.0.0.1."""
-        if self.insecure:
-            log(ROLE, "flower.insecure: the Fleet API is plain HTTP (no TLS, no SuperNode authentication)")
-            return None, None
-        os.makedirs(self.tdir, mode=0o700, exist_ok=True)
-        ca_path, key_path = os.path.join(self.tdir, "ca.pem"), os.path.join(self.tdir, "ca.key")
-        if os.path.exists(ca_path) and os.path.exists(key_path):
-            with open(ca_path, "rb") as f:
-                self.ca_pem = f.read()
-            with open(key_path, "rb") as f:
-                self.ca_key = f.read()
-        else:
-            self.ca_pem, self.ca_key = new_ca()
-            write_private(key_path, self.ca_key)
-            with open(ca_path, "wb") as f:
-                f.write(self.ca_pem)
-        with open(os.path.join(self.run_dir, CA_FOR_CLIENTS), "wb") as f:
-            f.write(self.ca_pem)
-        names = host_names() + list(self.fl.get("tls_names") or []) + list(self.args.dial or [])
-        if self.args.host not in ("0.0.0.0", "::", ""):
-            names.append(self.args.host)
-        try:
-            with open(os.path.join(self.tdir, "names.json"), encoding="utf-8") as f:
-                names += [str(n) for n in json.load(f)]  # names clients added before a restart
-        except (OSError, ValueError):
-            pass
-        self.names = san_names(names)
-        self.gateway_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._issue_gateway_certificate()
-        cert, key = server_certificate_pem(self.ca_pem, self.ca_key, ["127.0.0.1", "localhost"])
-        with open(os.path.join(self.tdir, "superlink.pem"), "wb") as f:
-            f.write(cert)
-        write_private(os.path.join(self.tdir, "superlink.key"), key)
-        upstream = ssl.create_default_context(cafile=ca_path)
-        log(ROLE, f"TLS: a new run CA; server certificate for {', '.join(self.names)}")
-        return self.gateway_ctx, upstream
-
-    def _issue_gateway_certificate(self) -> None:
-        """(Re)sign the gateway's certificate for ``self.names``; new connections get it."""
-        cert, key = server_certificate_pem(self.ca_pem, self.ca_key, self.names)
-        cert_path, key_path = os.path.join(self.tdir, "server.pem"), os.path.join(self.tdir, "server.key")
-        with open(cert_path, "wb") as f:
-            f.write(cert)
-        write_private(key_path, key)
-        assert self.gateway_ctx is not None
-        self.gateway_ctx.load_cert_chain(cert_path, key_path)
-        write_json_atomic(os.path.join(self.tdir, "names.json"), self.names)
-
-    # -- a client's hello ---------------------------------------------------------------------------
-    def hello(self, data: dict) -> tuple[int, dict]:
-        """Answer a client wrapper's hello (gateway thread): check its MAC (the run token: only a
-        host of the run), add the address it dials to the certificate, register its SuperNodes'
-        public keys with Flower (one per partition id of this run), answer with the CA certificate
-        under a MAC. Status code and JSON answer."""
-        nonce, dial, nodes = data.get("nonce"), data.get("dial"), data.get("nodes")
-        if not (isinstance(nonce, str) and 16 <= len(nonce) <= 128 and isinstance(dial, str)
-                and isinstance(nodes, dict) and len(nodes) <= self.expected):
-            return 400, {"error": "a hello has nonce, dial and nodes"}
-        nodes_json = json.dumps(nodes, sort_keys=True)
-        if not mac_ok(self.token, data.get("mac"), nonce.encode(), dial.encode(), nodes_json.encode()):
-            return 403, {"error": "bad MAC: not a host of this run"}
-        if not san_names([dial]):
-            return 400, {"error": f"{dial!r} is not an IP address or DNS name"}
-        with self.hello_lock:
-            if dial.strip("[]") not in self.names:
-                self.names.append(dial.strip("[]"))
-                self._issue_gateway_certificate()
-                log(ROLE, f"TLS: a client dials {dial}: the server certificate names it now")
-            for pid, pub in nodes.items():
-                why = self.register_node(str(pid), pub)
-                if why:
-                    return 409 if "already" in why else 400, {"error": why}
-        return 200, {"ca": self.ca_pem.decode(), "mac": mac(self.token, nonce.encode(), self.ca_pem)}
-
-    def register_node(self, pid: str, pub: object) -> str | None:
-        """Register partition ``pid``'s SuperNode key with the SuperLink (``flwr supernode
-        register``); None when done (or done before with the same key), else why not."""
-        if not (pid.isdigit() and int(pid) < self.expected):
-            return f"partition id {pid!r} is not one of this run's 0..{self.expected - 1}"
-        if not (isinstance(pub, str) and len(pub) < 4096 and node_public_key_ok(pub)):
-            return f"partition {pid}: not an OpenSSH EC public key"
-        if pid in self.nodes:
-            return None if self.nodes[pid] == pub.strip() else f"partition {pid} is already registered with another key"
-        path = os.path.join(self.fdir, "nodes", f"partition-{pid}.pub")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="ascii") as f:
-            f.write(pub.strip() + "\n")
-        try:
-            node_id = self.flwr_json("supernode", "register", path, "--name", f"partition-{pid}",
-                                     timeout=60).get("node-id")
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            return f"partition {pid}: registering its SuperNode failed: {exc}"
-        self.nodes[pid] = pub.strip()
-        write_json_atomic(os.path.join(self.fdir, "nodes.json"), self.nodes)
-        log(ROLE, f"SuperNode of partition {pid} registered (node {node_id})")
-        return None
-
     def start_superlink(self) -> int:
         port = free_port("127.0.0.1")
         cmd = [flower_tool("flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
@@ -446,11 +328,18 @@ class Server:
         signal.signal(signal.SIGTERM, self.on_term)
         signal.signal(signal.SIGINT, self.on_term)
         try:
-            ctx, upstream_ctx = self.tls()
+            if self.insecure:
+                log(ROLE, "flower.insecure: the Fleet API is plain HTTP (no TLS, no SuperNode authentication)")
+                ctx = upstream_ctx = None
+            else:
+                names = list(self.fl.get("tls_names") or []) + list(self.args.dial or [])
+                if self.args.host not in ("0.0.0.0", "::", ""):
+                    names.append(self.args.host)
+                ctx, upstream_ctx = self.trust.setup(names)
             upstream = self.start_superlink()
             self.gateway = Gateway(self.args.host, self.args.port, upstream, ctx, lambda: {"phase": self.phase},
                                    log=lambda m: log(ROLE, m), upstream_ssl=upstream_ctx,
-                                   hello=None if self.insecure else self.hello)
+                                   hello=None if self.insecure else self.trust.hello)
             port = self.gateway.start()
             write_json_atomic(os.path.join(self.run_dir, "server.ready"), {"port": port, "pid": os.getpid()})
             log(ROLE, f"Fleet API on {self.args.host}:{port} ({'plain HTTP' if self.insecure else 'TLS'}); "
