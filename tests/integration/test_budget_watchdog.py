@@ -24,9 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedctl.budget import Budget, check_guards, watchdog_command, watchdog_script, watchdog_spec
+from fedctl.budget import Budget, watchdog_spec
 from fedctl.connectors.base import HostInfo
 from fedctl.state import HostRecord, ProcessRecord, RunState
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 WATCHDOG = REPO / "fedctl" / "watchdog.py"
@@ -47,19 +48,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait(cond, timeout: float, what: str, step: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+def _keeps_guarding(wd: subprocess.Popen, run_dir: Path, polls: int = 5, poll_s: float = 0.2) -> None:
+    """The watchdog has started and is still there after ``polls`` polls of a live run. This window is
+    what is asserted (it must not leave while the run lives), not a wait for something to happen."""
+    wait_until(lambda: "guarding run" in (run_dir / "watchdog.log").read_text(), 20, what="the watchdog to start")
+    with pytest.raises(subprocess.TimeoutExpired):
+        wd.wait(timeout=polls * poll_s)
 
 
 def _fake_run(tmp_path: Path, run_id: str = "20261124-000000-beef", child: bool = True):
     """A run dir with one 'server' process group (a python that names the run dir, plus a child)."""
     run_dir = tmp_path / "w" / "runs" / run_id
     run_dir.mkdir(parents=True)
+    # the fake server's own sleep is its simulated work, not a wait of the test
     code = ("import subprocess, sys, time\n"
             + ("subprocess.Popen(['sleep', '300'])\n" if child else "")
             + "time.sleep(float(sys.argv[2]))\n")
@@ -101,7 +102,7 @@ def test_watchdog_max_hours_stops_the_group_and_powers_off(tmp_path):
     spec = watchdog_spec(state, rec, now=time.time(), budget=Budget(max_hours=3 / 3600), run_dir=str(run_dir),
                          poweroff_command=SAFE_POWEROFF.format(marker=marker), poll_s=0.2, grace_s=2)
     spec["poweroff_delay_s"] = 0.5
-    _wait(lambda: len(_group_pids(proc.pid)) == 2, 10, "the fake server and its child")
+    wait_until(lambda: len(_group_pids(proc.pid)) == 2, 10, what="the fake server and its child")
     t0 = time.monotonic()
     wd = _spawn_watchdog(spec, run_dir)
     try:
@@ -125,8 +126,7 @@ def test_watchdog_exits_when_the_run_ends_on_its_own(tmp_path):
     spec = watchdog_spec(state, rec, now=time.time(), budget=Budget(max_hours=1), run_dir=str(run_dir), poll_s=0.2)
     wd = _spawn_watchdog(spec, run_dir)
     try:
-        time.sleep(1.0)
-        assert wd.poll() is None, "the watchdog left while the run was still running"
+        _keeps_guarding(wd, run_dir)
         proc.terminate()
         assert wd.wait(timeout=10) == 0
         assert not (run_dir / "guard.json").exists()
@@ -143,12 +143,16 @@ def test_watchdog_with_poweroff_powers_off_a_finished_run_nobody_tore_down(tmp_p
                          poweroff_command=SAFE_POWEROFF.format(marker=marker), poll_s=0.2)
     spec["finish_wait_s"] = 1.5
     wd = _spawn_watchdog(spec, run_dir)
+    log = run_dir / "watchdog.log"
     try:
-        time.sleep(0.6)
+        _keeps_guarding(wd, run_dir)
         proc.terminate()  # the run ends on its own; fedctl is not there to tear it down
-        time.sleep(0.6)
-        assert wd.poll() is None and not marker.exists(), "powered off before finish_wait_s"
+        wait_until(lambda: "processes are gone; powering off in" in log.read_text(), 10,
+                   what="the watchdog to see the run gone")
+        noticed = time.monotonic()
+        assert wd.poll() is None and not marker.exists(), "powered off at once, not after finish_wait_s"
         assert wd.wait(timeout=10) == 0
+        assert time.monotonic() - noticed >= 1.5 - 0.25, "powered off before finish_wait_s"  # 1 poll early at most
         assert marker.exists()
         assert json.loads((run_dir / "guard.json").read_text())["reason"] == "finished"
     finally:
@@ -231,7 +235,8 @@ def test_watchdog_stops_the_fleet_when_fedctl_is_gone(sshd_fleet, tmp_path):
     for h in fleet.hosts:
         assert (h.workdir / "runs" / run_id / "watchdog.pid").is_file(), h.name
     # fedctl is not running now (provision/start returned; think: laptop closed). The watchdogs act.
-    _wait(lambda: run_pids(run_id) == [], 60, "the run's processes (and the watchdogs) to be gone", step=0.5)
+    wait_until(lambda: run_pids(run_id) == [], 60, interval=0.5,
+               what="the run's processes (and the watchdogs) to be gone")
     server = state.server["host"]
     for h in fleet.hosts:
         run_dir = h.workdir / "runs" / run_id

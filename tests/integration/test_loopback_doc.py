@@ -11,7 +11,6 @@ import re
 import shlex
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from fedctl.connectors.base import HostInfo
 from fedctl.connectors.ssh import SSHConnector
 from tests.integration.sshd import PRIVSEP_DIR, _current_user, _free_port, sshd_available
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,14 +54,15 @@ def test_the_documented_sshd_serves_sftp(tmp_path):
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def listening() -> bool:
             try:
                 socket.create_connection((address, port), timeout=1).close()
-                break
+                return True
             except OSError:
                 assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                time.sleep(0.05)
+                return False
+
+        wait_until(listening, 10, what=f"the documented sshd to listen on {address}:{port}")
         host = HostInfo(name="doc", address=address, port=port, user=_current_user(),
                         identity_file=str(tmp_path / "client_key"), workdir=str(tmp_path / "w"))
         src = tmp_path / "payload.txt"

@@ -6,15 +6,18 @@ import dataclasses
 import os
 import pwd
 import stat
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from fedctl.config import inventory
 from fedctl.connectors.base import HostInfo
 from fedctl.connectors.ssh import SSHConnector
 from fedctl.errors import ConnectError, HostKeyError
 from fedctl.fleet import Fleet
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +44,15 @@ def test_timeout_closes_channel_and_kills_command(sshd_fleet, known_hosts, tmp_p
     flag = f.hosts[0].workdir / "survived"
     with _conn(f.host_infos()[0], known_hosts) as c:
         t0 = time.monotonic()
+        # the command's own sleep is the slow work that the timeout cuts short
         r = c.run(f"echo started; sleep 3; touch {flag}", timeout=0.8)
         assert r.timed_out and r.exit_code == -1 and not r.ok
         assert r.stdout == "started\n"
         assert time.monotonic() - t0 < 2.5
-        time.sleep(3)
+        # its shell (the only process whose command line names the flag) is gone well before the
+        # 3 s it would need to touch the flag
+        wait_until(lambda: subprocess.run(["pgrep", "-f", str(flag)], capture_output=True).returncode == 1,
+                   3 - (time.monotonic() - t0) - 0.3, what="the timed-out command to be killed on the host")
         assert not flag.exists(), "the timed-out command kept running on the host"
         assert c.run("echo again").stdout == "again\n"  # the connection is still usable
 
@@ -213,10 +220,7 @@ def test_proxy_jump_chain_via_ssh_config(sshd_fleet, known_hosts, tmp_path, _iso
         assert len(c._hops) == 2
         # the session really goes through jump2: when jump2 dies, so does the connection to the target
         f.stop(1)
-        deadline = time.monotonic() + 5
-        while c.connected and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not c.connected
+        wait_until(lambda: not c.connected, 5, what="the connection to drop with jump2")
     pinned = Path(known_hosts).read_text()
     assert a.entry in pinned and b.entry in pinned and target.entry in pinned
 
@@ -255,7 +259,6 @@ def test_fleet_five_hosts_one_dead_one_connection_each(sshd_fleet, known_hosts):
 
 
 def test_written_inventory_loads_and_drives_a_fleet(sshd_fleet, known_hosts, tmp_path):
-    inventory = pytest.importorskip("fedctl.config.inventory")
     f = sshd_fleet(2)
     path = f.write_inventory(tmp_path / "inventory.yaml", host_key_policy="accept-new")
     inv = inventory.load_inventory(str(path))
