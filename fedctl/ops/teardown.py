@@ -49,8 +49,8 @@ class TeardownReport:
 
 #: Removal on the host, in one shell command per host, so that every check is made on the spot, in
 #: the same command as the ``rm`` it guards. ``$W`` is the workdir. Records out: "KIND PATH", each
-#: ended by a NUL (a path may hold a newline): L left behind, S a symbolic link, O outside the
-#: workdir (resolved through symbolic links), M no marker (not made by fedctl).
+#: ended by a NUL (a path may hold a newline): L left behind, S a symbolic link, F not a folder,
+#: O outside the workdir (resolved through symbolic links), M no marker (not made by fedctl).
 #:   _real P   -> P with every symbolic link resolved (cd -P; the "x" keeps trailing newlines)
 #:   _ours P   -> succeeds when P is fedctl's tree: no link, strictly under the workdir, marked
 #:   _gone P   -> reports P when it is still there
@@ -59,6 +59,7 @@ _w=$(_real "$W") || _w=
 case $_w in /) _wp=/ ;; ?*) _wp=$_w/ ;; *) _wp= ;; esac
 _ours() { if [ -L "$1" ]; then printf 'S %s\0' "$1"; return 1; fi
 [ -e "$1" ] || return 1
+[ -d "$1" ] || { printf 'F %s\0' "$1"; return 1; }
 _r=$(_real "$1") || _r=
 case $_r in "$_wp"?*) [ -n "$_wp" ] || { printf 'O %s\0' "$1"; return 1; } ;; *) printf 'O %s\0' "$1"; return 1 ;; esac
 [ -f "$1/@MARKER@" ] || { printf 'M %s\0' "$1"; return 1; }; }
@@ -67,6 +68,7 @@ _gone() { [ -e "$1" ] && printf 'L %s\0' "$1"; true; }
 
 _REFUSED = {
     "S": "is a symbolic link",
+    "F": "is not a folder (fedctl removes only folders it made)",
     "O": "does not lie strictly under the workdir {w} (symbolic links resolved)",
     "M": f"holds no {TREE_MARKER} marker (fedctl did not make it)",
     "X": "does not lie strictly under the workdir {w}",

@@ -82,7 +82,7 @@ def test_a_payload_name_cannot_reach_the_users_workdir(sshd_fleet, tmp_path, nam
 def test_teardown_refuses_recorded_trees_that_are_not_fedctls(sshd_fleet, tmp_path):
     """An edited state records, as trees: the user's folder beside the workdir (with a planted
     marker), the same folder through ``runs/../..``, the workdir itself, a folder of the user's in
-    the workdir (no marker) and a symbolic link in fedctl's runs folder. Teardown removes the run's
+    the workdir (no marker), a file of the user's and a symbolic link in fedctl's runs folder. Teardown removes the run's
     own files, refuses every one of those with a message, exits non-zero, and they all survive."""
     fleet = sshd_fleet(2)
     wd = Path(fleet.hosts[0].workdir)
@@ -98,7 +98,8 @@ def test_teardown_refuses_recorded_trees_that_are_not_fedctls(sshd_fleet, tmp_pa
     run_dir = wd / "runs" / st["run_id"]
     assert (run_dir / "token").exists() and (run_dir / TREE_MARKER).exists()
     (wd / "runs" / "link").symlink_to(outside)
-    foreign = [str(outside), f"{wd}/runs/../../{outside.name}", str(wd), str(wd / "thesis"), str(wd / "runs" / "link")]
+    foreign = [str(outside), f"{wd}/runs/../../{outside.name}", str(wd), str(wd / "thesis"), str(wd / "runs" / "link"),
+               str(wd / "README")]
     st["hosts"][0]["owned"] += [{"path": p, "kind": "tree", "keep": False} for p in foreign]
     (proj / ".fedctl" / "state.json").write_text(json.dumps(st))
 
@@ -106,7 +107,8 @@ def test_teardown_refuses_recorded_trees_that_are_not_fedctls(sshd_fleet, tmp_pa
     out = res.stdout + res.stderr
     assert res.returncode == 3, out  # never "ok" while something was refused
     assert res.stderr.count("refused to remove") == len(foreign), out
-    assert "symbolic link" in out and "no .fedctl-tree marker" in out and "strictly under the workdir" in out
+    for why in ("symbolic link", "no .fedctl-tree marker", "strictly under the workdir", "is not a folder"):
+        assert why in res.stderr, why
     assert not run_dir.exists(), "the run's own files (its token) stayed"
     assert state(proj)["hosts"][0]["status"] != "torn_down"
 
