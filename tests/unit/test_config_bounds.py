@@ -6,6 +6,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedctl.config import ranges
@@ -188,7 +189,6 @@ def test_synthetic_size_and_cnn_shape_are_checked_at_load(tmp_path):
 
 
 def test_npz_size_is_read_from_its_headers_relative_to_the_config(tmp_path):
-    np = pytest.importorskip("numpy")
     sub = tmp_path / "exp"
     sub.mkdir()
     np.savez_compressed(sub / "d.npz", x_train=np.zeros((7, 28, 28), np.uint8), y_train=np.zeros(7),
@@ -208,7 +208,6 @@ def test_npz_that_is_not_here_is_left_to_the_hosts(tmp_path):
 
 
 def test_digits_train_size_matches_the_payloads_split():
-    pytest.importorskip("sklearn")
     payload_dir = str(resolve_payload("fedavg_tf"))
     sys.path.insert(0, payload_dir)  # the payload imports ``fedtf`` the way server.py does
     try:

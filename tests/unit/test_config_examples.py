@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from fedctl.config.experiment import CORE_KEYS, load_experiment
 from fedctl.config.inventory import load_inventory
 from fedctl.config.loader import load_yaml
 from fedctl.plan import make_plan
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 FEDAVG_KEYS = ["model", "data", "strategy", "sampling", "train", "realism", "robustness", "evaluate_every",
@@ -93,12 +93,12 @@ def test_echo_payload_runs_a_short_federation(tmp_path):
                                "--host", "127.0.0.1", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         ready = tmp_path / "server.ready"
-        for _ in range(200):
-            if ready.exists():
-                break
-            server.poll()
-            assert server.returncode is None, server.stdout.read()
-            time.sleep(0.02)
+
+        def is_ready() -> bool:
+            assert server.poll() is None, server.stdout.read()
+            return ready.exists()
+
+        wait_until(is_ready, 20, interval=0.02, what="the echo server's ready file")
         info = json.loads(ready.read_text())
         assert info["pid"] == server.pid
         addr = f"127.0.0.1:{info['port']}"
