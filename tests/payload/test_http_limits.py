@@ -314,3 +314,26 @@ def test_connection_recovers_when_the_server_closed_an_idle_keep_alive(serve):
     assert c.request("GET", "/health")[0] == 200
     time.sleep(0.8)  # the server has hung up on the idle connection by now
     assert c.request("POST", "/drop?seq=1&id=2", b"")[0] == 200
+
+
+def test_a_handler_bug_is_a_500_and_the_server_keeps_serving():
+    """An exception in the app answers 500 and frees the slot; the next request is served."""
+    from fedtf.httpmsg import text_reply
+    from fedtf.httpserve import GuardedHTTPServer
+
+    def handle(req, body):
+        if req.target == "/boom":
+            raise KeyError("a bug")
+        return text_reply(200, "ok")
+
+    srv = GuardedHTTPServer(("127.0.0.1", 0), lambda req: True, handle, 100, max_connections=1,
+                            backlog=8, read_timeout_s=5)
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        assert Connection("127.0.0.1", port, TOKEN, timeout=5).request("GET", "/boom")[0] == 500
+        wait_until(lambda: srv.connection_counts()["authed"] == 0, 5, what="the slot to be freed")
+        assert Connection("127.0.0.1", port, TOKEN, timeout=5).request("GET", "/fine")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -12,11 +12,13 @@ Connection handling, deadlines and caps are fedtf.httpserve's. A POST needs a va
 from __future__ import annotations
 
 import json
+import resource
 from urllib.parse import parse_qs, urlparse
 
 from .coordinator import Coordinator
-from .httpserve import (BODY_BASE_S, HEAD_TIMEOUT_S, PENDING_PER_SOURCE, GuardedHTTPServer, Reply, Request,
-                        raise_fd_limit, text_reply)
+from .httpmsg import Reply, Request, text_reply
+from .httpserve import BODY_BASE_S, HEAD_TIMEOUT_S, PENDING_PER_SOURCE, GuardedHTTPServer
+from .metrics import log
 from .transport import token_ok
 
 READ_TIMEOUT_S = 60.0  # default: a kept-alive connection silent this long between requests is closed
@@ -30,6 +32,22 @@ def fleet_defaults(clients: int) -> tuple[int, int]:
     with the stdlib's 5, 200 clients starting together sat in SYN retries and timed out.
     """
     return min(4096, max(64, 5 * clients + 16)), max(128, 2 * clients)
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft open-file limit to the hard one. Returns the soft limit now in force.
+
+    Pending connections cost one descriptor each, and 1024 is a common default.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        want = 1 << 16 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as e:
+            log("server", f"could not raise the open-file limit from {soft}: {e}", "debug")
+    return soft
 
 
 def pending_cap(max_connections: int) -> int:

@@ -1,93 +1,41 @@
 """An HTTP/1.1 server that a stranger without the run token cannot stall (stdlib only).
 
-Why not http.server: ThreadingHTTPServer gives each connection a thread before it has read a byte,
-and its timeout is per recv. 70 connections sending one byte every 2 s held all 64 handler slots,
-and token-holding clients got 503 for as long as that lasted.
-
-Here:
-- One thread (serve_forever) accepts connections and reads every request head with a selector. A
-  head must be complete within `head_timeout_s` of the accept (for a kept-alive connection: of
-  its next request's first byte), however slowly it trickles in. No thread is spent before that.
-- A connection that has not yet shown the token is "pending". Pending connections are capped
-  per source address; over that cap a new connection is closed at once. Their total is capped
-  too (by the fd limit). When the total is full, the oldest pending connection is closed to
-  make room. A real client's head arrives within milliseconds, so it is never the oldest for
-  long, and strangers from many addresses only push each other out.
-- The token is checked on the head (`authorize`) before anything else. Without it: 401 and
-  close, and the body is never read.
-- A connection with the token takes one of `max_connections` slots and keeps it until it closes
-  (none free: 503). Each request runs on its own thread. That thread reads the body under one
-  total deadline sized from Content-Length (BODY_BASE_S + length / BODY_MIN_RATE), calls the
-  app, writes the reply, and gives a kept-alive connection back to the selector.
+http.server gave each connection a thread before reading a byte and timed out per recv: 70
+connections sending a byte every 2 s held all 64 slots, and token holders got 503. Here:
+- One thread (serve_forever) accepts and reads every request head with a selector. A head must
+  be complete within `head_timeout_s` of the accept (kept-alive: of its first byte), however
+  slowly it trickles in. No thread is spent before that.
+- Connections that have not shown the token yet ("pending") are capped per source address (over
+  it, a new one is closed at once) and in total (fd limit; when full, the oldest pending one is
+  closed: a real client's head takes milliseconds, so strangers only push each other out).
+- The token is checked on the head (`authorize`) before anything else: without it, 401, close,
+  and the body is never read.
+- With the token, a connection holds one of `max_connections` slots until it closes (none free:
+  503). Each request gets a thread that reads the body under one total deadline from its
+  Content-Length (body_base_s + length / BODY_MIN_RATE), calls the app, replies, and gives a
+  kept-alive connection back to the selector.
 """
 from __future__ import annotations
 
 import collections
 import errno
-import http.client
-import io
-import json
-import re
-import resource
 import selectors
 import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Callable
 
+from .httpmsg import (MAX_HEAD, Reply, Request, body_length, parse_head, reply_head, text_reply,
+                      wants_close)
 from .metrics import log
 
 HEAD_TIMEOUT_S = 5.0        # a whole request head, from accept (or from a kept-alive request's first byte)
-MAX_HEAD = 32 << 10         # bytes; ours are a few hundred
 PENDING_PER_SOURCE = 64     # connections without the token yet, per source address
 BODY_BASE_S = 10.0          # a body may take this long plus length / BODY_MIN_RATE, in total
 BODY_MIN_RATE = 64 << 10    # bytes/s (512 kbit/s): slower senders are cut off with a 408
 LINGER_S, LINGER_BYTES = 2.0, 16 << 20  # after an error reply: how long / how much to read before closing
 SWEEP_S = 0.25              # how often expired heads are looked for
-_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # digits only: no sign, no spaces inside, no hex
-
-
-@dataclass
-class Request:
-    """One parsed request head."""
-    method: str
-    target: str
-    version: str
-    headers: http.client.HTTPMessage
-    client: tuple
-
-
-@dataclass
-class Reply:
-    """What the app answers; `close` ends the connection after the reply."""
-    code: int
-    body: bytes
-    ctype: str = "application/json"
-    close: bool = False
-    headers: dict = field(default_factory=dict)
-
-
-def text_reply(code: int, message: str, close: bool = False) -> Reply:
-    """A JSON {"message": ...} reply."""
-    return Reply(code, json.dumps({"message": message}).encode(), close=close)
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's soft open-file limit to the hard one. Returns the soft limit now in force.
-
-    Pending connections cost one descriptor each, and 1024 is a common default.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        want = 1 << 16 if hard == resource.RLIM_INFINITY else hard
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            soft = want
-        except (ValueError, OSError) as e:
-            log("server", f"could not raise the open-file limit from {soft}: {e}", "debug")
-    return soft
 
 
 class _Conn:
@@ -122,6 +70,7 @@ class GuardedHTTPServer:
         self.server_address = self._listener.getsockname()[:2]
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a handler thread must never block on a wake-up
         self._sel = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._pending: dict[_Conn, None] = {}          # insertion order: oldest first
@@ -257,24 +206,17 @@ class GuardedHTTPServer:
         end = c.buf.find(b"\r\n\r\n")
         if end < 0 or end > MAX_HEAD:
             if len(c.buf) > MAX_HEAD:
-                self._refuse(c, 431, "request head too large")
+                self._refuse(c, text_reply(431, "request head too large", True))
             return
         head, rest = bytes(c.buf[:end + 4]), bytes(c.buf[end + 4:])
         c.buf = bytearray()
-        line, _, fields = head.partition(b"\r\n")
-        parts = line.decode("latin-1").split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            self._refuse(c, 400, "bad request line")
+        req = parse_head(head, c.addr)
+        if isinstance(req, Reply):
+            self._refuse(c, req)
             return
-        try:
-            headers = http.client.parse_headers(io.BytesIO(fields))
-        except http.client.HTTPException as e:
-            self._refuse(c, 400, f"bad headers: {type(e).__name__}")
-            return
-        req = Request(parts[0], parts[1], parts[2], headers, c.addr)
         if not self.authorize(req):  # before a slot, a thread or a byte of the body
             self.refused["no token"] += 1
-            self._refuse(c, 401, "unauthorized")
+            self._refuse(c, text_reply(401, "unauthorized", True))
             return
         with self._lock:
             if not c.authed and len(self._authed) < self.max_connections:
@@ -286,7 +228,8 @@ class GuardedHTTPServer:
             self.refused["busy"] += 1
             self._warn("busy", f"all {self.max_connections} connection slots busy: answered 503 "
                                f"({self.refused['busy']} so far; robustness.max_connections raises the limit)")
-            self._refuse(c, 503, "server busy: too many connections", {"Retry-After": "1"})
+            self._refuse(c, Reply(503, b'{"message": "server busy: too many connections"}', close=True,
+                                  headers={"Retry-After": "1"}))
             return
         self._sel.unregister(c.sock)
         try:
@@ -324,12 +267,10 @@ class GuardedHTTPServer:
                 self.refused["head timeout"] += 1
             self._drop(c)
 
-    def _refuse(self, c: _Conn, code: int, message: str, extra: dict | None = None) -> None:
+    def _refuse(self, c: _Conn, reply: Reply) -> None:
         """An error reply from the selector thread (never blocks), then close."""
-        reply = text_reply(code, message, close=True)
-        reply.headers.update(extra or {})
         try:
-            c.sock.send(_head(reply, True) + reply.body)
+            c.sock.send(reply_head(reply, True) + reply.body)
             # Closing with unread bytes sends a RST that can destroy the reply before the client
             # reads it: take what has arrived already (never wait for more).
             for _ in range(16):
@@ -338,7 +279,7 @@ class GuardedHTTPServer:
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as e:
-            log("server", f"could not answer {c.addr[0]} with {code}: {e}", "debug")
+            log("server", f"could not answer {c.addr[0]} with {reply.code}: {e}", "debug")
         self._drop(c)
 
     def _drop(self, c: _Conn) -> None:
@@ -355,7 +296,7 @@ class GuardedHTTPServer:
         except OSError as e:  # the peer's doing: a reset, a timeout mid-reply
             log("server", f"connection from {c.addr[0]}: {type(e).__name__}: {e}")
             leftover = None
-        except Exception:  # noqa: BLE001 - a bug in a handler must not take the server down
+        except Exception:  # noqa: BLE001 - a bug here must not leak the slot or kill the server
             log("server", f"error serving {req.method} {req.target[:80]}:\n{traceback.format_exc()}", "error")
             leftover = None
         if leftover is None:
@@ -368,7 +309,7 @@ class GuardedHTTPServer:
 
     def _one_request(self, c: _Conn, req: Request, rest: bytes) -> bytes | None:
         """Serve one request; the bytes after it when the connection stays open, else None."""
-        length = self._body_length(req)
+        length = body_length(req, self.max_body)
         if isinstance(length, Reply):
             self._send(c, length, True)
             return None
@@ -394,31 +335,17 @@ class GuardedHTTPServer:
                 return None
             got += n
         c.sock.settimeout(self.read_timeout_s)
-        reply = self.handle(req, bytes(body) if length < (1 << 16) else body)
-        close = reply.close or _wants_close(req)
+        try:
+            reply = self.handle(req, body)
+        except Exception:  # noqa: BLE001 - a bug in the app: answer, log it, keep serving
+            log("server", f"error serving {req.method} {req.target[:80]}:\n{traceback.format_exc()}", "error")
+            reply = text_reply(500, "internal error (see the server log)", True)
+        close = reply.close or wants_close(req)
         self._send(c, reply, close)
         return None if close else leftover
 
-    def _body_length(self, req: Request) -> int | Reply:
-        """The declared body length, or the error reply. Checked before a byte of the body is read:
-        `Content-Length: -1` once read until EOF past the body cap."""
-        if req.headers.get("Transfer-Encoding") is not None:
-            return text_reply(411, "send a Content-Length; chunked bodies are not accepted", True)
-        values = [v.strip() for v in req.headers.get_all("Content-Length") or []]
-        if not values:
-            if req.method in ("POST", "PUT"):
-                return text_reply(411, "Content-Length required", True)
-            return 0
-        if len(set(values)) != 1 or not _CONTENT_LENGTH.fullmatch(values[0]):
-            shown = ", ".join(values)[:40]
-            return text_reply(400, f"bad Content-Length {shown!r}: expected one non-negative integer", True)
-        length = int(values[0])
-        if length > self.max_body:
-            return text_reply(413, f"body of {length} bytes exceeds the limit of {self.max_body}", True)
-        return length
-
     def _send(self, c: _Conn, reply: Reply, close: bool) -> None:
-        head = _head(reply, close)
+        head = reply_head(reply, close)
         if len(reply.body) < (1 << 16):  # one write: no Nagle/delayed-ACK stall on keep-alive
             c.sock.sendall(head + reply.body)
         else:
@@ -472,20 +399,3 @@ class GuardedHTTPServer:
         if now - self._warned.get(kind, -1e9) >= 10.0:
             self._warned[kind] = now
             log("server", message, "warning")
-
-
-def _head(reply: Reply, close: bool) -> bytes:
-    reason = http.client.responses.get(reply.code, "")
-    lines = [f"HTTP/1.1 {reply.code} {reason}", f"Content-Type: {reply.ctype}",
-             f"Content-Length: {len(reply.body)}"]
-    lines += [f"{k}: {v}" for k, v in reply.headers.items()]
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def _wants_close(req: Request) -> bool:
-    conn = (req.headers.get("Connection") or "").lower()
-    if req.version == "HTTP/1.0":
-        return "keep-alive" not in conn
-    return "close" in conn
