@@ -295,6 +295,9 @@ def load_manifest(directory: str | Path) -> PayloadManifest:
     py_req = req.get("python")
     if py_req is not None:
         py_req = check_str(file, ("requirements", "python"), str(py_req))
+        from fedctl.facts import python_specifier  # packaging, only for a manifest that has a spec
+
+        python_specifier(py_req, file)  # an invalid spec is an error when the manifest is read
     imports = _str_list(file, ("requirements", "imports"), req.get("imports") or [])
     pip_reqs = _str_list(file, ("requirements", "pip"), req.get("pip") or [])
     pip_gpu = _str_list(file, ("requirements", "pip_gpu"), req.get("pip_gpu") or []) or pip_reqs

@@ -81,7 +81,9 @@ def results_cmd(
 
     e = env()
     state = load_run_state(e.store, run)
-    dest = out or (_results_root() / state.run_id)
+    from fedctl.ops.collect import results_dir  # refuses a run id that is not a plain name
+
+    dest = out or results_dir(e.store, state.run_id)
     report, notes = collect_and_build(state, dest, collect=not no_collect)
     if as_json:
         e.print_json({**report.to_dict(), "notes": notes})

@@ -139,6 +139,9 @@ def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
             return _make_host(file, (provider,), {"name": name, "address": address, "roles": roles}, defaults)
 
         hosts = section_module.parse_section(file, raw, defaults, make_host)
+        from fedctl.config.textsize import check_text_size
+
+        check_text_size(file, "hosts", hosts)
         return Inventory(path=file, provider=provider, hosts=tuple(hosts))
     if not hosts_raw:
         raise ConfigError(file, ("hosts",), "provider static needs at least one host")
@@ -169,6 +172,11 @@ def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
                 )
             endpoints[endpoint] = host.name
             hosts.append(host)
+    # every path that loads an inventory (provision, exec -i, instances) is bounded in bytes, not
+    # only in values: a long string shared by a host range is refused here, before anything copies it
+    from fedctl.config.textsize import check_text_size
+
+    check_text_size(file, "hosts", hosts)
     return Inventory(path=file, provider="static", hosts=tuple(hosts))
 
 
@@ -266,7 +274,9 @@ def _check_wheelhouse(file: str, path: KeyPath, value: Any) -> str:
 def _check_environment(file: str, path: KeyPath, value: Any) -> dict[str, str]:
     """``environment:``: variables exported for every command fedctl runs on the host (PATH,
     CUDA_HOME, HF_HOME ...). Names are shell variable names; values are strings (numbers are
-    taken as their text); ``$VAR`` in a value is expanded by the host's shell (``PATH: /opt/x:$PATH``)."""
+    taken as their text). A value is data: only an explicit ``$NAME`` / ``${NAME}`` reference expands
+    (``PATH: /opt/x:$PATH``; an unset one to nothing), everything else reaches the host literally
+    (``fedctl.shell.export_prefix``). No environment variable can hold a NUL, so one is refused here."""
     env = require_mapping(file, path, value)
     out = {}
     for name, v in env.items():
@@ -276,6 +286,8 @@ def _check_environment(file: str, path: KeyPath, value: Any) -> dict[str, str]:
             raise ConfigError(file, (*path, name), "FEDCTL_* variables are fedctl's own")
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
             raise ConfigError(file, (*path, name), f"must be a string, not {type_name(v)}")
+        if "\0" in str(v):
+            raise ConfigError(file, (*path, name), "holds a NUL character, which no environment variable can hold")
         out[name] = str(v)
     return out
 

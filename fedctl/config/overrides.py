@@ -54,7 +54,7 @@ def parse_override(text: str) -> Override:
         raise ConfigError(source, None, "expected KEY.PATH=VALUE (the key is empty)")
     parts = tuple(key.split("."))
     for part in parts:
-        if not part or not _KEY_PART.match(part):
+        if not part or not _KEY_PART.fullmatch(part):
             raise ConfigError(
                 source, None,
                 f"key {preview(key)} is malformed: dot-separated names of letters, digits, '_' or '-'",

@@ -58,7 +58,7 @@ def log_filter_matches(line: LogLine, target: str | None, clients: dict[int, tup
         return True
     if target in (line.host, line.role, line.label):
         return True
-    m = _CLIENT_TARGET.match(target)
+    m = _CLIENT_TARGET.fullmatch(target)
     if m and int(m.group(1)) in clients:
         return clients[int(m.group(1))] == (line.host, line.label)
     return line.role == "server+client" and target in ("server", "client")

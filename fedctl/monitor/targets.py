@@ -22,7 +22,7 @@ def resolve_targets(state: RunState, target: str | None) -> list[tuple[HostRecor
         return pairs
     if target in ("server", "client"):
         return [(h, p) for h, p in pairs if p.role == target]
-    m = _CLIENT.match(target)
+    m = _CLIENT.fullmatch(target)
     if m:
         cid = int(m.group(1))
         hits = [(h, p) for h, p in pairs if cid in p.client_ids]

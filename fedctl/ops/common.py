@@ -41,40 +41,14 @@ def load_inputs(
     """Validate inventory + experiment completely and make the plan. Raises ConfigError/PlanError."""
     from fedctl.config.experiment import load_experiment
     from fedctl.config.inventory import load_inventory
-    from fedctl.config.textsize import check_text_size
     from fedctl.plan import make_plan
 
+    # the inventory layer bounds its text and refuses NULs in environment values (parse_inventory)
     inventory = load_inventory(inventory_path)
-    # ranges and defaults share one string among many hosts: bound what the per-host copies make
-    check_text_size(inventory.path, "hosts", inventory.hosts)
-    _check_environment_values(inventory)
     experiment = load_experiment(config_path, overrides, clients=clients, rounds=rounds)
-    _check_python_spec(experiment.payload)
     root = store.root.parent if store else Path.cwd()
     plan = make_plan(inventory, experiment, experiment.clients, cpu_count=cpu_count, cwd=root)
     return Inputs(inventory, experiment, plan)
-
-
-def _check_environment_values(inventory: Any) -> None:
-    """A NUL cannot be in any environment variable (``"\\0"`` in YAML makes one): refuse it with the
-    host and key now, not as an error from the connector later."""
-    from fedctl.errors import ConfigError
-
-    for h in inventory.hosts:
-        for key, value in h.environment.items():
-            if "\0" in value:
-                raise ConfigError(inventory.path, f"environment.{key}", f"host {h.name}: holds a NUL character,"
-                                  " which no environment variable can hold")
-
-
-def _check_python_spec(manifest: Any) -> None:
-    """The payload's ``requirements.python`` must be a valid specifier before any host is asked
-    (an invalid one is a ConfigError naming payload.yaml, not a per-host failure later)."""
-    from fedctl.facts import python_specifier
-
-    spec = getattr(manifest, "python_requirement", None)
-    if spec:
-        python_specifier(spec, str(manifest.dir / "payload.yaml"))
 
 
 def known_hosts_path(store: StateStore) -> str:

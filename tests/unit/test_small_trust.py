@@ -219,4 +219,4 @@ def test_a_nul_in_an_environment_value_is_a_config_error(tmp_path):
     )
     res = fedctl(tmp_path, "provision", "--dry-run", "-i", "inv.yaml", "--clients", "1")
     assert res.returncode == 2, res.stderr
-    assert res.stderr.startswith("error: inv.yaml: environment.A: host h1: holds a NUL character")
+    assert res.stderr.startswith("error: inv.yaml: defaults.environment.A: holds a NUL character"), res.stderr
