@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
+
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -33,21 +35,22 @@ class Run:
         return ["--config", str(self.d / "config.yaml"), "--run-dir", str(self.d),
                 "--token-file", str(self.d / "token")]
 
-    def start_server(self, resume=False, timeout=120) -> int:
+    def start_server(self, resume=False, timeout=120, port=0) -> int:
         self.n_servers += 1
         log = open(self.d / f"server-{self.n_servers}.log", "wb")
         old = _read_json(self.d / "server.ready")
         cmd = [sys.executable, os.path.join(PAYLOAD, "server.py"), *self._args(), "--host", "127.0.0.1",
-               "--port", "0"] + (["--resume"] if resume else [])
+               "--port", str(port)] + (["--resume"] if resume else [])
         self.server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd="/")
-        end = time.time() + timeout
-        while time.time() < end:
+
+        def port() -> int | None:
             ready = _read_json(self.d / "server.ready")
             if ready and ready != old and ready["pid"] == self.server.pid:
                 return ready["port"]
             assert self.server.poll() is None, self.log()
-            time.sleep(0.1)
-        raise AssertionError("server never became ready\n" + self.log())
+            return None
+
+        return wait_until(port, timeout, interval=0.1, what="the server's ready file")
 
     def start_clients(self, port: int, groups: list[str]) -> None:
         for i, ids in enumerate(groups):
@@ -80,6 +83,13 @@ class Run:
     def log(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
                          for p in sorted(self.d.glob("*.log")))
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _read_json(path):
@@ -166,12 +176,16 @@ def test_server_killed_after_round_2_resumes_from_round_3(run_factory):
     run = run_factory(_cfg(rounds=4, realism={"latency_ms": 400.0}))
     port = run.start_server()
     run.start_clients(port, ["0,1", "2"])
-    end = time.time() + 150
-    while not any(r["round"] == 2 for r in run.lines()):
-        assert time.time() < end and run.server.poll() is None, run.log()
-        time.sleep(0.02)
+
+    def round_2_done() -> bool:
+        assert run.server.poll() is None, run.log()
+        return any(r["round"] == 2 for r in run.lines())
+
+    wait_until(round_2_done, 150, interval=0.02, what="round 2 in metrics.jsonl")
     run.server.send_signal(signal.SIGKILL)
     run.server.wait()
+    # it really died between rounds 2 and 4: two rounds recorded and checkpointed, no summary
+    assert [r["round"] for r in run.lines()] == [1, 2]
     assert _read_json(run.d / "checkpoint" / "checkpoint.json")["round"] == 2
     assert not run.lines("summary")
     run.start_server(resume=True)
@@ -188,8 +202,13 @@ def test_server_killed_after_round_2_resumes_from_round_3(run_factory):
 def test_min_clients_unmet_fails_clearly(run_factory, monkeypatch):
     monkeypatch.setitem(ENV, "FEDTF_CONNECT_WAIT_S", "3")
     run = run_factory(_cfg(sampling={"round_timeout_s": 2, "min_clients": 2, "retries": 1}, clients=2))
-    port = run.start_server()
+    # client 0 is loaded (TensorFlow imported, data split) and retrying BEFORE the server starts: its
+    # start-up, seconds on a loaded machine, must not eat the server's 3 s connect window
+    port = free_port()
     run.start_clients(port, ["0"])  # client 1 never shows up
+    wait_until(lambda: "1 virtual clients" in (run.d / "client-0.log").read_text(errors="replace"), 120,
+               interval=0.1, what="client 0 to be loaded")
+    assert run.start_server(port=port) == port
     rc, crc = run.wait()
     assert rc == 3 and crc == [4], run.log()
     assert run.lines() == []

@@ -21,6 +21,8 @@ import yaml
 from conftest import PAYLOAD_DIR
 from fedtf.transport import Connection, decode, encode
 
+from tests.waiting import wait_until
+
 pytestmark = pytest.mark.e2e
 
 TOKEN = "poison-test-token-0123456789"
@@ -108,10 +110,11 @@ class Run:
         return p
 
     def start_clients(self, timeout: float = 90) -> None:
-        end = time.time() + timeout
-        while (ready := _read_json(self.d / "server.ready")) is None:
-            assert time.time() < end and self.server.poll() is None, self.log()
-            time.sleep(0.1)
+        def ready_file() -> dict | None:
+            assert self.server.poll() is None, self.log()
+            return _read_json(self.d / "server.ready")
+
+        ready = wait_until(ready_file, timeout, interval=0.1, what="the server's ready file")
         self._spawn("client.py", ["--server", f"127.0.0.1:{ready['port']}", "--client-ids", "0,1,2"], "client.log")
         self.attacker = Attacker(ready["port"], self.poisoned)
         self.attacker.start()
