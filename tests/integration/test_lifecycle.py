@@ -195,7 +195,8 @@ def test_changed_host_key_aborts_with_hint(sshd_fleet, tmp_path):
     # the error names the host, and the hint gives the exact command that forgets its old key
     flat = " ".join(res.stdout.replace("│", " ").split())  # the table wraps the long hint
     assert "h2 error: host h2 (" in flat, res.stdout
-    assert f"ssh-keygen -f {proj / '.fedctl' / 'known_hosts'} -R '[{fleet.hosts[1].address}]:{fleet.hosts[1].port}'" in flat, res.stdout
+    h2 = fleet.hosts[1]
+    assert f"ssh-keygen -f {proj / '.fedctl' / 'known_hosts'} -R '[{h2.address}]:{h2.port}'" in flat, res.stdout
 
 
 def test_unknown_inventory_key_is_a_clear_error(tmp_path):

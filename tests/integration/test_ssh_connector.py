@@ -143,7 +143,7 @@ def test_user_known_hosts_is_honoured_read_only(sshd_fleet, known_hosts, tmp_pat
     f.regen_host_key(0)
     with pytest.raises(HostKeyError) as ei:
         _conn(host, known_hosts, user_known_hosts=str(user_kh)).connect()
-    assert f"-f {user_kh} -R" in (ei.value.hint or "")
+    assert ei.value.hint is not None and f"-f {user_kh} -R" in ei.value.hint
     assert user_kh.read_text() == before
 
 
@@ -152,7 +152,7 @@ def test_strict_rejects_unknown_key(sshd_fleet, known_hosts):
     host = dataclasses.replace(f.host_infos()[0], host_key_policy="strict")
     with pytest.raises(HostKeyError) as ei:
         _conn(host, known_hosts).connect()
-    assert "ssh-keyscan" in (ei.value.hint or "")
+    assert ei.value.hint is not None and "ssh-keyscan" in ei.value.hint
     assert not Path(known_hosts).exists()
 
 
@@ -242,7 +242,7 @@ def test_fleet_five_hosts_one_dead_one_connection_each(sshd_fleet, known_hosts):
         assert time.monotonic() - t0 < 5
         assert [r.host for r in res] == [h.name for h in hosts]
         assert [r.host for r in res.failed] == ["h3"]
-        assert "refused" in (res.failed[0].error or "")
+        assert res.failed[0].error is not None and "refused" in res.failed[0].error
         assert isinstance(res.failed[0].exception, ConnectError)
         first = {r.host: r.value.stdout.split()[1] for r in res.succeeded}  # client port per host
         again = fleet.run("echo $SSH_CONNECTION")
@@ -314,7 +314,8 @@ def test_parallel_first_connects_pin_each_key_once(known_hosts):
     assert stat.S_IMODE(os.stat(known_hosts).st_mode) == 0o600
     with pytest.raises(HostKeyError) as ei:
         kh.pin("[127.0.0.2]:2222", keys[15], "h2")
-    assert f"ssh-keygen -f {os.path.abspath(known_hosts)} -R '[127.0.0.2]:2222'" in (ei.value.hint or "")
+    assert ei.value.hint is not None
+    assert f"ssh-keygen -f {os.path.abspath(known_hosts)} -R '[127.0.0.2]:2222'" in ei.value.hint
     assert len(Path(known_hosts).read_text().splitlines()) == 10
 
 

@@ -48,7 +48,7 @@ def test_connect_error_is_a_failed_result_and_not_retried():
         second = fleet.run("true")
         assert [r.ok for r in first] == [True, False, True]
         assert second[1].exception is err
-        assert "ssh-keygen -f x -R 'h2'" in (first[1].error or "")
+        assert first[1].error is not None and "ssh-keygen -f x -R 'h2'" in first[1].error
         assert fleet.unreachable == {"h2": err}
         # the dead host was asked to connect once, not once per call
         assert [c.verb for c in factory.connectors["h2"].calls] == ["connect"]
