@@ -12,14 +12,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
 
 from tests.integration.moto_server import FAKE_KEY_ID, FAKE_SECRET, FIRST_HOST, MotoEc2, free_shared_port, moto_ec2  # noqa: F401
 from tests.integration.sshd import SshdFleet, sshd_available
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ECHO = REPO / "tests" / "payloads" / "echo"
@@ -77,7 +78,8 @@ def test_run_creates_instances_runs_and_destroys_them(moto_ec2, tmp_path):
     port = free_shared_port(addresses(4))
     hosts = loopback_hosts(tmp_path, 4, port)  # 1 server + 3 client instances for 6 clients
     with hosts:
-        proj = project(tmp_path, moto_ec2, port, hosts.identity_file, hosts.user)
+        # enough rounds that the clients still run when start checks them on a loaded machine
+        proj = project(tmp_path, moto_ec2, port, hosts.identity_file, hosts.user, rounds=10)
         res = fedctl(proj, "run", "--clients", "6", "-i", "aws.yaml", "--yes")
         assert res.returncode == 0, res.stdout + res.stderr
         run_id = next(p.name for p in (proj / ".fedctl" / "runs").iterdir())
@@ -125,26 +127,37 @@ def test_run_creates_instances_runs_and_destroys_them(moto_ec2, tmp_path):
         assert listing.returncode == 0 and run_id in listing.stdout and "terminated" in listing.stdout
 
 
-def _kill_provision_after(proj: Path, delay: float) -> None:
+def _kill_provision_when(proj: Path, point: Callable[[], bool]) -> None:
     proc = start_fedctl(proj, "provision", "--clients", "4", "-i", "aws.yaml", "--yes")
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=10)
+    try:
+        wait_until(lambda: point() or proc.poll() is not None, 60, interval=0.01, what="the crash point")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
 
 
 def test_sigkill_during_provision_then_teardown_leaves_nothing(moto_ec2, tmp_path):
-    """No sshd answers here, so provision sits in create and wait-for-SSH until it is killed."""
+    """No sshd answers here, so provision sits in create and wait-for-SSH until it is killed; it is
+    killed at each crash point of docs/aws.md's table in turn."""
+    def crash_points(proj: Path, before: int) -> dict[str, Callable[[], bool]]:
+        return {
+            "state": lambda: (proj / ".fedctl" / "state.json").exists(),
+            "group": lambda: bool(moto_ec2.groups()),
+            "first instance": lambda: len(moto_ec2.instances()) > before,
+            "all instances": lambda: len(moto_ec2.instances()) >= before + 3,
+        }
+
     created = 0
-    for delay in (0.5, 1.0, 2.0, 4.0):
-        proj = project(tmp_path, moto_ec2, 22022, str(tmp_path / "no-key"), "nobody", name=f"kill-{delay}")
+    for name in ("state", "group", "first instance", "all instances"):
+        proj = project(tmp_path, moto_ec2, 22022, str(tmp_path / "no-key"), "nobody", name=f"kill-{name.replace(' ', '-')}")
         before = len(moto_ec2.instances())
-        _kill_provision_after(proj, delay)
+        _kill_provision_when(proj, crash_points(proj, before)[name])
         created += len(moto_ec2.instances()) - before
         if (proj / ".fedctl" / "state.json").exists():
             res = fedctl(proj, "teardown", "--yes")
             assert res.returncode == 0, res.stdout + res.stderr
-        assert moto_ec2.billed() == [], f"after a kill at {delay} s"
-        assert moto_ec2.groups() == [], f"after a kill at {delay} s"
+        assert moto_ec2.billed() == [], f"after a kill at {name}"
+        assert moto_ec2.groups() == [], f"after a kill at {name}"
     assert created > 0  # at least one kill landed after instances existed
 
 
@@ -152,9 +165,7 @@ def test_retried_provision_adopts_instead_of_creating_twice(moto_ec2, tmp_path):
     port = free_shared_port(addresses(3))
     proj = project(tmp_path, moto_ec2, port, str(tmp_path / "sshd" / "id_ed25519"), "nobody", client_instances=2)
     proc = start_fedctl(proj, "provision", "--clients", "2", "-i", "aws.yaml", "--yes")
-    deadline = time.monotonic() + 30
-    while len(moto_ec2.billed()) < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: len(moto_ec2.billed()) >= 3, 30, what="the three instances")
     proc.send_signal(signal.SIGKILL)  # in the wait for SSH: the instances exist, nothing answers
     proc.communicate(timeout=10)
     first = sorted(moto_ec2.billed())
@@ -176,9 +187,7 @@ def test_retried_provision_adopts_instead_of_creating_twice(moto_ec2, tmp_path):
 def test_orphans_are_listed_and_swept(moto_ec2, tmp_path):
     proj = project(tmp_path, moto_ec2, 22022, str(tmp_path / "no-key"), "nobody", client_instances=2)
     proc = start_fedctl(proj, "provision", "--clients", "2", "-i", "aws.yaml", "--yes")
-    deadline = time.monotonic() + 30
-    while len(moto_ec2.billed()) < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: len(moto_ec2.billed()) >= 3, 30, what="the three instances")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
     run_id = read_state(proj)["run_id"]

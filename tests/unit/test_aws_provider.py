@@ -70,3 +70,56 @@ def test_hosts_a_corrected_plan_dropped_are_terminated(ec2_mock):
     p = AwsProvider(fewer, run=ctx, poll_s=0)
     p.acquire(fewer)
     assert sorted(m.host for m in p.machines()) == sorted(h.name for h in fewer)
+
+
+def _foreign(ec2, image, subnet, run, origin, host="fl-server"):
+    tags = [{"Key": "fedctl-run", "Value": run}, {"Key": "fedctl-origin", "Value": origin},
+            {"Key": "fedctl-host", "Value": host}]
+    return ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, SubnetId=subnet, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
+
+
+def _state(ec2, iid):
+    return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+def test_another_origins_instance_with_our_run_tag_is_neither_adopted_nor_terminated(ec2_mock):
+    ec2, subnet, image = ec2_mock
+    hs = hosts(subnet, image, n=1)
+    other = _foreign(ec2, image, subnet, "r3", "someone-else")
+    said: list[str] = []
+    p = AwsProvider(hs, run=RunContext(run_id="r3", origin="o", progress=said.append), poll_s=0)
+    got = p.acquire(hs)
+    assert other not in {h.extra["aws.instance_id"] for h in got}  # launched its own, not adopted
+    assert all(h.extra["origin"] == "o" for h in got)  # the origin is recorded with the id
+    assert _state(ec2, other) == "running"
+    p.release(got)
+    assert _state(ec2, other) == "running" and p.machines() == []
+    assert any(other in s and "refusing" in s for s in said)
+    # the run's group stays while the other origin's instance carries the run tag
+    assert ec2.describe_security_groups(Filters=[{"Name": "tag:fedctl-run", "Values": ["r3"]}])["SecurityGroups"]
+
+
+def test_release_refuses_a_recorded_id_of_another_run(ec2_mock):
+    import dataclasses
+
+    ec2, subnet, image = ec2_mock
+    hs = hosts(subnet, image, n=1)
+    stranger = _foreign(ec2, image, subnet, "not-ours", "o")
+    said: list[str] = []
+    p = AwsProvider(hs, run=RunContext(run_id="r4", origin="o", progress=said.append), poll_s=0)
+    got = p.acquire(hs)
+    edited = [dataclasses.replace(got[0], extra={**got[0].extra, "aws.instance_id": stranger}), *got[1:]]
+    p.release(edited)
+    assert _state(ec2, stranger) == "running"
+    assert all(_state(ec2, h.extra["aws.instance_id"]) == "terminated" for h in got)  # found by tag
+    assert any(f"refusing to terminate {stranger}" in s and "not-ours" in s for s in said)
+
+
+def test_classify_marks_this_folders_machines_unknown_when_the_state_is_unreadable():
+    from fedctl.providers.aws_orphans import OTHER_FOLDER, UNKNOWN, classify
+    from fedctl.providers.base import Machine
+
+    rows = classify([Machine("a", "running", "r1", "h", "me"), Machine("b", "running", "r2", "h", "else")],
+                    active=None, origin="me", unreadable=True)
+    assert [r.whose for r in rows] == [UNKNOWN, OTHER_FOLDER]
