@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.integration.test_lifecycle import fedctl, run_pids, state
+from tests.waiting import wait_until
 
 pytest.importorskip("flwr", reason="the flower payload needs flwr (pip install -e '.[flower]')")
 
@@ -68,15 +69,12 @@ def test_flower_app_over_three_sshd_hosts(sshd_fleet, tmp_path):
     # the app folder was shipped to every host, content-addressed
     for h in fleet.hosts:
         assert list(Path(h.workdir).glob("data/*/flower-numpy/pyproject.toml")), h.name
-    snap = None
-    deadline = time.time() + 150
-    while time.time() < deadline:
-        res = fedctl(proj, "watch", "--once", "--json", timeout=60)
-        snap = json.loads(res.stdout)
-        if snap.get("phase") in ("finished", "failed") or (snap.get("summary") or {}).get("status"):
-            break
-        time.sleep(3)
-    assert snap is not None
+
+    def over() -> bool:
+        snap = json.loads(fedctl(proj, "watch", "--once", "--json", timeout=60).stdout)
+        return snap.get("phase") in ("finished", "failed") or bool((snap.get("summary") or {}).get("status"))
+
+    wait_until(over, 150, interval=2, what="the run to end")
     fedctl(proj, "teardown", "--yes", check=True, timeout=120)
     results = proj / "results" / run_id
     lines = _metrics(results)
@@ -167,23 +165,22 @@ def test_a_killed_server_is_resumed_and_says_what_flower_can_do(tmp_path):
     server = next(p for h in st["hosts"] for p in h["processes"] if p["role"] == "server")
     run_dir = Path(server["pidfile"]).parent
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # kill it mid-run: after the first round line
-        if metrics.exists() and '"type": "round"' in metrics.read_text(errors="replace"):
-            break
-        time.sleep(0.5)
+    # kill it mid-run: after the first round line
+    wait_until(lambda: metrics.exists() and '"type": "round"' in metrics.read_text(errors="replace"), 120,
+               interval=0.5, what="round 1")
     os.killpg(server["pid"], signal.SIGKILL)
-    out = subprocess.run(["pgrep", "-f", f"flower-superlink.*{run_dir}"], capture_output=True, text=True).stdout
-    for pid in out.split():
+
+    def superlinks() -> list[str]:
+        return subprocess.run(["pgrep", "-f", f"flower-superlink.*{run_dir}"], capture_output=True,
+                              text=True).stdout.split()
+
+    for pid in superlinks():
         os.kill(int(pid), signal.SIGKILL)
-    time.sleep(1)
+    wait_until(lambda: not superlinks(), 10, what="the killed SuperLink to be gone")
     res = fedctl(proj, "start", "--resume", timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if '"phase": "finished"' in fedctl(proj, "status", "--json").stdout:
-            break
-        time.sleep(2)
+    wait_until(lambda: '"phase": "finished"' in fedctl(proj, "status", "--json").stdout, 240, interval=2,
+               what="the resumed run to finish")
     log = (run_dir / "server.log").read_text(errors="replace")
     assert "cannot resume" in log or "already finished" in log, log[-2000:]
     fedctl(proj, "teardown", "--yes", check=True, timeout=180)

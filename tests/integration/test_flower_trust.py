@@ -2,7 +2,7 @@
 
 - Strangers: hundreds of half-sent TLS connections (a ClientHello cut short) are held open against
   the Fleet gateway during a real run (re-opened as soon as the gateway closes one): every round
-  finishes, no round takes more than a few seconds longer than the round before the flood, and the
+  finishes, no flooded round takes more than a few seconds longer than the round before, and the
   gateway closes each stranger within its deadline (5 s).
 - Node authentication: a SuperNode with a key that was never registered for the run (it has the run
   CA's certificate, so TLS is no obstacle) and one without a key are refused; the run goes on
@@ -128,7 +128,7 @@ def attacked_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One real 3-round run on the local provider: round 1 in peace, then the flood and two rogue
     SuperNodes until the run is over. Returns what the tests look at."""
     tmp = tmp_path_factory.mktemp("attacked")
-    proj = _project(tmp, rounds=3)
+    proj = _project(tmp, rounds=4)
     fedctl(proj, "provision", "--clients", "2", check=True)
     fedctl(proj, "start", check=True, timeout=180)
     st = state(proj)
@@ -156,19 +156,26 @@ def attacked_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         with Flood(port) as flood:
             wait_until(lambda: flood.open_now() >= STRANGERS * 0.9, 30, what="the strangers to connect")
             t_flood = time.monotonic()
+            # the rogues' own start (Python, flwr) costs CPU that is not the gateway's doing: rounds
+            # are compared from the moment they have been refused and the flood is in place
+            wait_until(lambda: all(r.poll() is not None for r in rogues), 120, interval=0.5,
+                       what="the rogue SuperNodes to be refused")
+            in_place = time.time()
             wait_until(lambda: _phase(proj) in ("finished", "failed"), 240, interval=2,
                        what="the run to end under the flood")
             held.append(flood.open_now())
             lived = list(flood.lived)
             flood_s = time.monotonic() - t_flood
     finally:
-        for r in rogues:
-            if r.poll() is None:
+        for r in rogues:  # the whole session: a refused SuperNode leaves its SuperExec child running
+            try:
                 os.killpg(r.pid, signal.SIGTERM)
-                r.wait(timeout=20)
+            except ProcessLookupError:
+                pass
+            r.wait(timeout=20)
     fedctl(proj, "teardown", "--yes", check=True, timeout=180)
     return {"proj": proj, "run_id": run_id, "lines": _metrics(proj / "results" / run_id), "lived": lived,
-            "flood_s": flood_s, "held_at_end": held[0],
+            "flood_s": flood_s, "held_at_end": held[0], "in_place": in_place,
             "rogue_logs": {n: (tmp / f"{n}.log").read_text(errors="replace") for n in ("rogue-key", "rogue-nokey")},
             "server_log": next((proj / "results" / run_id / "logs").rglob("server.log")).read_text(errors="replace")}
 
@@ -176,11 +183,13 @@ def attacked_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_every_round_finishes_under_300_half_sent_tls_connections(attacked_run):
     lines = attacked_run["lines"]
     rounds = [ln for ln in lines if ln["type"] == "round"]
-    assert [r["round"] for r in rounds] == [1, 2, 3], lines
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4], lines
     assert lines[-1]["type"] == "summary" and lines[-1]["status"] == "finished"
     peace = rounds[0]["end"] - rounds[0]["start"]
-    for r in rounds[1:]:  # flooded rounds: at most a few seconds longer than the peaceful one
-        assert r["end"] - r["start"] < peace + 6.0, (peace, [(x["round"], x["end"] - x["start"]) for x in rounds])
+    flooded = [r for r in rounds if r["start"] >= attacked_run["in_place"]]
+    assert flooded, (attacked_run["in_place"], rounds)
+    for r in flooded:  # at most a few seconds longer than the peaceful round
+        assert r["end"] - r["start"] < peace + 5.0, (peace, [(x["round"], x["end"] - x["start"]) for x in rounds])
     assert all(r["clients_reported"] == 2 for r in rounds)
     assert attacked_run["held_at_end"] >= STRANGERS * 0.9  # the flood was really there to the end
 

@@ -114,6 +114,22 @@ def terminate(proc: subprocess.Popen | None, grace_s: float = 5.0) -> None:
             continue
 
 
+def wait_listening(proc: subprocess.Popen, port: int, log_path: str, timeout: float) -> None:
+    """Wait until ``proc`` accepts connections on 127.0.0.1:``port``; RuntimeError with its log
+    tail when it exits first, or after ``timeout``."""
+    deadline = time.time() + timeout
+    name = os.path.basename(str(proc.args[0])) if isinstance(proc.args, list) else "the process"
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited at start: " + tail(log_path, 10))
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{name} did not listen within {timeout:.0f} s")
+
+
 def tail(path: str, lines: int = 8) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:

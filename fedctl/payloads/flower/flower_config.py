@@ -4,12 +4,12 @@
     flower:
       run_config: {lr: 0.1}       # --run-config overrides; num-server-rounds comes from `rounds`
       insecure: false             # true: plain HTTP between SuperNodes and SuperLink (no TLS)
-      tls_names: []               # extra names/IPs for the SuperLink certificate (a NAT'd public IP)
+      tls_names: []               # extra names/IPs for the SuperLink certificate
       connect_timeout_s: 60       # SuperNodes must all connect within this; a SuperNode gives up after it
       round_timeout_s: null       # informational; the app's strategy owns Flower's own timeouts
 
-The SuperLink certificate names every address of the server host already; ``tls_names`` is only
-needed when clients reach the server by an address the host does not have (a public IP behind NAT).
+The SuperLink certificate names every address of the server host and the address each client says
+it dials (its hello, see flower_common); ``tls_names`` adds names beyond those.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import json
 import os
 import ssl
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
 from flower_common import (
@@ -131,22 +132,42 @@ class RunTrust:
                 self.names.append(dial)
                 self._issue_gateway_certificate()
                 log(ROLE, f"TLS: a client dials {dial}: the server certificate names it now")
+            todo = {}
             for pid, pub in nodes.items():
-                why = self.register_node(str(pid), pub)
+                why = self.check_node(str(pid), pub)
                 if why:
                     return (409 if "already" in why else 400), {"error": why}
+                if str(pid) not in self.nodes:
+                    todo[str(pid)] = str(pub).strip()
+            self.nodes.update({pid: "" for pid in todo})  # reserved while registering ("" matches no key)
+        # registering runs `flwr` once per key (about a second each): in parallel, outside the lock
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = dict(zip(todo, pool.map(lambda item: self.register_node(*item), todo.items())))
+        with self.lock:
+            for pid, why in results.items():
+                if why:
+                    self.nodes.pop(pid, None)
+                else:
+                    self.nodes[pid] = todo[pid]
+            write_json_atomic(os.path.join(self.fdir, "nodes.json"), {k: v for k, v in self.nodes.items() if v})
+        failed = [why for why in results.values() if why]
+        if failed:
+            return 503, {"error": "; ".join(failed)}
         return 200, {"ca": self.ca_pem.decode(), "mac": mac(self.token, nonce.encode(), self.ca_pem)}
 
-    def register_node(self, pid: str, pub: object) -> str | None:
-        """Register partition ``pid``'s SuperNode key; None when done (or done before with the same
-        key, e.g. after a restart), else why not. The caller holds the lock."""
+    def check_node(self, pid: str, pub: object) -> str | None:
+        """None when partition ``pid`` may have the key ``pub`` (new, or the one it has: a restarted
+        client), else why not. The caller holds the lock."""
         if not (pid.isdigit() and int(pid) < self.expected):
             return f"partition id {pid!r} is not one of this run's 0..{self.expected - 1}"
         if not (isinstance(pub, str) and len(pub) < 4096 and node_public_key_ok(pub)):
             return f"partition {pid}: not an OpenSSH EC public key"
-        pub = pub.strip()
-        if pid in self.nodes:
-            return None if self.nodes[pid] == pub else f"partition {pid} is already registered with another key"
+        if pid in self.nodes and self.nodes[pid] != pub.strip():
+            return f"partition {pid} is already registered with another key"
+        return None
+
+    def register_node(self, pid: str, pub: str) -> str | None:
+        """Register partition ``pid``'s SuperNode key with the SuperLink; None, or why it failed."""
         path = os.path.join(self.fdir, "nodes", f"partition-{pid}.pub")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="ascii") as f:
@@ -155,7 +176,5 @@ class RunTrust:
             node_id = self.register(path, f"partition-{pid}")
         except RuntimeError as exc:
             return f"partition {pid}: registering its SuperNode failed: {exc}"
-        self.nodes[pid] = pub
-        write_json_atomic(os.path.join(self.fdir, "nodes.json"), self.nodes)
         log(ROLE, f"SuperNode of partition {pid} registered (node {node_id})")
         return None

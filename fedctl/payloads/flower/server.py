@@ -46,6 +46,7 @@ from flower_common import (  # noqa: E402
     tail,
     terminate,
     tool_env,
+    wait_listening,
     write_json_atomic,
 )
 from flower_progress import RoundTracker  # noqa: E402
@@ -167,20 +168,7 @@ class Server:
         # database and FLWR_HOME are absolute paths).
         self.superlink = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           env=self.env(), cwd=self.output, start_new_session=True)
-        deadline = time.time() + 60
-        import socket
-
-        while time.time() < deadline:
-            if self.superlink.poll() is not None:
-                raise RuntimeError("flower-superlink exited at start: "
-                                   + tail(os.path.join(self.run_dir, "superlink.log"), 10))
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("flower-superlink did not listen within 60 s")
+        wait_listening(self.superlink, port, os.path.join(self.run_dir, "superlink.log"), timeout=60)
         trust = ("insecure = true\n" if self.insecure else
                  f"root-certificates = {json.dumps(os.path.join(self.tdir, 'ca.pem'))}\n")
         with open(os.path.join(self.home, "config.toml"), "w", encoding="utf-8") as f:
