@@ -301,10 +301,10 @@ class AwsProvider(Provider):
         if strangers:
             found.update({m.id: m for m in api.find_instances(self.ec2, [{"Name": "instance-id", "Values": strangers}])})
         for i, m in sorted(found.items()):
-            if _owner(m) != owner and m.billed and (i in recorded or m.run_id == ctx.run_id):
+            if api.owner(m) != owner and m.billed and (i in recorded or m.run_id == ctx.run_id):
                 self._say(f"refusing to terminate {i}{f' (recorded for {recorded[i]})' if i in recorded else ''}: "
-                          f"{_whose(m)}, not this run's (run {ctx.run_id}, origin {ctx.origin})")
-        mine = [i for i, m in found.items() if _owner(m) == owner]
+                          f"{api.whose(m)}, not this run's (run {ctx.run_id}, origin {ctx.origin})")
+        mine = [i for i, m in found.items() if api.owner(m) == owner]
         self._end(mine, {i: owner for i in mine}, self.clock() + RELEASE_TIMEOUT_S, by_tag=owner)
         self._say(f"no instance of run {ctx.run_id} is left pending, running, stopping or stopped")
         self.delete_groups([ctx.run_id], origins={ctx.origin})
@@ -315,7 +315,7 @@ class AwsProvider(Provider):
         still what was listed (re-read just before every terminate call); wait until none bills; then
         delete the security groups of ``group_runs`` made from ``origins`` (None: any) that no live
         instance still uses by its run tag. Returns the ids terminated."""
-        expect = {m.id: _owner(m) for m in listed}
+        expect = {m.id: api.owner(m) for m in listed}
         self._end(list(expect), expect, self.clock() + timeout_s)
         runs = sorted({*group_runs, *(r for r, _o in expect.values() if r)})
         self.delete_groups(runs, origins, timeout_s)
@@ -334,17 +334,17 @@ class AwsProvider(Provider):
             found = api.find_instances(ec2, [{"Name": "instance-id", "Values": watch}]) if watch else []
             if by_tag is not None:  # a launch that raced the teardown
                 extra = [m for m in api.find_instances(ec2, api.run_filter([by_tag[0]]))
-                         if _owner(m) == by_tag and m.id not in expect]
+                         if api.owner(m) == by_tag and m.id not in expect]
                 expect.update({m.id: by_tag for m in extra})
                 watch += [m.id for m in extra]
                 found += extra
             ours = []
             for m in found:
-                if _owner(m) == expect.get(m.id):
+                if api.owner(m) == expect.get(m.id):
                     ours.append(m)
                 elif m.id not in self.refused:
-                    self.refused[m.id] = _whose(m)
-                    self._say(f"not terminating {m.id}: its tags changed ({_whose(m)})")
+                    self.refused[m.id] = api.whose(m)
+                    self._say(f"not terminating {m.id}: its tags changed ({api.whose(m)})")
             alive = [m.id for m in ours if m.state not in api.ENDED_STATES]
             if alive:
                 api.terminate(ec2, alive)
@@ -370,17 +370,9 @@ class AwsProvider(Provider):
         if not run_ids:
             return []
         deadline = self.clock() + timeout_s
-        live = {m.run_id for m in api.find_instances(self.ec2, api.run_filter(run_ids)) if m.billed}
-        groups = []
-        for g in api.run_groups(self.ec2, run_ids):
-            tags = {t["Key"]: t["Value"] for t in g.get("Tags", [])}
-            if origins is not None and tags.get(api.TAG_ORIGIN) not in origins:
-                continue
-            if tags.get(api.TAG_RUN) in live:
-                self._say(f"keeping security group {g['GroupId']}: a live instance still carries run "
-                          f"{tags.get(api.TAG_RUN)}")
-                continue
-            groups.append(str(g["GroupId"]))
+        groups, kept = api.unused_groups(self.ec2, run_ids, origins)
+        for gid, run in kept:
+            self._say(f"keeping security group {gid}: a live instance still carries run {run}")
         deleted, waiting = list(groups), list(groups)
         while waiting:
             waiting = [g for g in waiting if not api.delete_group(self.ec2, g)]
@@ -391,15 +383,6 @@ class AwsProvider(Provider):
                                     hint="run `fedctl teardown` again in a minute")
             time.sleep(self.poll_s)
         return deleted
-
-
-def _owner(m: Machine) -> tuple[str | None, str | None]:
-    """Whose an instance is, by its tags: (run, origin)."""
-    return m.run_id, m.origin
-
-
-def _whose(m: Machine) -> str:
-    return f"its tags name run {m.run_id or '(none)'}, origin {m.origin or '(none)'}"
 
 
 def _ssh_banner(address: str, port: int, timeout: float = 3.0) -> bool:

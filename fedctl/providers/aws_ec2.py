@@ -213,3 +213,30 @@ def delete_group(ec2: Any, gid: str) -> bool:
             return False
         raise api_error(exc, f"delete security group {gid}") from None
     return True
+
+
+def owner(m: Machine) -> tuple[str | None, str | None]:
+    """Whose an instance is, by its tags: (run, origin)."""
+    return m.run_id, m.origin
+
+
+def whose(m: Machine) -> str:
+    """``owner`` in words, for a refusal message."""
+    return f"its tags name run {m.run_id or '(none)'}, origin {m.origin or '(none)'}"
+
+
+def unused_groups(ec2: Any, run_ids: Iterable[str], origins: set[str] | None) -> tuple[list[str], list[tuple[str, str]]]:
+    """Security groups of ``run_ids`` made from ``origins`` (None: any) that may be deleted, and
+    (group, run) of those kept because a live instance (of any origin) still carries their run tag."""
+    runs = list(run_ids)
+    live = {m.run_id for m in find_instances(ec2, run_filter(runs)) if m.billed}
+    free, kept = [], []
+    for g in run_groups(ec2, runs):
+        tags = {t["Key"]: t["Value"] for t in g.get("Tags", [])}
+        if origins is not None and tags.get(TAG_ORIGIN) not in origins:
+            continue
+        if tags.get(TAG_RUN) in live:
+            kept.append((str(g["GroupId"]), str(tags.get(TAG_RUN))))
+        else:
+            free.append(str(g["GroupId"]))
+    return free, kept
