@@ -39,9 +39,12 @@ def raise_fd_limit() -> int:
 
     Pending connections cost one descriptor each, and 1024 is a common default.
     """
+    inf = resource.RLIM_INFINITY
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        want = 1 << 16 if hard == resource.RLIM_INFINITY else hard
+    if soft == inf:
+        return 1 << 20
+    want = max(soft, 1 << 16) if hard == inf else hard
+    if want > soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
             soft = want

@@ -42,10 +42,8 @@ class _Conn:
     __slots__ = ("sock", "addr", "buf", "deadline", "idle", "authed")
 
     def __init__(self, sock: socket.socket, addr: tuple, deadline: float) -> None:
-        self.sock, self.addr, self.deadline = sock, addr, deadline
-        self.buf = bytearray()
-        self.idle = False      # waiting for a kept-alive connection's next request (read timeout)
-        self.authed = False    # has shown the token: holds a slot
+        self.sock, self.addr, self.deadline, self.buf = sock, addr, deadline, bytearray()
+        self.idle = self.authed = False  # idle: kept alive between requests; authed: holds a slot
 
 
 class GuardedHTTPServer:
@@ -97,13 +95,20 @@ class GuardedHTTPServer:
                 if self._accept_paused_until and now >= self._accept_paused_until:
                     self._accept_paused_until = 0.0
                     self._sel.register(self._listener, selectors.EVENT_READ, "listen")
-                for key, _ in self._sel.select(max(0.0, min(poll_interval, next_sweep - now))):
+                events = self._sel.select(max(0.0, min(poll_interval, next_sweep - now)))
+                # heads first, then new connections: a burst from one host is read (and leaves
+                # the pending count) before more of it is accepted against the per-source cap
+                for key, _ in sorted(events, key=lambda e: e[0].data == "listen"):
                     if key.data == "listen":
                         self._accept()
                     elif key.data == "wake":
                         self._take_returned()
                     else:
-                        self._read_head(key.data)
+                        try:
+                            self._read_head(key.data)
+                        except Exception:  # noqa: BLE001 - one connection must not stop the loop
+                            log("server", f"dropped a connection:\n{traceback.format_exc()}", "error")
+                            self._drop(key.data)
                 if time.monotonic() >= next_sweep:
                     self._sweep()
                     next_sweep = time.monotonic() + SWEEP_S
@@ -165,11 +170,12 @@ class GuardedHTTPServer:
             return
         while len(self._pending) >= self.max_pending and self._evict_oldest("pending cap"):
             pass
-        sock.setblocking(False)
-        try:
+        try:  # a connection reset before we got to it fails here: it is just gone
+            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
-            pass
+            sock.close()
+            return
         c = _Conn(sock, addr, time.monotonic() + self.head_timeout_s)
         with self._lock:
             self._pending[c] = None
@@ -382,10 +388,9 @@ class GuardedHTTPServer:
             pass
 
     def _release_source(self, c: _Conn) -> None:
-        src = c.addr[0]
-        self._per_source[src] -= 1
-        if self._per_source[src] <= 0:
-            del self._per_source[src]
+        self._per_source[c.addr[0]] -= 1
+        if self._per_source[c.addr[0]] <= 0:
+            del self._per_source[c.addr[0]]
 
     def _wake(self) -> None:
         try:
