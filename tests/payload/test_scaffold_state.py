@@ -9,10 +9,13 @@ saved c_i files. Faults are injected at the clients' network boundary (their HTT
 - round 1: every update is accepted;
 - then client process B (ids 2, 3) is restarted: a new Client object reads its state from disk;
 - round 2: client 1's update is corrupted on the wire, the server rejects it (400);
-- round 3: client 2's update is held until the round has closed, the server answers 409 (late).
+- round 3: client 2's update is held until the round has closed, the server answers 409 (late);
+- rounds 4 and 5: the updates of clients 0, 1 and 2 are corrupted, so client 3's accepted update is
+  the only one and the server runs the round again (retries: 1), without it. In round 4 the 200 for
+  client 3 reaches the client after the task of the second run; in round 5 before it.
 
 Before the fix the client changed c_i before the server took the update and never saved it, so
-round 2 and 3 and the restart each broke c = mean(c_i).
+rounds 2 to 5 and the restart each broke c = mean(c_i).
 """
 from __future__ import annotations
 
@@ -27,19 +30,21 @@ import pytest
 import yaml
 from conftest import PAYLOAD_DIR
 from fedtf import checkpoint, config
+from fedtf.scaffold_state import state_path
 from fedtf.transport import decode, encode
 
 from tests.waiting import wait_until
 
 TOKEN = b"scaffold-state-test-token-0123456789"
-CLIENTS, ROUNDS, ROUND_TIMEOUT_S = 4, 4, 12.0
+CLIENTS, ROUNDS, ROUND_TIMEOUT_S = 4, 5, 12.0
 CFG = {"clients": CLIENTS, "rounds": ROUNDS, "seed": 0, "model": "logreg",
        "strategy": {"name": "scaffold"},
        "data": {"dataset": "synthetic", "partition": "iid",
                 "synthetic": {"train": 400, "test": 100, "features": 16, "classes": 4, "noise": 1.0}},
        "train": {"epochs": 1, "batch_size": 32, "lr": 0.1},
-       "sampling": {"fraction": 1.0, "min_clients": 2, "round_timeout_s": ROUND_TIMEOUT_S, "retries": 0}}
+       "sampling": {"fraction": 1.0, "min_clients": 2, "round_timeout_s": ROUND_TIMEOUT_S, "retries": 1}}
 CORRUPT, LATE = (1, 2), (2, 3)  # (client id, round)
+RERUN = (4, 5)  # rounds whose first run takes only client 3's update, which is then thrown away
 
 
 def _load(name: str):
@@ -52,36 +57,52 @@ def _load(name: str):
 class FaultyConnection:
     """A client's real Connection, with the test's faults applied to the uploads that pass."""
 
-    def __init__(self, real, faults: "Faults") -> None:
-        self.real, self.faults = real, faults
+    def __init__(self, real, faults: "Faults", client) -> None:
+        self.real, self.faults, self.client = real, faults, client
 
     def request(self, method, path, body=None, timeout=None, headers=None):
-        if method == "POST" and path.startswith("/update"):
+        upload = method == "POST" and path.startswith("/update")
+        if upload:
             body = self.faults.apply(body)
         code, reply = self.real.request(method, path, body, timeout=timeout, headers=headers)
-        if method == "POST" and path.startswith("/update"):
+        if upload:
             meta = decode(body).meta
-            self.faults.replies[(meta["client"], meta["round"])] = code
+            self.faults.replies.setdefault((meta["client"], meta["round"]), []).append(code)
+            if (meta["client"], meta["round"]) == (3, RERUN[0]) and self.faults.replies[(3, RERUN[0])] == [200]:
+                # the answer reaches the client only after it has seen the round's second run
+                wait_until(lambda: self.client.variates.seen[-1][1] > meta["seq"], timeout=60,
+                           what="the client to see the second run of round 4")
+        elif method == "GET" and path.startswith("/task") and code == 200:
+            meta = decode(reply).meta
+            if meta.get("status") == "train":
+                with self.faults.lock:
+                    self.faults.tasks.setdefault(id(self.client), []).append(meta["round"])
+            if (meta.get("round"), meta.get("attempt")) == (RERUN[1], 1):
+                # the second run of round 5 reaches the client after it committed the first run's update
+                wait_until(lambda: self.client.uploading() == 0, timeout=60, what="the first run's answers")
         return code, reply
 
 
 class Faults:
     def __init__(self, coord) -> None:
         self.coord = coord
-        self.sent: dict[int, list[int]] = {k: [] for k in range(CLIENTS)}   # client -> rounds uploaded
-        self.replies: dict[tuple[int, int], int] = {}
+        self.sent: list[tuple[int, int]] = []   # (client, round) of each upload
+        self.tasks: dict[int, list[int]] = {}   # client process (id of its Client) -> rounds of its tasks
+        self.replies: dict[tuple[int, int], list[int]] = {}
         self.lock = threading.Lock()
 
     def wrap(self, client) -> None:
         real = client._conn  # the client's own per-thread connection factory
-        client._conn = lambda: FaultyConnection(real(), self)
+        client._conn = lambda: FaultyConnection(real(), self, client)
 
     def apply(self, body: bytes) -> bytes:
         msg = decode(body)
         k, rnd, seq = msg.meta["client"], msg.meta["round"], msg.meta["seq"]
         with self.lock:
-            self.sent[k].append(rnd)
-        if (k, rnd) == CORRUPT:  # one NaN weight: the server's checks refuse the whole update
+            first = (k, rnd) not in self.sent
+            self.sent.append((k, rnd))
+        if (k, rnd) == CORRUPT or (rnd in RERUN and k != 3 and first):
+            # one NaN weight: the server's checks refuse the whole update
             groups = {g: [np.array(t) for t in msg.group(g)] for g in ("w", "dc")}
             groups["w"][0].flat[0] = np.nan
             return encode(msg.meta, groups)
@@ -90,9 +111,10 @@ class Faults:
                        timeout=ROUND_TIMEOUT_S + 30, what=f"round {rnd} to close")
         return body
 
-    def trained(self, ids) -> int:
+    def runs(self, client, rnd: int) -> int:
+        """How many runs of round `rnd` the client process has received."""
         with self.lock:
-            return max((r for k in ids for r in self.sent[k]), default=0)
+            return self.tasks.get(id(client), []).count(rnd)
 
 
 class Harness:
@@ -123,11 +145,12 @@ class Harness:
         self.faults.wrap(cl)
         return cl
 
-    def play_round(self, r: int, procs: list) -> None:
-        """Each client process polls until it has trained round r; then wait until the server has
-        checkpointed round r and every upload has its answer (and nothing moves until the next call)."""
+    def play_round(self, r: int, procs: list, runs: int = 1) -> None:
+        """Each client process polls until it has trained the `runs` runs of round r; then wait until
+        the server has checkpointed round r and every upload has its answer (and nothing moves until
+        the next call)."""
         def until_trained(cl):
-            while self.faults.trained(cl.ids) < r:
+            while self.faults.runs(cl, r) < runs:
                 assert cl.step() is None, f"{cl.role} stopped before round {r}"
         with ThreadPoolExecutor(len(procs)) as ex:
             list(ex.map(until_trained, procs))
@@ -137,17 +160,17 @@ class Harness:
                    what=f"the answers to round {r}'s uploads")
 
     def saved_c_i(self, k: int) -> np.ndarray:
-        got = checkpoint.load_vector(self.client_mod.scaffold_state_path(self.run_dir, k),
-                                     self.server.layout.size)
-        return np.zeros(self.server.layout.size, np.float32) if got is None else got
+        got = checkpoint.load_arrays(state_path(self.run_dir, k))
+        c = None if got is None else got.get("c")
+        return np.zeros(self.server.layout.size, np.float32) if c is None else c
 
     def check(self, procs: list, when: str) -> np.ndarray:
         """c == mean(c_i) over all clients, on disk; every live client's c_i equals its saved one."""
         _, _, state, _ = checkpoint.load(self.server.ckpt_dir)
         saved = {k: self.saved_c_i(k) for k in range(CLIENTS)}
         for cl in procs:
-            for k, vc in cl.clients.items():
-                live = np.zeros_like(saved[k]) if vc.c_i is None else vc.c_i
+            for k in cl.ids:
+                live = cl.variates.base(k)
                 np.testing.assert_array_equal(live, saved[k], err_msg=f"{when}: client {k} in memory vs on disk")
         mean = np.mean(np.stack(list(saved.values())), axis=0)
         np.testing.assert_allclose(state["c"], mean, rtol=1e-4, atol=1e-6, err_msg=f"{when}: c != mean(c_i)")
@@ -167,7 +190,8 @@ class Harness:
             cl.uploads.shutdown(wait=False, cancel_futures=True)
 
 
-def test_c_is_the_mean_of_committed_c_i_through_rejections_late_updates_and_a_restart(tmp_path, monkeypatch):
+def test_c_is_the_mean_of_committed_c_i_through_rejections_late_updates_reruns_and_a_restart(
+        tmp_path, monkeypatch, capfd):
     h = Harness(tmp_path, monkeypatch)
     a, b = h.client([0, 1]), h.client([2, 3])
     procs = [a, b]
@@ -182,23 +206,26 @@ def test_c_is_the_mean_of_committed_c_i_through_rejections_late_updates_and_a_re
         b = h.client([2, 3])
         procs = [a, b]
         for k in (2, 3):
-            np.testing.assert_array_equal(b.clients[k].c_i, saved[k])
+            np.testing.assert_array_equal(b.variates.base(k), saved[k])
         h.check(procs, "after restarting client process B")
 
         h.play_round(2, procs)
-        assert h.faults.replies[CORRUPT] == 400
+        assert h.faults.replies[CORRUPT] == [400]
         new = h.check(procs, "after round 2 (client 1's update rejected)")
         np.testing.assert_array_equal(new[1], saved[1])  # the rejected client's c_i did not move
         assert not np.array_equal(new[0], saved[0])
 
         h.play_round(3, procs)
-        assert h.faults.replies[LATE] == 409
+        assert h.faults.replies[LATE] == [409]
         newer = h.check(procs, "after round 3 (client 2's update late)")
         np.testing.assert_array_equal(newer[2], new[2])
         assert not np.array_equal(newer[3], new[3])
 
-        h.play_round(4, procs)
-        h.check(procs, "after round 4")
+        for r in RERUN:
+            h.play_round(r, procs, runs=2)
+            assert h.faults.replies[(3, r)] == [200, 200]
+            assert [h.faults.replies[(k, r)] for k in (0, 1, 2)] == [[400, 200]] * 3
+            h.check(procs, f"after round {r} (run twice)")
         with ThreadPoolExecutor(2) as ex:
             assert list(ex.map(lambda cl: cl.step(), procs)) == [0, 0]  # "finished"
         h.thread.join(60)
@@ -208,17 +235,54 @@ def test_c_is_the_mean_of_committed_c_i_through_rejections_late_updates_and_a_re
     rounds = h.rounds()
     assert rounds[2]["reported"] == [0, 2, 3] and rounds[2]["rejected"] == 1
     assert rounds[3]["reported"] == [0, 1, 3] and rounds[3]["dropped"] == [{"id": 2, "reason": "timeout"}]
-    assert rounds[1]["reported"] == rounds[4]["reported"] == [0, 1, 2, 3]
+    assert [rounds[r]["reported"] for r in (1, 4, 5)] == [[0, 1, 2, 3]] * 3
+    err = capfd.readouterr().err
+    assert "client 3: round 4 is being run again; its update is not counted" in err  # answer after the rerun
+    assert "client 3: the server runs round 5 again: c_i is back to before that round" in err  # answer before
 
 
 def test_a_saved_c_i_of_another_model_is_refused(tmp_path):
-    path = str(tmp_path / "client-state" / "scaffold-c-0.npy")
-    checkpoint.save_vector(path, np.arange(5, dtype=np.float32))
-    np.testing.assert_array_equal(checkpoint.load_vector(path, 5), np.arange(5, dtype=np.float32))
-    assert sorted(os.listdir(tmp_path / "client-state")) == ["scaffold-c-0.npy"]  # no temp file left
-    with pytest.raises(ValueError, match=r"needs float32 \(7,\)"):
-        checkpoint.load_vector(path, 7)
-    assert checkpoint.load_vector(str(tmp_path / "missing.npy"), 5) is None
+    from fedtf.scaffold_state import ControlVariates
+
+    logged = []
+    cv = ControlVariates(str(tmp_path), [0], 5, lambda *a: logged.append(a))
+    assert cv.commit(0, np.arange(5, dtype=np.float32), ("i", 1, 1))
+    assert sorted(os.listdir(tmp_path / "client-state")) == ["scaffold-0.npz"]  # no temp file left
+    again = ControlVariates(str(tmp_path), [0], 5, logged.append)
+    np.testing.assert_array_equal(again.base(0), np.arange(5, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"this model needs float32 \(7,\)"):
+        ControlVariates(str(tmp_path), [0], 7, logged.append)
+    (tmp_path / "client-state" / "scaffold-0.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a saved state file"):
+        ControlVariates(str(tmp_path), [0], 5, logged.append)
+
+
+def test_control_variate_rules_for_reruns_and_late_answers(tmp_path):
+    from fedtf.scaffold_state import ControlVariates
+
+    logged = []
+    cv = ControlVariates(str(tmp_path), [0], 2, lambda msg, level="info": logged.append((level, msg)))
+    one, ten = np.ones(2, np.float32), np.full(2, 10, np.float32)
+    cv.task_seen("i", 1, 1)
+    assert cv.commit(0, one, ("i", 1, 1))
+    cv.task_seen("i", 2, 2)
+    assert cv.commit(0, ten, ("i", 2, 2))
+    np.testing.assert_array_equal(cv.base(0), [11, 11])
+    cv.task_seen("j", 1, 2)  # a restarted server runs round 2 again: its commit is undone
+    np.testing.assert_array_equal(cv.base(0), [1, 1])
+    np.testing.assert_array_equal(ControlVariates(str(tmp_path), [0], 2, print).base(0), [1, 1])  # saved
+    cv.task_seen("j", 2, 3)
+    assert not cv.commit(0, ten, ("i", 2, 2))  # the old server's answer, read after the rerun: not counted
+    np.testing.assert_array_equal(cv.base(0), [1, 1])
+    assert cv.commit(0, one, ("j", 1, 2))  # the rerun's answer, read after round 3's task: counted
+    np.testing.assert_array_equal(cv.base(0), [2, 2])
+    cv.task_seen("k", 1, 1)  # round 1 again: the server's c is 0
+    np.testing.assert_array_equal(cv.base(0), [0, 0])
+    for r in (1, 2, 3):
+        cv.task_seen("k", r + 1, r)
+        assert cv.commit(0, one, ("k", r + 1, r))
+    cv.task_seen("k", 9, 2)  # two rounds back: cannot be undone, and says so
+    assert logged[-1][0] == "error" and "cannot be undone" in logged[-1][1]
 
 
 @pytest.mark.parametrize("optimizer", ["adam"])

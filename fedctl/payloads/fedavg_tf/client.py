@@ -7,11 +7,8 @@ process), trains the sampled ids one after another, uploads one update per id. E
 server says the run finished, 4 when it failed, 1 when the server stays unreachable for
 FEDTF_UNREACHABLE_S seconds (default 600).
 
-SCAFFOLD: the server's c is the mean over all clients of their control variates c_i only if a
-client changes c_i exactly when the server takes its change dc_i. So c_i moves by dc_i only when
-the server answers the upload with 200 (never for a dropped, late (409) or rejected update), and
-each commit is saved at once (<run dir>/client-state/scaffold-c-<id>.npy, atomically) so that a
-restarted client goes on from the c_i the server has counted.
+SCAFFOLD: c_i moves only when the server takes the update (200), is saved per virtual client in
+the run dir and restored on restart (fedtf/scaffold_state.py), so the server's c stays mean(c_i).
 """
 from __future__ import annotations
 
@@ -27,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fedtf import checkpoint, config  # noqa: E402
+from fedtf import config  # noqa: E402
 from fedtf.metrics import log  # noqa: E402
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_CONFIG, EXIT_RUN_FAILED = 0, 1, 2, 4
@@ -54,21 +51,11 @@ def parse_ids(text: str, clients: int) -> list[int]:
     return ids
 
 
-STATE_DIR = "client-state"  # in the run dir: what a restarted client process must not lose
-
-
-def scaffold_state_path(run_dir: str, cid: int) -> str:
-    """Where virtual client `cid` keeps its committed SCAFFOLD control variate c_i."""
-    return os.path.join(run_dir, STATE_DIR, f"scaffold-c-{cid}.npy")
-
-
 class VirtualClient:
     """One federated client's own state inside a shared process."""
 
     def __init__(self, cid: int, x, y, n: int, slow: bool) -> None:
         self.cid, self.x, self.y, self.n, self.slow = cid, x, y, n, slow
-        # SCAFFOLD control variate (flat): the sum of the changes the server accepted; None is zeros
-        self.c_i = None
 
 
 class Client:
@@ -97,13 +84,14 @@ class Client:
         del ds  # only the own shards stay in memory
         first = self.clients[ids[0]]
         self.trainer.warmup(first.x, first.y)  # trace the train step now, not inside round 1
-        self._commit_lock = threading.Lock()  # upload threads commit c_i of the same client
+        self.variates = None  # SCAFFOLD's committed c_i of our ids
         if self.trainer.scaffold:
-            for vc in self.clients.values():
-                vc.c_i = checkpoint.load_vector(scaffold_state_path(args.run_dir, vc.cid), self.layout.size)
-            restored = sorted(k for k, vc in self.clients.items() if vc.c_i is not None)
-            if restored:
-                log(self.role, f"SCAFFOLD c_i of {len(restored)} client(s) restored from {STATE_DIR}/")
+            from fedtf.scaffold_state import STATE_DIR, ControlVariates  # noqa: PLC0415
+            self.variates = ControlVariates(args.run_dir, ids, self.layout.size,
+                                            lambda msg, level="info": log(self.role, msg, level))
+            if self.variates.restored():
+                log(self.role, f"SCAFFOLD c_i of {len(self.variates.restored())} client(s) restored "
+                               f"from {STATE_DIR}/")
         host, _, port = args.server.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
         self.proc = uuid.uuid4().hex[:12]
@@ -113,6 +101,7 @@ class Client:
         self.stop = threading.Event()  # set when the run is over: wakes delayed uploads
         self._after, self._inst = 0, ""  # the last task seen (its seq and server instance)
         self._sent: set = set()  # uploads not yet answered (futures)
+        self._sent_lock = threading.Lock()
         log(self.role, f"{len(ids)} virtual clients, {sum(c.n for c in self.clients.values())} examples; "
                        f"server {self.host}:{self.port}")
 
@@ -204,17 +193,17 @@ class Client:
 
     def uploading(self) -> int:
         """How many uploads are still waiting for the server's answer."""
-        with self._commit_lock:
+        with self._sent_lock:
             return len(self._sent)
 
     def _submit(self, *args) -> None:
         fut = self.uploads.submit(self._post, *args)
-        with self._commit_lock:
+        with self._sent_lock:
             self._sent.add(fut)
         fut.add_done_callback(self._done)
 
     def _done(self, fut) -> None:
-        with self._commit_lock:
+        with self._sent_lock:
             self._sent.discard(fut)
 
     def train_round(self, msg, download_bytes: int) -> None:
@@ -223,19 +212,21 @@ class Client:
         seq, rnd = int(msg.meta["seq"]), int(msg.meta["round"])
         global_w = msg.flat("w")
         c = msg.flat("c") if self.trainer.scaffold else None
+        task = (str(msg.meta.get("instance", "")), seq, rnd)  # which run of which round this is
+        if self.variates is not None:
+            self.variates.task_seen(*task)
         mine = [k for k in msg.meta["sampled"] if k in self.clients]
         for k in mine:
             vc = self.clients[k]
             rng = np.random.default_rng([cfg["seed"], k, rnd, int(msg.meta.get("attempt", 0))])
             if self.realism.drops_out(rng):
-                self._submit(f"/drop?seq={seq}&id={k}", b"", k, 0.0, None)
+                self._submit(f"/drop?seq={seq}&id={k}", b"", k, 0.0)
                 log(self.role, f"round {rnd}: client {k} drops out (simulated)")
                 continue
             self.layout.set(global_w)
             correction = base = None
             if c is not None:
-                # c_i as the server has counted it; an upload still unanswered is not in it yet
-                base = vc.c_i if vc.c_i is not None else np.zeros_like(c)
+                base = self.variates.base(k)  # c_i as the server has counted it
                 correction = c - base
             t0 = time.perf_counter()
             loss = self.trainer.train(vc.x, vc.y, vc.n, rng, global_w, correction)
@@ -254,9 +245,9 @@ class Client:
             delay = self.realism.delay(rng, download_bytes, body_size_guess, train_s, vc.slow)
             meta["simulated_delay_s"] = round(delay, 4)
             body = encode(meta, groups)
-            self._submit(f"/update?seq={seq}&id={k}", body, k, delay, dc)
+            self._submit(f"/update?seq={seq}&id={k}", body, k, delay, dc, task)
 
-    def _post(self, path: str, body: bytes, k: int, delay: float, dc) -> None:
+    def _post(self, path: str, body: bytes, k: int, delay: float, dc=None, task=None) -> None:
         """Send one update (or drop notice); on the server's 200, commit the update's SCAFFOLD `dc`."""
         if delay > 0 and self.stop.wait(delay):
             return  # the run ended while this (simulated) straggler was still on its way
@@ -270,19 +261,7 @@ class Client:
                 + ("; c_i unchanged" if dc is not None else ""), "warning")
             return
         if dc is not None:
-            self._commit(k, dc)
-
-    def _commit(self, k: int, dc) -> None:
-        """c_i += dc, saved before it counts: the server has added dc / N to c."""
-        vc = self.clients[k]
-        with self._commit_lock:  # additive, so an answer that arrives after the next round's training is right too
-            new = dc.copy() if vc.c_i is None else vc.c_i + dc
-            try:
-                checkpoint.save_vector(scaffold_state_path(self.args.run_dir, k), new)
-            except OSError as e:  # the server counted it: train with it, but a restart will drift
-                log(self.role, f"client {k}: cannot save c_i ({e}); a restarted client would start "
-                               "from an older one", "error")
-            vc.c_i = new
+            self.variates.commit(k, dc, task)
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -46,36 +47,33 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def save_vector(path: str, vec: np.ndarray) -> None:
-    """Write one flat float32 vector as .npy: temp file, fsync, rename, fsync of the folder.
+def save_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write named arrays as one .npz: temp file, fsync, rename, fsync of the folder.
 
-    A crash at any point leaves either the previous vector or the new one, never a torn file.
+    A crash at any point leaves either the previous file or the new one, never a torn file.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(vec, dtype=np.float32), allow_pickle=False)
+        np.savez(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(folder)
 
 
-def load_vector(path: str, size: int) -> np.ndarray | None:
-    """The vector `save_vector` wrote, or None when there is none yet.
+def load_arrays(path: str) -> dict[str, np.ndarray] | None:
+    """The arrays `save_arrays` wrote (no pickle), or None when there is no file yet.
 
-    Raises ValueError when the file is not a float32 vector of `size` values (another model's state).
-    """
+    Raises ValueError when the file is not an .npz of plain arrays."""
     if not os.path.exists(path):
         return None
     try:
-        vec = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{path}: not a saved state vector ({e})") from None
-    if vec.dtype != np.float32 or vec.shape != (size,):
-        raise ValueError(f"{path}: holds {vec.dtype} {vec.shape}, this model needs float32 ({size},)")
-    return vec
+        with np.load(path, allow_pickle=False) as z:
+            return {k: np.array(z[k]) for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a saved state file ({e})") from None
 
 
 def atomic_write_json(path: str, obj) -> None:
