@@ -42,6 +42,7 @@ except ImportError:  # started straight from a source checkout where fedctl is n
 # fedctl-watchdog: end inline
 
 MARGIN_FRACTION = 0.1
+_UINT = re.compile(r"[0-9]+\Z")  # ASCII digits only (str.isdigit also takes "²" and "١")
 #: a process counts as the run's only when its command line contains this (set from spec["match"]):
 #: a pid file whose pid was reused by an unrelated process must never get that process killed
 MATCH = None
@@ -73,7 +74,7 @@ def read_pids(patterns):
                 continue
             for line in text.splitlines():  # "PID START" (START: /proc start time)
                 tok = (line.split() or [""])[0]
-                if tok.isdigit() and int(tok) > 1:
+                if _UINT.match(tok) and int(tok) > 1:  # "²".isdigit() is True and int("²") raises
                     pids.add(int(tok))
     return sorted(pids)
 
@@ -174,7 +175,7 @@ def last_round_end(path):
     return read_metrics(path, METRICS_TAIL_BYTES).last_round_end()
 
 
-_PERCENT = re.compile(r"[0-9]+(\.[0-9]+)?\Z")
+_PERCENT = re.compile(r"[0-9]+(\.[0-9]+)?\Z")  # same: float() takes "nan", "inf" and "1_0"
 _IGNORED = set()  # nvidia-smi lines already logged: the same warning every poll would flood the log
 
 

@@ -129,3 +129,9 @@ def test_watchdog_gpu_utilisation_ignores_other_lines(capsys):
     assert "infoROM" in capsys.readouterr().out  # reported in the watchdog's log
     assert watchdog.gpu_utilisation(("printf", "No devices were found\\n")) is None
     assert watchdog.gpu_utilisation(("printf", "[N/A]\\n7.5\\n")) == 7.5
+
+
+def test_watchdog_pid_files_take_ascii_digits_only(tmp_path):
+    # the same trap outside nvidia-smi: "²".isdigit() is True, then int("²") crashed the watchdog
+    (tmp_path / "client-0.pid").write_text("²\n4242 99\n١٢٣\n1\n")
+    assert watchdog.read_pids([str(tmp_path / "*.pid")]) == [4242]
