@@ -123,7 +123,8 @@ def run_cmd(
             return
     except KeyboardInterrupt as exc:
         problem, failure = "interrupted", exc
-        e.err.print("[yellow]interrupted: stopping the run, collecting results and tearing it down[/]")
+        e.err.print("[yellow]interrupted: stopping the run, collecting results and tearing it down[/] "
+                    "(Ctrl-C again stops the clean-up; `fedctl teardown` then finishes it)")
         finish = "teardown" if finish == "stop" else finish
     except FedctlError as exc:
         problem, failure = str(exc), exc
