@@ -89,7 +89,8 @@ class Provider(abc.ABC):
     releases_machines: bool = False
 
     #: True when acquire() creates machines and release() destroys them. Such a provider takes
-    #: ``hosts`` and ``run`` (a RunContext) and also offers ``reachable`` and ``machines``.
+    #: ``hosts`` and ``run`` (a RunContext) and also offers ``reachable``, ``machines`` and ``sweep``.
+    #: It destroys only machines tagged with the run AND the origin, checked on the spot.
     creates_machines: bool = False
 
     @abc.abstractmethod
@@ -111,3 +112,8 @@ class Provider(abc.ABC):
     def machines(self, all_runs: bool = False, include_ended: bool = False) -> list[Machine]:
         """The machines this provider created (for this run, or for every run with ``all_runs``)."""
         return []
+
+    def sweep(self, listed: Sequence[Machine], group_runs: Sequence[str], origins: set[str] | None) -> list[str]:
+        """Destroy exactly ``listed`` (each re-checked by its tags just before), then the unused
+        network leftovers of ``group_runs``; returns what was destroyed (``fedctl instances --sweep``)."""
+        raise ProviderError(f"provider {self.name} creates no machines: there is nothing to sweep")
