@@ -105,24 +105,30 @@ def test_the_local_provider_on_a_two_gpu_machine_starts_one_client_process_per_g
 
 def test_nvidia_smi_lines_that_are_not_gpus_are_reported_not_placed_on(sshd_fleet, tmp_path):
     """h2 has one GPU, and nvidia-smi prints an infoROM warning before it (exit 0); h3 has the tool
-    but no GPU, and nvidia-smi says "No devices were found" with exit 0. Each such line used to
-    count as a GPU: h2 got a second client process with CUDA_VISIBLE_DEVICES=1, h3 one with 0."""
+    but no GPU, and nvidia-smi says "No devices were found" with exit 0; h4's one line has "²" for
+    its memory. Each such line used to count as a GPU: h2 got processes on CUDA_VISIBLE_DEVICES=1,
+    h3 on 0, and start crashed on h4 (int("²") for the memory two processes share)."""
     warned = install(tmp_path / "warned", 1, warning=INFOROM_WARNING).parent
     none = install(tmp_path / "none", 0, no_devices_exit=0).parent
-    proj = project(tmp_path, sshd_fleet(3), rounds=300, round_s=0.2, placement={"processes_per_gpu": 1})
-    _put_on_path(proj, {1: warned, 2: none})
-    res = fedctl(proj, "provision", "--clients", "4", "-i", "inventory.yaml", "--yes", check=True)
-    assert INFOROM_WARNING in res.stderr and "No devices were found" in res.stderr  # reported, by line
+    odd = install(tmp_path / "odd", 1, memory="²").parent
+    proj = project(tmp_path, sshd_fleet(4), rounds=300, round_s=0.2, placement={"processes_per_gpu": 2})
+    _put_on_path(proj, {1: warned, 2: none, 3: odd})
+    res = fedctl(proj, "provision", "--clients", "6", "-i", "inventory.yaml", "--yes", check=True)
+    for line in (INFOROM_WARNING, "No devices were found", "Fake GPU, ²"):
+        assert repr(line) in res.stderr, res.stderr  # reported, by line
     fedctl(proj, "start", check=True)
     try:
-        h2, h3 = state(proj)["hosts"][1:]
-        assert h2["facts"]["gpus"] == ["Fake GPU, 16384"] and h3["facts"]["gpus"] == []
-        assert h2["client_gpus"] == [0] and h3["client_gpus"] == [None]
-        (p2,) = [p for p in h2["processes"] if p["role"] == "client"]
-        (p3,) = [p for p in h3["processes"] if p["role"] == "client"]
-        assert p2["gpu"] == 0 and p2["client_ids"] == [0, 1]
-        assert _environ(p2["pid"])["CUDA_VISIBLE_DEVICES"] == "0"
-        assert p3["gpu"] is None and p3["client_ids"] == [2, 3]
-        assert "CUDA_VISIBLE_DEVICES" not in _environ(p3["pid"])
+        h2, h3, h4 = state(proj)["hosts"][1:]
+        assert [h["facts"]["gpus"] for h in (h2, h3, h4)] == [["Fake GPU, 16384"], [], []]
+        assert [h["client_gpus"] for h in (h2, h3, h4)] == [[0, 0], [None], [None]]
+        procs = {h["info"]["name"]: [p for p in h["processes"] if p["role"] == "client"] for h in (h2, h3, h4)}
+        assert [(p["gpu"], p["client_ids"]) for p in procs[h2["info"]["name"]]] == [(0, [0]), (0, [1])]
+        for p in procs[h2["info"]["name"]]:
+            env = _environ(p["pid"])
+            assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["FEDCTL_GPU_MEMORY_MB"] == str(int(16384 * 0.9 / 2))
+        for h, ids in ((h3, [2, 3]), (h4, [4, 5])):
+            (p,) = procs[h["info"]["name"]]
+            assert p["gpu"] is None and p["client_ids"] == ids
+            assert "CUDA_VISIBLE_DEVICES" not in _environ(p["pid"])
     finally:
         fedctl(proj, "teardown", "--yes")
