@@ -63,7 +63,8 @@ class GuardedHTTPServer:
         self.read_timeout_s, self.head_timeout_s = read_timeout_s, head_timeout_s
         self.pending_per_source, self.max_pending = pending_per_source, max_pending
         self.body_base_s = body_base_s
-        self._listener = socket.create_server(address, backlog=backlog)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET  # server.bind may be "::"
+        self._listener = socket.create_server(address, family=family, backlog=backlog)
         self._listener.setblocking(False)
         self.server_address = self._listener.getsockname()[:2]
         self._wake_r, self._wake_w = socket.socketpair()
