@@ -337,3 +337,19 @@ def test_a_handler_bug_is_a_500_and_the_server_keeps_serving():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_every_request_on_a_kept_alive_connection_needs_the_token(serve):
+    """A connection that showed the token once holds a slot, but each further request on it is
+    checked again: a stranger cannot ride on it."""
+    _, srv, port = serve()
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(f"GET /health HTTP/1.1\r\nHost: t\r\n{AUTH}\r\n\r\n".encode())
+    first = s.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in first, first
+    wait_until(lambda: srv.connection_counts() == {"pending": 0, "authed": 1}, 5, what="the slot held")
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert s.recv(65536).startswith(b"HTTP/1.1 401 ")
+    assert _hung_up(s)
+    wait_until(lambda: srv.connection_counts()["authed"] == 0, 5, what="the slot to be freed")
+    s.close()
