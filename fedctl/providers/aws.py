@@ -299,7 +299,7 @@ class AwsProvider(Provider):
         found = {m.id: m for m in api.find_instances(self.ec2, api.run_filter([ctx.run_id]))}
         strangers = [i for i in recorded if i not in found]
         if strangers:
-            found.update({m.id: m for m in api.find_instances(self.ec2, [{"Name": "instance-id", "Values": strangers}])})
+            found.update({m.id: m for m in api.find_by_ids(self.ec2, strangers)})
         for i, m in sorted(found.items()):
             if api.owner(m) != owner and m.billed and (i in recorded or m.run_id == ctx.run_id):
                 self._say(f"refusing to terminate {i}{f' (recorded for {recorded[i]})' if i in recorded else ''}: "
@@ -331,7 +331,7 @@ class AwsProvider(Provider):
         seen: set[str] = set()
         watch = list(ids)
         while True:
-            found = api.find_instances(ec2, [{"Name": "instance-id", "Values": watch}]) if watch else []
+            found = api.find_by_ids(ec2, watch)
             if by_tag is not None:  # a launch that raced the teardown
                 extra = [m for m in api.find_instances(ec2, api.run_filter([by_tag[0]]))
                          if api.owner(m) == by_tag and m.id not in expect]

@@ -111,6 +111,16 @@ def find_instances(ec2: Any, filters: list[dict[str, Any]]) -> list[Machine]:
     return sorted(out, key=lambda m: (m.launched_at or 0.0, m.id))
 
 
+def find_by_ids(ec2: Any, ids: Iterable[str]) -> list[Machine]:
+    """The instances with these ids, as the API reports them now (unknown ids are simply absent);
+    in chunks, as EC2 takes at most 200 values per filter."""
+    wanted = list(dict.fromkeys(ids))
+    out: list[Machine] = []
+    for i in range(0, len(wanted), 200):
+        out += find_instances(ec2, [{"Name": "instance-id", "Values": wanted[i:i + 200]}])
+    return out
+
+
 def run_filter(run_ids: Iterable[str] | None) -> list[dict[str, Any]]:
     """Filters for the instances of ``run_ids`` (None: of every fedctl run)."""
     if run_ids is None:
