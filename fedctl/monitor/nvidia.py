@@ -41,8 +41,6 @@ APP_FIELDS = ("pid", "gpu_uuid", "used_memory")
 QUERY_GPU_ARGS = f"--query-gpu={','.join(GPU_FIELDS)} --format=csv,noheader,nounits"
 QUERY_APPS_ARGS = f"--query-compute-apps={','.join(APP_FIELDS)} --format=csv,noheader,nounits"
 
-#: the host facts' query (``fedctl.facts``): one ``NAME, MEMORY_MIB`` line per GPU
-GPU_FACTS_ARGS = ("--query-gpu=name,memory.total", "--format=csv,noheader,nounits")
 #: this machine's GPU count (``fedctl.plan.local_gpu_count``): one index per line
 GPU_INDEX_ARGS = ("--query-gpu=index", "--format=csv,noheader")
 
@@ -77,11 +75,11 @@ def _shown(line: str) -> str:
     return repr(line[:120])
 
 
-def parse_gpu_facts(lines: Iterable[object], warn: bool = True) -> tuple[list[str], list[str]]:
-    """The lines of ``nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits`` ->
-    (one ``"NAME, MIB"`` line per GPU, the other non-blank lines). Each other line is never a GPU
-    ("No devices were found", an infoROM warning, "Fake GPU, ²"); with ``warn`` it is logged as a
-    warning naming it."""
+def parse_gpu_facts(lines: Iterable[object], warn: bool = True, where: str = "") -> tuple[list[str], list[str]]:
+    """The lines of ``nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits`` (the
+    host facts' query) -> (one ``"NAME, MIB"`` line per GPU, the other non-blank lines). Each other
+    line is never a GPU ("No devices were found", an infoROM warning, "Fake GPU, ²"); with ``warn``
+    it is logged as a warning naming it and ``where`` (the host)."""
     gpus, other = [], []
     for raw in lines:
         line = raw.strip(_BLANKS) if isinstance(raw, str) else repr(raw)
@@ -93,13 +91,15 @@ def parse_gpu_facts(lines: Iterable[object], warn: bool = True) -> tuple[list[st
             continue
         other.append(line)
         if warn:
-            log.warning("nvidia-smi: ignored a line that is not 'NAME, MEMORY_MIB': %s", _shown(line))
+            log.warning("%snvidia-smi: ignored a line that is not 'NAME, MEMORY_MIB': %s",
+                        f"{where}: " if where else "", _shown(line))
     return gpus, other
 
 
-def gpu_fact_lines(lines: Iterable[str]) -> list[str]:
-    """``parse_gpu_facts`` for the host facts: the GPU lines only (the others are logged)."""
-    return parse_gpu_facts(lines)[0]
+def gpu_fact_lines(lines: Iterable[str], where: str = "") -> list[str]:
+    """``parse_gpu_facts`` for the host facts: the GPU lines only (the others are logged, naming
+    ``where``, the host)."""
+    return parse_gpu_facts(lines, where=where)[0]
 
 
 def gpu_memory_mib(fact: str) -> int | None:

@@ -57,6 +57,13 @@ def test_gpu_fact_lines_count_only_name_and_memory(lines, gpus, other, caplog):
     assert gpu_fact_lines(lines) == gpus
 
 
+def test_a_facts_warning_names_the_host(caplog):
+    with caplog.at_level(logging.WARNING, logger="fedctl.gpu"):
+        assert gpu_fact_lines([INFOROM_WARNING, ONE_GPU], where="gpu-box-3") == [ONE_GPU]
+    assert caplog.records[0].getMessage() == (
+        f"gpu-box-3: nvidia-smi: ignored a line that is not 'NAME, MEMORY_MIB': {INFOROM_WARNING!r}")
+
+
 def test_gpu_memory_of_a_facts_line_is_strict():
     assert gpu_memory_mib(ONE_GPU) == 40960
     assert gpu_memory_mib("Fake GPU, ²") is None
