@@ -13,8 +13,10 @@ Rules, each for a way the two sides used to drift apart:
   round t undoes a commit of round t (``task_seen``); an answer that arrives after such a task is
   not committed. Round 1 means c = 0 on the server, so every c_i is 0 again.
 
-Known limit: an update the server takes (200) and then leaves out when the round closes (far above
-the round's median norm) is committed here and not counted there; the server does not tell.
+Known limits, both needing word from the server: an update it takes (200) and then leaves out when
+the round closes (far above the round's median norm, or a non-finite aggregate) is committed here
+and not counted there; an update it took whose 200 was lost on the way is retried, answered 409
+("already reported") and counted there but not here.
 """
 from __future__ import annotations
 
