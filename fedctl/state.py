@@ -2,7 +2,8 @@
 
 Rules (so a crash at any line can be torn down):
 - write intent BEFORE acting (host ``provisioning``, process ``starting``) and confirm after;
-- every write is atomic (temp file + fsync + rename): a reader never sees half a file;
+- every write is atomic (``fedctl.fsutil``: temp file, fsync, rename, fsync of the folder): a reader
+  never sees half a file, and a crash after a save does not bring back the previous one;
 - one fedctl at a time changes the state: ``StateStore.lock()`` takes ``.fedctl/lock`` (flock).
 """
 
@@ -14,7 +15,6 @@ import fcntl
 import json
 import os
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 from fedctl.model import HostInfo, HostStatus, Phase, Plan, PlannedHost, host_from_dict, host_to_dict
 from fedctl.errors import StateError, StateLockedError
+from fedctl.fsutil import atomic_write  # noqa: F401 - re-exported: cli/app.py and older callers import it here
 
 STATE_VERSION = 1
 
@@ -96,9 +97,14 @@ class HostRecord:
         return self.info.name
 
     def own(self, path: str, kind: str, keep: bool = False) -> None:
-        """Record that fedctl created ``path`` (once; the first kind recorded stays)."""
+        """Record that fedctl created ``path`` (once; the first kind recorded stays), and journal it
+        at once when a journal is attached (provision: a kill during a host's set-up must not leave
+        a folder the state does not know about)."""
         if not any(o.path == path for o in self.owned):
             self.owned.append(OwnedPath(path, kind, keep))
+            journal = getattr(self, "journal", None)  # not a field: never persisted or compared
+            if journal is not None:
+                journal()
 
     def assign(self, ph: PlannedHost) -> "HostRecord":
         """Take what the plan gives the host: how to reach it, its role, its client processes."""
@@ -193,23 +199,6 @@ class RunState:
         for rec in state.hosts:
             rec.status = HostStatus(rec.status)
         return state
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class StateStore:

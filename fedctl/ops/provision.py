@@ -158,6 +158,30 @@ def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequen
     store.save(state)
 
 
+class _Journal:
+    """Saves the state the moment a host records a folder it made, before that host goes on (a kill
+    during set-up must leave nothing the state does not know). Hosts run in parallel: a save covers
+    every record made before it started, so callers that queued behind it return at once and a
+    thousand hosts cost a few saves, not one each."""
+
+    def __init__(self, store: StateStore, state: RunState) -> None:
+        self._store, self._state = store, state
+        self._save_lock, self._count_lock = threading.Lock(), threading.Lock()
+        self._requested = self._saved = 0
+
+    def __call__(self) -> None:
+        with self._count_lock:
+            self._requested += 1
+            mine = self._requested
+        with self._save_lock:
+            if self._saved >= mine:
+                return  # a save that started after this record was made has it
+            with self._count_lock:
+                upto = self._requested
+            self._store.save(self._state)
+            self._saved = upto
+
+
 class _LocalFacts:
     """The local provider's hosts are all this machine with one interpreter: check it once (an
     import of TensorFlow costs seconds of CPU), not once per host."""
@@ -281,7 +305,14 @@ def provision(
         progress(f"checking {len(todo)} host(s) in parallel")
         with open_fleet(store, todo) as fleet:
             cache = _LocalFacts()
-            results = fleet.map(lambda c: _provision_host(c, state.host(c.host.name), manifest, cache, progress))
+            journal = _Journal(store, state)
+            for rec in state.hosts:
+                rec.journal = journal  # type: ignore[attr-defined]
+            try:
+                results = fleet.map(lambda c: _provision_host(c, state.host(c.host.name), manifest, cache, progress))
+            finally:
+                for rec in state.hosts:
+                    del rec.journal  # type: ignore[attr-defined]
         for res in results:
             rec = state.host(res.host)
             if not res.ok:

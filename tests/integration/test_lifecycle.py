@@ -255,15 +255,7 @@ def _clients_spawned_not_running(st: dict) -> bool:
     return st["phase"] == "starting" and len(clients) == 2 and all(p["pid"] is not None for p in clients)
 
 
-# fedctl killed while provision runs a host's set-up leaves <workdir>/envs (the set-up log and done
-# marker) behind after a teardown that says "ok": provision records the folders it made only in memory
-# and saves them once every host is done (fedctl/ops/provision.py). Strict: passes once that is fixed.
-PROVISION_KILL_LEAKS = pytest.mark.xfail(
-    strict=True, reason="provision saves the folders it made only after every host finished (envs/ leaks)")
-
-
-@pytest.mark.parametrize("phase", [pytest.param("provision", marks=PROVISION_KILL_LEAKS), "start-server",
-                                   "start-clients"])
+@pytest.mark.parametrize("phase", ["provision", "start-server", "start-clients"])
 def test_fedctl_killed_then_teardown_leaves_nothing(sshd_fleet, tmp_path, phase):
     fleet = sshd_fleet(3)
     release = tmp_path / "release-setup"
