@@ -201,3 +201,20 @@ def test_a_missing_boto3_says_exactly_what_to_install(tmp_path):
     assert 'pip install "fedctl[aws]"' in res.stderr and "Traceback" not in res.stderr
     td = fedctl(proj, "teardown", "--yes", env=env)
     assert td.returncode == 2 and 'pip install "fedctl[aws]"' in td.stderr
+
+
+def test_ctrl_c_during_provision_inside_run_terminates_what_it_created(moto_ec2, tmp_path):
+    """Ctrl-C while `fedctl run` waits for SSH on the instances it made: exit 130, nothing bills."""
+    proj = new_project(tmp_path, moto_ec2, client_instances=2)
+    proc = subprocess.Popen([FEDCTL, "run", "--clients", "2", "-i", "aws.yaml", "--yes"], cwd=proj,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(moto_ec2.billed()) >= 3, 60, what="the run's three instances")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "terminating the machines it created" in err
+    assert moto_ec2.billed() == [] and moto_ec2.groups() == []
