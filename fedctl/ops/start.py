@@ -267,12 +267,23 @@ def start(
         # a client that dies at once (bad config, missing module) should fail start, not watch
         time.sleep(1.0)
         server_alive = is_alive(conn, ref_of(proc))
+        exited: list[str] = []
         for r in fleet.map(lambda c: _check_alive(c, state.host(c.host.name), server_alive),
                            hosts=[h.name for h in client_hosts]):
             if not r.ok:
                 report.failures[r.host] = r.error or "unreachable"
-            elif r.value:
+            elif r.value:  # a client of this host exited
                 report.failures[r.host] = r.value
+                exited.append(r.host)
+        if exited and not is_alive(conn, ref_of(proc)):
+            # the server was alive when we looked, and is gone now: a tiny run that ended between the
+            # two looks (its clients left because the run was over), not a failed start
+            for h in exited:
+                del report.failures[h]
+            for rec in client_hosts:
+                for p in rec.processes:
+                    if p.role == "client" and p.status == "failed":
+                        p.status = "exited"
         if not report.failures and manifest.server.reports_clients:
             progress(f"waiting until the server has heard from all {state.clients} clients")
             report.failures.update(wait_connected(fleet, state, server_rec, proc, client_hosts, connect_timeout))
