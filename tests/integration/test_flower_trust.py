@@ -20,10 +20,12 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,19 @@ class Flood:
         self.sel.close()
 
 
+def _probe(port: int, ca: Path, out: list[float], stop: threading.Event) -> None:
+    """A client that speaks: GET /fedctl/state through the gateway (TLS, verified) every 0.5 s;
+    how long each answer took goes to ``out`` (60 s: no answer)."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    while not stop.wait(0.5):
+        t0 = time.monotonic()
+        try:
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/fedctl/state", context=ctx, timeout=60).read()
+            out.append(time.monotonic() - t0)
+        except OSError:
+            out.append(60.0)
+
+
 def _phase(proj: Path) -> str | None:
     """The run's phase as `fedctl status --json` says it."""
     return json.loads(fedctl(proj, "status", "--json", check=True).stdout).get("phase")
@@ -151,7 +166,8 @@ def attacked_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rogue_key.chmod(0o600)
     rogues = [_rogue(tmp, port, run_dir / "flower-ca.pem", rogue_key, "rogue-key"),
               _rogue(tmp, port, run_dir / "flower-ca.pem", None, "rogue-nokey")]
-    held = []
+    held: list[int] = []
+    latencies: list[float] = []
     try:
         with Flood(port) as flood:
             wait_until(lambda: flood.open_now() >= STRANGERS * 0.9, 30, what="the strangers to connect")
@@ -161,6 +177,9 @@ def attacked_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
             wait_until(lambda: all(r.poll() is not None for r in rogues), 120, interval=0.5,
                        what="the rogue SuperNodes to be refused")
             in_place = time.time()
+            probe = threading.Thread(target=_probe, args=(port, run_dir / "flower-ca.pem", latencies, flood.stop),
+                                     daemon=True)
+            probe.start()
             wait_until(lambda: _phase(proj) in ("finished", "failed"), 240, interval=2,
                        what="the run to end under the flood")
             held.append(flood.open_now())
@@ -175,7 +194,7 @@ def attacked_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
             r.wait(timeout=20)
     fedctl(proj, "teardown", "--yes", check=True, timeout=180)
     return {"proj": proj, "run_id": run_id, "lines": _metrics(proj / "results" / run_id), "lived": lived,
-            "flood_s": flood_s, "held_at_end": held[0], "in_place": in_place,
+            "flood_s": flood_s, "held_at_end": held[0], "in_place": in_place, "latencies": latencies,
             "rogue_logs": {n: (tmp / f"{n}.log").read_text(errors="replace") for n in ("rogue-key", "rogue-nokey")},
             "server_log": next((proj / "results" / run_id / "logs").rglob("server.log")).read_text(errors="replace")}
 
@@ -188,8 +207,13 @@ def test_every_round_finishes_under_300_half_sent_tls_connections(attacked_run):
     peace = rounds[0]["end"] - rounds[0]["start"]
     flooded = [r for r in rounds if r["start"] >= attacked_run["in_place"]]
     assert flooded, (attacked_run["in_place"], rounds)
-    for r in flooded:  # at most a few seconds longer than the peaceful round
-        assert r["end"] - r["start"] < peace + 5.0, (peace, [(x["round"], x["end"] - x["start"]) for x in rounds])
+    # at most a few seconds longer than the peaceful round (Flower's rounds here vary by a few seconds
+    # on their own: SuperNodes poll every 3 s and this 2-CPU machine is shared)
+    for r in flooded:
+        assert r["end"] - r["start"] < peace + 8.0, (peace, [(x["round"], x["end"] - x["start"]) for x in rounds])
+    # and a client that speaks is answered at once all along
+    latencies = attacked_run["latencies"]
+    assert len(latencies) >= 10 and max(latencies) < 2.0, sorted(latencies)[-5:]
     assert all(r["clients_reported"] == 2 for r in rounds)
     assert attacked_run["held_at_end"] >= STRANGERS * 0.9  # the flood was really there to the end
 
