@@ -340,3 +340,54 @@ def test_an_app_folder_ships_as_a_tree(tmp_path):
     before = files[0].sha256
     (app / "pkg" / "m.py").write_text("x = 2\n")
     assert find_files({"app": "app"}, ["app"], tmp_path)[0][0].sha256 != before  # content changes the hash
+
+
+def _client(mods, tmp_path: Path, port: int, token: bytes):
+    """A client wrapper (client.py's Client) for partition 0 of 1 that dials 127.0.0.1:port."""
+    import argparse
+
+    (tmp_path / "config.yaml").write_text(json.dumps({"clients": 1, "app": "x", "flower": {}}))
+    (tmp_path / "token").write_bytes(token)
+    args = argparse.Namespace(config=str(tmp_path / "config.yaml"), run_dir=str(tmp_path), token_file=str(tmp_path / "token"),
+                              server=f"127.0.0.1:{port}", client_ids="0", process="0")
+    return _client_module().Client(args)
+
+
+def test_a_client_takes_the_ca_only_from_an_answer_under_the_run_token(mods, tmp_path, monkeypatch):
+    """A server without the run token (a stranger on the address) cannot hand a client its own CA;
+    the run's server can, and the client then trusts exactly that CA."""
+    monkeypatch.syspath_prepend(str(PAYLOAD))  # the wrapper reads its defaults from flower_config
+    c = mods["flower_common"]
+    ca, ca_key = c.new_ca()
+    cert, key = c.server_certificate_pem(ca, ca_key, ["127.0.0.1"])
+    (tmp_path / "s.pem").write_bytes(cert)
+    (tmp_path / "s.key").write_bytes(key)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "s.pem", tmp_path / "s.key")
+    seen: list[dict] = []
+    for d in ("c1", "c2"):
+        (tmp_path / d).mkdir()
+
+    def forged(data: dict):
+        seen.append(data)
+        return 200, {"ca": ca.decode(), "mac": c.mac(b"a guessed token", data["nonce"].encode(), ca)}
+
+    gw = mods["gateway"].Gateway("127.0.0.1", 0, 1, ctx, lambda: {"phase": "waiting"}, hello=forged)
+    port = gw.start()
+    try:
+        client = _client(mods, tmp_path / "c1", port, b"the run token")
+        why = client.hello()
+        assert why is not None and "MAC" in why and client.ca is None
+        # what the client sent: its dial address and its SuperNode's public key, under the run token
+        sent = seen[0]
+        assert sent["dial"] == "127.0.0.1" and list(sent["nodes"]) == ["0"]
+        assert c.mac_ok(b"the run token", sent["mac"], sent["nonce"].encode(), b"127.0.0.1",
+                        json.dumps(sent["nodes"], sort_keys=True).encode())
+        assert "PRIVATE" not in json.dumps(sent)
+        gw.hello = lambda data: (200, {"ca": ca.decode(), "mac": c.mac(b"the run token", data["nonce"].encode(), ca)})
+        client = _client(mods, tmp_path / "c2", port, b"the run token")
+        assert client.hello() is None
+        assert Path(client.ca).read_bytes() == ca
+        assert _client_module().preflight("127.0.0.1", port, client.ctx, 5) is None
+    finally:
+        gw.stop()
