@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from fedctl.connectors.base import Connector
+from fedctl.monitor.nvidia import gpu_fact_lines
 from fedctl.shell import join
 
 if TYPE_CHECKING:
@@ -181,7 +182,7 @@ def gather_facts(
         python=data.get("python"),
         home=data.get("home"),
         imports=data.get("imports", {}),
-        gpus=data.get("gpus", []),
+        gpus=gpu_fact_lines(data.get("gpus", []), where=conn.host.name),  # well-formed lines only
         gpu_error=data.get("gpu_error"),
         disk_free_gb=data.get("disk_free_gb"),
         mem_total_gb=data.get("mem_total_gb"),

@@ -18,6 +18,7 @@ the script it pushes. fedctl itself reads it through ``fedctl.contract``.
 
 import json
 import math
+import re
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 METRICS_FILE = "metrics.jsonl"
@@ -48,7 +49,7 @@ def integer(value: Any) -> Optional[int]:
         return value
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value.is_integer() else None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):  # ASCII digits: "²".isdigit()
         return int(value)
     return None
 

@@ -220,7 +220,7 @@ def test_the_pushed_watchdog_is_self_contained_and_old_python_safe(tmp_path):
     tree = ast.parse(source, feature_version=(3, 6))  # hosts may have an old python
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert imported <= {"json", "math", "typing"}  # stdlib only, no __future__, no dataclasses (3.7)
+    assert imported <= {"json", "math", "re", "typing"}  # stdlib only, no __future__, no dataclasses (3.7)
     (tmp_path / "m.jsonl").write_text(lines(rnd(1, 0.5), rnd(2, 0.6)) + '{"ty')
     assert _pushed_watchdog(tmp_path)(str(tmp_path / "m.jsonl")) == T0 + 18
     assert _pushed_watchdog(tmp_path)(str(tmp_path / "none.jsonl")) is None
