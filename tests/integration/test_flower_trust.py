@@ -261,3 +261,18 @@ def test_the_certificate_names_a_dial_address_the_server_host_does_not_have(sshd
     client_logs = " ".join(p.read_text(errors="replace") for p in (results / "logs").rglob("client-*.log"))
     assert "run CA from the server (MAC under the run token)" in client_logs  # h2 has no copy of its own
     assert _no_flower_left(run_id) == []
+
+
+def test_insecure_mode_still_runs_without_tls_or_node_authentication(tmp_path):
+    """flower.insecure: plain HTTP, no hello, no node keys (Flower allows node authentication only
+    on TLS); the run still finishes."""
+    proj = _project(tmp_path, rounds=1, flower={"insecure": True})
+    res = fedctl(proj, "run", "--clients", "2", timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run_id = state(proj)["run_id"]
+    results = proj / "results" / run_id
+    assert _metrics(results)[-1]["status"] == "finished"
+    server_log = next((results / "logs").rglob("server.log")).read_text(errors="replace")
+    assert "plain HTTP (no TLS, no SuperNode authentication)" in server_log
+    assert "registered" not in server_log
+    assert _no_flower_left(run_id) == []
