@@ -12,11 +12,11 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 from typing import BinaryIO, Callable, Mapping
 
 from fedctl.connectors.base import CommandResult, Connector, HostInfo
 from fedctl.errors import RemoteError
+from fedctl.fsutil import atomic_writer
 from fedctl.shell import export_prefix
 
 
@@ -78,33 +78,19 @@ class LocalConnector(Connector):
 
     def _write_atomic(self, remote: str, mode: int, write: Callable[[BinaryIO], object]) -> None:
         remote = self.expand(remote)
-        directory, base = os.path.split(os.path.abspath(remote))
-        tmp = os.path.join(directory, f".{base}.fedctl-tmp-{uuid.uuid4().hex[:12]}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            try:
-                os.fchmod(fd, mode)  # os.open's mode is filtered by the umask; the caller's mode wins
-                with os.fdopen(fd, "wb", closefd=False) as fh:
-                    write(fh)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, remote)
+            with atomic_writer(remote, mode) as fh:
+                write(fh)
         except OSError as e:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             raise RemoteError(f"host {self.host.name}: cannot write {remote}: {e}") from e
 
     def get(self, remote: str, local: str) -> None:
-        """Copy ``remote`` to ``local`` (temp name, then rename)."""
+        """Copy ``remote`` to ``local`` (a temp file renamed into place: never half a file)."""
         remote = self.expand(remote)
-        tmp = f"{local}.fedctl-tmp-{uuid.uuid4().hex[:12]}"
         try:
-            shutil.copyfile(remote, tmp)
-            os.replace(tmp, local)
+            with open(remote, "rb") as src, atomic_writer(local, mode=None) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
         except OSError as e:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             raise RemoteError(f"host {self.host.name}: cannot fetch {remote}: {e}") from e
 
     def home(self) -> str:

@@ -35,6 +35,7 @@ from fedctl.connectors.hostkeys import (
 from fedctl.connectors.ssh_channel import collect_result
 from fedctl.connectors.ssh_config import Target, jump_hops, resolve_target
 from fedctl.errors import ConnectError, HostKeyError, RemoteError
+from fedctl.fsutil import atomic_writer
 from fedctl.shell import ENV_NAME, export_prefix
 
 log = logging.getLogger("fedctl.ssh")
@@ -326,13 +327,12 @@ class SSHConnector(Connector):
     def get(self, remote: str, local: str) -> None:
         """Copy ``remote`` to ``local`` (written to a temp name, then renamed into place)."""
         remote = self.expand(remote)
-        tmp = f"{local}.fedctl-tmp-{uuid.uuid4().hex[:12]}"
         try:
-            self.sftp().get(remote, tmp)
-            os.replace(tmp, local)
+            with atomic_writer(local, mode=None) as fh:
+                size = self.sftp().getfo(remote, fh)
+                if fh.tell() != size:  # what paramiko's own get() checks
+                    raise OSError(f"size mismatch: {fh.tell()} bytes written, {size} received")
         except (OSError, paramiko.SSHException) as e:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             raise RemoteError(f"host {self.host.name}: cannot fetch {remote}: {_describe(e)}") from e
 
     def __repr__(self) -> str:

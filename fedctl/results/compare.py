@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fedctl.contract import MetricsLog, collected_metrics, read_metrics
+from fedctl.fsutil import atomic_write
 from fedctl.results.fmt import fmt_duration, fmt_value
 from fedctl.results.plots import plot_curves
-from fedctl.state import atomic_write
 
 
 @dataclass

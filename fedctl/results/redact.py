@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from fedctl.state import RunState, atomic_write
+from fedctl.fsutil import atomic_write
+from fedctl.state import RunState
 
 REMOVED = "<removed>"
 KEY_MATERIAL_REMOVED = "<key material removed>"

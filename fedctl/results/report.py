@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from fedctl.contract import MetricsLog, collected_metrics, read_metrics
 from fedctl.cost import estimate, format_money, format_totals, run_cost
+from fedctl.fsutil import atomic_write
 from fedctl.results.fmt import fmt_bytes, fmt_duration, fmt_value
 from fedctl.results.plots import (
     participation_matrix,
@@ -27,7 +28,7 @@ from fedctl.results.plots import (
 )
 from fedctl.results.provenance import inventory_dict, versions
 from fedctl.results.redact import known_secrets, redact_text, redact_tree, scrub
-from fedctl.state import RunState, atomic_write
+from fedctl.state import RunState
 
 
 @dataclass
