@@ -14,7 +14,6 @@ billions of values) is refused before anything is constructed. Messages show val
 from __future__ import annotations
 
 import math
-import re
 import reprlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from fedctl.errors import ConfigError
+from fedctl.textsafe import escape_control
 
 KeyPath = tuple[str | int, ...]
 
@@ -44,10 +44,6 @@ MAX_INT_CHARS = 100
 #: Characters of a value an error message shows.
 PREVIEW_CHARS = 80
 
-# Control characters (C0, DEL, C1) and the invisible bidi / line-separator marks: printed raw they
-# let a config value recolour, move or hide text on the user's terminal.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
 _PREVIEW = reprlib.Repr()
 _PREVIEW.maxlevel = 3
 _PREVIEW.maxlist = _PREVIEW.maxtuple = _PREVIEW.maxset = _PREVIEW.maxfrozenset = 5
@@ -55,11 +51,6 @@ _PREVIEW.maxdict = 5
 _PREVIEW.maxstring = PREVIEW_CHARS
 _PREVIEW.maxother = PREVIEW_CHARS
 _PREVIEW.maxlong = 40
-
-
-def escape_control(text: str) -> str:
-    """``text`` with control characters written as escapes (``\\x1b``, ``\\n``, ``\\u202e``)."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def safe_text(text: str, limit: int = PREVIEW_CHARS) -> str:
