@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedctl.monitor.snapshot import Alert, ClientSnapshot, GpuReport, HostSnapshot, Snapshot
+from fedctl.units import fmt_duration
 
 T = TypeVar("T")
 
@@ -33,20 +34,6 @@ STATE_STYLE = {
 
 
 # -- small formatters (pure, shared by both renderers) ----------------------------------------------
-def fmt_duration(seconds: float | None) -> str:
-    """``3725 -> "1h02m"``, ``75 -> "1m15s"``, ``4.2 -> "4.2s"``; None -> ``-``."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    s = max(0.0, seconds)
-    if s < 10:
-        return f"{s:.1f}s"
-    if s < 60:
-        return f"{s:.0f}s"
-    if s < 3600:
-        return f"{int(s // 60)}m{int(s % 60):02d}s"
-    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
-
-
 def fmt_num(value: float | None, digits: int = 3) -> str:
     """A float for a table cell: None -> ``-``, NaN -> ``NaN``."""
     if value is None:
