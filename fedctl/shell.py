@@ -1,38 +1,19 @@
-"""Remote commands as data: built from ``shlex.quote``d parts, with a masked form for printing.
+"""Remote commands as data: built from ``shlex.quote``d parts.
 
-Secrets never go into a command (they travel as 0600 files), but values such as paths still need
-quoting, and anything printed goes through ``masked`` so a value registered as secret never shows.
+Secrets never go into a command (they travel as 0600 files or on stdin), but values such as paths
+still need quoting. What is kept for people to read (logs, results) is masked by
+``fedctl.results.redact.redact_text``.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 #: a shell variable name (what env prefixes and the inventory accept); ``\Z``, not ``$``, so a
 #: trailing newline is not accepted even by ``match``
 ENV_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-@dataclass(frozen=True)
-class Cmd:
-    """A shell command assembled from parts. ``str(cmd)`` is what runs; ``masked`` is what prints."""
-
-    parts: tuple[str, ...]
-    secrets: frozenset[str] = field(default_factory=frozenset)
-
-    @classmethod
-    def of(cls, *argv: str, secrets: Iterable[str] = ()) -> "Cmd":
-        return cls(tuple(str(a) for a in argv), frozenset(s for s in secrets if s))
-
-    def __str__(self) -> str:
-        return " ".join(shlex.quote(p) for p in self.parts)
-
-    @property
-    def masked(self) -> str:
-        return mask(str(self), self.secrets)
 
 
 def quote(value: object) -> str:
@@ -103,11 +84,3 @@ def export_prefix(environment: Mapping[str, str]) -> str:
             raise ValueError(f"invalid environment variable name {k!r}")
         parts.append(f"export {k}={env_value_word(v)};")
     return " ".join(parts) + " " if parts else ""
-
-
-def mask(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of each secret in ``text`` by ``***``."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
-    return text
