@@ -391,3 +391,12 @@ def test_a_client_takes_the_ca_only_from_an_answer_under_the_run_token(mods, tmp
         assert _client_module().preflight("127.0.0.1", port, client.ctx, 5) is None
     finally:
         gw.stop()
+
+
+def test_gateway_cap_stays_under_the_open_file_limit(mods, monkeypatch):
+    """At the fd limit legitimate SuperNodes timed out: the cap leaves room for the SuperLink side."""
+    monkeypatch.setattr(mods["gateway"], "_fd_limit", lambda: 1024)
+    gw = mods["gateway"].Gateway("127.0.0.1", 0, 1, None, dict)
+    assert gw.max_connections == (1024 - 64) // 2
+    monkeypatch.setattr(mods["gateway"], "_fd_limit", lambda: 1 << 20)
+    assert mods["gateway"].Gateway("127.0.0.1", 0, 1, None, dict).max_connections == mods["gateway"].MAX_CONNECTIONS

@@ -13,7 +13,7 @@ A stranger must not be able to hold the port (docs/flower.md, "Strangers"): ever
 ``head_deadline_s`` for its TLS handshake and its first complete request head together, then
 ``head_deadline_s`` per later request head once its first byte came, and ``idle_s`` of silence
 between requests; a request body must keep arriving (``idle_s`` per read). At most
-``max_connections`` connections are open (when full, the oldest that has not yet sent a request
+``max_connections`` connections are open (fewer when the process's open-file limit is low; when full, the oldest that has not yet sent a request
 makes room) and at most ``max_per_source`` from one address; above that a new connection is closed
 at once, before its handshake. Connections are counted in the gateway, so its file descriptors
 stay bounded whatever arrives.
@@ -56,6 +56,17 @@ def _response(status: str, body: bytes, close: bool, ctype: str = "application/j
     return head.encode("latin-1") + body
 
 
+def _fd_limit() -> int:
+    """This process's soft limit on open files (a large number where it cannot be read)."""
+    try:
+        import resource  # noqa: PLC0415 - Unix only
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1 << 20
+    return soft if soft > 0 else 1 << 20
+
+
 class _Conn:
     """One accepted connection: where from, and whether it has sent a complete request yet."""
 
@@ -93,7 +104,9 @@ class Gateway:
         self.state, self.hello = state, hello
         self.log = log
         self.head_deadline_s, self.idle_s = head_deadline_s, idle_s
-        self.max_connections, self.max_per_source = max_connections, max_per_source
+        # each forwarded connection holds two descriptors (client, SuperLink): stay under the limit
+        self.max_connections = min(max_connections, max(16, (_fd_limit() - 64) // 2))
+        self.max_per_source = max_per_source
         self.loop = asyncio.new_event_loop()
         self.server: Optional[asyncio.base_events.Server] = None
         self.thread: Optional[threading.Thread] = None
