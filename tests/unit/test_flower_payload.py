@@ -189,7 +189,8 @@ def test_the_run_ca_is_random_per_run_and_signs_the_server(mods, tmp_path):
     client_mod = _client_module()
     (tmp_path / "ca1.pem").write_bytes(trusts[0].ca_pem)
     (tmp_path / "ca2.pem").write_bytes(trusts[1].ca_pem)
-    assert client_mod.preflight("127.0.0.1", port, ssl.create_default_context(cafile=str(tmp_path / "ca1.pem")), 5) is None
+    ok_ctx = ssl.create_default_context(cafile=str(tmp_path / "ca1.pem"))
+    assert client_mod.preflight("127.0.0.1", port, ok_ctx, 5) is None
     bad = client_mod.preflight("127.0.0.1", port, ssl.create_default_context(cafile=str(tmp_path / "ca2.pem")), 5)
     assert bad is not None and "TLS" in bad
     wait_until(lambda: client_mod.preflight("127.0.0.1", port, None, 2) is not None, 10, what="the listener to close")
@@ -348,8 +349,9 @@ def _client(mods, tmp_path: Path, port: int, token: bytes):
 
     (tmp_path / "config.yaml").write_text(json.dumps({"clients": 1, "app": "x", "flower": {}}))
     (tmp_path / "token").write_bytes(token)
-    args = argparse.Namespace(config=str(tmp_path / "config.yaml"), run_dir=str(tmp_path), token_file=str(tmp_path / "token"),
-                              server=f"127.0.0.1:{port}", client_ids="0", process="0")
+    args = argparse.Namespace(config=str(tmp_path / "config.yaml"), run_dir=str(tmp_path),
+                              token_file=str(tmp_path / "token"), server=f"127.0.0.1:{port}", client_ids="0",
+                              process="0")
     return _client_module().Client(args)
 
 

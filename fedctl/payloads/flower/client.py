@@ -73,8 +73,8 @@ def preflight(host: str, port: int, ctx: ssl.SSLContext | None, timeout: float) 
         else:
             sock.close()
     except ssl.SSLCertVerificationError as exc:
-        return (f"TLS: the server's certificate is not valid for {host} ({exc.verify_message}); if clients "
-                f"reach the server by an address it does not have (NAT), the server should have added it after the hello: see its server.log")
+        return (f"TLS: the server's certificate is not valid for {host} ({exc.verify_message}), although this "
+                "client's hello asked the server to name it: see the server's server.log")
     except (ssl.SSLError, OSError) as exc:
         return f"TLS handshake with {host}:{port} failed: {exc}"
     return None

@@ -13,10 +13,10 @@ A stranger must not be able to hold the port (docs/flower.md, "Strangers"): ever
 ``head_deadline_s`` for its TLS handshake and its first complete request head together, then
 ``head_deadline_s`` per later request head once its first byte came, and ``idle_s`` of silence
 between requests; a request body must keep arriving (``idle_s`` per read). At most
-``max_connections`` connections are open (fewer when the process's open-file limit is low; when full, the oldest that has not yet sent a request
-makes room) and at most ``max_per_source`` from one address; above that a new connection is closed
-at once, before its handshake. Connections are counted in the gateway, so its file descriptors
-stay bounded whatever arrives.
+``max_connections`` connections are open (fewer when the open-file limit is low); when full, the
+oldest that has not yet sent a request makes room. At most ``max_per_source`` come from one
+address. Above that a new connection is closed at once, before its handshake, so the gateway's
+file descriptors stay bounded whatever arrives.
 
 HTTP/1.1 only, one request at a time per connection (what Flower's httpx client does); request
 bodies need a Content-Length (chunked requests get 411). Responses are relayed byte for byte.
@@ -257,7 +257,8 @@ class Gateway:
                 if not allowed(target):
                     self.refused += 1
                     if self.refused <= 5:
-                        self.log(f"gateway: refused {method} {target[:80]} from {source} (only the Fleet API is exposed)")
+                        self.log(f"gateway: refused {method} {target[:80]} from {source} "
+                                 "(only the Fleet API is exposed)")
                     writer.write(_response("403 Forbidden", b'{"error": "only the Fleet API is reachable here"}',
                                            close=True))
                     return
