@@ -40,8 +40,6 @@ class FakeConnector(Connector):
     (success with no output unless told otherwise). ``connect_error`` makes ``connect`` raise it.
     """
 
-    capabilities = frozenset({"sftp"})
-
     def __init__(
         self,
         host: HostInfo,

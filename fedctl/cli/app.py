@@ -98,7 +98,7 @@ def _log_unexpected(exc: BaseException) -> str:
     from pathlib import Path
 
     from fedctl.cli.common import env
-    from fedctl.state import atomic_write
+    from fedctl.fsutil import atomic_write
 
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     path = env().state_dir.absolute() / "last-error.log"

@@ -1,8 +1,9 @@
 """The Connector interface: how fedctl runs commands and moves files on ONE host.
 
 Small on purpose (pyinfra's connectors have the same few verbs): a new backend is one module.
-Implementations: ``local`` (subprocesses on this machine) and ``ssh`` (paramiko). Optional abilities
-live in ``capabilities`` and are checked with ``require``, never by growing the interface.
+Implementations: ``local`` (subprocesses on this machine) and ``ssh`` (paramiko). Should an optional
+ability ever be needed, give it a capability set checked with a readable error rather than growing
+the interface.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Mapping
 
-from fedctl.errors import FedctlError, RemoteError
+from fedctl.errors import RemoteError
 from fedctl.model import HostInfo  # noqa: F401 - re-exported: connectors take a HostInfo
 
 
@@ -35,9 +36,6 @@ class CommandResult:
 
 class Connector(abc.ABC):
     """Run commands and transfer files on one host. Use as a context manager or call ``close``."""
-
-    #: abilities beyond the basic verbs, e.g. {"sftp", "pty"}; see ``require``.
-    capabilities: frozenset[str] = frozenset()
 
     def __init__(self, host: HostInfo) -> None:
         self.host = host
@@ -106,14 +104,6 @@ class Connector(abc.ABC):
         if path.startswith("~/"):
             return self.home().rstrip("/") + path[1:]
         return path
-
-    def require(self, capability: str) -> None:
-        """Raise a readable error when this connector lacks ``capability``."""
-        if capability not in self.capabilities:
-            raise FedctlError(
-                f"{type(self).__name__} for host {self.host.name} cannot do {capability!r}"
-                f" (it can: {', '.join(sorted(self.capabilities)) or 'nothing optional'})"
-            )
 
     def __enter__(self) -> "Connector":
         self.connect()

@@ -23,8 +23,6 @@ from fedctl.shell import export_prefix
 class LocalConnector(Connector):
     """Run commands and copy files on this machine. ``connect``/``close`` have nothing to do."""
 
-    capabilities = frozenset({"local"})
-
     def __init__(self, host: HostInfo) -> None:
         super().__init__(host)
 

@@ -50,8 +50,6 @@ class SSHConnector(Connector):
     from several threads (each command gets its own channel); connect is serialised.
     """
 
-    capabilities = frozenset({"sftp"})
-
     def __init__(
         self,
         host: HostInfo,

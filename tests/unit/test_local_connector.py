@@ -80,8 +80,6 @@ def test_expand_home(conn):
     assert conn.home() == os.path.expanduser("~")
 
 
-def test_context_manager_and_require(conn):
+def test_context_manager(conn):
     with conn as c:
         assert c.run("true").ok
-    with pytest.raises(Exception, match="cannot do 'sftp'"):
-        conn.require("sftp")
