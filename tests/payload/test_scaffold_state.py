@@ -12,10 +12,15 @@ saved c_i files. Faults are injected at the clients' network boundary (their HTT
 - round 3: client 2's update is held until the round has closed, the server answers 409 (late);
 - rounds 4 and 5: the updates of clients 0, 1 and 2 are corrupted, so client 3's accepted update is
   the only one and the server runs the round again (retries: 1), without it. In round 4 the 200 for
-  client 3 reaches the client after the task of the second run; in round 5 before it.
+  client 3 reaches the client after the task of the second run; in round 5 before it;
+- round 6: client 0's update is blown up 50 times: finite and under max_update_norm, so the server
+  answers 200, and then leaves it out when the round closes (above max_norm_ratio times the median).
+  The client learns it from round 7's task (``counted``);
+- round 8 (the last): the 200 for client 1's update is lost on the way; the client retries, is
+  answered 409, and learns from the server's final answer that the update was counted.
 
 Before the fix the client changed c_i before the server took the update and never saved it, so
-rounds 2 to 5 and the restart each broke c = mean(c_i).
+rounds 2 to 5 and the restart each broke c = mean(c_i); before ``counted``, rounds 6 and 8 did.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from fedtf.transport import decode, encode
 from tests.waiting import wait_until
 
 TOKEN = b"scaffold-state-test-token-0123456789"
-CLIENTS, ROUNDS, ROUND_TIMEOUT_S = 4, 5, 12.0
+CLIENTS, ROUNDS, ROUND_TIMEOUT_S = 4, 8, 12.0
 CFG = {"clients": CLIENTS, "rounds": ROUNDS, "seed": 0, "model": "logreg",
        "strategy": {"name": "scaffold"},
        "data": {"dataset": "synthetic", "partition": "iid",
@@ -45,6 +50,8 @@ CFG = {"clients": CLIENTS, "rounds": ROUNDS, "seed": 0, "model": "logreg",
        "sampling": {"fraction": 1.0, "min_clients": 2, "round_timeout_s": ROUND_TIMEOUT_S, "retries": 1}}
 CORRUPT, LATE = (1, 2), (2, 3)  # (client id, round)
 RERUN = (4, 5)  # rounds whose first run takes only client 3's update, which is then thrown away
+OUTSIZED, LOST = (0, 6), (1, 8)  # answered 200 then left out at the close; taken but its 200 lost
+BLOW_UP = 50.0  # x the update's change: far above max_norm_ratio (10) x the median, far below max_norm
 
 
 def _load(name: str):
@@ -68,6 +75,8 @@ class FaultyConnection:
         if upload:
             meta = decode(body).meta
             self.faults.replies.setdefault((meta["client"], meta["round"]), []).append(code)
+            if (meta["client"], meta["round"]) == LOST and len(self.faults.replies[LOST]) == 1:
+                raise ConnectionResetError("the server's answer was lost (test)")
             if (meta["client"], meta["round"]) == (3, RERUN[0]) and self.faults.replies[(3, RERUN[0])] == [200]:
                 # the answer reaches the client only after it has seen the round's second run
                 wait_until(lambda: self.client.variates.seen[-1][1] > meta["seq"], timeout=60,
@@ -105,6 +114,13 @@ class Faults:
             # one NaN weight: the server's checks refuse the whole update
             groups = {g: [np.array(t) for t in msg.group(g)] for g in ("w", "dc")}
             groups["w"][0].flat[0] = np.nan
+            return encode(msg.meta, groups)
+        if (k, rnd) == OUTSIZED:
+            ref = self.coord.state.global_w  # the model this round's updates are measured against
+            w = ref + np.float32(BLOW_UP) * (msg.flat("w") - ref)
+            sizes = np.cumsum([t.size for t in msg.group("w")])[:-1]
+            groups = {"w": [a.reshape(t.shape) for a, t in zip(np.split(w, sizes), msg.group("w"))],
+                      "dc": list(msg.group("dc"))}
             return encode(msg.meta, groups)
         if (k, rnd) == LATE:  # a straggler: arrives after the server closed its round
             wait_until(lambda: self.coord.state.seq != seq or not self.coord.state.open,
@@ -225,18 +241,34 @@ def test_c_is_the_mean_of_committed_c_i_through_rejections_late_updates_reruns_a
             h.play_round(r, procs, runs=2)
             assert h.faults.replies[(3, r)] == [200, 200]
             assert [h.faults.replies[(k, r)] for k in (0, 1, 2)] == [[400, 200]] * 3
-            h.check(procs, f"after round {r} (run twice)")
+            before = h.check(procs, f"after round {r} (run twice)")
+
+        h.play_round(6, procs)
+        assert h.faults.replies[OUTSIZED] == [200]
+        assert not np.array_equal(h.saved_c_i(0), before[0])  # taken: committed for now
+        h.play_round(7, procs)  # round 7's task says client 0's round 6 update was left out
+        h.check(procs, "after round 7 (client 0's round 6 update answered 200, then left out)")
+
+        def to_the_end(cl):  # round 8, the last; then the server's final answer
+            while (rc := cl.step()) is None:
+                pass
+            return rc
         with ThreadPoolExecutor(2) as ex:
-            assert list(ex.map(lambda cl: cl.step(), procs)) == [0, 0]  # "finished"
+            assert list(ex.map(to_the_end, procs)) == [0, 0]  # "finished"
+        assert h.faults.replies[LOST] == [200, 409]
         h.thread.join(60)
         assert h.result == [0]
+        h.check(procs, "after the run (client 1's round 8 update taken, its 200 lost, then 409)")
     finally:
         h.close(procs)
     rounds = h.rounds()
     assert rounds[2]["reported"] == [0, 2, 3] and rounds[2]["rejected"] == 1
     assert rounds[3]["reported"] == [0, 1, 3] and rounds[3]["dropped"] == [{"id": 2, "reason": "timeout"}]
-    assert [rounds[r]["reported"] for r in (1, 4, 5)] == [[0, 1, 2, 3]] * 3
+    assert [rounds[r]["reported"] for r in (1, 4, 5, 7, 8)] == [[0, 1, 2, 3]] * 5
+    assert rounds[6]["reported"] == [1, 2, 3] and rounds[6]["rejected"] == 1
     err = capfd.readouterr().err
+    assert "client 0: the server left its round 6 update out when the round closed" in err
+    assert "client 1: the server counted its round 8 update though it did not answer 200" in err
     assert "client 3: round 4 is being run again; its update is not counted" in err  # answer after the rerun
     assert "client 3: the server runs round 5 again: c_i is back to before that round" in err  # answer before
 

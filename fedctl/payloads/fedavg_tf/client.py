@@ -7,8 +7,11 @@ process), trains the sampled ids one after another, uploads one update per id. E
 server says the run finished, 4 when it failed, 1 when the server stays unreachable for
 FEDTF_UNREACHABLE_S seconds (default 600).
 
-SCAFFOLD: c_i moves only when the server takes the update (200), is saved per virtual client in
-the run dir and restored on restart (fedtf/scaffold_state.py), so the server's c stays mean(c_i).
+SCAFFOLD: c_i moves when the server takes the update (200), and is settled by the server's word
+on which updates it aggregated (``counted`` in the next task or the final answer: a 200 left out at
+the close is undone, a 409 or lost answer for an update it counted is committed); it is saved per
+virtual client in the run dir and restored on restart (fedtf/scaffold_state.py), so the server's c
+stays mean(c_i).
 """
 from __future__ import annotations
 
@@ -185,6 +188,8 @@ class Client:
         if status in ("finished", "failed"):
             self.stop.set()
             self.uploads.shutdown(wait=True, cancel_futures=True)
+            if self.variates is not None:  # the last round's word on which updates were aggregated
+                self.variates.settle(msg.meta.get("counted"))
             log(self.role, f"server reports the run {status}; exiting")
             return EXIT_OK if status == "finished" else EXIT_RUN_FAILED
         self._after, self._inst = int(msg.meta["seq"]), str(msg.meta.get("instance", ""))
@@ -215,6 +220,7 @@ class Client:
         task = (str(msg.meta.get("instance", "")), seq, rnd)  # which run of which round this is
         if self.variates is not None:
             self.variates.task_seen(*task)
+            self.variates.settle(msg.meta.get("counted"))  # before any c_i is read for training
         mine = [k for k in msg.meta["sampled"] if k in self.clients]
         for k in mine:
             vc = self.clients[k]
@@ -255,10 +261,15 @@ class Client:
             code, reply = self.request("POST", path, body, timeout=60.0, give_up_s=60.0)
         except ConnectionError as e:
             log(self.role, f"client {k}: upload failed: {e}", "warning")
+            if dc is not None:  # an earlier try may have reached the server: it will say (counted)
+                self.variates.uncertain(k, dc, task)
             return
         if code != 200:
             log(self.role, f"client {k}: server answered {code}: {reply[:200].decode(errors='replace')}"
-                + ("; c_i unchanged" if dc is not None else ""), "warning")
+                + ("; c_i waits for the server's count" if dc is not None and code == 409 else
+                   "; c_i unchanged" if dc is not None else ""), "warning")
+            if dc is not None and code == 409:  # "already reported": a try whose 200 was lost got in
+                self.variates.uncertain(k, dc, task)
             return
         if dc is not None:
             self.variates.commit(k, dc, task)

@@ -88,6 +88,9 @@ class Server:
         self.best_acc, self.final = info["best_accuracy"], tuple(info["final"])
         self.wall_before = info["wall_s"]
         self.start_round = rnd + 1
+        if self.coord.counted is not None:  # SCAFFOLD: which updates the restored c holds
+            got_counted = info.get("counted")
+            self.coord.counted = got_counted if isinstance(got_counted, dict) else None
         done = {m["round"] for m in self.metrics.round_lines()}
         if info.get("line") and rnd not in done:  # crashed between checkpoint and metrics line
             self.metrics.write(info["line"])
@@ -147,9 +150,11 @@ class Server:
                 log("server", msg, "warning")
                 self.metrics.event("warning", msg, None, r)
             else:
+                self.coord.settle(r, [])  # none of round r's updates will ever be aggregated
                 return self.finish("failed", f"round {r}: fewer than min_clients={sm['min_clients']} "
                                    f"updates after {sm['retries'] + 1} attempts", t_start)
             self.weights = self._aggregate(r, st)
+            self.coord.settle(r, sorted(st.updates))  # after the close's and the aggregate's rejections
             loss = acc = None
             if r % cfg["evaluate_every"] == 0 or r == cfg["rounds"]:
                 self.layout.set(self.weights)
@@ -166,7 +171,8 @@ class Server:
             wall = self.wall_before + time.time() - t_start
             checkpoint.save(self.ckpt_dir, r, self.weights, self.strategy.state(),
                             {"rng": self.rng.bit_generator.state, "best_accuracy": self.best_acc,
-                             "final": list(self.final), "wall_s": wall, "line": line})
+                             "final": list(self.final), "wall_s": wall, "line": line,
+                             "counted": self.coord.counted})
             self.metrics.write(line)
             self._tensorboard(r, loss, acc, line["end"] - started)
             log("server", f"round {r}/{cfg['rounds']}: {len(st.updates)}/{len(st.sampled)} updates, "

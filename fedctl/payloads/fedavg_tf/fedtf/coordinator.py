@@ -7,6 +7,12 @@ server's main loop opens and closes rounds.
 An update is checked against the global model of its round (fedtf.robust) before it is accepted;
 when the round closes, updates far larger than the round's median are rejected too. Rejected
 clients appear in the round's `dropped` with a reason starting "rejected: " and in `rejected`.
+
+SCAFFOLD: a 200 says the server took an update, not that it will aggregate it (the close can still
+reject it), and a client whose 200 was lost cannot tell that it was taken. So every task and the
+final "finished" answer carry ``counted``: ``{"through": R, "last": {"<id>": r}}``, the last round
+whose fate is settled and, per client, the last round in which its update was aggregated (the
+server's checkpoint keeps it). A client settles its c_i from that (fedtf/scaffold_state.py).
 """
 from __future__ import annotations
 
@@ -69,6 +75,37 @@ class Coordinator:
         self.procs: dict[str, float] = {}     # client process -> last poll
         self.told: set[str] = set()           # processes told that the run is over
         self.instance = uuid.uuid4().hex[:12]  # a restarted (resumed) server counts seq anew
+        #: which updates were aggregated (sent to SCAFFOLD clients); None: unknown (an old checkpoint)
+        self.counted: dict | None = {"through": 0, "last": {}} if "dc" in extras else None
+        self.progress_at: float | None = None  # the last training progress a sampled client reported
+        self.on_progress = None               # called (no arguments) after a client reported progress
+
+    def settle(self, round_no: int, aggregated: list[int]) -> None:
+        """Round `round_no` is over for good: `aggregated` are the clients whose updates are in the
+        model (empty when the round failed). Later tasks tell the clients (``counted``)."""
+        if self.counted is None:
+            return
+        with self.cv:
+            last = dict(self.counted["last"])
+            last.update({str(k): int(round_no) for k in aggregated})
+            self.counted = {"through": int(round_no), "last": last}
+
+    def progress(self, seq: int, ids: list[int]) -> bool:
+        """A client process says it is still training `ids` in run `seq` of the round. It counts
+        (``progress_at``, then ``on_progress``) only while that run is open and one of `ids` is
+        sampled and has not reported: a stale or stray report keeps nothing alive."""
+        with self.cv:
+            st = self.state
+            ok = st.open and seq == st.seq and any(
+                k in st.sampled and k not in st.updates and k not in st.dropped for k in ids)
+            if ok:
+                self.progress_at = time.time()
+        if ok and self.on_progress is not None:
+            self.on_progress()
+        return ok
+
+    def _counted_meta(self) -> dict:
+        return {} if self.counted is None else {"counted": self.counted}
 
     # -- main-loop side -----------------------------------------------------------------------
     def open_round(self, round_no: int, sampled: list[int], weights: np.ndarray,
@@ -80,8 +117,8 @@ class Coordinator:
             groups[k] = _split(v, self.shapes)
         with self.cv:
             seq = self.state.seq + 1
-            body = encode({"status": "train", "seq": seq, "instance": self.instance, "round": round_no, "sampled": sampled, **meta},
-                          groups)
+            body = encode({"status": "train", "seq": seq, "instance": self.instance, "round": round_no,
+                           "sampled": sampled, **meta, **self._counted_meta()}, groups)
             self.state = RoundState(seq=seq, round_no=round_no, sampled=list(sampled), task_body=body,
                                     open=True, opened_at=time.time(), global_w=weights)
             self.cv.notify_all()
@@ -158,7 +195,7 @@ class Coordinator:
                 if self.finished:
                     self.told.add(proc)
                     self.cv.notify_all()
-                    return encode({"status": self.finished}, {})
+                    return encode({"status": self.finished, **self._counted_meta()}, {})
                 st = self.state
                 if st.open and st.seq > after and any(
                         k in st.sampled and k not in st.updates and k not in st.dropped for k in ids):
@@ -193,7 +230,10 @@ class Coordinator:
             st.client_metrics[client] = cm
             st.norms[client] = norms
             st.bytes_in += len(body)
+            self.progress_at = time.time()  # an update is progress too
             self.cv.notify_all()
+        if self.on_progress is not None:
+            self.on_progress()
         return 200, "accepted"
 
     def drop(self, seq: int, client: int, reason: str) -> tuple[int, str]:
