@@ -108,6 +108,7 @@ class SSHConnector(Connector):
                 return
             self._close_quietly()
             target = self.target()
+            self._check_key_files(target)
             password = self._password()
             attempt = 0
             while True:
@@ -138,6 +139,32 @@ class SSHConnector(Connector):
                               self.host.name, attempt + 1, _describe(e), delay)
                     attempt += 1
                     self._sleep(delay)
+
+    def _check_key_files(self, target: Target) -> None:
+        """A key file the inventory names must be readable before any connect: paramiko would
+        raise an OSError that looks like a network failure and is retried (a typo in
+        ``identity_file`` was reported as "cannot connect ... after 3 attempt(s)")."""
+        named = self.host.identity_file
+        if not named:
+            return  # ssh_config's IdentityFile entries that do not exist are skipped, as ssh does
+        path = os.path.expanduser(named)
+        why = None
+        if not os.path.exists(path):
+            why = "does not exist"
+        elif not os.path.isfile(path):
+            why = "is not a file"
+        else:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                why = f"cannot be read ({e.strerror or e})"
+        if why:
+            raise ConnectError(
+                f"host {self.host.name}: identity_file {named} {why}",
+                hint="fix identity_file in the inventory (a private key file readable by you), or remove it"
+                     " to use ssh-agent and ~/.ssh/config",
+            )
 
     def _password(self) -> str | None:
         name = self.host.password_env

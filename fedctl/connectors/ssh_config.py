@@ -90,7 +90,8 @@ def resolve_target(
     if identity_file:
         keys = (os.path.expanduser(identity_file),)
     else:
-        keys = tuple(os.path.expanduser(k) for k in cfg.get("identityfile", []))
+        # ssh skips an IdentityFile of ssh_config that does not exist; paramiko would fail on it
+        keys = tuple(k for k in (os.path.expanduser(k) for k in cfg.get("identityfile", [])) if os.path.exists(k))
     return Target(
         alias=alias,
         hostname=cfg.get("hostname", alias),

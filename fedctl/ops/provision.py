@@ -74,10 +74,11 @@ def new_state(inputs: Inputs, store: StateStore, config_path: str | None, overri
     return state
 
 
-#: HostInfo fields that say how to log in, not which machine and folder: a corrected inventory may
-#: change them even for a host that holds something of the run (a fixed identity_file)
-LOGIN_FIELDS = ("identity_file", "password_env", "port", "host_key_policy", "python", "price_per_hour",
-                "currency", "roles", "private_address", "extra")
+#: HostInfo fields that say which machine and which folder a host is: where fedctl connects (kind,
+#: address, port, user) and where it wrote (workdir). A host holding something of the run keeps them,
+#: so teardown reaches and cleans what it wrote; anything else (how to log in, set-up, env,
+#: wheelhouse, environment, python, price) may be corrected and provision run again.
+IDENTITY_FIELDS = ("kind", "address", "port", "user", "workdir")
 
 
 def _place_on_gpus(rec: HostRecord, per_gpu: int) -> None:
@@ -98,10 +99,23 @@ def _holds_something(rec: HostRecord) -> bool:
     return bool(rec.owned or rec.processes)
 
 
-def _same_machine(a: Any, b: Any) -> bool:
-    """Same host, address, user, workdir and kind: what differs may only be how to log in."""
-    skip = set(LOGIN_FIELDS)
-    return all(getattr(a, f) == getattr(b, f) for f in a.__dataclass_fields__ if f not in skip)
+def _identity(info: Any, field_name: str) -> Any:
+    """A host's identity field as it is used: an ssh host with no port is on 22."""
+    value = getattr(info, field_name)
+    if field_name == "port" and value is None and info.kind == "ssh":
+        return 22
+    return value
+
+
+def identity_changes(old: Any, new: Any) -> list[str]:
+    """What makes ``new`` another machine or folder than ``old``: ``"field old -> new"`` for each
+    identity field that differs (empty: the same host, however else it changed)."""
+    changes = []
+    for f in IDENTITY_FIELDS:
+        before, after = _identity(old, f), _identity(new, f)
+        if before != after:
+            changes.append(f"{f} {before!r} -> {after!r}")
+    return changes
 
 
 def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequence[str] = ()) -> None:
@@ -122,9 +136,10 @@ def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequen
                     for r in state.hosts if _holds_something(r)]
     for rec in state.hosts if not blocked else ():
         info = new.get(rec.name)
-        if not _holds_something(rec) or (info is not None and _same_machine(rec.info, info)):
+        changed = identity_changes(rec.info, info) if info is not None else []
+        if not _holds_something(rec) or (info is not None and not changed):
             continue
-        why = "is not in the new plan" if info is None else "has another address, user or workdir now"
+        why = "is not in the new plan" if info is None else f"changed {', '.join(changed)}"
         blocked.append(f"{rec.name} {why} but holds {', '.join(o.path for o in rec.owned) or 'processes'}")
     if blocked:
         raise UsageError(
@@ -138,8 +153,8 @@ def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequen
         if rec is None or (not _holds_something(rec) and rec.info != ph.host):
             rec = HostRecord.planned(ph)
         else:
-            if rec.info != ph.host and rec.status == "failed":
-                rec.status = "pending"
+            if rec.info != ph.host and rec.status in ("failed", "provisioned"):
+                rec.status = "pending"  # corrected settings (set-up, env, ...): check the host again
             rec.assign(ph)
             if rec.facts:  # a host provision already looked at keeps its clients spread over its GPUs
                 _place_on_gpus(rec, inputs.experiment.placement.processes_per_gpu)

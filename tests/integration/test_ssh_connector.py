@@ -196,6 +196,36 @@ def test_auth_failure_is_not_retried(sshd_fleet, known_hosts, tmp_path):
     assert time.monotonic() - t0 < 3
 
 
+def test_a_missing_identity_file_is_named_at_once_not_retried(sshd_fleet, known_hosts, tmp_path):
+    f = sshd_fleet(1)
+    missing = tmp_path / "no_such_key"
+    host = dataclasses.replace(f.host_infos()[0], identity_file=str(missing))
+    c = _conn(host, known_hosts, retries=5, backoff=1.0)
+    sleeps: list[float] = []
+    c._sleep = sleeps.append  # a retry would sleep first
+    with pytest.raises(ConnectError) as ei:
+        c.connect()
+    msg = str(ei.value)
+    assert f"host {host.name}: identity_file {missing} does not exist" in msg, msg
+    assert "attempt" not in msg and sleeps == [] and c.connects == 0
+
+
+def test_an_unreadable_identity_file_is_named_at_once(sshd_fleet, known_hosts, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads a file whatever its mode")
+    f = sshd_fleet(1)
+    key = tmp_path / "locked_key"
+    key.write_bytes(Path(f.identity_file).read_bytes())
+    key.chmod(0)
+    host = dataclasses.replace(f.host_infos()[0], identity_file=str(key))
+    c = _conn(host, known_hosts, retries=5, backoff=1.0)
+    sleeps: list[float] = []
+    c._sleep = sleeps.append
+    with pytest.raises(ConnectError, match=r"identity_file .*locked_key cannot be read") as ei:
+        c.connect()
+    assert "attempt" not in str(ei.value) and sleeps == []
+
+
 def test_password_env_unset_names_the_variable(sshd_fleet, known_hosts, monkeypatch):
     f = sshd_fleet(1)
     monkeypatch.delenv("FEDCTL_TEST_PW", raising=False)

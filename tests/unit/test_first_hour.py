@@ -1,0 +1,81 @@
+"""The first hour of a new user (issue 16 item 6): each rough edge found trying the README, fixed."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from fedctl.connectors.base import HostInfo
+from fedctl.errors import UsageError
+from fedctl.model import EnvSettings, Plan, PlannedHost
+from fedctl.ops.common import Inputs
+from fedctl.ops.provision import identity_changes, replan
+from fedctl.state import HostRecord, RunState, StateStore
+
+
+def _host(name: str, i: int, **kw: Any) -> HostInfo:
+    return HostInfo(name=name, address=f"127.0.0.{i}", **{"workdir": f"/w/{name}", **kw})
+
+
+def _inputs(plan: Plan) -> Inputs:
+    exp = type("E", (), {"clients": 2, "rounds": 3, "resolved": lambda self: {},
+                         "payload": type("P", (), {"name": "p", "dir": "/p"})(),
+                         "placement": type("Pl", (), {"processes_per_gpu": 1})()})()
+    return Inputs(type("I", (), {"provider": "static"})(), exp, plan)
+
+
+def _failed_run(tmp_path: Any, b_info: HostInfo) -> tuple[StateStore, RunState]:
+    store = StateStore(tmp_path / ".fedctl")
+    a = HostRecord(_host("a", 2), role="server", status="provisioned")
+    b = HostRecord(b_info, role="client", client_processes=[[0, 1]], status="failed")
+    for rec in (a, b):
+        rec.own(rec.info.workdir, "dir")  # both were reached: their workdirs are fedctl's
+    plan = Plan("static", 2, (PlannedHost(a.info, True), PlannedHost(b.info, False, ((0, 1),))))
+    state = RunState(run_id="20260101-000000-abcd", provider="static", plan=plan, hosts=[a, b],
+                     server={"host": "a"})
+    store.save(state)
+    return store, state
+
+
+@pytest.mark.parametrize("fix", [
+    {"env": EnvSettings(setup=("apt-get install -y python3-venv",))},
+    {"env": EnvSettings(mode="venv", wheelhouse="/wheels", keep=True)},
+    {"environment": {"HTTPS_PROXY": "http://proxy:3128"}},
+    {"python": "/usr/bin/python3.11", "identity_file": "/right/key"},
+])
+def test_a_failed_host_whose_settings_are_fixed_takes_the_same_provision_again(tmp_path, fix):
+    broken = _host("b", 3, env=EnvSettings(setup=("false",)))
+    store, state = _failed_run(tmp_path, broken)
+    fixed_b = dataclasses.replace(broken, **fix)
+    plan = Plan("static", 2, (state.plan.hosts[0], PlannedHost(fixed_b, False, ((0, 1),))))
+    replan(store, state, _inputs(plan))
+    assert state.host("b").info == fixed_b and state.host("b").status == "pending"
+    assert state.host("a").status == "provisioned"  # unchanged: not checked again
+    assert store.load().host("b").info == fixed_b
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"address": "127.0.0.9"}, "b changed address '127.0.0.3' -> '127.0.0.9'"),
+    ({"port": 2222}, "b changed port 22 -> 2222"),
+    ({"user": "ubuntu"}, "b changed user None -> 'ubuntu'"),
+    ({"workdir": "/elsewhere"}, "b changed workdir '/w/b' -> '/elsewhere'"),
+])
+def test_moving_a_host_that_holds_something_is_refused_naming_the_field(tmp_path, change, said):
+    store, state = _failed_run(tmp_path, _host("b", 3))
+    moved = dataclasses.replace(state.host("b").info, **change)
+    plan = Plan("static", 2, (state.plan.hosts[0], PlannedHost(moved, False, ((0, 1),))))
+    with pytest.raises(UsageError) as ei:
+        replan(store, state, _inputs(plan))
+    assert said in str(ei.value) and "holds /w/b" in str(ei.value), str(ei.value)
+    assert "address, user or workdir" not in str(ei.value)
+
+
+def test_identity_is_where_the_host_is_and_where_fedctl_wrote():
+    h = _host("b", 3)
+    assert identity_changes(h, dataclasses.replace(h, port=22)) == []  # 22 is ssh's default
+    assert identity_changes(h, dataclasses.replace(h, identity_file="/k", python="/p",
+                                                      env=EnvSettings(mode="venv"))) == []
+    assert identity_changes(h, dataclasses.replace(h, address="h.example", workdir="/x")) == [
+        "address '127.0.0.3' -> 'h.example'", "workdir '/w/b' -> '/x'"]
