@@ -17,19 +17,36 @@ writes files only into folders it made, never into an ``envs`` that was there be
 from __future__ import annotations
 
 import hashlib
+import logging
 import posixpath
 import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.deploy import make_dirs, push_files, tail_file
+from fedctl.errors import RemoteError
 from fedctl.shell import join, quote
 from fedctl.state import HostRecord
+from fedctl.textsafe import escape_control
+
+log = logging.getLogger("fedctl.hostenv")
 
 #: how long a pip install may take on a host (a CUDA TensorFlow is several GB)
 INSTALL_TIMEOUT_S = 3600.0
+#: how often a long set-up shows the last line of its log, and the longest silence between two reports
+PROGRESS_EVERY_S = 5.0
+HEARTBEAT_S = 30.0
+
+#: where a step's progress goes: one line at a time (``fedctl.ops.common.Progress``)
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """A Progress that shows nothing."""
 
 
 class SetupFailed(Exception):
@@ -90,17 +107,54 @@ def _done(conn: Connector, marker: str) -> bool:
     return conn.run(f"test -f {quote(marker)}", timeout=30).ok
 
 
-def _run_logged(conn: Connector, script: str, log: str, marker: str, what: str) -> None:
-    """Run ``script`` with its output in ``log``; leave ``marker`` when it worked, else raise
-    SetupFailed with the exit code and the log's last lines."""
-    res = conn.run(f"{{ {script}; }} > {quote(log)} 2>&1 && touch {quote(marker)}", timeout=INSTALL_TIMEOUT_S)
+def _run_logged(
+    conn: Connector, script: str, log_path: str, marker: str, what: str,
+    progress: Progress = _quiet,
+) -> None:
+    """Run ``script`` with its output in ``log_path``; leave ``marker`` when it worked, else raise
+    SetupFailed with the exit code and the log's last lines. While it runs, ``progress`` gets the
+    log's last line every ``PROGRESS_EVERY_S`` seconds when it changed (and at least every ``HEARTBEAT_S``), so
+    a TensorFlow install of several minutes shows what it is doing instead of nothing."""
+    done = threading.Event()
+    watcher = threading.Thread(
+        target=_follow_log, args=(conn, log_path, what, progress, PROGRESS_EVERY_S, done),
+        name=f"fedctl-setup-log-{conn.host.name}", daemon=True,
+    )
+    watcher.start()
+    try:
+        res = conn.run(f"{{ {script}; }} > {quote(log_path)} 2>&1 && touch {quote(marker)}",
+                       timeout=INSTALL_TIMEOUT_S)
+    finally:
+        done.set()
+        watcher.join()
     if not res.ok:
-        tail = tail_file(conn, log, 12).strip() or res.stderr.strip()[-800:]
-        raise SetupFailed(f"{what} failed (exit {res.exit_code}; log {log}):\n{tail}")
+        tail = tail_file(conn, log_path, 12).strip() or res.stderr.strip()[-800:]
+        raise SetupFailed(f"{what} failed (exit {res.exit_code}; log {log_path}):\n{tail}")
 
 
-def run_setup(conn: Connector, rec: HostRecord, workdir: str) -> bool:
-    """Run the host's ``setup`` commands once per content hash. Returns whether they ran now."""
+def _follow_log(conn: Connector, log_path: str, what: str, progress: Progress, every: float,
+                done: threading.Event) -> None:
+    """Report the last line of ``log_path`` until ``done`` (a second channel of the same
+    connection; a failed read ends the reports, never the set-up)."""
+    start = shown_at = time.monotonic()
+    last = ""
+    while not done.wait(every):
+        try:
+            line = tail_file(conn, log_path, 1).strip()
+        except RemoteError as exc:
+            log.debug("host %s: reading %s: %s", conn.host.name, log_path, exc)
+            return
+        now = time.monotonic()
+        if line and (line != last or now - shown_at >= HEARTBEAT_S):
+            last, shown_at = line, now
+            elapsed = int(now - start)
+            progress(f"{conn.host.name}: {what} ({elapsed // 60}m{elapsed % 60:02d}s): {escape_control(line)[:160]}")
+
+
+def run_setup(conn: Connector, rec: HostRecord, workdir: str, progress: Progress = _quiet) -> bool:
+    """Run the host's ``setup`` commands once per content hash. Returns whether they ran now.
+    With ``keep_env`` the folder with the "ran already" marker is kept by teardown as the env is,
+    so the next run on the host does not set it up again."""
     commands = rec.info.env.setup
     if not commands:
         return False
@@ -109,8 +163,8 @@ def run_setup(conn: Connector, rec: HostRecord, workdir: str) -> bool:
     # the log and the "ran already" marker live in a folder fedctl makes (an envs/ that was there
     # before, or a setup-<hash> of someone else's, is never written into: make_dirs refuses it)
     folder = posixpath.join(envs, f"setup-{key}")
-    make_dirs(conn, rec, holders=[envs], trees=[folder])
-    done, log = posixpath.join(folder, ".done"), posixpath.join(folder, "setup.log")
+    make_dirs(conn, rec, holders=[envs], trees=[folder], keep=rec.info.env.keep)
+    done, log_path = posixpath.join(folder, ".done"), posixpath.join(folder, "setup.log")
     if _done(conn, done):
         return False
     # one shell for the list, stopping at the first failure; its number and exit code are reported
@@ -118,7 +172,7 @@ def run_setup(conn: Connector, rec: HostRecord, workdir: str) -> bool:
         f"echo '$ '{quote(c)}; ( {c} ) || {{ rc=$?; echo \"fedctl: setup command {i + 1} failed with exit $rc\"; exit $rc; }}"
         for i, c in enumerate(commands)
     )
-    _run_logged(conn, script, log, done, "setup")
+    _run_logged(conn, script, log_path, done, "setup", progress)
     return True
 
 
@@ -138,11 +192,12 @@ def _push_wheelhouse(conn: Connector, rec: HostRecord, workdir: str) -> str | No
 
 
 def prepare(
-    conn: Connector, rec: HostRecord, workdir: str, requirements: Sequence[str], python_version: str
+    conn: Connector, rec: HostRecord, workdir: str, requirements: Sequence[str], python_version: str,
+    progress: Progress = _quiet,
 ) -> EnvResult:
     """Make (or find) the venv for ``requirements`` on the host; raise SetupFailed with the log's
     last lines when pip fails. The same requirements on the same host are a no-op the second time
-    (one ``test -f``)."""
+    (one ``test -f``). ``progress`` gets pip's last line every few seconds while it installs."""
     settings = rec.info.env
     wheels = _push_wheelhouse(conn, rec, workdir)
     reqs = pinned(requirements)
@@ -154,9 +209,9 @@ def prepare(
         make_dirs(conn, rec, trees=[env_dir], keep=settings.keep)  # adopt it (a kept env) as ours
         return EnvResult(py, env_dir, False)
     make_dirs(conn, rec, holders=[posixpath.join(workdir, "envs")], trees=[env_dir], keep=settings.keep)
-    log = posixpath.join(env_dir, "setup.log")
+    log_path = posixpath.join(env_dir, "setup.log")
     venv = [rec.info.python, "-m", "venv", *(["--system-site-packages"] if settings.site_packages else []), env_dir]
     index = ["--no-index", "--find-links", wheels] if wheels else []
     pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *index, *reqs]
-    _run_logged(conn, f"{join(venv)} && {join(pip)}", log, complete, "creating the environment")
+    _run_logged(conn, f"{join(venv)} && {join(pip)}", log_path, complete, "creating the environment", progress)
     return EnvResult(py, env_dir, True)
