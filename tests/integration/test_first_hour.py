@@ -1,0 +1,90 @@
+"""The first hour of a new user (issue 16 item 6) against real sshd hosts on loopback: fix-and-rerun
+of a failed host, progress while a host's set-up runs, set-up kept with a kept env."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from fedctl import hostenv
+from fedctl.connectors.ssh import SSHConnector
+from fedctl.model import EnvSettings
+from fedctl.state import HostRecord
+from tests.integration.test_lifecycle import fedctl, project, state
+
+
+def _set_host(proj: Path, name: str, **settings: object) -> None:
+    inv = yaml.safe_load((proj / "inventory.yaml").read_text())
+    next(h for h in inv["hosts"] if h["name"] == name).update(settings)
+    (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
+
+
+def _hosts(proj: Path) -> dict[str, dict]:
+    return {h["info"]["name"]: h for h in state(proj)["hosts"]}
+
+
+def test_a_failed_host_fixed_in_the_inventory_takes_the_same_provision_again(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(2)
+    proj = project(tmp_path, fleet)
+    _set_host(proj, "h2", setup=["echo the image lacks a package >&2; exit 3"])
+    res = fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes")
+    assert res.returncode == 3 and _hosts(proj)["h2"]["status"] == "failed", res.stdout + res.stderr
+    run_id = state(proj)["run_id"]
+    # what the README says to do: fix the host's settings, run the same provision again
+    _set_host(proj, "h2", setup=["true"], environment={"PIP_INDEX_URL": "http://127.0.0.1:9/simple"})
+    res = fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "another address" not in res.stdout + res.stderr
+    assert state(proj)["run_id"] == run_id and _hosts(proj)["h2"]["status"] == "provisioned"
+    # moving a host that holds a folder of the run is refused, naming what changed
+    _set_host(proj, "h2", workdir=str(tmp_path / "elsewhere"))
+    res = fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes")
+    assert res.returncode != 0
+    old = fleet.hosts[1].workdir
+    assert f"h2 changed workdir '{old}' -> '{tmp_path / 'elsewhere'}'" in res.stderr, res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    _set_host(proj, "h2", workdir=str(old))
+    fedctl(proj, "teardown", "--yes", check=True)
+
+
+def test_a_long_setup_shows_its_last_line_while_it_runs(sshd_fleet, known_hosts, tmp_path, monkeypatch):
+    fleet = sshd_fleet(1)
+    monkeypatch.setattr(hostenv, "PROGRESS_EVERY_S", 0.1)
+    go = tmp_path / "go"
+    # the command goes on only once fedctl has shown its line (or gives up after ~15 s and fails)
+    wait = f"i=0; while [ ! -e {go} ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done; test -e {go}"
+    host = dataclasses.replace(fleet.host_infos()[0], env=EnvSettings(
+        setup=(f"echo 'Downloading tensorflow-2.16.1.whl (589.8 MB)'; {wait}",)))
+    shown: list[str] = []
+
+    def progress(line: str) -> None:
+        shown.append(line)
+        if "Downloading tensorflow" in line:
+            go.touch()
+
+    conn = SSHConnector(host, known_hosts=known_hosts)
+    try:
+        assert hostenv.run_setup(conn, HostRecord(host), host.workdir, progress)
+    finally:
+        conn.close()
+    line = next(s for s in shown if "Downloading" in s)
+    assert line.startswith("h1: setup (0m") and line.endswith("): Downloading tensorflow-2.16.1.whl (589.8 MB)")
+
+
+def test_setup_does_not_run_again_after_a_keep_env_teardown(sshd_fleet, tmp_path):
+    fleet = sshd_fleet(2)
+    proj = project(tmp_path, fleet)
+    counter = tmp_path / "setup-ran"
+    inv = yaml.safe_load((proj / "inventory.yaml").read_text())
+    inv["defaults"].update(setup=[f"echo ran >> {counter}"], keep_env=True)
+    (proj / "inventory.yaml").write_text(yaml.safe_dump(inv))
+    fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
+    assert counter.read_text().splitlines() == ["ran", "ran"]  # once per host
+    fedctl(proj, "teardown", "--yes", check=True)
+    kept = [p for h in fleet.hosts for p in Path(h.workdir).glob("envs/setup-*/.done")]
+    assert len(kept) == 2, kept
+    fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
+    assert counter.read_text().splitlines() == ["ran", "ran"]  # found done, not run again
+    fedctl(proj, "teardown", "--yes", check=True)
