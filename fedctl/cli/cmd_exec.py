@@ -56,7 +56,6 @@ def exec_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Run CMD on hosts in parallel; output prefixed with the host; exit non-zero if any failed."""
-    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
@@ -88,10 +87,12 @@ def exec_cmd(
         for r in results:
             if not r.ok:
                 continue
-            for line in r.value.stdout.splitlines():
-                e.console.print(f"[cyan]{escape(r.host.ljust(width))}[/] | {escape(line)}", highlight=False)
-            for line in r.value.stderr.splitlines():
-                e.console.print(f"[magenta]{escape(r.host.ljust(width))}[/] ! {escape(line)}", highlight=False)
+            # one output line, one printed line: soft_wrap leaves a long line to the terminal (and
+            # whole in a pipe) instead of rich breaking it at the console width under the prefix
+            for stream, mark, style in ((r.value.stdout, "|", "cyan"), (r.value.stderr, "!", "magenta")):
+                for line in stream.splitlines():
+                    e.console.print(Text.assemble((r.host.ljust(width), style), f" {mark} ", line),
+                                    soft_wrap=True, highlight=False)
         t = Table(title_justify="left")
         t.add_column("host")
         t.add_column("exit")

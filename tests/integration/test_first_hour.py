@@ -88,3 +88,25 @@ def test_setup_does_not_run_again_after_a_keep_env_teardown(sshd_fleet, tmp_path
     fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
     assert counter.read_text().splitlines() == ["ran", "ran"]  # found done, not run again
     fedctl(proj, "teardown", "--yes", check=True)
+
+
+def test_exec_prints_each_long_output_line_once_with_its_prefix(sshd_fleet, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    fleet = sshd_fleet(2)
+    proj = project(tmp_path, fleet)
+    long_line = "x" * 150 + " " + "y" * 150  # wider than the 80 columns, with a space to break at
+    res = subprocess.run(
+        [sys.executable, "-m", "fedctl", "exec", "-i", "inventory.yaml", "--",
+         f"echo {long_line}; echo short; echo {long_line} >&2"],
+        cwd=proj, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    for host in ("h1", "h2"):
+        assert lines.count(f"{host} | {long_line}") == 1, res.stdout
+        assert lines.count(f"{host} ! {long_line}") == 1 and f"{host} | short" in lines, res.stdout
+    assert not any(line.startswith(("x", "y")) for line in lines), res.stdout  # no wrapped remainder
