@@ -182,6 +182,7 @@ def check_guards(
     last_round_end: float | None,
     gpu_util: float | None,
     margin_s: float = DEFAULT_MARGIN_S,
+    last_status: float | None = None,
 ) -> GuardTrip | None:
     """The first guard that trips at ``now``, or None. Pure: no I/O, no clock of its own.
 
@@ -189,7 +190,11 @@ def check_guards(
     None before the first; idle is then measured from ``state.started_at``. ``gpu_util``: the highest
     GPU utilisation (percent) across the run's hosts, None where there is no GPU. ``margin_s``: trip
     this many seconds early (clamped to 20% of the limit; for max_cost converted with the fleet's rate
-    per hour).
+    per hour). ``last_status``: the ``time`` of the server's status.json (``contract.ServerStatus``),
+    which the server rewrites at a round's start and when a client reports progress: the watchdog on
+    the server host cannot see the clients' GPUs and counts that instead, so fedctl counts it too.
+
+    Idle: for ``idle_minutes`` no round ended, status.json was not rewritten, and no GPU was busy.
     """
     start = billing_start(state)
     if budget.max_hours is not None and start is not None:
@@ -216,6 +221,8 @@ def check_guards(
             )
     if budget.idle_minutes is not None:
         since = last_round_end if last_round_end is not None else (state.started_at or start)
+        if last_status is not None:
+            since = last_status if since is None else max(since, last_status)
         if since is not None:
             idle_s = max(0.0, now - since)
             gpu_idle = gpu_util is None or gpu_util < IDLE_GPU_PERCENT
@@ -223,7 +230,8 @@ def check_guards(
                 gpu = "" if gpu_util is None else f", GPU utilisation {gpu_util:.0f}%"
                 return GuardTrip(
                     "idle",
-                    f"no round completed for {idle_s / 60:.1f} min{gpu}; budget.idle_minutes is {budget.idle_minutes:g}",
+                    f"no round completed and no client progress for {idle_s / 60:.1f} min{gpu}; "
+                    f"budget.idle_minutes is {budget.idle_minutes:g}",
                     now, idle_s / 60.0, budget.idle_minutes,
                 )
     return None
@@ -258,7 +266,7 @@ def watchdog_spec(
     ``budget`` None: from ``state.experiment["budget"]``. ``run_dir`` None: ``deploy.remote_run_dir``.
     ``poweroff_command`` None: ``$FEDCTL_POWEROFF_COMMAND`` if set, else ``sudo -n poweroff || poweroff``
     (it only ever runs with ``on_finish: poweroff``).
-    Only the server host gets the metrics path (the idle guard needs it).
+    Only the server host gets the metrics and status paths (the idle guard needs them).
     """
     if budget is None:
         budget = Budget.from_experiment(state.experiment)
@@ -278,7 +286,7 @@ def watchdog_spec(
         pidfiles += [f"{run_dir}/client-*.pid"]
     on_finish = _on_finish(state)
     # where the payload's manifest puts metrics.jsonl (the idle guard reads it)
-    metrics = run_files(run_dir, manifest_of(state), host_record.workdir, state.run_id).metrics if is_server else None
+    files = run_files(run_dir, manifest_of(state), host_record.workdir, state.run_id) if is_server else None
     return {
         "version": 1,
         "run_id": state.run_id,
@@ -295,7 +303,8 @@ def watchdog_spec(
         "max_cost": budget.max_cost,
         "idle_minutes": budget.idle_minutes if is_server else None,
         "idle_gpu_percent": IDLE_GPU_PERCENT,
-        "metrics": metrics,
+        "metrics": files.metrics if files else None,
+        "status": files.status if files else None,  # its time: the clients' progress (see watchdog.py)
         "on_finish": on_finish,
         "poweroff_command": poweroff_command or os.environ.get(POWEROFF_ENV) or DEFAULT_POWEROFF_COMMAND,
         "poweroff_delay_s": POWEROFF_DELAY_S if on_finish == "poweroff" else 0.0,
@@ -315,26 +324,36 @@ def watchdog_command(python: str, script_path: str, spec_path: str) -> str:
     return join([python, script_path, "--spec", spec_path])
 
 
-#: the lines of watchdog.py from the first mark to the second are replaced by the contract's metrics reader
+#: the lines of watchdog.py from the first mark to the second are replaced by the contract's readers
 WATCHDOG_INLINE_BEGIN = "# fedctl-watchdog: begin inline fedctl/contract/metrics.py"
 WATCHDOG_INLINE_END = "# fedctl-watchdog: end inline"
 
 
 def watchdog_script() -> bytes:
     """The watchdog to ``put_bytes`` onto a host: ``fedctl/watchdog.py`` with the source of
-    ``fedctl/contract/metrics.py`` in place of the lines that import it, so it reads metrics.jsonl
-    with the contract's reader and still needs no fedctl there (stdlib only; any python >= 3.6)."""
+    ``fedctl/contract/metrics.py`` and ``status.py`` in place of the lines that import them, so it
+    reads metrics.jsonl and status.json with the contract's readers and still needs no fedctl there
+    (stdlib only; any python >= 3.6). status.py's own imports from metrics.py are dropped: those
+    names are defined just above it."""
     from pathlib import Path
 
-    from fedctl.contract import metrics
+    from fedctl.contract import metrics, status
 
     lines = (Path(__file__).parent / "watchdog.py").read_text().splitlines(keepends=True)
     marks = [i for i, line in enumerate(lines) if line.strip() in (WATCHDOG_INLINE_BEGIN, WATCHDOG_INLINE_END)]
     if len(marks) != 2 or lines[marks[0]].strip() != WATCHDOG_INLINE_BEGIN:
         raise RuntimeError(f"fedctl/watchdog.py must hold the lines {WATCHDOG_INLINE_BEGIN!r} and "
                            f"{WATCHDOG_INLINE_END!r}, in that order")
+    status_lines = Path(status.__file__).read_text().splitlines(keepends=True)
+    own = [line for line in status_lines if line.startswith(("from fedctl.", "import fedctl"))]
+    if any(not line.startswith("from fedctl.contract.metrics import ") or "(" in line for line in own):
+        raise RuntimeError("fedctl/contract/status.py may import from fedctl only names of metrics.py, "
+                           "one 'from fedctl.contract.metrics import ...' line at a time (the watchdog inlines it)")
     inlined = ("# -- fedctl/contract/metrics.py, inlined by fedctl.budget.watchdog_script --\n"
-               + Path(metrics.__file__).read_text() + "# -- end of fedctl/contract/metrics.py --\n")
+               + Path(metrics.__file__).read_text() + "# -- end of fedctl/contract/metrics.py --\n"
+               + "# -- fedctl/contract/status.py, inlined (its import from metrics.py dropped) --\n"
+               + "".join(line for line in status_lines if line not in own)
+               + "# -- end of fedctl/contract/status.py --\n")
     return "".join(lines[: marks[0]] + [inlined] + lines[marks[1] + 1:]).encode()
 
 

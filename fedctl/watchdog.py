@@ -7,15 +7,27 @@ with the host's python, where fedctl is not installed.
 
 Usage: ``python3 watchdog.py --spec <run_dir>/watchdog.json`` (the spec is ``fedctl.budget.watchdog_spec``).
 
-metrics.jsonl is read with the payload contract's reader (``fedctl/contract/metrics.py``), not with a
-parser of its own: ``budget.watchdog_script`` puts that file's source in place of the lines here that
-import it, so the script that reaches a host is one self-contained, fedctl-free file.
+metrics.jsonl and status.json are read with the payload contract's readers (``fedctl/contract/
+metrics.py`` and ``status.py``), not with parsers of their own: ``budget.watchdog_script`` puts those
+files' source in place of the lines here that import them, so the script that reaches a host is one
+self-contained, fedctl-free file.
 
 Every ``poll_s`` seconds it checks, with a monotonic clock counted from its own start:
 - max_hours: ``elapsed_s + t`` against ``max_hours`` (tripping ``margin`` early);
 - max_cost:  ``spent + rate_per_hour * t / 3600`` against ``max_cost`` (same margin);
-- idle (only where ``metrics`` is set, i.e. the server host): no round ended in metrics.jsonl for
-  ``idle_minutes`` and the host's GPU utilisation (nvidia-smi, if any) under ``idle_gpu_percent``.
+- idle (only where ``metrics`` is set, i.e. the server host): for ``idle_minutes`` no round ended
+  (metrics.jsonl), the server did not rewrite status.json (``status``: it does so at each round's
+  start and when a client reports that it is still training), and this host's GPU utilisation
+  (nvidia-smi, if any) stayed under ``idle_gpu_percent``.
+
+Why status.json: a run is idle when no round ends and no host's GPU is busy, but this watchdog runs
+on the server host and sees only that host's GPU; the clients' GPUs are on other hosts, which share
+no files with it. What the server host does see is what the clients tell the server: the fedavg_tf
+client reports every ``FEDTF_HEARTBEAT_S`` (30 s) while it trains a round (or its uploads are on
+the way), and the server rewrites status.json on such a report, so a long round on the clients' GPUs
+(or CPUs) is not idle. fedctl's ``budget.check_guards`` takes the same time (``last_status``). Keep
+``idle_minutes`` well above the heartbeat. A payload whose clients report nothing (the flower
+payload) still looks idle here through a round longer than ``idle_minutes``.
 On a trip it writes ``guard_file`` (reason, time) atomically, sends TERM to the process group of each
 pid file, KILL after ``grace_s``, and with ``on_finish: poweroff`` runs ``poweroff_command`` after
 ``poweroff_delay_s`` (a window for a running fedctl to copy the results).
@@ -36,9 +48,11 @@ import time
 # fedctl-watchdog: begin inline fedctl/contract/metrics.py
 try:
     from fedctl.contract.metrics import read_metrics
+    from fedctl.contract.status import parse_status
 except ImportError:  # started straight from a source checkout where fedctl is not installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from fedctl.contract.metrics import read_metrics
+    from fedctl.contract.status import parse_status
 # fedctl-watchdog: end inline
 
 MARGIN_FRACTION = 0.1
@@ -175,6 +189,23 @@ def last_round_end(path):
     return read_metrics(path, METRICS_TAIL_BYTES).last_round_end()
 
 
+#: status.json is small; more than this is not a status file
+STATUS_MAX_BYTES = 1 << 20
+
+
+def last_status_time(path):
+    """``time`` of the server's status.json (when it last rewrote it), or None (absent, torn, other)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(STATUS_MAX_BYTES + 1)
+    except (IOError, OSError):
+        return None
+    if len(data) > STATUS_MAX_BYTES:
+        return None
+    st = parse_status(data.decode("utf-8", "replace"))
+    return st.time if st is not None else None
+
+
 _PERCENT = re.compile(r"[0-9]+(\.[0-9]+)?\Z")  # same: float() takes "nan", "inf" and "1_0"
 _IGNORED = set()  # nvidia-smi lines already logged: the same warning every poll would flood the log
 
@@ -207,8 +238,11 @@ def margin(spec, limit_s):
     return max(0.0, min(m, float(spec.get("margin_fraction", MARGIN_FRACTION)) * limit_s))
 
 
-def check(spec, t, last_end, gpu, now_wall, started_wall):
-    """(reason, message, value, limit) of the first guard that trips ``t`` seconds after start, or None."""
+def check(spec, t, last_end, gpu, now_wall, started_wall, last_status=None):
+    """(reason, message, value, limit) of the first guard that trips ``t`` seconds after start, or None.
+
+    ``last_end``: the latest round's end; ``last_status``: when the server last rewrote status.json
+    (a round's start, a client's progress report); wall-clock times of this host, None when unknown."""
     if spec.get("max_hours"):
         limit_s = float(spec["max_hours"]) * 3600.0
         elapsed = float(spec.get("elapsed_s", 0)) + t
@@ -224,10 +258,12 @@ def check(spec, t, last_end, gpu, now_wall, started_wall):
             return ("max_cost", "cost %.4f %s; max_cost is %s" % (spent, spec.get("currency", ""), limit), spent, limit)
     if spec.get("idle_minutes") and spec.get("metrics"):
         since = last_end if last_end is not None else started_wall
+        if last_status is not None:  # the clients' progress, as the server saw it
+            since = max(since, last_status)
         idle_s = max(0.0, now_wall - since)
         threshold = float(spec.get("idle_gpu_percent", 5.0))
         if idle_s >= float(spec["idle_minutes"]) * 60.0 and (gpu is None or gpu < threshold):
-            return ("idle", "no round completed for %.1f min%s; idle_minutes is %s"
+            return ("idle", "no round completed and no client progress for %.1f min%s; idle_minutes is %s"
                     % (idle_s / 60, "" if gpu is None else ", GPU %.0f%%" % gpu, spec["idle_minutes"]),
                     idle_s / 60.0, float(spec["idle_minutes"]))
     return None
@@ -298,7 +334,8 @@ def main(argv=None):
                 return 0
         gpu = gpu_utilisation() if (spec.get("idle_minutes") and spec.get("metrics")) else None
         last_end = last_round_end(spec["metrics"]) if spec.get("metrics") else None
-        trip = check(spec, t, last_end, gpu, time.time(), started_wall)
+        last_status = last_status_time(spec["status"]) if spec.get("status") else None
+        trip = check(spec, t, last_end, gpu, time.time(), started_wall, last_status)
         if trip is not None:
             reason, message, value, limit = trip
             log("guard tripped: %s: %s" % (reason, message))

@@ -90,11 +90,32 @@ def test_watchdog_spec_and_command():
     s.server = {"host": "c1"}  # the plan's server wins over the inventory's roles
     assert watchdog_spec(s, s.hosts[1], now=T0, run_dir="/w/c1/runs/r1")["metrics"] == "/w/c1/runs/r1/metrics.jsonl"
     assert client["idle_minutes"] is None and client["metrics"] is None  # only the server sees rounds
+    assert spec["status"] == "/w/srv/runs/r1/status.json" and client["status"] is None  # and the clients' progress
     assert client["pidfiles"] == ["/w/c1/runs/r1/client-*.pid"]
     json.dumps(spec)
     cmd = watchdog_command("python3", "/w/srv/runs/r1/fedctl-watchdog.py", "/w/a b/watchdog.json")
     assert shlex.split(cmd) == ["python3", "/w/srv/runs/r1/fedctl-watchdog.py", "--spec", "/w/a b/watchdog.json"]
-    assert b"import fedctl" not in watchdog_script()
+    assert b"import fedctl" not in watchdog_script() and b"from fedctl" not in watchdog_script()
+    import ast
+
+    ast.parse(watchdog_script().decode(), feature_version=(3, 6))  # hosts may have an old python
+
+
+def test_watchdog_reads_the_servers_status_time_with_the_contracts_reader(tmp_path):
+    """status.json's time is the clients' progress as the server saw it (see watchdog.py)."""
+    import types
+
+    wd = types.ModuleType("pushed")
+    exec(compile(watchdog_script(), "fedctl-watchdog.py", "exec"), wd.__dict__)
+    st = tmp_path / "status.json"
+    st.write_text(json.dumps({"round": 3, "phase": "training", "time": 1234.5}))
+    assert wd.last_status_time(str(st)) == 1234.5
+    for bad in ('{"round": 3, "time": NaN}', '{"round": 3, "ti', "", "[1]"):  # torn, absent, not the contract's
+        st.write_text(bad)
+        assert wd.last_status_time(str(st)) is None, bad
+    assert wd.last_status_time(str(tmp_path / "none")) is None
+    st.write_text(json.dumps({"round": 1, "time": 1.0, "pad": "x" * (wd.STATUS_MAX_BYTES + 1)}))
+    assert wd.last_status_time(str(st)) is None
 
 
 def _watchdog():

@@ -3,8 +3,15 @@
 fedctl applies the budget twice: its own loop calls ``fedctl.budget.check_guards``, and the watchdog
 pushed to every host (``budget.watchdog_script()``, i.e. ``fedctl/watchdog.py`` with the metrics reader
 inlined) applies its own ``check`` to the spec ``budget.watchdog_spec`` wrote for that host. Each row of
-``CASES`` is one situation of a run (budget, time, prices, last round, GPU utilisation per host,
-on_finish, safety margin) and the one decision both must reach: which guard trips, or none.
+``CASES`` is one situation of a run (budget, time, prices, last round, the server's last status.json
+rewrite, GPU utilisation per host, on_finish, safety margin) and the one decision both must reach:
+which guard trips, or none.
+
+Idle: the watchdog runs on the server host and cannot see a client's GPU, so a client's work reaches
+it the way it reaches the server: the client reports its progress while it trains (fedavg_tf: every
+``FEDTF_HEARTBEAT_S``), the server rewrites status.json, and both enforcers count that time
+(``status``). A client's GPU busy with nothing the server hears of (not the run's work, or a payload
+whose clients report nothing) is what the two still see differently, so no row has it.
 
 The two differ on purpose only in their margins (fedctl trips earlier, so it can still collect
 results); the table gives both the same margin, and ``test_fedctl_never_trips_after_the_watchdog``
@@ -48,6 +55,9 @@ class Case:
     expect: Optional[str]
     price: Optional[float] = 1.5  # per host per hour; two hosts
     last_round: Optional[float] = None  # seconds since T0 when the latest round ended; None: no round yet
+    #: seconds since T0 when the server last rewrote status.json (a round's start, a client's progress
+    #: report); None: never
+    status: Optional[float] = None
     gpu: dict = field(default_factory=dict)  # host -> GPU utilisation % (a host not named has no GPU)
     on_finish: str = "teardown"
     margin: float = 0.0  # seconds early that both enforcers trip
@@ -84,8 +94,14 @@ CASES = [
     Case("idle: GPUs present and idle everywhere", IDLE, 1600, "idle", last_round=1000,
          gpu={"srv": 0.0, "c1": 1.0}),
     Case("idle: a client's GPU is busy (long round)", IDLE, 1600, None, last_round=1000, gpu={"c1": 80.0},
-         bug="the watchdog reads only its own host's GPU, and only the server's watchdog has the idle "
-             "guard: clients training on their GPUs through a long round get the run stopped as idle"),
+         status=1590),  # the client reports its progress while it trains: the server's status moves
+    Case("idle: a CPU client trains through a long round", IDLE, 1600, None, last_round=1000, status=1590),
+    Case("idle: progress reports stopped, 1 s short", IDLE, 1599, None, last_round=900, status=1000),
+    Case("idle: progress reports stopped idle_minutes ago", IDLE, 1600, "idle", last_round=900, status=1000),
+    Case("idle: a status older than the last round changes nothing", IDLE, 1600, "idle", last_round=1000,
+         status=500),
+    Case("idle: round 1 started, no round ended yet: short", IDLE, START + 699, None, status=START + 100),
+    Case("idle: round 1 started, no round ended yet: reached", IDLE, START + 700, "idle", status=START + 100),
     Case("idle before the first round counts from start: short", IDLE, START + 599, None),
     Case("idle before the first round counts from start: reached", IDLE, START + 600, "idle"),
     # -- on_finish: changes no rule; with poweroff the watchdog's margin includes the power-off window -------
@@ -117,7 +133,8 @@ def decide_fedctl(case: Case) -> Optional[str]:
     state = run_state(case.price, case.on_finish)
     gpu = max(case.gpu.values()) if case.gpu else None
     last = T0 + case.last_round if case.last_round is not None else None
-    trip = check_guards(case.budget, state, T0 + case.at, last, gpu, margin_s=case.margin)
+    status = T0 + case.status if case.status is not None else None
+    trip = check_guards(case.budget, state, T0 + case.at, last, gpu, margin_s=case.margin, last_status=status)
     return trip.reason if trip else None
 
 
@@ -133,8 +150,9 @@ WATCHDOG = pushed_watchdog()
 
 def decide_watchdogs(case: Case) -> Optional[str]:
     """Every host's watchdog: its spec written at ``fedctl start`` (T0 + START), then checked ``at``
-    seconds after billing began with the host's own GPU reading. The run's decision is the guard any
-    of them trips; they must never trip different guards."""
+    seconds after billing began with the host's own GPU reading and, where its spec names status.json
+    (the server host), that file's time. The run's decision is the guard any of them trips; they must
+    never trip different guards."""
     state = run_state(case.price, case.on_finish)
     delay = POWEROFF_DELAY_S if case.on_finish == "poweroff" else 0.0
     assert case.margin >= delay, f"{case.id}: with on_finish {case.on_finish} the margin is at least {delay}"
@@ -144,7 +162,9 @@ def decide_watchdogs(case: Case) -> Optional[str]:
                              poweroff_command="true", poll_s=case.margin - delay, grace_s=0.0)
         assert spec["poweroff_delay_s"] == delay
         last = T0 + case.last_round if case.last_round is not None else None
-        trip = WATCHDOG.check(spec, case.at - START, last, case.gpu.get(rec.name), T0 + case.at, T0 + START)
+        status = T0 + case.status if case.status is not None and spec["status"] else None
+        trip = WATCHDOG.check(spec, case.at - START, last, case.gpu.get(rec.name), T0 + case.at, T0 + START,
+                              status)
         if trip is not None:
             reasons.add(trip[0])
     assert len(reasons) <= 1, f"the hosts' watchdogs disagree: {sorted(reasons)}"

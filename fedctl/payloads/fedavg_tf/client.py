@@ -7,6 +7,11 @@ process), trains the sampled ids one after another, uploads one update per id. E
 server says the run finished, 4 when it failed, 1 when the server stays unreachable for
 FEDTF_UNREACHABLE_S seconds (default 600).
 
+While it trains a round, and until that round's uploads are answered, it tells the server every
+FEDTF_HEARTBEAT_S seconds (default 30; 0: never) that it is still at work (GET /progress); the
+server rewrites status.json then, so fedctl's budget watchdog on the server host, which cannot see
+this host's GPU, does not take a long round for an idle run.
+
 SCAFFOLD: c_i moves when the server takes the update (200), and is settled by the server's word
 on which updates it aggregated (``counted`` in the next task or the final answer: a 200 left out at
 the close is undone, a 409 or lost answer for an update it counted is committed); it is saved per
@@ -105,6 +110,9 @@ class Client:
         self._after, self._inst = 0, ""  # the last task seen (its seq and server instance)
         self._sent: set = set()  # uploads not yet answered (futures)
         self._sent_lock = threading.Lock()
+        self.heartbeat_s = float(os.environ.get("FEDTF_HEARTBEAT_S", 30))
+        self._round: tuple[int, str] | None = None  # (seq, ids) of the round this process works on
+        self._training = False
         log(self.role, f"{len(ids)} virtual clients, {sum(c.n for c in self.clients.values())} examples; "
                        f"server {self.host}:{self.port}")
 
@@ -154,6 +162,8 @@ class Client:
     # -- main loop ----------------------------------------------------------------------------
     def run(self) -> int:
         """Poll and train until the run is over; the process's exit code."""
+        if self.heartbeat_s > 0:
+            threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat").start()
         while True:
             rc = self.step()
             if rc is not None:
@@ -196,6 +206,20 @@ class Client:
         self.train_round(msg, len(body))
         return None
 
+    def _heartbeat(self) -> None:
+        """Every heartbeat_s, while this process trains a round or waits for that round's answers,
+        report it to the server (a report the server does not need is answered 409, and ignored)."""
+        while not self.stop.wait(self.heartbeat_s):
+            current = self._round
+            if current is None or not (self._training or self.uploading()):
+                continue
+            seq, ids_q = current
+            try:
+                self.request("GET", f"/progress?seq={seq}&ids={ids_q}", timeout=10.0,
+                             give_up_s=self.heartbeat_s)
+            except ConnectionError as e:  # the poll and the uploads say what matters
+                log(self.role, f"progress report not delivered: {e}", "debug")
+
     def uploading(self) -> int:
         """How many uploads are still waiting for the server's answer."""
         with self._sent_lock:
@@ -212,8 +236,7 @@ class Client:
             self._sent.discard(fut)
 
     def train_round(self, msg, download_bytes: int) -> None:
-        from fedtf.transport import encode  # noqa: PLC0415
-        np, cfg = self.np, self.cfg
+        """Train this process's sampled ids of the task `msg` and queue their uploads."""
         seq, rnd = int(msg.meta["seq"]), int(msg.meta["round"])
         global_w = msg.flat("w")
         c = msg.flat("c") if self.trainer.scaffold else None
@@ -222,6 +245,16 @@ class Client:
             self.variates.task_seen(*task)
             self.variates.settle(msg.meta.get("counted"))  # before any c_i is read for training
         mine = [k for k in msg.meta["sampled"] if k in self.clients]
+        self._round, self._training = (seq, ",".join(map(str, mine))), True
+        try:
+            self._train_ids(msg, mine, seq, rnd, global_w, c, task, download_bytes)
+        finally:
+            self._training = False
+
+    def _train_ids(self, msg, mine: list[int], seq: int, rnd: int, global_w, c, task,
+                   download_bytes: int) -> None:
+        from fedtf.transport import encode  # noqa: PLC0415
+        np, cfg = self.np, self.cfg
         for k in mine:
             vc = self.clients[k]
             rng = np.random.default_rng([cfg["seed"], k, rnd, int(msg.meta.get("attempt", 0))])

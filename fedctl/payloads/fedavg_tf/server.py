@@ -22,6 +22,8 @@ from fedtf import checkpoint, config  # noqa: E402
 from fedtf.metrics import MetricsWriter, log, write_status  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 3, 2
+#: a client's progress report rewrites status.json (its "time") at most this often
+STATUS_EVERY_S = 1.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,6 +63,13 @@ class Server:
         self.coord = Coordinator(token, self.layout.shapes, [len(s) for s in shards],
                                  self.strategy.client_extras, self.metrics,
                                  UpdateLimits.from_config(cfg["robustness"]))
+        # status.json: rewritten at each round's start and, while a round runs, when a sampled client
+        # reports progress (its "time" moves): fedctl's budget watchdog on this host cannot see the
+        # clients' GPUs, so that is how it knows a long round is still being worked on
+        self._status: dict = {}
+        self._status_at = 0.0
+        self._status_lock = threading.Lock()
+        self.coord.on_progress = self._progress
         self.rng = np.random.default_rng([cfg["seed"], 7])
         self.start_round, self.best_acc, self.final = 1, None, (None, None)
         self.wall_before = 0.0
@@ -139,8 +148,8 @@ class Server:
                 sampled = sorted(int(k) for k in self.rng.choice(cfg["clients"], m, replace=False))
                 self.coord.open_round(r, sampled, self.weights, self.strategy.broadcast(),
                                       {"rounds": cfg["rounds"], "attempt": attempt})
-                write_status(self.run_dir, round=r, rounds=cfg["rounds"], phase="training",
-                             sampled=sampled, reported=[], waiting=sampled)
+                self.status(round=r, rounds=cfg["rounds"], phase="training",
+                            sampled=sampled, reported=[], waiting=sampled)
                 self.coord.wait_round(time.time() + sm["round_timeout_s"])
                 st = self.coord.close_round()
                 if len(st.updates) >= sm["min_clients"]:
@@ -179,6 +188,26 @@ class Server:
                           f"loss {_fmt(loss)} accuracy {_fmt(acc)} ({line['end'] - started:.2f}s)"
                           + (f", dropped {dict(st.dropped)}" if st.dropped else ""))
         return self.finish("finished", None, t_start)
+
+    def status(self, **fields) -> None:
+        """Rewrite status.json with `fields` (and the time)."""
+        with self._status_lock:
+            self._status = fields
+            write_status(self.run_dir, **fields)
+            self._status_at = time.time()
+
+    def _progress(self) -> None:
+        """A sampled client reported progress (an HTTP handler thread): status.json's time moves,
+        at most every STATUS_EVERY_S."""
+        with self._status_lock:
+            if self._status.get("phase") != "training" or time.time() - self._status_at < STATUS_EVERY_S:
+                return
+            try:
+                write_status(self.run_dir, **self._status)
+            except OSError as e:  # the next report tries again; the round goes on either way
+                log("server", f"cannot rewrite status.json: {e}", "warning")
+                return
+            self._status_at = time.time()
 
     def _aggregate(self, r: int, st: RoundState) -> np.ndarray:
         """The round's new global model, never non-finite: updates that would make it so are
@@ -223,8 +252,8 @@ class Server:
             tmp = os.path.join(self.run_dir, f".final_model.{os.getpid()}.weights.h5")
             self.model.save_weights(tmp)
             os.replace(tmp, os.path.join(self.run_dir, "final_model.weights.h5"))
-        write_status(self.run_dir, round=summary["rounds_completed"], rounds=cfg["rounds"], phase=status,
-                     sampled=[], reported=[], waiting=[])
+        self.status(round=summary["rounds_completed"], rounds=cfg["rounds"], phase=status,
+                    sampled=[], reported=[], waiting=[])
         self.coord.finish(status)
         self.coord.wait_clients_told(10.0)
         self.httpd.shutdown()

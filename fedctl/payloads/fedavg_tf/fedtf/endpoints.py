@@ -4,6 +4,8 @@ Endpoints (all need `Authorization: Bearer <run token>`, else 401 before the bod
     GET  /task?after=SEQ&ids=0,1,2&proc=P&inst=I   long poll: the next round that samples one of `ids`
     POST /update?seq=SEQ&id=K                      one client update (binary message)
     POST /drop?seq=SEQ&id=K                        a sampled client announces a simulated dropout
+    GET  /progress?seq=SEQ&ids=0,1                 a client process still trains (or uploads) these
+                                                   ids in run SEQ (200 noted, 409 not in the open run)
     GET  /health                                   JSON status
 
 Connection handling, deadlines and caps are fedtf.httpserve's. A POST needs a valid Content-Length
@@ -94,6 +96,11 @@ def _get(coord: Coordinator, path: str, q: dict) -> Reply:
         ids = [int(i) for i in q.get("ids", "").split(",") if i != ""]
         body = coord.poll(int(q.get("after", "0")), ids, q.get("proc", "?"), q.get("inst", ""))
         return Reply(200, body, "application/octet-stream")
+    if path == "/progress":
+        ids = [int(i) for i in q.get("ids", "").split(",") if i != ""]
+        if coord.progress(int(q.get("seq", "0")), ids):
+            return text_reply(200, "noted")
+        return text_reply(409, "not training in the open round")
     if path == "/health":
         st = coord.state
         return Reply(200, json.dumps({"round": st.round_no, "seq": st.seq, "finished": coord.finished}).encode())
