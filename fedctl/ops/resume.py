@@ -1,9 +1,10 @@
 """``start --resume``: bring a run whose processes died (or were stopped) back, same run id.
 
-The server is restarted with the manifest's ``resume_flag`` (it continues from its last checkpoint)
-on the port it had, so the clients that are still alive reconnect on their own; dead client
-processes are started again with their client ids; the budget watchdogs are restarted with what
-has already been billed. Config, token and payload on the hosts are the ones the run started with.
+The server is restarted with the manifest's ``resume_flag`` on the port it had (the payload goes
+on from its newest checkpoint when it saved one; fedctl says how many rounds its metrics show as
+done), so the clients that are still alive reconnect on their own; dead client processes are
+started again with their client ids; the budget watchdogs are restarted with what has already
+been billed. Config, token and payload on the hosts are the ones the run started with.
 """
 
 from __future__ import annotations
@@ -38,9 +39,19 @@ from fedctl.shell import quote
 from fedctl.state import RunState, StateStore
 
 
-def _summary(conn: Connector, state: RunState, metrics_path: str) -> dict[str, Any] | None:
-    _, summary = parse_metrics_tail(read_file(conn, metrics_path) or "")
-    return summary
+def _metrics(conn: Connector, metrics_path: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(latest round, summary) of the server's metrics.jsonl so far."""
+    return parse_metrics_tail(read_file(conn, metrics_path) or "")
+
+
+def restart_note(host: str, port: int, flag: str, last_round: int | None, rounds: int) -> str:
+    """What a resume really does, for the progress line: a server with no finished round has no
+    checkpoint to go on from, so the run starts again at round 1 (not "from its last checkpoint")."""
+    head = f"restarting the server on {host} (port {port}) with {flag}: "
+    if not last_round:
+        return head + "no round had finished, so the run starts again from round 1"
+    return head + (f"{last_round} of {rounds} round(s) had finished; the payload goes on from its newest"
+                   " checkpoint (from round 1 if it saved none)")
 
 
 def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready_timeout: float = 300.0) -> StartReport:
@@ -68,7 +79,7 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
         sconn = fleet.connector(server_rec.name)
         values = command_values(state, server_rec)
         metrics = manifest.render_path(manifest.server.metrics, **values)
-        summary = _summary(sconn, state, metrics)
+        last, summary = _metrics(sconn, metrics)
         if summary is not None and summary.get("status", "finished") == "finished":
             raise UsageError(f"run {state.run_id} already finished: nothing to resume",
                              hint="`fedctl teardown` collects its results")
@@ -83,7 +94,8 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
             sconn.run(f"rm -f {quote(ready_file)}", timeout=30)  # the old one names a dead server
             cmd = manifest.render(manifest.server.command, **{**values, "port": port})
             cmd = f"{cmd} {quote(manifest.server.resume_flag)}"
-            progress(f"restarting the server on {server_rec.name} from its last checkpoint (port {port})")
+            progress(restart_note(server_rec.name, port, manifest.server.resume_flag,
+                                  (last or {}).get("round"), state.rounds))
             server.status, server.error = "starting", None
             try:
                 record_spawn(server, spawn_detached(sconn, cmd, values["run_dir"], server.pidfile, server.log,

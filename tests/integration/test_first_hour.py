@@ -110,3 +110,28 @@ def test_exec_prints_each_long_output_line_once_with_its_prefix(sshd_fleet, tmp_
         assert lines.count(f"{host} | {long_line}") == 1, res.stdout
         assert lines.count(f"{host} ! {long_line}") == 1 and f"{host} | short" in lines, res.stdout
     assert not any(line.startswith(("x", "y")) for line in lines), res.stdout  # no wrapped remainder
+
+
+def test_resume_before_any_round_says_the_run_starts_again_from_round_1(sshd_fleet, tmp_path):
+    import os
+    import signal
+
+    from tests.integration.test_lifecycle import gone, run_pids, status_json
+    from tests.waiting import wait_until
+
+    fleet = sshd_fleet(2)
+    proj = project(tmp_path, fleet, rounds=2, round_s=60)  # round 1 never ends before the kill
+    fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
+    fedctl(proj, "start", check=True)
+    st = state(proj)
+    server = next(p for p in st["hosts"][0]["processes"] if p["role"] == "server")
+    os.kill(server["pid"], signal.SIGKILL)
+    wait_until(lambda: gone(server["pid"]), 10, what="the killed server to exit")
+    wait_until(lambda: status_json(proj)["phase"] == "failed", 30, interval=0.3, what="the run to be seen failed")
+    res = fedctl(proj, "start", "--resume")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert "last checkpoint" not in out
+    assert "with --resume: no round had finished, so the run starts again from round 1" in out, out
+    fedctl(proj, "teardown", "--yes", check=True)
+    assert run_pids(st["run_id"]) == []

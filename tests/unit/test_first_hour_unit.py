@@ -79,3 +79,13 @@ def test_identity_is_where_the_host_is_and_where_fedctl_wrote():
                                                       env=EnvSettings(mode="venv"))) == []
     assert identity_changes(h, dataclasses.replace(h, address="h.example", workdir="/x")) == [
         "address '127.0.0.3' -> 'h.example'", "workdir '/w/b' -> '/x'"]
+
+
+def test_the_resume_note_says_what_really_happens():
+    from fedctl.ops.resume import restart_note
+
+    none = restart_note("h1", 8080, "--resume", None, 10)
+    assert none == "restarting the server on h1 (port 8080) with --resume: no round had finished, so the run starts again from round 1"
+    some = restart_note("h1", 8080, "--resume", 3, 10)
+    assert "3 of 10 round(s) had finished" in some and "from round 1 if it saved none" in some
+    assert "last checkpoint" not in none + some
