@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,15 +15,19 @@ from fedctl.ops.common import Inputs
 from fedctl.ops.provision import identity_changes, replan
 from fedctl.state import HostRecord, RunState, StateStore
 
+ECHO = Path(__file__).resolve().parents[1] / "payloads" / "echo"
+
 
 def _host(name: str, i: int, **kw: Any) -> HostInfo:
     return HostInfo(name=name, address=f"127.0.0.{i}", **{"workdir": f"/w/{name}", **kw})
 
 
-def _inputs(plan: Plan) -> Inputs:
-    exp = type("E", (), {"clients": 2, "rounds": 3, "resolved": lambda self: {},
-                         "payload": type("P", (), {"name": "p", "dir": "/p"})(),
-                         "placement": type("Pl", (), {"processes_per_gpu": 1})()})()
+def _inputs(plan: Plan, tmp_path: Path) -> Inputs:
+    """Inputs with a real experiment (the echo test payload, 2 clients) and a static inventory."""
+    from fedctl.config.experiment import load_experiment
+
+    (tmp_path / "fedctl.yaml").write_text(f"payload: {ECHO}\nclients: 2\nrounds: 3\n")
+    exp = load_experiment(str(tmp_path / "fedctl.yaml"), [], cwd=tmp_path)
     return Inputs(type("I", (), {"provider": "static"})(), exp, plan)
 
 
@@ -50,7 +55,7 @@ def test_a_failed_host_whose_settings_are_fixed_takes_the_same_provision_again(t
     store, state = _failed_run(tmp_path, broken)
     fixed_b = dataclasses.replace(broken, **fix)
     plan = Plan("static", 2, (state.plan.hosts[0], PlannedHost(fixed_b, False, ((0, 1),))))
-    replan(store, state, _inputs(plan))
+    replan(store, state, _inputs(plan, tmp_path))
     assert state.host("b").info == fixed_b and state.host("b").status == "pending"
     assert state.host("a").status == "provisioned"  # unchanged: not checked again
     assert store.load().host("b").info == fixed_b
@@ -67,7 +72,7 @@ def test_moving_a_host_that_holds_something_is_refused_naming_the_field(tmp_path
     moved = dataclasses.replace(state.host("b").info, **change)
     plan = Plan("static", 2, (state.plan.hosts[0], PlannedHost(moved, False, ((0, 1),))))
     with pytest.raises(UsageError) as ei:
-        replan(store, state, _inputs(plan))
+        replan(store, state, _inputs(plan, tmp_path))
     assert said in str(ei.value) and "holds /w/b" in str(ei.value), str(ei.value)
     assert "address, user or workdir" not in str(ei.value)
 
@@ -89,3 +94,27 @@ def test_the_resume_note_says_what_really_happens():
     some = restart_note("h1", 8080, "--resume", 3, 10)
     assert "3 of 10 round(s) had finished" in some and "from round 1 if it saved none" in some
     assert "last checkpoint" not in none + some
+
+
+def test_the_inventory_template_shows_every_host_setting_and_each_loads_uncommented(tmp_path):
+    import re
+    from pathlib import Path
+
+    from fedctl.config.inventory import SETTING_KEYS, load_inventory
+
+    template = (Path(__file__).parents[2] / "fedctl" / "templates" / "inventory.yaml").read_text()
+    shown = set(re.findall(r"^  #? ?([a-z_]+):", template, re.M))
+    assert set(SETTING_KEYS) - shown == set()
+    # the commented env lines, uncommented, are a valid inventory (a wheelhouse needs its folder)
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "dep-1.0-py3-none-any.whl").write_bytes(b"")
+    lines = template.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  # env: auto"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("hosts:"))
+    opened = [line.replace("  # ", "  ", 1) if line.startswith("  # ") else line for line in lines[start:end]]
+    (tmp_path / "inventory.yaml").write_text("\n".join(lines[:start] + opened + lines[end:]) + "\n")
+    inv = load_inventory(str(tmp_path / "inventory.yaml"))
+    host = inv.hosts[0]
+    assert host.env.mode == "auto" and host.env.setup == ("sudo apt-get install -y python3-venv",)
+    assert host.env.wheelhouse == str(tmp_path / "wheels") and host.env.keep is False
+    assert dict(host.environment) == {"HTTPS_PROXY": "http://proxy.internal:3128"}
