@@ -37,7 +37,7 @@ PLACEHOLDERS = (
 TOP_KEYS = ("name", "description", "files", "requirements", "config", "server", "client")
 REQUIREMENT_KEYS = ("python", "imports", "pip", "pip_gpu")
 CONFIG_KEYS = ("validator", "keys", "files")
-SERVER_KEYS = ("command", "ready_file", "log", "metrics", "results", "resume_flag", "reports_clients")
+SERVER_KEYS = ("command", "ready_file", "log", "metrics", "results", "resume_flag", "reports_clients", "share")
 CLIENT_KEYS = ("command", "log")
 _SKIP_DIRS = {"__pycache__", ".git", ".pytest_cache", ".mypy_cache"}
 
@@ -116,6 +116,10 @@ class ServerSpec:
     #: for them: start then waits until all are there, so a client that cannot reach the server
     #: fails start (with the logs that say why), not a minute into watch
     reports_clients: bool = False
+    #: small files the server writes into its run dir before it is ready (a run CA's certificate)
+    #: that fedctl copies, under the same name, into every client host's run dir before the
+    #: clients start: over fedctl's own SSH connections, so no client has to trust the network
+    share: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -333,6 +337,14 @@ def load_manifest(directory: str | Path) -> PayloadManifest:
             for j, t in enumerate(results):
                 _check_template(file, (*kp, j), t)
             server_kwargs[key] = tuple(results)
+        elif key == "share":
+            shared = _str_list(file, kp, server_raw[key])
+            for j, t in enumerate(shared):
+                name = t[len("{run_dir}/"):] if t.startswith("{run_dir}/") else ""
+                if not name or "{" in name or name_problem(name):
+                    raise ConfigError(file, (*kp, j), f"{t!r} must be {{run_dir}}/<a plain file name> (a file the"
+                                      " server writes in its run dir, copied under that name to the clients)")
+            server_kwargs[key] = tuple(shared)
         elif key == "resume_flag":
             server_kwargs[key] = check_str(file, kp, server_raw[key])
         elif key == "reports_clients":
