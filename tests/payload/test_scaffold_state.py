@@ -327,3 +327,48 @@ def test_scaffold_with_a_non_sgd_optimizer_is_refused(optimizer):
     # the same optimizer stays valid for the other strategies
     assert config.validate({"strategy": {"name": "fedavg"}, "train": {"optimizer": optimizer}})["train"][
         "optimizer"] == optimizer
+
+
+def test_the_servers_count_settles_c_i_whatever_order_the_answers_come_in(tmp_path):
+    """``counted`` ({"through": R, "last": {id: r}}) against 200s, 409s and lost answers, before and
+    after it arrives; what is settled is saved."""
+    from fedtf.scaffold_state import ControlVariates
+
+    logged = []
+    cv = ControlVariates(str(tmp_path), [0, 1], 2, lambda msg, level="info": logged.append((level, msg)))
+    one, ten = np.ones(2, np.float32), np.full(2, 10, np.float32)
+    cv.task_seen("i", 1, 1)
+    assert cv.commit(0, one, ("i", 1, 1)) and cv.commit(1, one, ("i", 1, 1))
+    cv.task_seen("i", 2, 2)
+    cv.settle({"through": 1, "last": {"0": 1, "1": 1}})  # both counted: nothing moves
+    assert cv.commit(0, ten, ("i", 2, 2))  # a 200 ...
+    cv.uncertain(1, ten, ("i", 2, 2))  # ... and a 409 after a lost 200
+    np.testing.assert_array_equal(cv.base(0), [11, 11])
+    np.testing.assert_array_equal(cv.base(1), [1, 1])
+    cv.task_seen("i", 3, 3)
+    cv.settle({"through": 2, "last": {"0": 1, "1": 2}})  # 0 left out at the close, 1 counted
+    np.testing.assert_array_equal(cv.base(0), [1, 1])
+    np.testing.assert_array_equal(cv.base(1), [11, 11])
+    again = ControlVariates(str(tmp_path), [0, 1], 2, print)  # a restarted process reads the same
+    np.testing.assert_array_equal(again.base(0), [1, 1])
+    np.testing.assert_array_equal(again.base(1), [11, 11])
+
+    # answers that come after the server's word on their round are judged by it at once
+    cv.task_seen("i", 4, 4)
+    cv.settle({"through": 3, "last": {"0": 3, "1": 2}})
+    cv.uncertain(0, one, ("i", 3, 3))  # counted: committed
+    assert not cv.commit(1, one, ("i", 3, 3))  # left out: a 200 read late commits nothing
+    np.testing.assert_array_equal(cv.base(0), [2, 2])
+    np.testing.assert_array_equal(cv.base(1), [11, 11])
+    # an uncertain update of a round the server runs again was never counted
+    cv.uncertain(0, ten, ("i", 4, 4))
+    cv.task_seen("i", 5, 4)
+    cv.settle({"through": 4, "last": {"0": 4, "1": 2}})  # round 4's second run: 0 counted there
+    np.testing.assert_array_equal(cv.base(0), [2, 2])  # not the first run's update
+    # a server that does not say (fedavg, an old checkpoint) changes nothing
+    cv.settle(None)
+    cv.settle({"through": "4", "last": {}})
+    cv.settle({"through": 9, "last": {"²": 9}})
+    np.testing.assert_array_equal(cv.base(0), [2, 2])
+    assert [m for lvl, m in logged if "left its round 2 update out" in m]
+    assert [m for lvl, m in logged if "counted its round 2 update though it did not answer 200" in m]

@@ -29,11 +29,12 @@ READ_TIMEOUT_S = 60.0  # default: a kept-alive connection silent this long betwe
 def fleet_defaults(clients: int) -> tuple[int, int]:
     """(max_connections, listen backlog) for a fleet of `clients` virtual clients.
 
-    A client process keeps one long-poll connection and up to four upload connections, and there
-    are at most `clients` processes. The backlog must absorb every process connecting at once:
-    with the stdlib's 5, 200 clients starting together sat in SYN retries and timed out.
+    A client process keeps one long-poll connection, up to four upload connections and one for its
+    progress reports, and there are at most `clients` processes. The backlog must absorb every
+    process connecting at once: with the stdlib's 5, 200 clients starting together sat in SYN
+    retries and timed out.
     """
-    return min(4096, max(64, 5 * clients + 16)), max(128, 2 * clients)
+    return min(4096, max(64, 6 * clients + 16)), max(128, 2 * clients)
 
 
 def raise_fd_limit() -> int:
