@@ -14,6 +14,13 @@ from enum import Enum
 from typing import Any, Mapping
 
 from fedctl.errors import PlanError
+from fedctl.provider_fields import (
+    MachineRecord,
+    ProviderSettings,
+    from_legacy_extra,
+    settings_from_dict,
+    settings_to_dict,
+)
 
 PLAN_VERSION = 1
 
@@ -105,6 +112,28 @@ class HostStatus(str, Enum):
         return self.value
 
 
+_P = Phase
+#: The phase changes a run may make (``RunState.transition``); staying in a phase is always allowed.
+#: Provision may be run again on any run not torn down (it retries what is left); start may begin
+#: again after a run ended or failed (a new run id on the same hosts); teardown may begin from
+#: anywhere and ``teardown --forget`` may end any run; nothing leaves ``torn_down``.
+PHASE_MOVES: dict[Phase, frozenset[Phase]] = {
+    _P.PROVISIONING: frozenset({_P.PROVISIONED, _P.FAILED, _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.PROVISIONED: frozenset({_P.PROVISIONING, _P.STARTING, _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.STARTING: frozenset({_P.RUNNING, _P.FINISHED, _P.FAILED, _P.STOPPED, _P.PROVISIONING,
+                            _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.RUNNING: frozenset({_P.FINISHED, _P.FAILED, _P.STOPPED, _P.STARTING, _P.PROVISIONING,
+                           _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.FINISHED: frozenset({_P.STARTING, _P.STOPPED, _P.PROVISIONING, _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.FAILED: frozenset({_P.STARTING, _P.STOPPED, _P.PROVISIONING, _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.STOPPED: frozenset({_P.STARTING, _P.PROVISIONING, _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.TEARING_DOWN: frozenset({_P.PROVISIONING, _P.TORN_DOWN}),
+    _P.TORN_DOWN: frozenset(),
+}
+#: Phases in which the run's processes may be alive (start is on its way or they run).
+LIVE_PHASES = frozenset({Phase.STARTING, Phase.RUNNING})
+
+
 ENV_MODES = ("auto", "none", "venv")
 
 
@@ -138,7 +167,9 @@ class HostInfo:
     price_per_hour: float | None = None
     currency: str = "USD"
     kind: str = "ssh"  # ssh | local
-    extra: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, str] = field(default_factory=dict)  # connector options (proxy_jump, proxy_command)
+    provider_settings: ProviderSettings | None = None  # what a machine-creating provider needs (typed)
+    machine: MachineRecord | None = None  # what that provider journaled about the host's machine
     environment: Mapping[str, str] = field(default_factory=dict)  # exported for every command there
     env: EnvSettings = field(default_factory=EnvSettings)
 
@@ -149,6 +180,8 @@ def host_to_dict(h: HostInfo) -> dict[str, Any]:
     d["roles"] = list(h.roles)
     d["extra"] = dict(h.extra)
     d["environment"] = dict(h.environment)
+    d["provider_settings"] = settings_to_dict(h.provider_settings)
+    d["machine"] = None if h.machine is None else h.machine.to_dict()
     return d
 
 
@@ -157,6 +190,11 @@ def host_from_dict(d: Mapping[str, Any]) -> HostInfo:
     d = dict(d)
     d["roles"] = tuple(d.get("roles", ()))
     d["extra"] = dict(d.get("extra", {}))
+    if "provider_settings" in d:
+        d["provider_settings"] = settings_from_dict(d["provider_settings"])
+        d["machine"] = MachineRecord.from_dict(d.get("machine"))
+    else:  # a state file from before the typed fields: aws.* strings in extra
+        d["provider_settings"], d["machine"], d["extra"] = from_legacy_extra(d["extra"])
     d["environment"] = dict(d.get("environment", {}))
     env = dict(d.get("env") or {})
     env["setup"] = tuple(env.get("setup", ()))

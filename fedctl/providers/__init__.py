@@ -1,13 +1,16 @@
 """Providers: which hosts exist for a run, and how they are acquired and released.
 
 A registry (plain dict filled by a decorator that refuses duplicates) maps the inventory's
-``provider`` value to a class. Built in: ``local`` (this machine), ``static`` (hosts you have) and
-``aws`` (EC2 instances it creates; boto3 is imported only when one is used).
+``provider`` value to a class; every class is built from a run the same way (``from_run``), so
+nothing here branches on a provider's name. Built in: ``local`` (this machine) and ``static``
+(hosts you have), host sources with no lifecycle, and ``aws`` (EC2 instances it creates; boto3 is
+imported only when one is used), a ``MachineProvider`` (``fedctl.providers.lifecycle``).
 """
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from fedctl.errors import ConfigError, StateError
@@ -33,44 +36,45 @@ def register(name: str) -> Callable[[P], P]:
     return deco
 
 
+def load_builtins() -> None:
+    """Import the built-in providers, which registers them (all light: no cloud SDK)."""
+    from fedctl.providers import aws, local, static  # noqa: F401
+
+
 def provider_class(name: str) -> type[Provider]:
     """The class registered as ``name``; an unknown one lists the valid names."""
-    from fedctl.providers import aws, local, static  # noqa: F401  (registers the built-ins; all light)
-
+    load_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:
         raise ConfigError(None, "provider", f"unknown provider {name!r}", sorted(_REGISTRY)) from None
 
 
-def get_provider(name: str, **kwargs: object) -> Provider:
-    """The provider registered as ``name``; an unknown one lists the valid names."""
-    return provider_class(name)(**kwargs)  # type: ignore[arg-type]
-
-
-#: the HostInfo.extra key where a machine-creating provider records the origin tag it put on a machine
-ORIGIN_KEY = "origin"
-
-
 def run_origin(state: "RunState", store: "StateStore") -> str:
     """The ``fedctl-origin`` tag of the run's machines: the one recorded when they were created
     (so a project folder that moved still owns its machines), else this folder's."""
-    recorded = {r.info.extra.get(ORIGIN_KEY) for r in state.hosts} - {None, ""}
+    recorded = {r.info.machine.origin for r in state.hosts if r.info.machine is not None} - {None, ""}
     if len(recorded) == 1:
         return str(recorded.pop())
     return folder_origin(store.root)
 
 
+def _run_limits(state: "RunState") -> tuple[int | None, float | None]:
+    """The FL server's port (None while it is "auto": chosen at start; then the group opens all TCP
+    inside) and the budget's max_hours, from the run's resolved experiment."""
+    exp = state.experiment or {}
+    port = (exp.get("server") or {}).get("port")
+    hours = (exp.get("budget") or {}).get("max_hours")
+    return (port if isinstance(port, int) and not isinstance(port, bool) else None), hours
+
+
 def for_run(state: "RunState", store: "StateStore", progress: Callable[[str], None] = lambda _m: None) -> Provider:
     """The provider of a run, built from what the state holds (the inventory may be gone by then).
 
-    A machine-creating provider gets a RunContext whose journal writes each HostUpdate into the
-    state file at once (ids the moment they are known, the API's launch and termination times)."""
+    Its RunContext's journal writes each HostUpdate into the state file at once (a machine-creating
+    provider journals each step's intent before it runs, machine ids the moment they are known, the
+    API's launch and termination times)."""
     cls = provider_class(state.provider)
-    if state.provider == "local":
-        return cls(root=store.local_root)  # type: ignore[call-arg]
-    if not cls.creates_machines:
-        return cls(hosts=[r.info for r in state.hosts])  # type: ignore[call-arg]
     lock = threading.Lock()
 
     def journal(update: HostUpdate) -> None:
@@ -87,14 +91,7 @@ def for_run(state: "RunState", store: "StateStore", progress: Callable[[str], No
                 rec.released_at = update.released_at
             store.save(state)
 
-    exp = state.experiment or {}
-    port = (exp.get("server") or {}).get("port")  # "auto": chosen at start; then the group opens all TCP inside
-    ctx = RunContext(
-        run_id=state.run_id,
-        origin=run_origin(state, store),
-        journal=journal,
-        progress=progress,
-        fl_port=port if isinstance(port, int) and not isinstance(port, bool) else None,
-        max_hours=(exp.get("budget") or {}).get("max_hours"),
-    )
-    return cls(hosts=[r.info for r in state.hosts], run=ctx)  # type: ignore[call-arg]
+    fl_port, max_hours = _run_limits(state)
+    ctx = RunContext(run_id=state.run_id, origin=run_origin(state, store), journal=journal, progress=progress,
+                     fl_port=fl_port, max_hours=max_hours, local_root=Path(store.local_root))
+    return cls.from_run([r.info for r in state.hosts], ctx)

@@ -5,8 +5,9 @@ anything is touched. The hosts are slots: one server instance and up to ``client
 client instances; the plan uses as many client slots as the clients need
 (``placement.clients_per_host``) and only the planned ones are ever created.
 
-Everything the provider needs later is copied into each host's ``HostInfo.extra`` (``aws.*``
-keys), so ``teardown`` works from the state alone, even when the inventory file is gone.
+Everything the provider needs later is kept in each host's typed ``AwsHostSettings``
+(``HostInfo.provider_settings``), persisted in the state, so ``teardown`` works from the state
+alone, even when the inventory file is gone.
 Credentials are never read from here: boto3's own chain (environment, ``~/.aws``, a profile).
 """
 
@@ -16,7 +17,8 @@ import dataclasses
 import ipaddress
 import json
 import re
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 from fedctl.config.loader import (
     KeyPath,
@@ -31,6 +33,7 @@ from fedctl.config.loader import (
 )
 from fedctl.connectors.base import HostInfo
 from fedctl.errors import ConfigError
+from fedctl.provider_fields import ProviderSettings, register_settings
 from fedctl.providers.aws_prices import price_of
 
 KEYS = (
@@ -51,6 +54,48 @@ _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _RESOURCE = {"subnet": re.compile(r"^subnet-[0-9a-f]{8,17}$"), "security_group": re.compile(r"^sg-[0-9a-f]{8,17}$")}
 _PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,30}$")
+
+
+@register_settings("aws")
+@dataclass(frozen=True)
+class AwsHostSettings(ProviderSettings):
+    """What the ``aws`` provider needs to create (and find again) one host's instance."""
+
+    legacy_id_key = "instance_id"
+
+    region: str
+    instance_type: str
+    image: str  # an AMI id, or with ``image_owner`` a name pattern (the newest match is used)
+    image_owner: str | None = None
+    spot: bool = False
+    address: str = "public"  # which of the instance's addresses fedctl connects to: public | private
+    ssh_cidr: str = "auto"  # who may reach SSH; auto: this machine's public address (or the VPC)
+    tags: tuple[tuple[str, str], ...] = ()  # the user's tags, sorted by key
+    boot_timeout_s: int = DEFAULT_BOOT_TIMEOUT_S
+    max_lifetime_hours: float | None = None
+    key_name: str | None = None
+    subnet: str | None = None
+    security_group: str | None = None  # one the user made; None: fedctl makes one per run
+    endpoint_url: str | None = None  # an EC2-compatible endpoint (a test server)
+
+    @classmethod
+    def from_legacy_extra(cls, extra: Mapping[str, str]) -> "AwsHostSettings | None":
+        """The settings a state file written before the typed fields kept as ``aws.*`` strings."""
+        s = {k[4:]: v for k, v in extra.items() if k.startswith("aws.")}
+        if "region" not in s or "instance_type" not in s or "image" not in s:
+            return None
+        image, owner = s["image"], None
+        if not image.startswith("ami-"):
+            spec = json.loads(image)
+            image, owner = spec["name"], spec["owner"]
+        return cls(
+            region=s["region"], instance_type=s["instance_type"], image=image, image_owner=owner,
+            spot=s.get("spot") == "true", address=s.get("address", "public"), ssh_cidr=s.get("ssh_cidr", "auto"),
+            tags=tuple(sorted(json.loads(s.get("tags", "{}")).items())),
+            boot_timeout_s=int(s.get("boot_timeout_s", DEFAULT_BOOT_TIMEOUT_S)),
+            max_lifetime_hours=float(s["max_lifetime_hours"]) if s.get("max_lifetime_hours") else None,
+            key_name=s.get("key_name"), subnet=s.get("subnet"), security_group=s.get("security_group"),
+            endpoint_url=s.get("endpoint_url"))
 
 
 def parse_section(
@@ -85,19 +130,21 @@ def parse_section(
         raise ConfigError(file, (*path, "name_prefix"), "letters, digits and '-', at most 31 characters")
     prices = _prices(file, (*path, "prices"), sec.get("prices"))
 
-    extra: dict[str, str] = {
-        "aws.region": region,
-        "aws.image": _image(file, (*path, "image"), sec["image"]),
-        "aws.spot": "true" if _bool(file, (*path, "spot"), sec.get("spot", False)) else "false",
-        "aws.address": check_choice(file, (*path, "address"), sec.get("address", "public"), ADDRESS_MODES),
-        "aws.ssh_cidr": _cidr(file, (*path, "ssh_cidr"), sec.get("ssh_cidr", "auto")),
-        "aws.tags": json.dumps(_tags(file, (*path, "tags"), sec.get("tags")), sort_keys=True),
-        "aws.boot_timeout_s": str(check_int(file, (*path, "boot_timeout_s"),
-                                            sec.get("boot_timeout_s", DEFAULT_BOOT_TIMEOUT_S), 10, 7200)),
+    image, image_owner = _image(file, (*path, "image"), sec["image"])
+    common: dict[str, Any] = {
+        "region": region,
+        "image": image,
+        "image_owner": image_owner,
+        "spot": _bool(file, (*path, "spot"), sec.get("spot", False)),
+        "address": check_choice(file, (*path, "address"), sec.get("address", "public"), ADDRESS_MODES),
+        "ssh_cidr": _cidr(file, (*path, "ssh_cidr"), sec.get("ssh_cidr", "auto")),
+        "tags": tuple(sorted(_tags(file, (*path, "tags"), sec.get("tags")).items())),
+        "boot_timeout_s": check_int(file, (*path, "boot_timeout_s"),
+                                    sec.get("boot_timeout_s", DEFAULT_BOOT_TIMEOUT_S), 10, 7200),
     }
     if sec.get("max_lifetime_hours") is not None:
-        hours = check_number(file, (*path, "max_lifetime_hours"), sec["max_lifetime_hours"], 0.0, exclusive_min=True)
-        extra["aws.max_lifetime_hours"] = repr(hours)
+        common["max_lifetime_hours"] = float(check_number(
+            file, (*path, "max_lifetime_hours"), sec["max_lifetime_hours"], 0.0, exclusive_min=True))
     for key in ("key_name", "subnet", "security_group", "endpoint_url"):
         if sec.get(key) is not None:
             value = check_str(file, (*path, key), sec[key])
@@ -106,7 +153,7 @@ def parse_section(
                                   f"{'subnet-0abc1234' if key == 'subnet' else 'sg-0abc1234'}")
             if key == "endpoint_url" and not re.match(r"^https?://[^\s/]+", value):
                 raise ConfigError(file, (*path, key), f"{preview(value)} is not an http(s):// URL")
-            extra[f"aws.{key}"] = value
+            common[key] = value
 
     width = max(2, len(str(n_clients)))
     slots = [(f"{prefix}-server", ("server",), stype)]
@@ -116,7 +163,7 @@ def parse_section(
         # the address is filled in by the provider once the instance has one
         h = make_host(name, f"(new {mtype})", list(roles))
         hosts.append(dataclasses.replace(h, price_per_hour=price_of(mtype, prices), currency="USD",
-                                         extra={**h.extra, **extra, "aws.instance_type": mtype}))
+                                         provider_settings=AwsHostSettings(instance_type=mtype, **common)))
     return hosts
 
 
@@ -133,20 +180,21 @@ def _bool(file: str, path: KeyPath, value: Any) -> bool:
     return value
 
 
-def _image(file: str, path: KeyPath, value: Any) -> str:
-    """``ami-...``, or ``{name: PATTERN, owner: OWNER}`` (the newest match is used), as one string."""
+def _image(file: str, path: KeyPath, value: Any) -> tuple[str, str | None]:
+    """``(ami-..., None)``, or ``(PATTERN, OWNER)`` for ``{name: PATTERN, owner: OWNER}`` (the newest
+    match is used)."""
     if isinstance(value, str):
         if not _AMI.match(value):
             raise ConfigError(file, path, f"{preview(value)} is not an AMI id (ami-...); for a name filter write"
                               " image: {name: 'Deep Learning*', owner: amazon}")
-        return value
+        return value, None
     spec = require_mapping(file, path, value)
     check_keys(file, path, spec, IMAGE_KEYS)
     if spec.get("name") is None:
         raise ConfigError(file, (*path, "name"), "is required (a name pattern; * matches anything)")
     name = check_str(file, (*path, "name"), spec["name"])
     owner = check_str(file, (*path, "owner"), spec.get("owner", "amazon"))
-    return json.dumps({"name": name, "owner": owner}, sort_keys=True)
+    return name, owner
 
 
 def _cidr(file: str, path: KeyPath, value: Any) -> str:
@@ -178,6 +226,8 @@ def _prices(file: str, path: KeyPath, value: Any) -> dict[str, float]:
     return {k: check_number(file, (*path, k), v, minimum=0.0) for k, v in prices.items()}
 
 
-def settings(info: HostInfo) -> dict[str, str]:
-    """The ``aws.*`` settings of a host, without the prefix."""
-    return {k[4:]: v for k, v in info.extra.items() if k.startswith("aws.")}
+def settings(info: HostInfo) -> AwsHostSettings:
+    """The aws settings of a host (a host of another provider is a bug in fedctl)."""
+    if not isinstance(info.provider_settings, AwsHostSettings):
+        raise TypeError(f"host {info.name} has no aws settings")
+    return info.provider_settings

@@ -14,11 +14,10 @@ import time
 from typing import Any, Iterable
 
 from fedctl.errors import UsageError
-from fedctl.providers.base import Machine, ProviderError
+from fedctl.providers.base import ENDED_STATES, Machine, ProviderError
 
 #: tags fedctl puts on everything it creates
 TAG_RUN, TAG_HOST, TAG_ORIGIN = "fedctl-run", "fedctl-host", "fedctl-origin"
-ENDED_STATES = ("shutting-down", "terminated")
 _WHEN = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:UTC|GMT)\)")
 
 
@@ -139,15 +138,16 @@ def terminate(ec2: Any, ids: list[str]) -> None:
             raise api_error(exc, f"terminate {', '.join(ids[i:i + 500])}") from None
 
 
-def resolve_image(ec2: Any, spec: str) -> tuple[str, str]:
-    """``(image id, name)`` for an ``ami-...`` id or a JSON ``{name, owner}`` filter (newest wins)."""
+def resolve_image(ec2: Any, image: str, owner: str | None) -> tuple[str, str]:
+    """``(image id, name)`` for an ``ami-...`` id (``owner`` None) or a name pattern of ``owner``
+    (the newest match wins)."""
+    spec = image if owner is None else f"{image} (owner {owner})"
     try:
-        if spec.startswith("ami-"):
-            images = ec2.describe_images(ImageIds=[spec]).get("Images", [])
+        if owner is None:
+            images = ec2.describe_images(ImageIds=[image]).get("Images", [])
         else:
-            f = json.loads(spec)
-            images = ec2.describe_images(Owners=[f["owner"]], Filters=[
-                {"Name": "name", "Values": [f["name"]]}, {"Name": "state", "Values": ["available"]}]).get("Images", [])
+            images = ec2.describe_images(Owners=[owner], Filters=[
+                {"Name": "name", "Values": [image]}, {"Name": "state", "Values": ["available"]}]).get("Images", [])
     except Exception as exc:  # noqa: BLE001
         raise api_error(exc, f"look up image {spec}") from None
     if not images:
@@ -179,26 +179,42 @@ def tag_spec(kind: str, tags: dict[str, str]) -> list[dict[str, Any]]:
     return [{"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())]}]
 
 
-def ensure_security_group(ec2: Any, name: str, vpc: str, tags: dict[str, str], ssh_cidr: str, ssh_port: int,
-                          fl_port: int | None) -> str:
-    """The run's security group, created once (a retry finds it by name): SSH from ``ssh_cidr``,
-    the FL port (every TCP port when unknown) only from members of the group itself."""
+def find_security_group(ec2: Any, name: str, vpc: str) -> str | None:
+    """The id of the security group named ``name`` in ``vpc`` (None: there is none)."""
     try:
         found = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]},
                                                       {"Name": "vpc-id", "Values": [vpc]}]).get("SecurityGroups", [])
-        if found:
-            return str(found[0]["GroupId"])
-        gid = ec2.create_security_group(
-            GroupName=name, VpcId=vpc, Description=f"fedctl {name}: SSH from {ssh_cidr}, FL inside the group",
-            TagSpecifications=tag_spec("security-group", tags))["GroupId"]
+    except Exception as exc:  # noqa: BLE001
+        raise api_error(exc, f"look up security group {name}") from None
+    return str(found[0]["GroupId"]) if found else None
+
+
+def ensure_security_group(ec2: Any, name: str, vpc: str, tags: dict[str, str], ssh_cidr: str, ssh_port: int,
+                          fl_port: int | None) -> str:
+    """The run's security group, created once (a retry finds it by name), with its rules: SSH from
+    ``ssh_cidr``, the FL port (every TCP port when unknown) only from members of the group itself.
+    The rules are (re)applied on every call: a crash between creating the group and adding them
+    must not leave a group that lets nothing in."""
+    gid = find_security_group(ec2, name, vpc)
+    try:
+        if gid is None:
+            gid = str(ec2.create_security_group(
+                GroupName=name, VpcId=vpc, Description=f"fedctl {name}: SSH from {ssh_cidr}, FL inside the group",
+                TagSpecifications=tag_spec("security-group", tags))["GroupId"])
         ports = (fl_port, fl_port) if fl_port else (0, 65535)
-        ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
+        rules = [
             {"IpProtocol": "tcp", "FromPort": ssh_port, "ToPort": ssh_port,
              "IpRanges": [{"CidrIp": ssh_cidr, "Description": "fedctl: SSH"}]},
             {"IpProtocol": "tcp", "FromPort": ports[0], "ToPort": ports[1],
              "UserIdGroupPairs": [{"GroupId": gid, "Description": "fedctl: FL traffic inside the run"}]},
-        ])
-        return str(gid)
+        ]
+        for rule in rules:  # one call each: a rule already there does not keep the other out
+            try:
+                ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[rule])
+            except Exception as exc:  # noqa: BLE001
+                if error_code(exc) != "InvalidPermission.Duplicate":
+                    raise
+        return gid
     except Exception as exc:  # noqa: BLE001
         raise api_error(exc, f"create security group {name}") from None
 
@@ -223,16 +239,6 @@ def delete_group(ec2: Any, gid: str) -> bool:
             return False
         raise api_error(exc, f"delete security group {gid}") from None
     return True
-
-
-def owner(m: Machine) -> tuple[str | None, str | None]:
-    """Whose an instance is, by its tags: (run, origin)."""
-    return m.run_id, m.origin
-
-
-def whose(m: Machine) -> str:
-    """``owner`` in words, for a refusal message."""
-    return f"its tags name run {m.run_id or '(none)'}, origin {m.origin or '(none)'}"
 
 
 def unused_groups(ec2: Any, run_ids: Iterable[str], origins: set[str] | None) -> tuple[list[str], list[tuple[str, str]]]:

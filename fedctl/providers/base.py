@@ -1,11 +1,14 @@
-"""The Provider interface: acquire(plan) -> hosts, release(hosts), list().
+"""The Provider interface: where a run's hosts come from, and how they are let go.
 
-Two kinds of provider share it. Most (``local``, ``static``) hand out machines that exist anyway.
-Some create machines and destroy them again (``creates_machines``: a cloud such as ``aws``); those
-get a ``RunContext`` so they can tag what they create with the run, and report every machine id
-the moment it is known through ``RunContext.journal`` (the caller saves it in the state at once:
-a crash between a create call and the next line must still leave something teardown can find).
-A second cloud is one module that subclasses ``Provider`` with ``creates_machines = True``.
+Two kinds share it. A *host source* (``local``, ``static``) hands out machines that exist anyway:
+``acquire`` checks or prepares, ``release`` forgets or cleans a folder; there is no lifecycle.
+A *machine-creating* provider (``creates_machines``: ``aws``) is a ``MachineProvider``
+(``fedctl.providers.lifecycle``): a few small, stateless, idempotent steps (open the network,
+create, wait, query, terminate, clean the network up) that a generic driver runs, journaling each
+step's intent into the state before it runs and confirming it after. A second cloud, or Slurm,
+is one module implementing those steps.
+
+Every provider is built the same way, ``cls.from_run(hosts, ctx)``, from what the state holds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from fedctl.errors import ExitCode, FedctlError
 
 #: machine states that still bill (or may bill again): teardown waits until none is left
 BILLED_STATES = ("pending", "running", "stopping", "stopped")
+#: machine states of a machine that is gone or going (a provider maps its own states onto these names)
+ENDED_STATES = ("shutting-down", "terminated")
 
 
 class ProviderError(FedctlError):
@@ -35,14 +40,15 @@ class HostUpdate:
     """What a machine-creating provider learned about one host, to be saved in the state at once."""
 
     name: str
-    info: HostInfo | None = None  # how to reach it now (address, machine id in ``extra``)
+    info: HostInfo | None = None  # how to reach it now (address; its MachineRecord in ``machine``)
     acquired_at: float | None = None  # when billing started, as the provider's API reports it
     released_at: float | None = None  # when billing ended, as the provider's API reports it
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """What a machine-creating provider needs to know about the run it creates machines for."""
+    """What a provider needs to know about the run: its id and origin (a machine-creating provider
+    tags what it creates with them), where to journal what it learns, and the run's limits."""
 
     run_id: str
     origin: str  # which fedctl folder created them (``folder_origin``), so sweeps can tell folders apart
@@ -50,6 +56,7 @@ class RunContext:
     progress: Callable[[str], None] = lambda _m: None
     fl_port: int | None = None  # the FL server's port: opened inside the run's machines only
     max_hours: float | None = None  # the budget: machines switch themselves off after it (plus a margin)
+    local_root: Path | None = None  # where the local provider makes its host workspaces
 
 
 @dataclass(frozen=True)
@@ -81,17 +88,18 @@ def folder_origin(state_root: str | Path) -> str:
 
 
 class Provider(abc.ABC):
-    """Makes the plan's hosts exist and lets them go. The caller records intent in the state first."""
+    """Makes the plan's hosts usable and lets them go. The caller records intent in the state first."""
 
     name: str = ""
 
-    #: True when release() gives the machines back (stops billing); False when they stay the user's.
-    releases_machines: bool = False
-
-    #: True when acquire() creates machines and release() destroys them. Such a provider takes
-    #: ``hosts`` and ``run`` (a RunContext) and also offers ``reachable``, ``machines`` and ``sweep``.
+    #: True when acquire() creates machines and release() destroys them (a ``MachineProvider``).
     #: It destroys only machines tagged with the run AND the origin, checked on the spot.
     creates_machines: bool = False
+
+    @classmethod
+    @abc.abstractmethod
+    def from_run(cls, hosts: Sequence[HostInfo], ctx: "RunContext") -> "Provider":
+        """The provider of a run whose hosts (as the state holds them) are ``hosts``."""
 
     @abc.abstractmethod
     def acquire(self, hosts: Sequence[HostInfo]) -> list[HostInfo]:
@@ -101,19 +109,6 @@ class Provider(abc.ABC):
     def release(self, hosts: Sequence[HostInfo]) -> None:
         """Let ``hosts`` go; must be idempotent (a second call after a crash finishes the job)."""
 
-    @abc.abstractmethod
-    def list(self) -> list[str]:
-        """Names of the hosts this provider believes exist for fedctl right now."""
-
     def reachable(self, info: HostInfo) -> bool:
         """Whether ``info`` can be connected to (a machine being created has no address yet)."""
         return True
-
-    def machines(self, all_runs: bool = False, include_ended: bool = False) -> list[Machine]:
-        """The machines this provider created (for this run, or for every run with ``all_runs``)."""
-        return []
-
-    def sweep(self, listed: Sequence[Machine], group_runs: Sequence[str], origins: set[str] | None) -> list[str]:
-        """Destroy exactly ``listed`` (each re-checked by its tags just before), then the unused
-        network leftovers of ``group_runs``; returns what was destroyed (``fedctl instances --sweep``)."""
-        raise ProviderError(f"provider {self.name} creates no machines: there is nothing to sweep")

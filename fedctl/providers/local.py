@@ -8,17 +8,20 @@ from typing import Sequence
 
 from fedctl.connectors.base import HostInfo
 from fedctl.providers import register
-from fedctl.providers.base import Provider
+from fedctl.providers.base import Provider, RunContext
 
 
 @register("local")
 class LocalProvider(Provider):
     """Every host is a folder on this machine; its processes are local processes."""
 
-    releases_machines = True
-
     def __init__(self, root: str | Path = ".fedctl/local") -> None:
         self.root = Path(root).absolute()
+
+    @classmethod
+    def from_run(cls, hosts: Sequence[HostInfo], ctx: RunContext) -> "LocalProvider":
+        """The run's workspaces live under the state folder's local root."""
+        return cls(root=ctx.local_root) if ctx.local_root is not None else cls()
 
     def acquire(self, hosts: Sequence[HostInfo]) -> list[HostInfo]:
         for h in hosts:
@@ -33,8 +36,3 @@ class LocalProvider(Provider):
                 shutil.rmtree(path)
         if self.root.exists() and not any(self.root.iterdir()):
             self.root.rmdir()
-
-    def list(self) -> list[str]:
-        if not self.root.exists():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())

@@ -10,24 +10,21 @@ from typing import Sequence
 
 from fedctl.connectors.base import HostInfo
 from fedctl.providers import register
-from fedctl.providers.base import Provider
+from fedctl.providers.base import Provider, RunContext
 
 
 @register("static")
 class StaticProvider(Provider):
     """Hosts listed in the inventory; they exist before fedctl and after it."""
 
-    releases_machines = False
-
-    def __init__(self, hosts: Sequence[HostInfo] = ()) -> None:
-        self._hosts = list(hosts)
+    @classmethod
+    def from_run(cls, hosts: Sequence[HostInfo], ctx: RunContext) -> "StaticProvider":
+        """Nothing to know: the hosts exist before fedctl and after it."""
+        return cls()
 
     def acquire(self, hosts: Sequence[HostInfo]) -> list[HostInfo]:
+        """The hosts as they are (provision's checks run over SSH)."""
         return list(hosts)
 
     def release(self, hosts: Sequence[HostInfo]) -> None:
-        names = {h.name for h in hosts}
-        self._hosts = [h for h in self._hosts if h.name not in names]
-
-    def list(self) -> list[str]:
-        return [h.name for h in self._hosts]
+        """Nothing to give back: teardown has removed what fedctl wrote; the machines stay the user's."""

@@ -104,11 +104,11 @@ def test_run_creates_instances_runs_and_destroys_them(moto_ec2, tmp_path):
         assert moto_ec2.groups(run_id) == []  # the security group it created is gone
 
         # the state recorded the ids and the API's launch times; cost has them
-        ids = {h["info"]["extra"]["aws.instance_id"] for h in st["hosts"]}
+        ids = {h["info"]["machine"]["id"] for h in st["hosts"]}
         assert ids == {i["InstanceId"] for i in inst}
         launched = {i["InstanceId"]: i["LaunchTime"].timestamp() for i in inst}
         for h in st["hosts"]:
-            assert abs(h["acquired_at"] - launched[h["info"]["extra"]["aws.instance_id"]]) < 1.0
+            assert abs(h["acquired_at"] - launched[h["info"]["machine"]["id"]]) < 1.0
             assert h["released_at"] is not None and h["released_at"] >= h["acquired_at"] - 1.0
         assert (proj / "results" / run_id).is_dir()
 

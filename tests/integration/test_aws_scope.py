@@ -125,7 +125,7 @@ def _provision_then_kill(proj: Path, moto: MotoEc2, n: int, billed: int) -> None
         wait_until(lambda: len(moto.billed()) >= billed, 60, what=f"{n} instances of the provision")
         wait_until(lambda: (proj / ".fedctl" / "state.json").exists() and sum(
             1 for h in json.loads((proj / ".fedctl" / "state.json").read_text())["hosts"]
-            if h["info"]["extra"].get("aws.instance_id")) == n, 30, what="the ids journaled")
+            if (h["info"]["machine"] or {}).get("id")) == n, 30, what="the ids journaled")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -137,8 +137,8 @@ def test_teardown_refuses_a_recorded_instance_of_another_run(moto_ec2, tmp_path)
     _provision_then_kill(proj, moto_ec2, 3, billed=4)  # 1 server + 2 clients, and the foreign one
     path = proj / ".fedctl" / "state.json"
     st = json.loads(path.read_text())
-    mine = [h["info"]["extra"]["aws.instance_id"] for h in st["hosts"]]
-    st["hosts"][1]["info"]["extra"]["aws.instance_id"] = foreign  # an edited (or stale) state
+    mine = [h["info"]["machine"]["id"] for h in st["hosts"]]
+    st["hosts"][1]["info"]["machine"]["id"] = foreign  # an edited (or stale) state
     path.write_text(json.dumps(st))
 
     td = fedctl(proj, "teardown", "--yes")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pytest
 
@@ -42,15 +41,17 @@ def test_hosts_are_a_server_and_client_slots_with_prices(tmp_path):
     assert [h.name for h in i.hosts] == ["fl-server", "fl-client-01", "fl-client-02", "fl-client-03"]
     assert [h.roles for h in i.hosts] == [("server",)] + [("client",)] * 3
     assert [h.price_per_hour for h in i.hosts] == [0.1, 0.526, 0.526, 0.526]
-    assert i.hosts[0].extra["aws.instance_type"] == "t3.large" and i.hosts[1].extra["aws.instance_type"] == "g4dn.xlarge"
+    assert i.hosts[0].provider_settings.instance_type == "t3.large"
+    assert i.hosts[1].provider_settings.instance_type == "g4dn.xlarge"
     assert all(h.user == "ubuntu" and h.identity_file == "~/.ssh/id" for h in i.hosts)
     assert i.hosts[0].address == "(new t3.large)"  # the provider fills it in
 
 
 def test_image_name_filter_and_defaults(tmp_path):
     i = inv(tmp_path, BASE.replace("ami-0123456789abcdef0", "{name: 'Deep Learning*'}"))
-    assert json.loads(i.hosts[0].extra["aws.image"]) == {"name": "Deep Learning*", "owner": "amazon"}
-    assert i.hosts[0].extra["aws.address"] == "public" and i.hosts[0].extra["aws.spot"] == "false"
+    s = i.hosts[0].provider_settings
+    assert (s.image, s.image_owner) == ("Deep Learning*", "amazon")
+    assert s.address == "public" and s.spot is False
     assert len(i.hosts) == 11  # 1 server + 10 client slots by default
 
 

@@ -44,17 +44,22 @@ def test_acquire_journals_ids_adopts_on_retry_and_release_ends_everything(ec2_mo
     ctx = RunContext(run_id="r1", origin="o", journal=log.append, max_hours=1.0)
     p = AwsProvider(hs, run=ctx, poll_s=0)
     got = p.acquire(hs)
-    ids = {h.extra["aws.instance_id"] for h in got}
+    ids = {h.machine.id for h in got}
     assert len(ids) == 3 and all(h.address.startswith("10.9.1.") for h in got)
-    first_ids = [u.info.extra["aws.instance_id"] for u in log if u.info is not None][:3]
+    first_ids = [u.info.machine.id for u in log if u.info is not None and u.info.machine.id][:3]
     assert set(first_ids) == ids  # journaled as launched, before the wait
+    # each create was journaled as an intent (no id yet) before it ran
+    for h in hs:
+        mine = [u.info.machine for u in log if u.info is not None and u.name == h.name]
+        first_id = next(i for i, m in enumerate(mine) if m.id)
+        assert any(m.intent == "create" and m.id is None for m in mine[:first_id])
 
     again = AwsProvider(hs, run=ctx, poll_s=0).acquire(hs)  # a retry adopts what exists
-    assert {h.extra["aws.instance_id"] for h in again} == ids
+    assert {h.machine.id for h in again} == ids
     assert len(p.machines()) == 3
 
     p.release(got)
-    assert p.machines() == [] and p.list() == []
+    assert p.machines() == []
     assert all(m.state == "terminated" for m in p.machines(include_ended=True))
     assert {u.name for u in log if u.released_at} == {h.name for h in hs}
     groups = ec2.describe_security_groups(Filters=[{"Name": "tag:fedctl-run", "Values": ["r1"]}])["SecurityGroups"]
@@ -90,8 +95,8 @@ def test_another_origins_instance_with_our_run_tag_is_neither_adopted_nor_termin
     said: list[str] = []
     p = AwsProvider(hs, run=RunContext(run_id="r3", origin="o", progress=said.append), poll_s=0)
     got = p.acquire(hs)
-    assert other not in {h.extra["aws.instance_id"] for h in got}  # launched its own, not adopted
-    assert all(h.extra["origin"] == "o" for h in got)  # the origin is recorded with the id
+    assert other not in {h.machine.id for h in got}  # launched its own, not adopted
+    assert all(h.machine.origin == "o" for h in got)  # the origin is recorded with the id
     assert _state(ec2, other) == "running"
     p.release(got)
     assert _state(ec2, other) == "running" and p.machines() == []
@@ -109,10 +114,10 @@ def test_release_refuses_a_recorded_id_of_another_run(ec2_mock):
     said: list[str] = []
     p = AwsProvider(hs, run=RunContext(run_id="r4", origin="o", progress=said.append), poll_s=0)
     got = p.acquire(hs)
-    edited = [dataclasses.replace(got[0], extra={**got[0].extra, "aws.instance_id": stranger}), *got[1:]]
+    edited = [dataclasses.replace(got[0], machine=dataclasses.replace(got[0].machine, id=stranger)), *got[1:]]
     p.release(edited)
     assert _state(ec2, stranger) == "running"
-    assert all(_state(ec2, h.extra["aws.instance_id"]) == "terminated" for h in got)  # found by tag
+    assert all(_state(ec2, h.machine.id) == "terminated" for h in got)  # found by tag
     assert any(f"refusing to terminate {stranger}" in s and "not-ours" in s for s in said)
 
 
