@@ -11,14 +11,34 @@ from fedctl.monitor.nvidia import gpu_memory_mib, parse_gpu_facts
 from fedctl.state import HostRecord, ProcessRecord, RunState
 
 
+def server_device_problem(device: str, host: str, gpu_count: int) -> str | None:
+    """Why ``placement.server_device`` cannot be honoured on the server's host, or None: ``gpu``
+    on a host where nvidia-smi lists no GPU would quietly evaluate on the CPU."""
+    if device == "gpu" and gpu_count == 0:
+        return f"placement.server_device is gpu, but the server's host {host} has no GPU (nvidia-smi lists none)"
+    return None
+
+
+def check_server_device(device: str, host: str, gpu_count: int) -> None:
+    """Raise PlanError (with what to change) when ``server_device_problem`` finds one."""
+    problem = server_device_problem(device, host, gpu_count)
+    if problem:
+        raise PlanError(problem, hint="set placement.server_device to auto or cpu in fedctl.yaml (or --set), or"
+                                      " give a host with a GPU the server role in the inventory")
+
+
 def process_env(state: RunState, rec: HostRecord, proc: ProcessRecord) -> dict[str, str]:
     """The GPU settings of one payload process: which GPU it sees (CUDA_VISIBLE_DEVICES), memory
     growth instead of mapping the whole GPU, and a per-process memory limit (FEDCTL_GPU_MEMORY_MB)
     when several processes share one GPU. Empty on a host without GPUs.
 
     Raises PlanError when the process was placed on a GPU the host's facts do not list (facts of an
-    older fedctl counted nvidia-smi's warning lines as GPUs)."""
+    older fedctl counted nvidia-smi's warning lines as GPUs), or the server must have a GPU that its
+    host lacks (``check_server_device``)."""
     gpus, _ = parse_gpu_facts(rec.facts.get("gpus") or [], warn=False)
+    if proc.role == "server":
+        check_server_device((state.experiment.get("placement") or {}).get("server_device", "auto"), rec.name,
+                            len(gpus))
     if not gpus and proc.gpu is None:
         return {}
     env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}

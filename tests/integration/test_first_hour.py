@@ -135,3 +135,20 @@ def test_resume_before_any_round_says_the_run_starts_again_from_round_1(sshd_fle
     assert "with --resume: no round had finished, so the run starts again from round 1" in out, out
     fedctl(proj, "teardown", "--yes", check=True)
     assert run_pids(st["run_id"]) == []
+
+
+def test_a_gpu_server_device_on_a_host_without_a_gpu_is_an_error_naming_key_and_host(sshd_fleet, tmp_path):
+    from tests.integration.test_lifecycle import run_pids
+
+    fleet = sshd_fleet(2)  # loopback hosts: nvidia-smi lists no GPU there
+    proj = project(tmp_path, fleet, placement={"server_device": "gpu"})
+    fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
+    res = fedctl(proj, "start")
+    assert res.returncode != 0, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert "placement.server_device is gpu, but the server's host h1 has no GPU" in out, out
+    assert "Traceback" not in out
+    run_id = state(proj)["run_id"]
+    assert not any(p.get("pid") for h in state(proj)["hosts"] for p in h["processes"] if p["role"] == "server")
+    fedctl(proj, "teardown", "--yes", check=True)
+    assert run_pids(run_id) == []
