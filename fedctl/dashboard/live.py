@@ -3,9 +3,9 @@
 Keys (when stdin is a terminal): ``q`` quits (training keeps running: nothing is stopped), ``f``
 cycles the log filter through all / server / client / each host. Ctrl-C quits the same way in
 ``fedctl watch``. In ``fedctl run`` (``run_mode``) Ctrl-C is not a quit: it propagates, and the run
-is stopped, collected and torn down; leaving the run going is the explicit ``d`` key (``q`` too, as
-the logs panel says), shown in a line on top of the screen. Without a terminal the loop prints plain lines
-instead (a status line when it changes, new alerts, new log lines).
+is stopped, collected and torn down; leaving the run going is the explicit ``d`` key (``q`` too).
+The keys are on the screen's first line (``screen.fit_screen``). Without a terminal the loop prints
+plain lines instead (a status line when it changes, new alerts, new log lines).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable, Sequence
 
-from rich.console import Console, RenderableType
+from rich.console import Console
 
-from fedctl.dashboard.render import format_log_line, render, render_lines, render_logs, status_line
+from fedctl.dashboard.plain import format_log_line, render_lines, status_line
+from fedctl.dashboard.screen import DETACH_HELP, DETACH_KEYS, NO_KEYS_HELP, WATCH_KEYS, WATCH_NO_KEYS, fit_screen
 from fedctl.monitor.collect import Collector, build_probes, collect_once
 from fedctl.monitor.model import WatchModel, log_filter_matches
 from fedctl.monitor.snapshot import LogLine, Snapshot
@@ -104,73 +105,6 @@ class _KeyReader:
         if self._saved is not None:
             termios.tcsetattr(self.stream.fileno(), termios.TCSADRAIN, self._saved)
             self._saved = None
-
-
-def heat_columns_for(width: int) -> int:
-    """How many heatmap rounds fit next to the client columns on a ``width``-column screen."""
-    return max(0, min(12, (width - 62) // 6))
-
-
-def table_rows_for(snap: Snapshot, height: int, min_logs: int = 5) -> tuple[int, int]:
-    """(client rows, host rows) that fit on a ``height``-line screen with ``min_logs`` log lines.
-
-    Rendering rows nobody can see is the main CPU cost of a large fleet's screen, so they are cut
-    here (problem rows are kept first, see ``render.pick_rows``)."""
-    fixed = 2 + 11 + 4 + 4 + (min_logs + 2)  # header, federation, two table frames+headers, logs
-    room = max(4, height - fixed)
-    host_lines = [max(1, len(h.gpu.gpus)) for h in snap.hosts]
-    need_c, need_h = len(snap.clients), sum(host_lines)
-    if need_c + need_h <= room:
-        return need_c, len(snap.hosts)
-    c_room = max(2, min(need_c, room // 2 if need_h > room // 2 else room - need_h))
-    h_room = max(2, room - c_room)
-    rows, used = 0, 0
-    for n in host_lines:
-        if used + n > h_room:
-            break
-        used += n
-        rows += 1
-    return c_room, max(1, rows)
-
-
-#: the footer of ``fedctl run``'s screen: what its keys do (it is the only place a user learns it)
-DETACH_HELP = ("d: detach (the run goes on; `fedctl watch` to come back, `fedctl teardown` to end it)"
-               "  ·  Ctrl-C: stop the run, collect results, tear down")
-NO_KEYS_HELP = "Ctrl-C: stop the run, collect results, tear down"
-
-
-def fit_screen(snap: Snapshot, console: Console, footer: str | None = None) -> RenderableType:
-    """``render(snap)`` sized to the terminal: the panels above are rendered once, and the logs
-    panel gets exactly the lines left (Live in screen mode crops whatever does not fit); a
-    ``footer`` line (the keys of ``fedctl run``) goes on top, where no terminal crops it."""
-    from rich.console import Group
-    from rich.text import Text
-
-    width, height = console.size
-    if footer is not None:
-        height -= 1
-    clients, hosts = table_rows_for(snap, height)
-    upper = render(snap, max_log_lines=0, heat_columns=heat_columns_for(width),
-                   max_client_rows=clients, max_host_rows=hosts)
-    lines = console.render_lines(upper, console.options, pad=False, new_lines=True)
-    room = height - len(lines) - 2  # the logs panel's borders
-    segments = [seg for line in lines for seg in line]
-    parts: list[RenderableType] = [_Segments(segments)]
-    if footer is not None:  # first, so a short terminal (Live crops the bottom) still shows it
-        parts.insert(0, Text(footer, style="bold", no_wrap=True, overflow="ellipsis"))
-    if room >= 1:
-        parts.append(render_logs(snap, room))
-    return Group(*parts)
-
-
-class _Segments:
-    """Already rendered segments as a renderable (so the upper panels are rendered once per frame)."""
-
-    def __init__(self, segments: list[Any]) -> None:
-        self.segments = segments
-
-    def __rich_console__(self, console: Console, options: Any) -> Any:
-        yield from self.segments
 
 
 class WatchLoop:
@@ -299,7 +233,7 @@ class WatchLoop:
         with Live(console=self.console, auto_refresh=False, screen=True, transient=False) as live:
             while True:
                 snap = self.model.snapshot(log_filter=self.log_filter)
-                live.update(fit_screen(snap, self.console, self._footer()), refresh=True)
+                live.update(fit_screen(snap, self.console, self._keys()), refresh=True)
                 ended = self._ended(snap, start)
                 if ended is not None:
                     return ended
@@ -309,9 +243,16 @@ class WatchLoop:
                 self._maybe_reload(reloaded)
 
     def _footer(self) -> str | None:
+        """``fedctl run``'s keys in full (None in ``fedctl watch``)."""
         if not self.run_mode:
             return None
         return DETACH_HELP if self.keys else NO_KEYS_HELP
+
+    def _keys(self) -> Sequence[str]:
+        """The keys line of this screen, longest first (``keys_text`` picks the one that fits)."""
+        if self.run_mode:
+            return DETACH_KEYS if self.keys else (NO_KEYS_HELP,)
+        return WATCH_KEYS if self.keys else WATCH_NO_KEYS
 
     def _quit_reason(self) -> str:
         return "detached" if self.run_mode else "quit"
@@ -371,8 +312,10 @@ def summary_lines(snap: Snapshot) -> list[str]:
 
 
 __all__ = [
+    "DETACH_HELP",
     "WatchLoop",
     "WatchOutcome",
+    "fit_screen",
     "filter_choices",
     "render_lines",
     "snapshot_once",

@@ -1,26 +1,35 @@
-"""Pure renderers of a watch Snapshot: ``render`` (a rich renderable) and ``render_lines`` (plain text).
+"""The pure rich renderer of a watch Snapshot: ``render(snapshot) -> renderable``.
 
 No I/O, no clock: the same snapshot always renders the same screen, which is what the tests check.
+Given a ``width``, every line fits it and no cell wraps (so no word is broken across lines): cells
+are cut with an ellipsis, host names are cut one way everywhere (``fmt.fit_name``), and the columns
+that matter least give up their room first. ``compact`` is the small-terminal form: sections headed
+by a rule instead of a box, one line per host, the alerts under the numbers. The plain-text renderer
+is ``fedctl.dashboard.plain``.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
-from rich.console import Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.panel import Panel
-from rich.progress_bar import ProgressBar
+from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from fedctl.monitor.snapshot import Alert, ClientSnapshot, GpuReport, HostSnapshot, Snapshot
+from fedctl.dashboard.fmt import (compact_seconds, fit_name, fmt_ids, fmt_money, fmt_num, gpu_short, gpu_text,
+                                  host_reach, name_width, sparkline, stragglers)
+from fedctl.dashboard.plain import format_log_line  # noqa: F401  (``fedctl logs`` imports it from here)
+from fedctl.monitor.snapshot import Alert, ClientSnapshot, HostSnapshot, Snapshot
 from fedctl.units import fmt_duration
 
 T = TypeVar("T")
 
-SPARK = "▁▂▃▄▅▆▇█"
 STATE_STYLE = {
     "training": "cyan",
     "uploading": "blue",
@@ -31,92 +40,8 @@ STATE_STYLE = {
     "finished": "green",
     "unknown": "dim",
 }
-
-
-# -- small formatters (pure, shared by both renderers) ----------------------------------------------
-def fmt_num(value: float | None, digits: int = 3) -> str:
-    """A float for a table cell: None -> ``-``, NaN -> ``NaN``."""
-    if value is None:
-        return "-"
-    if math.isnan(value):
-        return "NaN"
-    return f"{value:.{digits}f}"
-
-
-def fmt_money(value: float | None, currency: str) -> str:
-    """fedctl's one money format (``cost.format_money``), ``-`` for an unknown amount."""
-    from fedctl.cost import format_money
-
-    return format_money(value, currency, none="-")
-
-
-def sparkline(values: Sequence[float | None]) -> str:
-    """Block-character chart of ``values`` (None/NaN drawn as a space)."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return ""
-    lo, hi = min(finite), max(finite)
-    out = []
-    for v in values:
-        if v is None or not math.isfinite(v):
-            out.append(" ")
-        elif hi == lo:
-            out.append(SPARK[len(SPARK) // 2])
-        else:
-            out.append(SPARK[int((v - lo) / (hi - lo) * (len(SPARK) - 1))])
-    return "".join(out)
-
-
-def gpu_text(report: GpuReport) -> list[str]:
-    """One line per GPU (or one line saying there is none / why nvidia-smi failed)."""
-    if report.status == "none":
-        return ["no GPU"]
-    if report.status == "error":
-        return [f"nvidia-smi error: {report.error}"]
-    if report.status != "ok":
-        return ["-"]
-    lines = []
-    for g in report.gpus:
-        util = "n/a" if g.util_pct is None else f"{g.util_pct:.0f}%"
-        used = "n/a" if g.mem_used_mib is None else f"{g.mem_used_mib / 1024:.1f}"
-        total = "n/a" if g.mem_total_mib is None else f"{g.mem_total_mib / 1024:.1f}G"
-        temp = "n/a" if g.temp_c is None else f"{g.temp_c:.0f}°C"
-        power = "n/a" if g.power_w is None else f"{g.power_w:.0f}W"
-        run = f" run {g.run_mem_mib / 1024:.1f}G" if g.run_pids else " run 0G"
-        if g.processes:  # whose memory it is: "client-0 1.2G, server 0.3G"
-            run += " (" + ", ".join(f"{p.label} {p.mem_mib / 1024:.1f}G" for p in g.processes) + ")"
-        lines.append(f"{g.index}:{g.name} {util} {used}/{total} {temp} {power}{run}")
-    if report.error:
-        lines.append(report.error)
-    return lines
-
-
-def host_reach(h: HostSnapshot) -> tuple[str, str]:
-    """(text, style) for a host's reachability cell, saying how stale its data is."""
-    if h.reachable is None:
-        return "connecting", "dim"
-    if not h.reachable:
-        age = f", data {fmt_duration(h.age_s)} old" if h.age_s is not None else ""
-        return f"NO ({h.error}){age}", "bold red"
-    if h.stale:
-        return f"stale {fmt_duration(h.age_s)}", "yellow"
-    return "yes", "green"
-
-
-def stragglers(snapshot: Snapshot) -> dict[int, int]:
-    """round -> straggler client id (the reporting client with the largest response time)."""
-    return {p.round: p.straggler for p in snapshot.federation.history if p.straggler is not None}
-
-
-def compact_seconds(value: float, width: int) -> str:
-    """Seconds in at most ``width`` characters that still tell rounds of 20 ms from 200 ms:
-    ``.023``/``.02``, ``1.2``, ``12``, ``123``, then minutes ``15m`` and hours ``3h``."""
-    candidates = []
-    if value < 1:
-        fine = f"{value:.{max(1, width - 1)}f}"
-        candidates.append(fine[1:] if fine.startswith("0.") else fine)  # the leading 0 carries nothing
-    candidates += [f"{value:.1f}", f"{value:.0f}", f"{value / 60:.0f}m", f"{value / 3600:.0f}h"]
-    return next((c for c in candidates if len(c) <= width), candidates[-1][:width])
+SPARK_POINTS = 40  # the charts show the most recent rounds, so a long run does not wrap them
+GAP = 2  # columns between two table columns (padding 1 on each side, none at the edges)
 
 
 def _heat_cell(value: float | None, median: float | None, straggler: bool) -> Text:
@@ -136,7 +61,6 @@ def _heat_cell(value: float | None, median: float | None, straggler: bool) -> Te
     return Text(label[:4].rjust(4), style=style)
 
 
-# -- rich renderer -----------------------------------------------------------------------------------
 def pick_rows(items: Sequence[T], limit: int | None, severity: Callable[[T], int]) -> list[T]:
     """At most ``limit`` of ``items``, the most severe first (then in order); shown in order.
 
@@ -164,244 +88,278 @@ def host_severity(h: HostSnapshot) -> int:
     return 1 if h.gpu.status == "error" else 0
 
 
+# -- columns that fit a width ------------------------------------------------------------------------
+@dataclass
+class _Col:
+    header: str
+    cells: list[Text] = field(default_factory=list)
+    justify: str = "left"
+
+    def natural(self) -> int:
+        return max([cell_len(self.header)] + [cell_len(line) for c in self.cells for line in c.plain.split("\n")])
+
+
+def _total(widths: Sequence[int]) -> int:
+    shown = [w for w in widths if w > 0]
+    return sum(shown) + GAP * max(0, len(shown) - 1)
+
+
+def _fit_widths(natural: Sequence[int], avail: int | None, shrink: Sequence[tuple[int, int]]) -> list[int]:
+    """Column widths within ``avail``: the columns in ``shrink`` (index, least width) give up room in
+    that order, down to their least width; a least width of 0 drops the column."""
+    widths = list(natural)
+    if avail is None:
+        return widths
+    for i, least in shrink:
+        over = _total(widths) - avail
+        if over <= 0:
+            break
+        widths[i] = 0 if least == 0 else max(min(least, widths[i]), widths[i] - over)
+    return widths
+
+
+def _table(cols: Sequence[_Col], widths: Sequence[int]) -> Table:
+    """A borderless table of the columns with a width (never wrapped: cut with an ellipsis)."""
+    t = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
+    kept = [i for i, w in enumerate(widths) if w > 0]
+    for i in kept:
+        t.add_column(cols[i].header, justify=cols[i].justify, width=widths[i],  # type: ignore[arg-type]
+                     no_wrap=True, overflow="ellipsis")
+    for r in range(len(cols[0].cells) if cols else 0):
+        t.add_row(*[cols[i].cells[r] for i in kept])
+    return t
+
+
+class _FitTable:
+    """A table whose column widths are chosen for the width it is rendered in: ``shrink`` says which
+    columns give up room first (see ``_fit_widths``); ``extra`` columns (the heatmap's rounds, oldest
+    first) fill the room left, the most recent ones kept."""
+
+    def __init__(self, cols: list[_Col], shrink: Sequence[tuple[int, int]], extra: Sequence[_Col] = ()) -> None:
+        self.cols, self.shrink, self.extra = cols, shrink, list(extra)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        avail = options.max_width
+        widths = _fit_widths([c.natural() for c in self.cols], avail, self.shrink)
+        room, kept = avail - _total(widths), 0
+        for col in reversed(self.extra):
+            if col.natural() + GAP > room:
+                break
+            room -= col.natural() + GAP
+            kept += 1
+        extra = self.extra[len(self.extra) - kept:]
+        yield _table(self.cols + extra, widths + [c.natural() for c in extra])
+
+
+def _line(*parts: str | tuple[str, str]) -> Text:
+    return Text.assemble(*parts, no_wrap=True, overflow="ellipsis")
+
+
+def _section(title: str, body: RenderableType, compact: bool, subtitle: str | None = None,
+             legend: str | None = None) -> RenderableType:
+    """A boxed panel, or (compact) a one-line rule with the title: two lines fewer per section.
+
+    The rule holds the title, then the subtitle (rows not shown), then the legend, cut at its end."""
+    if compact:
+        head = " · ".join(p for p in (title, subtitle, legend) if p)
+        return Group(Rule(Text(head, style="bold"), align="left", style="dim"), body)
+    title = f"{title} ({legend})" if legend else title
+    return Panel(body, title=title, title_align="left", subtitle=subtitle, subtitle_align="left")
+
+
+# -- the screen --------------------------------------------------------------------------------------
 def render(
     snapshot: Snapshot,
     max_log_lines: int = 10,
     heat_columns: int | None = None,
     max_client_rows: int | None = None,
     max_host_rows: int | None = None,
+    width: int | None = None,
+    compact: bool = False,
+    max_alerts: int = 8,
 ) -> RenderableType:
     """The whole watch screen for ``snapshot``: header, federation, clients (+heatmap), hosts, logs.
 
     ``max_client_rows``/``max_host_rows`` bound the tables for a small screen (problem rows first);
-    ``heat_columns`` bounds the heatmap to the most recent rounds.
+    ``heat_columns`` bounds the heatmap to the most recent rounds; ``width`` is the screen's width
+    (None: every column as wide as its content); ``compact`` the form for small terminals.
     """
+    name_w = names_width(snapshot, width, compact)
     parts: list[RenderableType] = [
-        _header(snapshot),
-        _federation(snapshot),
-        _clients(snapshot, heat_columns, max_client_rows),
-        _hosts(snapshot, max_host_rows),
+        _header(snapshot, width),
+        _federation(snapshot, compact, max_alerts),
+        _clients(snapshot, heat_columns, max_client_rows, name_w, compact),
+        _hosts(snapshot, max_host_rows, name_w, compact),
     ]
     if max_log_lines > 0:
-        parts.append(render_logs(snapshot, max_log_lines))
+        parts.append(render_logs(snapshot, max_log_lines, compact, name_w))
     return Group(*parts)
 
 
-def _header(s: Snapshot) -> RenderableType:
-    f = s.federation
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column()
-    grid.add_column()
-    title = Text.assemble(
-        ("fedctl watch ", "bold"), (s.run_id, "bold cyan"),
-        f"  payload {s.payload or '-'}  strategy {s.strategy or '-'}  phase ",
-        (f.phase, "bold green" if f.phase == "finished" else "bold red" if f.phase == "failed" else "bold"),
-    )
-    done_rounds = len(f.history) and f.history[-1].round or 0
-    bar = ProgressBar(total=max(1, f.rounds), completed=min(done_rounds, max(1, f.rounds)), width=30)
-    progress = Table.grid(padding=(0, 1))
-    progress.add_row(
-        Text(f"round {f.round} of {f.rounds or '?'}", style="bold"),
-        bar,
-        Text(f"elapsed {fmt_duration(s.elapsed_s)}  ETA {fmt_duration(s.eta_s) if not s.done else 'done'}"
-             f"  cost {fmt_money(s.cost, s.currency)} ({fmt_money(s.cost_per_hour, s.currency)}/h)"),
-    )
-    grid.add_row(title)
-    grid.add_row(progress)
-    return grid
+def names_width(s: Snapshot, width: int | None, compact: bool) -> int | None:
+    """The one width of host names in every table and log prefix on a ``width``-column screen."""
+    inner = None if width is None else max(10, width if compact else width - 4)  # a panel's frame takes 4
+    return name_width([h.name for h in s.hosts] + [c.host for c in s.clients], inner)
 
 
-def _federation(s: Snapshot) -> RenderableType:
+def _header(s: Snapshot, width: int | None) -> RenderableType:
     f = s.federation
+    phase_style = "bold green" if f.phase == "finished" else "bold red" if f.phase == "failed" else "bold"
+    title = _line(("fedctl watch ", "bold"), (s.run_id, "bold cyan"),
+                  f"  payload {s.payload or '-'}  strategy {s.strategy or '-'}  phase ", (f.phase, phase_style))
+    left = f"round {f.round} of {f.rounds or '?'} "
+    right = (f" elapsed {fmt_duration(s.elapsed_s)}  ETA {fmt_duration(s.eta_s) if not s.done else 'done'}"
+             f"  cost {fmt_money(s.cost, s.currency)} ({fmt_money(s.cost_per_hour, s.currency)}/h)")
+    bar_w = 30 if width is None else min(30, width - len(left) - len(right))
+    line = _line((left, "bold"))
+    if bar_w >= 8:  # a bar too short to read is left out, the numbers stay
+        done_rounds = len(f.history) and f.history[-1].round or 0
+        filled = round(bar_w * min(1.0, done_rounds / max(1, f.rounds)))
+        line.append("━" * filled, style="green" if s.done else "magenta")
+        line.append("━" * (bar_w - filled), style="grey35")
+    line.append(right)
+    return Group(title, line)
+
+
+def _federation(s: Snapshot, compact: bool, max_alerts: int) -> RenderableType:
+    f = s.federation
+    acc = sparkline([p.accuracy for p in f.history][-SPARK_POINTS:])
+    loss = sparkline([p.loss for p in f.history][-SPARK_POINTS:])
+    last = f.history[-1] if f.history else None
+    strag = (f"round {last.round}: client {last.straggler} ({fmt_num(last.straggler_s, 2)}s)"
+             if last and last.straggler is not None else None)
+    alerts = _alert_lines(s.alerts, max_alerts)
+    title = "federation" + (f" · {len(s.alerts)} alerts" if s.alerts else "")
+    if compact:  # the numbers on two lines, then one line per alert
+        age = f"this round {fmt_duration(f.round_age_s)}  " if f.round_age_s is not None else ""
+        lines = [
+            _line(f"{age}sampled {len(f.sampled)}  reported {len(f.reported)}  waiting ",
+                  (fmt_ids(f.waiting), "cyan")),
+            _line("accuracy ", (acc, "green"), f" {fmt_num(s.accuracy)}  loss ", (loss, "magenta"),
+                  f" {fmt_num(s.loss)}", *([("  straggler " + strag, "yellow")] if strag else [])),
+        ]
+        return _section(title, Group(*lines, *alerts), compact)
     left = Table.grid(padding=(0, 1))
-    left.add_column(style="bold")
-    left.add_column()
-    left.add_row("sampled", _ids(f.sampled))
-    left.add_row("reported", _ids(f.reported))
-    left.add_row("waiting", Text(_ids(f.waiting), style="cyan") if f.waiting else "-")
+    left.add_column(style="bold", no_wrap=True)
+    left.add_column(no_wrap=True, overflow="ellipsis")
+    left.add_row("sampled", fmt_ids(f.sampled))
+    left.add_row("reported", fmt_ids(f.reported))
+    left.add_row("waiting", Text(fmt_ids(f.waiting), style="cyan") if f.waiting else "-")
     if f.round_age_s is not None:
         left.add_row("this round", fmt_duration(f.round_age_s))
-    acc = [p.accuracy for p in f.history]
-    loss = [p.loss for p in f.history]
-    left.add_row("accuracy", Text.assemble((sparkline(acc), "green"), f" {fmt_num(s.accuracy)}"))
-    left.add_row("loss", Text.assemble((sparkline(loss), "magenta"), f" {fmt_num(s.loss)}"))
-    last = f.history[-1] if f.history else None
-    if last and last.straggler is not None:
-        left.add_row("straggler", Text(f"round {last.round}: client {last.straggler} ({fmt_num(last.straggler_s, 2)}s)",
-                                       style="yellow"))
-    right = _alerts(s.alerts)
+    left.add_row("accuracy", Text.assemble((acc, "green"), f" {fmt_num(s.accuracy)}"))
+    left.add_row("loss", Text.assemble((loss, "magenta"), f" {fmt_num(s.loss)}"))
+    if strag:
+        left.add_row("straggler", Text(strag, style="yellow"))
     grid = Table.grid(expand=True, padding=(0, 2))
     grid.add_column(ratio=1)
     grid.add_column(ratio=1)
-    grid.add_row(left, right)
-    return Panel(grid, title="federation", title_align="left")
+    grid.add_row(left, Group(*alerts) if alerts else Text("no alerts", style="green"))
+    return _section(title, grid, compact)
 
 
-def _ids(ids: Sequence[int]) -> str:
-    if not ids:
-        return "-"
-    text = ",".join(str(i) for i in ids[:24])
-    return f"{len(ids)}: {text}" + (" ..." if len(ids) > 24 else "")
+def _alert_lines(alerts: Sequence[Alert], limit: int) -> list[Text]:
+    """One line per alert (cut, never wrapped), at most ``limit`` lines with a "more" line last."""
+    if limit <= 0 or not alerts:
+        return []
+    # the section's title says how many there are, so one line shows an alert rather than "N more"
+    shown = alerts if len(alerts) <= limit else alerts[: max(1, limit - 1)]
+    out = [_line(("✖ " if a.level == "error" else "! ", "bold red" if a.level == "error" else "yellow"),
+                 (a.message, "red" if a.level == "error" else "yellow")) for a in shown]
+    if len(shown) < len(alerts) and limit > 1:
+        out.append(_line(f"... {len(alerts) - len(shown)} more alerts (fedctl watch --json)"))
+    return out
 
 
-def _alerts(alerts: Sequence[Alert]) -> RenderableType:
-    if not alerts:
-        return Text("no alerts", style="green")
-    t = Text()
-    for i, a in enumerate(alerts[:8]):
-        if i:
-            t.append("\n")
-        t.append("✖ " if a.level == "error" else "! ", style="bold red" if a.level == "error" else "yellow")
-        t.append(a.message, style="red" if a.level == "error" else "yellow")
-    if len(alerts) > 8:
-        t.append(f"\n... {len(alerts) - 8} more")
-    return t
-
-
-def _clients(s: Snapshot, heat_columns: int | None, max_rows: int | None = None) -> RenderableType:
+def _clients(s: Snapshot, heat_columns: int | None, max_rows: int | None, name_w: int | None,
+             compact: bool) -> RenderableType:
     f = s.federation
+    shown = pick_rows(s.clients, max_rows, client_severity)
+    cols = [
+        _Col("client", [Text(str(c.id)) for c in shown], "right"),
+        _Col("host", [Text(fit_name(c.host, name_w)) for c in shown]),
+        _Col("state", [Text(c.state, style=STATE_STYLE.get(c.state, "")) for c in shown]),
+        _Col("resp" if compact else "last resp",
+             [Text("-" if c.last_response_s is None else f"{c.last_response_s:.2f}s") for c in shown], "right"),
+        _Col("rounds", [Text(str(c.rounds_taken)) for c in shown], "right"),
+        _Col("loss" if compact else "last loss", [Text(fmt_num(c.last_loss)) for c in shown], "right"),
+    ]
     rounds = list(f.heat_rounds)
     if heat_columns is not None:
         rounds = rounds[-heat_columns:] if heat_columns > 0 else []
     offset = len(f.heat_rounds) - len(rounds)
     strag = stragglers(s)
-    medians: list[float | None] = []
-    for j in range(len(rounds)):
+    heat = []
+    for j, rnum in enumerate(rounds):
         vals = [c.heat[offset + j] for c in s.clients if len(c.heat) > offset + j]
         good = [v for v in vals if v is not None and v >= 0 and math.isfinite(v)]
-        medians.append(statistics.median(good) if good else None)
-    t = Table(expand=False, box=None, padding=(0, 1), header_style="bold")
-    for col in ("client", "host", "state", "last resp", "rounds", "last loss"):
-        t.add_column(col, justify="right" if col in ("client", "last resp", "rounds", "last loss") else "left")
-    for r in rounds:
-        t.add_column(f"r{r}", justify="right", no_wrap=True, min_width=4)
-    shown = pick_rows(s.clients, max_rows, client_severity)
-    for c in shown:
-        cells: list[RenderableType] = [
-            str(c.id),
-            c.host,
-            Text(c.state, style=STATE_STYLE.get(c.state, "")),
-            "-" if c.last_response_s is None else f"{c.last_response_s:.2f}s",
-            str(c.rounds_taken),
-            fmt_num(c.last_loss),
-        ]
-        for j, rnum in enumerate(rounds):
-            v = c.heat[offset + j] if len(c.heat) > offset + j else None
-            cells.append(_heat_cell(v, medians[j], strag.get(rnum) == c.id))
-        t.add_row(*cells)
-    title = "clients (response time per round; * = straggler, ✗ = dropped, · = not sampled)"
+        median = statistics.median(good) if good else None
+        cells = [_heat_cell(c.heat[offset + j] if len(c.heat) > offset + j else None, median, strag.get(rnum) == c.id)
+                 for c in shown]
+        heat.append(_Col(f"r{rnum}", cells, "right"))
     more = len(s.clients) - len(shown)
     subtitle = f"{more} more clients not shown (bigger window, or --json)" if more else None
-    return Panel(t, title=title, title_align="left", subtitle=subtitle, subtitle_align="left")
+    legend = "response time per round; * = straggler, ✗ = dropped, · = not sampled"
+    table = _FitTable(cols, [(5, 0), (4, 0), (3, 0), (1, 4)], heat)  # loss, rounds, resp go before the names
+    return _section("clients", table, compact, subtitle, legend)
 
 
-def _hosts(s: Snapshot, max_rows: int | None = None) -> RenderableType:
-    t = Table(box=None, padding=(0, 1), header_style="bold")
-    for col in ("host", "role", "reachable", "load", "RAM"):
-        t.add_column(col, overflow="fold")
-    # one line per GPU, cut rather than wrapped (the full nvidia-smi message is in --json)
-    t.add_column("GPU (util mem temp power run-mem)", no_wrap=True, overflow="ellipsis", max_width=72)
-    t.add_column("processes", overflow="fold")
+def _hosts(s: Snapshot, max_rows: int | None, name_w: int | None, compact: bool) -> RenderableType:
     shown = pick_rows(s.hosts, max_rows, host_severity)
-    for h in shown:
-        reach, style = host_reach(h)
-        load = "-" if h.load1 is None else f"{h.load1:.2f}" + (f"/{h.ncpu}" if h.ncpu else "")
-        ram = "-" if h.mem_total_mib is None else f"{(h.mem_used_mib or 0) / 1024:.1f}/{h.mem_total_mib / 1024:.1f}G"
-        gpu = Text("\n".join(gpu_text(h.gpu)), style="red" if h.gpu.status == "error" else "")
-        procs = Text()
-        for i, p in enumerate(h.processes):
-            if i:
-                procs.append(" ")
-            mark, pst = ("●", "green") if p.alive else ("✖", "red") if p.alive is False else ("?", "dim")
-            procs.append(f"{p.label}{mark}", style=pst)
-        t.add_row(h.name, h.role, Text(reach, style=style), load, ram, gpu, procs)
+    reach = [host_reach(h, short=compact) for h in shown]
+    cols = [
+        _Col("host", [Text(fit_name(h.name, name_w)) for h in shown]),
+        _Col("reachable", [Text(r, style=st) for r, st in reach]),
+        _Col("load", [Text("-" if h.load1 is None else f"{h.load1:.2f}" + (f"/{h.ncpu}" if h.ncpu else ""))
+                      for h in shown]),
+        _Col("RAM", [Text("-" if h.mem_total_mib is None
+                          else f"{(h.mem_used_mib or 0) / 1024:.1f}/{h.mem_total_mib / 1024:.1f}G") for h in shown]),
+        # compact: every GPU of a host on its one line; else one line per GPU (the rest is in --json)
+        _Col("GPU" if compact else "GPU (util mem temp power run-mem)",
+             [Text(gpu_short(h.gpu) if compact else "\n".join(gpu_text(h.gpu)),
+                   style="red" if h.gpu.status == "error" else "") for h in shown]),
+        _Col("processes", [_procs(h) for h in shown]),
+    ]
+    if not compact:
+        cols.insert(1, _Col("role", [Text(h.role) for h in shown]))
+    gpu, procs, ram, load, reach_i = (len(cols) - 2, len(cols) - 1, len(cols) - 3, len(cols) - 4, len(cols) - 5)
+    # the GPU details give way first, then the error text, then load and RAM; the names last of all
+    shrink = [(gpu, 72), (reach_i, 24), (gpu, 40), (procs, 10), (reach_i, 10), (gpu, 16),
+              (ram, 0), (load, 0), (gpu, 0), (0, 4)]
     more = len(s.hosts) - len(shown)
     subtitle = f"{more} more hosts not shown (bigger window, or --json)" if more else None
-    return Panel(t, title=f"hosts ({sum(1 for h in s.hosts if h.reachable)}/{len(s.hosts)} reachable)",
-                 title_align="left", subtitle=subtitle, subtitle_align="left")
+    return _section(_hosts_title(s), _FitTable(cols, shrink), compact, subtitle)
 
 
-def render_logs(s: Snapshot, n: int) -> RenderableType:
-    """The logs panel with the last ``n`` lines (already filtered by the snapshot's log filter)."""
+def _hosts_title(s: Snapshot) -> str:
+    """``hosts (48/50 reachable, 1 with a dead process, 2 stale)``: the count line of a big fleet."""
+    dead = sum(1 for h in s.hosts if any(p.alive is False for p in h.processes))
+    stale = sum(1 for h in s.hosts if h.stale and h.reachable)
+    extra = (f", {dead} with a dead process" if dead else "") + (f", {stale} stale" if stale else "")
+    return f"hosts ({sum(1 for h in s.hosts if h.reachable)}/{len(s.hosts)} reachable{extra})"
+
+
+def _procs(h: HostSnapshot) -> Text:
+    t = Text()
+    for i, p in enumerate(h.processes):
+        if i:
+            t.append(" ")
+        mark, style = ("●", "green") if p.alive else ("✖", "red") if p.alive is False else ("?", "dim")
+        t.append(f"{p.label}{mark}", style=style)
+    return t
+
+
+def render_logs(s: Snapshot, n: int, compact: bool = False, name_w: int | None = None) -> RenderableType:
+    """The logs section with the last ``n`` lines (already filtered by the snapshot's log filter)."""
     t = Text(no_wrap=True, overflow="ellipsis")
     lines = s.logs[-n:]
     for i, ln in enumerate(lines):
         if i:
             t.append("\n")
-        t.append(f"{ln.host} {ln.label}", style="cyan" if ln.role == "server" else "blue")
+        t.append(f"{fit_name(ln.host, name_w)} {ln.label}", style="cyan" if ln.role == "server" else "blue")
         t.append(" | ")
         t.append(ln.text)
     if not lines:
         t.append("(no log lines yet)", style="dim")
     flt = f" - filter: {s.log_filter}" if s.log_filter else ""
-    title = Text(f"logs{flt}  (f: filter, q: quit - training keeps running)")
-    return Panel(t, title=title, title_align="left")
-
-
-# -- plain renderer ------------------------------------------------------------------------------------
-def status_line(s: Snapshot) -> str:
-    """One line summing up the run (for non-TTY streaming output)."""
-    f = s.federation
-    reach = sum(1 for h in s.hosts if h.reachable)
-    last = f.history[-1] if f.history else None
-    strag = f" straggler=c{last.straggler}({fmt_num(last.straggler_s, 2)}s)" if last and last.straggler is not None else ""
-    return (
-        f"run={s.run_id} phase={f.phase} round={f.round}/{f.rounds} acc={fmt_num(s.accuracy)} loss={fmt_num(s.loss)}"
-        f" sampled={len(f.sampled)} reported={len(f.reported)} waiting={len(f.waiting)}"
-        f" hosts={reach}/{len(s.hosts)} alerts={len(s.alerts)}{strag}"
-    )
-
-
-def render_lines(s: Snapshot, max_log_lines: int = 10) -> list[str]:
-    """The whole snapshot as plain text lines (no colours), for pipes and logs."""
-    f = s.federation
-    out = [
-        f"run {s.run_id}  payload {s.payload or '-'}  strategy {s.strategy or '-'}  phase {f.phase}",
-        f"round {f.round} of {f.rounds or '?'}  elapsed {fmt_duration(s.elapsed_s)}  ETA {fmt_duration(s.eta_s)}"
-        f"  cost {fmt_money(s.cost, s.currency)} ({fmt_money(s.cost_per_hour, s.currency)}/h)",
-        f"federation: sampled {_ids(f.sampled)}  reported {_ids(f.reported)}  waiting {_ids(f.waiting)}",
-        f"accuracy {fmt_num(s.accuracy)} {sparkline([p.accuracy for p in f.history])}"
-        f"  loss {fmt_num(s.loss)} {sparkline([p.loss for p in f.history])}",
-    ]
-    for p in f.history[-5:]:
-        strag = f" straggler client {p.straggler} ({fmt_num(p.straggler_s, 2)}s)" if p.straggler is not None else ""
-        drop = f" dropped {','.join(map(str, p.dropped))}" if p.dropped else ""
-        out.append(f"  round {p.round}: acc {fmt_num(p.accuracy)} loss {fmt_num(p.loss)}"
-                   f" {p.reported}/{p.sampled} reported in {fmt_duration(p.duration_s)}{strag}{drop}")
-    for a in s.alerts:
-        out.append(f"ALERT {a.level}: {a.message}")
-    out.append("clients:")
-    for c in s.clients:
-        resp = "-" if c.last_response_s is None else f"{c.last_response_s:.2f}s"
-        heat = " ".join(_plain_heat(v) for v in c.heat)
-        out.append(f"  client {c.id:>3} {c.host:<12} {c.state:<9} resp {resp:>7} rounds {c.rounds_taken:>3}"
-                   f" loss {fmt_num(c.last_loss)}  [{heat}]")
-    out.append("hosts:")
-    for h in s.hosts:
-        reach, _ = host_reach(h)
-        load = "-" if h.load1 is None else f"{h.load1:.2f}"
-        ram = "-" if h.mem_total_mib is None else f"{(h.mem_used_mib or 0) / 1024:.1f}/{h.mem_total_mib / 1024:.1f}G"
-        procs = " ".join(f"{p.label}:{'alive' if p.alive else 'dead' if p.alive is False else '?'}" for p in h.processes)
-        out.append(f"  {h.name:<12} {h.role:<13} reachable {reach}  load {load}  RAM {ram}  {procs}")
-        for g in gpu_text(h.gpu):
-            out.append(f"    gpu {g}")
-    if max_log_lines > 0:
-        for ln in s.logs[-max_log_lines:]:
-            out.append(format_log_line(ln.host, ln.label, ln.text))
-    return out
-
-
-def _plain_heat(v: float | None) -> str:
-    if v is None:
-        return "."
-    if v < 0:
-        return "X"
-    if math.isnan(v):
-        return "?"
-    return compact_seconds(v, 4)
-
-
-def format_log_line(host: str, label: str, text: str) -> str:
-    """``h2 client-0 | text``: how every log line is prefixed, in watch and in ``fedctl logs``."""
-    return f"{host} {label} | {text}"
-
+    return _section(f"logs{flt}", t, compact)
