@@ -107,3 +107,23 @@ def test_a_long_round_with_working_clients_is_not_idle(tmp_path, heartbeat_s):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)  # our own session leaders, started above
                 p.wait(timeout=10)
+
+
+def test_only_a_report_for_the_open_run_of_a_client_still_at_work_counts():
+    """A stale report (an earlier run, a client that already reported or dropped, a closed round)
+    must not keep an idle run alive."""
+    import numpy as np
+    from fedtf.coordinator import Coordinator
+
+    calls = []
+    coord = Coordinator(b"t" * 32, [(2,)], [10, 10, 10], ())
+    coord.on_progress = lambda: calls.append(1)
+    assert not coord.progress(0, [0])  # no round yet
+    coord.open_round(1, [0, 1], np.zeros(2, np.float32), {}, {})
+    assert coord.progress(1, [0]) and coord.progress(1, [2, 1])
+    assert not coord.progress(2, [0]) and not coord.progress(1, [2])  # another run; not sampled
+    assert coord.drop(1, 0, "dropout (simulated)")[0] == 200
+    assert not coord.progress(1, [0]) and coord.progress(1, [1])
+    coord.close_round()
+    assert not coord.progress(1, [1])
+    assert len(calls) == 3

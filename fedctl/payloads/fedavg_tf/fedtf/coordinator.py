@@ -77,8 +77,7 @@ class Coordinator:
         self.instance = uuid.uuid4().hex[:12]  # a restarted (resumed) server counts seq anew
         #: which updates were aggregated (sent to SCAFFOLD clients); None: unknown (an old checkpoint)
         self.counted: dict | None = {"through": 0, "last": {}} if "dc" in extras else None
-        self.progress_at: float | None = None  # the last training progress a sampled client reported
-        self.on_progress = None               # called (no arguments) after a client reported progress
+        self.on_progress = None  # called (no arguments) when a sampled client reported progress
 
     def settle(self, round_no: int, aggregated: list[int]) -> None:
         """Round `round_no` is over for good: `aggregated` are the clients whose updates are in the
@@ -92,14 +91,12 @@ class Coordinator:
 
     def progress(self, seq: int, ids: list[int]) -> bool:
         """A client process says it is still training `ids` in run `seq` of the round. It counts
-        (``progress_at``, then ``on_progress``) only while that run is open and one of `ids` is
-        sampled and has not reported: a stale or stray report keeps nothing alive."""
+        (``on_progress``) only while that run is open and one of `ids` is sampled and has not
+        reported: a stale or stray report keeps nothing alive."""
         with self.cv:
             st = self.state
             ok = st.open and seq == st.seq and any(
                 k in st.sampled and k not in st.updates and k not in st.dropped for k in ids)
-            if ok:
-                self.progress_at = time.time()
         if ok and self.on_progress is not None:
             self.on_progress()
         return ok
@@ -230,9 +227,8 @@ class Coordinator:
             st.client_metrics[client] = cm
             st.norms[client] = norms
             st.bytes_in += len(body)
-            self.progress_at = time.time()  # an update is progress too
             self.cv.notify_all()
-        if self.on_progress is not None:
+        if self.on_progress is not None:  # an update is progress too
             self.on_progress()
         return 200, "accepted"
 
