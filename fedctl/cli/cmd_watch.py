@@ -1,8 +1,8 @@
 """``fedctl watch [--interval S] [--once] [--json] [--until-done] [--logs TARGET]``: the live dashboard.
 
 Reads the state without taking the lock (watch only reads), opens one persistent connection per
-host through a Fleet, and shows ``fedctl.dashboard.render`` of the snapshot. Quitting never stops
-the training.
+host through a Fleet, and shows ``fedctl.dashboard.screen.fit_screen`` of the snapshot (the keys on
+its first line). Quitting never stops the training.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ def watch_cmd(
     logs: Optional[str] = typer.Option(None, "--logs", help="show only the logs of this host, role or client-K"),
     duration: Optional[float] = typer.Option(None, "--duration", help="stop watching after this many seconds"),
 ) -> None:
-    """Show the run live: rounds, clients (with a response-time heatmap), hosts and GPUs, logs."""
+    """Show the run live: rounds, clients (with a response-time heatmap), hosts and GPUs, logs.
+
+    Keys: q quits (so does Ctrl-C); the run keeps going. f cycles the log filter: all, server,
+    client, then each host. In the screen of `fedctl run`: d detaches (the run goes on; `fedctl
+    watch` comes back to it) and Ctrl-C stops the run, collects the results and tears down.
+    Without a terminal, watch prints plain status lines instead.
+    """
     from fedctl.errors import UsageError
 
     if interval <= 0:
@@ -73,10 +79,13 @@ def watch_cmd(
 
 
 def _print_snapshot(snap, e) -> None:  # type: ignore[no-untyped-def]
-    from fedctl.dashboard.render import render, render_lines
+    from fedctl.dashboard.plain import render_lines
+    from fedctl.dashboard.render import render
+    from fedctl.dashboard.screen import FULL_SIZE
 
-    if e.console.is_terminal:
-        e.console.print(render(snap, max_log_lines=10))
+    if e.console.is_terminal:  # sized to the terminal's width: cells are cut, never wrapped
+        width = e.console.width
+        e.console.print(render(snap, max_log_lines=10, width=width, compact=width < FULL_SIZE[0]))
     else:
         for line in render_lines(snap):
             e.console.file.write(line + "\n")
