@@ -1,8 +1,10 @@
 """``fedctl logs [TARGET] [-f] [-n N] [--grep PATTERN]``: payload process logs from every host.
 
-TARGET is ``server``, ``client``, ``client-07`` (the process serving client id 7), a host name or
-``all`` (default). Lines are prefixed with host and process. ``-f`` follows all of them at once over
-one persistent connection per host, reading only the bytes added since the last read.
+TARGET is ``server``, ``client``, ``client-07`` (the process holding client id 7), a client process's
+name (``clients-4-7``), a host name or ``all`` (default). Lines are prefixed with host and process,
+a client process named after the client ids it holds (``fedctl.monitor.targets.process_name``), so
+the name shown is one ``logs`` takes. ``-f`` follows all of them at once over one persistent
+connection per host, reading only the bytes added since the last read.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from fedctl.cli.common import env
 
 
 def logs_cmd(
-    target: Optional[str] = typer.Argument(None, help="server | client | client-<id> | <host> | all"),
+    target: Optional[str] = typer.Argument(
+        None, help="server | client | client-<id> (the process holding that client) | clients-<first>-<last> | <host> | all"),
     follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines (Ctrl-C stops; training goes on)"),
     lines: int = typer.Option(20, "--lines", "-n", help="lines of history per process"),
     grep: Optional[str] = typer.Option(None, "--grep", "-g", help="only lines matching this regular expression"),
@@ -25,7 +28,7 @@ def logs_cmd(
     import re
 
     from fedctl.errors import UsageError
-    from fedctl.monitor.targets import resolve_targets
+    from fedctl.monitor.targets import display_name, resolve_targets
 
     if lines < 0:
         raise UsageError(f"--lines must be 0 or more (got {lines})")
@@ -42,8 +45,10 @@ def logs_cmd(
     if not pairs:
         raise UsageError(f"no payload process in run {state.run_id} yet", hint="start it with `fedctl start`")
     labels: dict[str, list[str]] = {}
+    names: dict[tuple[str, str], str] = {}  # (host, label) -> the name shown: one numbering, the client ids
     for h, p in pairs:
         labels.setdefault(h.name, []).append(p.label)
+        names[(h.name, p.label)] = display_name(p)
     records = [h for h in state.hosts if h.name in labels]
 
     from fedctl.dashboard.render import format_log_line
@@ -58,7 +63,7 @@ def logs_cmd(
 
     def show(host: str, label: str, text: str) -> None:
         if pattern is None or pattern.search(text):
-            out.write(format_log_line(host, label, text) + "\n")
+            out.write(format_log_line(host, names.get((host, label), label), text) + "\n")
 
     failed = []
     with open_fleet(store, records) as fleet:
@@ -73,7 +78,7 @@ def logs_cmd(
                     per_label.setdefault(label, []).append(text)
             for label, texts in per_label.items():
                 for text in texts[-lines:] if lines else []:
-                    out.write(format_log_line(s.host, label, text) + "\n")
+                    out.write(format_log_line(s.host, names.get((s.host, label), label), text) + "\n")
         out.flush()
         if not follow:
             if failed and len(failed) == len(probes):

@@ -152,3 +152,28 @@ def test_a_gpu_server_device_on_a_host_without_a_gpu_is_an_error_naming_key_and_
     assert not any(p.get("pid") for h in state(proj)["hosts"] for p in h["processes"] if p["role"] == "server")
     fedctl(proj, "teardown", "--yes", check=True)
     assert run_pids(run_id) == []
+
+
+def test_logs_names_a_client_process_by_the_client_ids_it_holds(sshd_fleet, tmp_path):
+    import json as _json
+
+    from tests.waiting import wait_until
+
+    fleet = sshd_fleet(3)  # h1 server; h2 holds clients 0-1, h3 clients 2-3
+    proj = project(tmp_path, fleet, rounds=2, round_s=0.1)
+    fedctl(proj, "provision", "--clients", "4", "-i", "inventory.yaml", "--yes", check=True)
+    fedctl(proj, "start", check=True)
+    wait_until(lambda: _json.loads(fedctl(proj, "status", "--json", check=True).stdout)["phase"] == "finished",
+               60, interval=0.3, what="the run to finish")
+    procs = {h["info"]["name"]: [p for p in h["processes"] if p["role"] == "client"] for h in state(proj)["hosts"]}
+    assert [p["client_ids"] for p in procs["h3"]] == [[2, 3]]
+    by_id = fedctl(proj, "logs", "client-03", "-n", "50", check=True).stdout.splitlines()
+    by_name = fedctl(proj, "logs", "clients-2-3", "-n", "50", check=True).stdout.splitlines()
+    assert by_id == by_name and by_id, by_id
+    # the name shown is the one logs takes: the client ids, never the per-host process index
+    assert all(line.startswith("h3 clients-2-3 | ") for line in by_id), by_id
+    everything = fedctl(proj, "logs", "-n", "50", check=True).stdout
+    assert "h2 clients-0-1 | " in everything and " client-0 | " not in everything, everything
+    res = fedctl(proj, "logs", "clients-2-9")
+    assert res.returncode == 2 and "clients-<first>-<last>" in res.stderr, res.stderr
+    fedctl(proj, "teardown", "--yes", check=True)

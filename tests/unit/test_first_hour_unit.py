@@ -118,3 +118,11 @@ def test_the_inventory_template_shows_every_host_setting_and_each_loads_uncommen
     assert host.env.mode == "auto" and host.env.setup == ("sudo apt-get install -y python3-venv",)
     assert host.env.wheelhouse == str(tmp_path / "wheels") and host.env.keep is False
     assert dict(host.environment) == {"HTTPS_PROXY": "http://proxy.internal:3128"}
+
+
+def test_a_client_process_is_named_after_the_client_ids_it_holds():
+    from fedctl.monitor.targets import process_name
+
+    assert process_name([7]) == "client-7"
+    assert process_name([4, 5, 6, 7]) == "clients-4-7"
+    assert process_name([9, 1, 4]) == "clients-1_4_9"
