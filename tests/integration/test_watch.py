@@ -70,9 +70,10 @@ def test_watch_json_and_logs(running):
     logs = fedctl(proj, "logs", "server", "-n", "3", check=True).stdout.splitlines()
     assert len(logs) == 3 and all(line.startswith("h1 server | ") for line in logs)
     one = fedctl(proj, "logs", "client-03", check=True).stdout
-    assert one and all(line.startswith("h3 client-0 | ") for line in one.splitlines())
+    # logs names a client process by the client ids it holds (clients 2 and 3 on h3), not its index on h3
+    assert one and all(line.startswith("h3 clients-2-3 | ") for line in one.splitlines())
     grep = fedctl(proj, "logs", "--grep", "connected to", check=True).stdout
-    assert "h2 client-0 |" in grep and "h3 client-0 |" in grep and "h1 server" not in grep
+    assert "h2 clients-0-1 |" in grep and "h3 clients-2-3 |" in grep and "h1 server" not in grep
     bad = fedctl(proj, "logs", "client-99")
     assert bad.returncode == 2 and "no process serves client 99" in bad.stderr and "Traceback" not in bad.stderr
 
