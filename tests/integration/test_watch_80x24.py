@@ -78,3 +78,48 @@ def test_watch_fits_80x24_in_tmux(running, tmp_path):  # noqa: F811
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     assert len(run_pids(state(proj)["run_id"])) >= 3  # q left the training running
+
+
+def test_run_screen_fits_80x24_and_d_detaches(tmp_path):
+    """``fedctl run`` (local provider) at 80x24: detach and stop on the first line, d leaves it running."""
+    from tests.integration.test_run_interrupt import FEDCTL, alive, project, rounds_done, run_pids
+    from tests.integration.test_run_interrupt import state as run_state
+
+    if FEDCTL is None:
+        pytest.skip("the fedctl console script is not installed")
+    proj = project(tmp_path)
+    session = f"fedctl-r80-{os.getpid()}"
+    done = tmp_path / "run.rc"
+    cmd = f"cd {proj} && env -u COLUMNS -u LINES {FEDCTL} run --clients 2 --interval 0.5; echo $? > {done}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
+
+    def pane() -> list[str]:
+        out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True)
+        return out.stdout.splitlines()
+
+    def live() -> list[str] | None:
+        lines = pane()
+        text = "\n".join(lines)
+        return lines if lines and lines[0].startswith("d: detach") and "hosts (" in text \
+            and "●" in text and rounds_done(proj) >= 1 else None
+
+    try:
+        subprocess.run(["tmux", "resize-window", "-t", session, "-x", "80", "-y", "24"], check=True)
+        lines = wait_until(live, 120, interval=0.3, what="the live screen of fedctl run at 80x24")
+        assert lines[0].startswith("d: detach (run goes on)") and "Ctrl-C: stop the run" in lines[0], lines[0]
+        assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+        assert broken_words(lines) == [], "\n".join(lines)
+        text = "\n".join(lines)
+        names = {h["info"]["name"] for h in run_state(proj)["hosts"]}
+        assert all(re.search(rf"^{re.escape(n)}\s+yes\s", text, re.M) for n in names), text  # names whole
+        subprocess.run(["tmux", "send-keys", "-t", session, "d"], check=True)
+        rc = wait_until(lambda: done.exists() and done.read_text().strip(), 60, interval=0.2,
+                        what="fedctl run to exit on d")
+        assert rc == "0"
+        pids = run_pids(proj)
+        assert run_state(proj)["phase"] == "running" and pids and all(alive(p) for p in pids)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        td = subprocess.run([FEDCTL, "teardown", "--yes"], cwd=proj, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert td.returncode == 0, td.stdout + td.stderr
