@@ -177,3 +177,24 @@ def test_logs_names_a_client_process_by_the_client_ids_it_holds(sshd_fleet, tmp_
     res = fedctl(proj, "logs", "clients-2-9")
     assert res.returncode == 2 and "clients-<first>-<last>" in res.stderr, res.stderr
     fedctl(proj, "teardown", "--yes", check=True)
+
+
+def test_provision_with_a_wrong_identity_file_names_it_at_once(sshd_fleet, tmp_path):
+    import time
+
+    fleet = sshd_fleet(2)
+    proj = project(tmp_path, fleet)
+    wrong = tmp_path / "id_ed25519_typo"
+    _set_host(proj, "h2", identity_file=str(wrong))
+    t0 = time.monotonic()
+    res = fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes")
+    out = res.stdout + res.stderr
+    assert res.returncode == 3, out
+    h2 = _hosts(proj)["h2"]
+    assert h2["status"] == "failed" and f"identity_file {wrong} does not exist" in h2["error"], h2
+    assert "attempt" not in h2["error"] and "Traceback" not in out
+    assert time.monotonic() - t0 < 30  # no backoff: one look at the file
+    # fixed in the inventory, the same provision goes on (the key is how to log in, not which host)
+    _set_host(proj, "h2", identity_file=fleet.identity_file)
+    fedctl(proj, "provision", "--clients", "2", "-i", "inventory.yaml", "--yes", check=True)
+    fedctl(proj, "teardown", "--yes", check=True)
