@@ -325,6 +325,18 @@ def test_other_sizes_degrade_without_breaking_words(width, height):
     assert len(lines) == height  # and every line is used
 
 
+def test_once_on_an_80_column_terminal_fits_its_width():
+    """``watch --once`` on a terminal prints ``render`` sized to the terminal's width (no height)."""
+    import io
+
+    snap = build_model(dead="h6", unreachable="h3").snapshot()
+    console = Console(width=80, force_terminal=True, record=True, file=io.StringIO())
+    console.print(render(snap, max_log_lines=10, width=80, compact=True))
+    lines = console.export_text().splitlines()
+    check_fits(lines, 80, 10_000)
+    assert all(re.search(rf"^h{i}\s", "\n".join(lines), re.M) for i in range(1, 7))  # every host, one line each
+
+
 def test_host_names_whole_when_they_fit_and_cut_one_way_when_not():
     from fedctl.dashboard.fmt import fit_name, name_width
 
