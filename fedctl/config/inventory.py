@@ -32,12 +32,9 @@ from fedctl.model import CONTROL_CHARS, ENV_MODES, EnvSettings, name_problem
 from fedctl.shell import ENV_NAME
 from fedctl.errors import ConfigError
 
-PROVIDERS = ("static", "local", "aws")
-#: providers that create their hosts: the module that validates their section (``aws:``) into hosts
-MACHINE_PROVIDERS = {"aws": "fedctl.providers.aws_config"}
 HOST_KEY_POLICIES = ("accept-new", "strict", "off")
 ROLES = ("server", "client")
-TOP_KEYS = ("provider", "defaults", "hosts", *MACHINE_PROVIDERS)
+BASE_KEYS = ("provider", "defaults", "hosts")
 #: keys allowed under ``defaults`` and, individually, on every host
 SETTING_KEYS = (
     "user", "port", "identity_file", "password_env", "workdir", "python",
@@ -96,10 +93,22 @@ def load_inventory(path: str | None) -> Inventory:
     return parse_inventory(raw, str(path))
 
 
+def provider_sections() -> tuple[tuple[str, ...], dict[str, str]]:
+    """The provider names an inventory may give, and for each provider that creates its hosts the
+    module that validates its section (``aws:``) into hosts. Both come from the provider registry
+    (light: no cloud SDK), so a new provider is one module there and nothing here."""
+    from fedctl.providers import registered
+
+    providers = registered()
+    sections = {name: cls.section_module for name, cls in providers.items() if cls.section_module}
+    return tuple(sorted(providers)), sections
+
+
 def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
     """Validate an already-parsed inventory mapping (``file`` is only used in messages)."""
-    check_keys(file, (), raw, TOP_KEYS)
-    provider = check_choice(file, ("provider",), raw.get("provider", "static"), PROVIDERS)
+    providers, machine_providers = provider_sections()
+    check_keys(file, (), raw, (*BASE_KEYS, *sorted(machine_providers)))
+    provider = check_choice(file, ("provider",), raw.get("provider", "static"), providers)
     defaults_raw = require_mapping(file, ("defaults",), raw.get("defaults"))
     hosts_raw = raw.get("hosts")
     if hosts_raw is None:
@@ -107,7 +116,7 @@ def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
     if not isinstance(hosts_raw, list):
         raise ConfigError(file, ("hosts",), f"must be a list of hosts, not {type_name(hosts_raw)}")
 
-    for section in MACHINE_PROVIDERS:
+    for section in machine_providers:
         if section in raw and section != provider:
             raise ConfigError(file, (section,), f"is only read with provider: {section} (provider is {provider})")
     if provider == "local":
@@ -124,7 +133,7 @@ def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
         return Inventory(path=file, provider="local", hosts=())
 
     defaults = {**DEFAULT_SETTINGS, **_check_settings(file, ("defaults",), defaults_raw, SETTING_KEYS)}
-    if provider in MACHINE_PROVIDERS:
+    if provider in machine_providers:
         if hosts_raw:
             raise ConfigError(
                 file, ("hosts",), f"provider {provider} creates its hosts: remove hosts (the {provider}"
@@ -132,7 +141,7 @@ def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
             )
         import importlib
 
-        section_module = importlib.import_module(MACHINE_PROVIDERS[provider])  # light: no cloud SDK
+        section_module = importlib.import_module(machine_providers[provider])  # light: no cloud SDK
 
         def make_host(name: str, address: str, roles: list[str]) -> HostInfo:
             """A host with the defaults applied, exactly as a static host would get them."""

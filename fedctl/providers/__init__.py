@@ -41,6 +41,12 @@ def load_builtins() -> None:
     from fedctl.providers import aws, local, static  # noqa: F401
 
 
+def registered() -> dict[str, type[Provider]]:
+    """Every provider by name (the built-ins imported first)."""
+    load_builtins()
+    return dict(_REGISTRY)
+
+
 def provider_class(name: str) -> type[Provider]:
     """The class registered as ``name``; an unknown one lists the valid names."""
     load_builtins()

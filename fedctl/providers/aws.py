@@ -90,6 +90,8 @@ def this_machine_cidr() -> str:
 class AwsProvider(MachineProvider):
     """EC2 instances in one region, created per run and tagged with it: the lifecycle's steps."""
 
+    section_module = "fedctl.providers.aws_config"
+
     def __init__(self, hosts: Sequence[HostInfo] = (), run: RunContext | None = None,
                  poll_s: float | None = None, clock: Callable[[], float] = time.monotonic,
                  progress: Callable[[str], None] | None = None) -> None:

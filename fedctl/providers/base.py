@@ -18,7 +18,7 @@ import hashlib
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 from fedctl.connectors.base import HostInfo
 from fedctl.errors import ExitCode, FedctlError
@@ -95,6 +95,10 @@ class Provider(abc.ABC):
     #: True when acquire() creates machines and release() destroys them (a ``MachineProvider``).
     #: It destroys only machines tagged with the run AND the origin, checked on the spot.
     creates_machines: bool = False
+
+    #: the module whose ``parse_section(file, raw, defaults, make_host)`` validates this provider's
+    #: inventory section (named like the provider: ``aws:``) into its hosts; None: no section
+    section_module: ClassVar[str | None] = None
 
     @classmethod
     @abc.abstractmethod

@@ -246,3 +246,50 @@ def test_an_old_state_files_extra_strings_load_as_typed_settings_and_machine():
     assert h.machine == MachineRecord(id="i-0abc", origin="o1", done=("create",))
     assert h.extra == {"proxy_jump": "bastion"}  # connector options stay
     assert host_from_dict(json.loads(json.dumps(host_to_dict(h)))) == h  # and round-trip as the same objects
+
+
+def parse_section(file, raw, defaults, make_host):
+    """The ``fakecloud:`` inventory section of the provider registered below (its section module)."""
+    n = raw["fakecloud"]["machines"]
+    return [make_host(f"fc-{i}", "(new fake)", ["server"] if i == 0 else ["client"]) for i in range(n)]
+
+
+def test_a_new_machine_provider_is_one_registered_class_and_for_run_builds_it_from_the_state(monkeypatch, tmp_path):
+    import fedctl.providers as registry
+    from fedctl.config.inventory import parse_inventory
+    from fedctl.errors import ConfigError
+    from fedctl.state import HostRecord, RunState, StateStore
+
+    registry.load_builtins()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the test's provider goes with it
+    cloud = FakeCloud()
+
+    @registry.register("fakecloud")
+    class FakeCloudProvider(FakeProvider):
+        section_module = __name__
+
+        @classmethod
+        def from_run(cls, hosts, ctx):
+            return cls(hosts, ctx, cloud, [])
+
+    with pytest.raises(RuntimeError, match="registered twice"):
+        registry.register("aws")(FakeCloudProvider)
+    with pytest.raises(ConfigError) as e:
+        registry.provider_class("nimbus")
+    assert "aws, fakecloud, local, static" in str(e.value)  # an unknown name lists the valid ones
+
+    inv = parse_inventory({"provider": "fakecloud", "fakecloud": {"machines": 2}}, "inv.yaml")  # no edit there
+    assert [h.name for h in inv.hosts] == ["fc-0", "fc-1"]
+    store = StateStore(tmp_path / ".fedctl")
+    state = RunState(run_id="r1", provider="fakecloud")
+    state.hosts = [HostRecord(info=h) for h in inv.hosts]
+    store.save(state)
+    p = registry.for_run(state, store)
+    assert isinstance(p, FakeCloudProvider) and p.run.run_id == "r1"
+    got = p.acquire([r.info for r in state.hosts])
+    saved = store.load()  # journaled into the state file as it went, loaded back as the same objects
+    assert [r.info for r in saved.hosts] == got
+    assert all(r.info.machine.done == ("network", "create", "wait") for r in saved.hosts)
+    registry.for_run(saved, store).release([r.info for r in saved.hosts])
+    assert cloud.billed() == [] and cloud.networks == set()
+    assert all(r.released_at == 2000.0 for r in store.load().hosts)
