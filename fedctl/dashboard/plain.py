@@ -19,7 +19,8 @@ def status_line(s: Snapshot) -> str:
     f = s.federation
     reach = sum(1 for h in s.hosts if h.reachable)
     last = f.history[-1] if f.history else None
-    strag = f" straggler=c{last.straggler}({fmt_num(last.straggler_s, 2)}s)" if last and last.straggler is not None else ""
+    strag = (f" straggler=c{last.straggler}({fmt_num(last.straggler_s, 2)}s)"
+             if last and last.straggler is not None else "")
     return (
         f"run={s.run_id} phase={f.phase} round={f.round}/{f.rounds} acc={fmt_num(s.accuracy)} loss={fmt_num(s.loss)}"
         f" sampled={len(f.sampled)} reported={len(f.reported)} waiting={len(f.waiting)}"
@@ -56,7 +57,8 @@ def render_lines(s: Snapshot, max_log_lines: int = 10) -> list[str]:
         reach, _ = host_reach(h)
         load = "-" if h.load1 is None else f"{h.load1:.2f}"
         ram = "-" if h.mem_total_mib is None else f"{(h.mem_used_mib or 0) / 1024:.1f}/{h.mem_total_mib / 1024:.1f}G"
-        procs = " ".join(f"{p.label}:{'alive' if p.alive else 'dead' if p.alive is False else '?'}" for p in h.processes)
+        procs = " ".join(f"{p.label}:{'alive' if p.alive else 'dead' if p.alive is False else '?'}"
+                         for p in h.processes)
         out.append(f"  {h.name:<12} {h.role:<13} reachable {reach}  load {load}  RAM {ram}  {procs}")
         for g in gpu_text(h.gpu):
             out.append(f"    gpu {g}")

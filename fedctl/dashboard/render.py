@@ -151,6 +151,10 @@ class _FitTable:
         yield _table(self.cols + extra, widths + [c.natural() for c in extra])
 
 
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"
+
+
 def _line(*parts: str | tuple[str, str]) -> Text:
     return Text.assemble(*parts, no_wrap=True, overflow="ellipsis")
 
@@ -229,7 +233,7 @@ def _federation(s: Snapshot, compact: bool, max_alerts: int) -> RenderableType:
     strag = (f"round {last.round}: client {last.straggler} ({fmt_num(last.straggler_s, 2)}s)"
              if last and last.straggler is not None else None)
     alerts = _alert_lines(s.alerts, max_alerts)
-    title = "federation" + (f" · {len(s.alerts)} alerts" if s.alerts else "")
+    title = "federation" + (f" · {len(s.alerts)} {_plural(len(s.alerts), 'alert')}" if s.alerts else "")
     if compact:  # the numbers on two lines, then one line per alert
         age = f"this round {fmt_duration(f.round_age_s)}  " if f.round_age_s is not None else ""
         lines = [
@@ -267,7 +271,8 @@ def _alert_lines(alerts: Sequence[Alert], limit: int) -> list[Text]:
     out = [_line(("✖ " if a.level == "error" else "! ", "bold red" if a.level == "error" else "yellow"),
                  (a.message, "red" if a.level == "error" else "yellow")) for a in shown]
     if len(shown) < len(alerts) and limit > 1:
-        out.append(_line(f"... {len(alerts) - len(shown)} more alerts (fedctl watch --json)"))
+        more = len(alerts) - len(shown)
+        out.append(_line(f"... {more} more {_plural(more, 'alert')} (fedctl watch --json)"))
     return out
 
 
@@ -298,7 +303,7 @@ def _clients(s: Snapshot, heat_columns: int | None, max_rows: int | None, name_w
                  for c in shown]
         heat.append(_Col(f"r{rnum}", cells, "right"))
     more = len(s.clients) - len(shown)
-    subtitle = f"{more} more clients not shown (bigger window, or --json)" if more else None
+    subtitle = f"{more} more {_plural(more, 'client')} not shown (bigger window, or --json)" if more else None
     legend = "response time per round; * = straggler, ✗ = dropped, · = not sampled"
     table = _FitTable(cols, [(5, 0), (4, 0), (3, 0), (1, 4)], heat)  # loss, rounds, resp go before the names
     return _section("clients", table, compact, subtitle, legend)
@@ -327,7 +332,7 @@ def _hosts(s: Snapshot, max_rows: int | None, name_w: int | None, compact: bool)
     shrink = [(gpu, 72), (reach_i, 24), (gpu, 40), (procs, 10), (reach_i, 10), (gpu, 16),
               (ram, 0), (load, 0), (gpu, 0), (0, 4)]
     more = len(s.hosts) - len(shown)
-    subtitle = f"{more} more hosts not shown (bigger window, or --json)" if more else None
+    subtitle = f"{more} more {_plural(more, 'host')} not shown (bigger window, or --json)" if more else None
     return _section(_hosts_title(s), _FitTable(cols, shrink), compact, subtitle)
 
 

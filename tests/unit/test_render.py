@@ -237,7 +237,8 @@ def test_small_screen_keeps_problem_rows():
 WORDS = ("reachable", "reported", "training", "waiting", "server", "client", "processes", "straggler",
          "accuracy", "unreachable", "connection", "refused", "running", "detach", "filter", "elapsed",
          "payload", "strategy", "federation")
-WHOLE = {"process", "run", "round", "rounds", "dead", "data", "load", "tion", "ing"}  # real words that are also pieces of WORDS
+#: real words on the screen that are also pieces of WORDS
+WHOLE = {"process", "run", "round", "rounds", "dead", "data", "load", "tion", "ing"}
 
 
 def broken_words(lines: list[str], words: tuple[str, ...] = WORDS) -> list[str]:
