@@ -238,7 +238,7 @@ WORDS = ("reachable", "reported", "training", "waiting", "server", "client", "pr
          "accuracy", "unreachable", "connection", "refused", "running", "detach", "filter", "elapsed",
          "payload", "strategy", "federation")
 #: real words on the screen that are also pieces of WORDS
-WHOLE = {"process", "run", "round", "rounds", "dead", "data", "load", "tion", "ing"}
+WHOLE = {"process", "run", "round", "rounds", "dead", "data", "load"}
 
 
 def broken_words(lines: list[str], words: tuple[str, ...] = WORDS) -> list[str]:
