@@ -57,7 +57,7 @@ def instances_cmd(
 
     e = env()
     store = e.store
-    provider: Any = provider_here(store, inventory, progress=_progress)
+    provider = provider_here(store, inventory, progress=_progress)
     if not sweep:
         rows = listing(store, provider, include_ended=show_all)
         if as_json:

@@ -197,7 +197,11 @@ class AwsProvider(MachineProvider):
         if keep is not None:
             self._say(f"{host.name}: adopting {keep.id} ({keep.state}) from an earlier attempt")
             return keep
-        token = client_token(self._ctx().run_id, host.name, params)
+        # EC2 answers a known token with the instance it launched, even a terminated one: an instance
+        # of this host that ended (a spot reclaim, a sweep) must not come back, so it is in the token
+        ended = sorted(m.id for m in self.machines(include_ended=True) if m.host == host.name
+                       and m.state in ENDED_STATES)
+        token = client_token(self._ctx().run_id, host.name, {**params, "replaces": ended} if ended else params)
         try:
             inst = self.ec2.run_instances(ClientToken=token, **params)["Instances"][0]
         except Exception as exc:  # noqa: BLE001 - botocore's errors, said plainly

@@ -1,6 +1,6 @@
 """What ``fedctl instances`` shows and sweeps: the machines fedctl created, and whose they are.
 
-Works for any provider that creates machines (``creates_machines``); aws is the one there is. A
+Works for any provider that creates machines (a ``MachineProvider``); aws is the one there is. A
 machine belongs to the run this folder is working on, or it is an orphan of this folder (its run
 was torn down, forgotten or its state deleted), or it was started from another folder or machine
 (``fedctl-origin`` differs): that one is listed but swept only when asked for explicitly, since
@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fedctl.errors import UsageError
-from fedctl.providers.base import Machine, Provider, folder_origin
+from fedctl.providers.base import Machine, folder_origin
+from fedctl.providers.lifecycle import MachineProvider
 from fedctl.state import StateStore
 
 THIS_RUN, ORPHAN, OTHER_FOLDER = "this run", "orphan", "other folder"
@@ -35,7 +36,8 @@ class Listed:
         return {**asdict(self.machine), "whose": self.whose, "billed": self.machine.billed}
 
 
-def provider_here(store: StateStore, inventory: str | None, progress: Callable[[str], None] | None = None) -> Provider:
+def provider_here(store: StateStore, inventory: str | None,
+                  progress: Callable[[str], None] | None = None) -> MachineProvider:
     """The machine provider to ask: from ``inventory``, else from this folder's run (current or the
     newest archived one), whose hosts carry the provider's settings (region, endpoint)."""
     from fedctl.providers import provider_class
@@ -45,13 +47,13 @@ def provider_here(store: StateStore, inventory: str | None, progress: Callable[[
 
         inv = load_inventory(inventory)
         cls = provider_class(inv.provider)
-        if not cls.creates_machines:
+        if not issubclass(cls, MachineProvider):
             raise UsageError(f"provider {inv.provider} ({inventory}) creates no machines: there are none to list")
-        return cls(hosts=list(inv.hosts), progress=progress)  # type: ignore[call-arg]
+        return cls(hosts=list(inv.hosts), progress=progress)
     for state in _states(store):
         cls = provider_class(state.provider)
-        if cls.creates_machines and state.hosts:
-            return cls(hosts=[r.info for r in state.hosts], progress=progress)  # type: ignore[call-arg]
+        if issubclass(cls, MachineProvider) and state.hosts:
+            return cls(hosts=[r.info for r in state.hosts], progress=progress)
     raise UsageError("no run in this folder says where to look for instances",
                      hint="give the inventory that created them: `fedctl instances -i aws.yaml`")
 
@@ -126,7 +128,7 @@ def classify(machines: Sequence[Machine], active: str | None, origin: str, unrea
     return out
 
 
-def listing(store: StateStore, provider: Provider, include_ended: bool) -> list[Listed]:
+def listing(store: StateStore, provider: MachineProvider, include_ended: bool) -> list[Listed]:
     """Every machine fedctl created with this provider's account and region, and whose it is."""
     view = folder_view(store)
     machines = provider.machines(all_runs=True, include_ended=include_ended)

@@ -128,3 +128,27 @@ def test_classify_marks_this_folders_machines_unknown_when_the_state_is_unreadab
     rows = classify([Machine("a", "running", "r1", "h", "me"), Machine("b", "running", "r2", "h", "else")],
                     active=None, origin="me", unreadable=True)
     assert [r.whose for r in rows] == [UNKNOWN, OTHER_FOLDER]
+
+
+def test_a_host_whose_instance_ended_gets_a_new_launch_token(ec2_mock, monkeypatch):
+    """EC2 answers a known client token with the instance it launched, even a terminated one, so a
+    retry after a spot reclaim must launch with another token (moto ignores tokens: spy on them)."""
+    ec2, subnet, image = ec2_mock
+    hs = hosts(subnet, image, n=1)
+    tokens: list[tuple[str, str]] = []
+    p = AwsProvider(hs, run=RunContext(run_id="r5", origin="o"), poll_s=0)
+    real = p.ec2.run_instances
+
+    def spy(**kw):
+        host = next(t["Value"] for t in kw["TagSpecifications"][0]["Tags"] if t["Key"] == "fedctl-host")
+        tokens.append((host, kw["ClientToken"]))
+        return real(**kw)
+
+    monkeypatch.setattr(p.ec2, "run_instances", spy)
+    got = p.acquire(hs)
+    ec2.terminate_instances(InstanceIds=[got[0].machine.id])  # reclaimed behind fedctl's back
+    again = p.acquire(hs)
+    assert again[0].machine.id != got[0].machine.id
+    server = [t for h, t in tokens if h == "fl-server"]
+    assert len(server) == 2 and server[0] != server[1]
+    p.release(again)
