@@ -236,9 +236,16 @@ def _build(
         on_finish = check_choice(file, ("on_finish",), on_finish, ON_FINISH)
 
     payload_raw = {k: copy.deepcopy(v) for k, v in raw.items() if k not in CORE_KEYS}
+    rounds_given = "rounds" in raw  # the file, --set rounds= or --rounds
     payload_config = _validate_payload(
-        file, manifest, payload_raw, {"clients": n_clients, "rounds": n_rounds, "seed": seed}, base_dir
+        file, manifest, payload_raw,
+        {"clients": n_clients, "rounds": n_rounds, "seed": seed, "rounds_given": rounds_given}, base_dir,
     )
+    # A payload whose program has its own round count (a Flower app's num-server-rounds) returns it
+    # as "rounds": it is the run's count when the user gave none, so status and cost show what runs.
+    own_rounds = payload_config.pop("rounds", None)
+    if own_rounds is not None and not rounds_given:
+        n_rounds = check_int(file, ("rounds",), own_rounds, minimum=1, maximum=MAX_ROUNDS)
 
     return Experiment(
         path=file,
@@ -263,10 +270,11 @@ def _validate_payload(
 ) -> dict[str, Any]:
     """Run the payload's validator on its keys; wrap its ValueError into a ConfigError.
 
-    A validator that takes a ``core`` argument also gets ``{clients, rounds, seed}``, for checks that
-    span both (e.g. ``sampling.min_clients`` <= ``clients``). One that takes ``base_dir`` gets the
-    folder relative file paths in the config are read from (the config file's), so it can look at
-    the files it names (e.g. count a data file's examples) the way fedctl will ship them.
+    A validator that takes a ``core`` argument also gets ``{clients, rounds, seed, rounds_given}``, for
+    checks that span both (e.g. ``sampling.min_clients`` <= ``clients``); ``rounds_given`` is false when
+    ``rounds`` is fedctl's default, and then a ``rounds`` key in the result replaces it. One that takes
+    ``base_dir`` gets the folder relative file paths in the config are read from (the config file's),
+    so it can look at the files it names (e.g. count a data file's examples) the way fedctl will ship them.
     The validator's message is escaped and cut short: it may quote the user's value verbatim.
     """
     import inspect

@@ -97,8 +97,9 @@ def run_summary(log: MetricsLog, state: RunState, rc: Any, guard: Mapping[str, A
         "mean_response_s": statistics.fmean(resp_vals) if resp_vals else None,
         "participation": reported / sampled if sampled else None,
         "dropped": sampled - reported,
-        "bytes_in": int(sum(log.series("bytes_in")[1])),
-        "bytes_out": int(sum(log.series("bytes_out")[1])),
+        # a payload that only knows the run's total (Flower) puts it in the summary line
+        "bytes_in": int(final("bytes_in", sum(log.series("bytes_in")[1]))),
+        "bytes_out": int(final("bytes_out", sum(log.series("bytes_out")[1]))),
         "status": summ.status if summ is not None else str(state.phase),
         "stopped_by": (guard or {}).get("reason"),
         "cost": dict(rc.total),

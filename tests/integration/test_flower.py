@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedctl.results.fmt import fmt_bytes
 from tests.integration.test_lifecycle import fedctl, run_pids, state
 from tests.waiting import wait_until
 
@@ -41,20 +42,33 @@ def _no_flower_left(run_id: str) -> list[str]:
 
 
 def test_flower_app_on_the_local_provider(tmp_path):
-    proj = _project(tmp_path, rounds=2, flower={"run_config": {"learning-rate": 0.3}})
-    res = fedctl(proj, "run", "--clients", "2", timeout=240)
+    # no rounds given: the app's own num-server-rounds (3 in examples/flower-numpy), not fedctl's 20
+    proj = _project(tmp_path, flower={"run_config": {"learning-rate": 0.3}})
+    res = fedctl(proj, "run", "--clients", "2", timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     run_id = state(proj)["run_id"]
     results = proj / "results" / run_id
     lines = _metrics(results)
     rounds = [ln for ln in lines if ln["type"] == "round"]
-    assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["rounds"] == 3 for r in rounds)  # what the ServerApp ran ([ROUND k/3])
+    assert json.loads((results / "status.json").read_text())["rounds"] == 3  # what status/watch show
+    assert json.loads((results / "report.json").read_text())["summary"]["rounds_planned"] == 3
+    assert "finished: 3 rounds" in res.stdout
     assert all(r["clients_reported"] == 2 and r["client_failures"] == 0 for r in rounds)
     assert 0.0 < rounds[-1]["accuracy"] <= 1.0
     summary = lines[-1]
     assert summary["type"] == "summary" and summary["status"] == "finished" and summary["flower_status"] == "finished:completed"
     logs = {p.name for p in (results / "logs").rglob("*.log")}
     assert {"superlink.log", "serverapp.log", "supernode-0.log", "supernode-1.log"} <= logs
+    coloured = [p.name for p in (results / "logs").rglob("*.log") if "\x1b" in p.read_text(errors="replace")]
+    assert coloured == []  # Flower's coloured level names are taken out: the logs are plain text
+    # the run's traffic (Flower knows only its total): summary.md says what summary.json says
+    payload_summary = json.loads((results / "summary.json").read_text())
+    assert payload_summary["bytes_in"] > 0 and payload_summary["bytes_out"] > 0
+    md = (results / "summary.md").read_text()
+    assert (f"Traffic: {fmt_bytes(payload_summary['bytes_in'])} in, "
+            f"{fmt_bytes(payload_summary['bytes_out'])} out.") in md
     assert (results / "app-output.tar.gz").is_file()  # what the app wrote to $FEDCTL_OUTPUT_DIR
     assert _no_flower_left(run_id) == []
 

@@ -402,3 +402,76 @@ def test_gateway_cap_stays_under_the_open_file_limit(mods, monkeypatch):
     assert gw.max_connections == (1024 - 64) // 2
     monkeypatch.setattr(mods["gateway"], "_fd_limit", lambda: 1 << 20)
     assert mods["gateway"].Gateway("127.0.0.1", 0, 1, None, dict).max_connections == mods["gateway"].MAX_CONNECTIONS
+
+
+# -- issue 16, the first hour: the app's own rounds, plain-text logs, the traffic line -------------------
+def _app(tmp_path: Path, config_lines: str) -> Path:
+    """A copy of the example app's pyproject.toml whose [tool.flwr.app.config] is ``config_lines``."""
+    app = tmp_path / "app"
+    app.mkdir()
+    text = (EXAMPLE / "pyproject.toml").read_text()
+    head = text.split("[tool.flwr.app.config]")[0]
+    (app / "pyproject.toml").write_text(head + "[tool.flwr.app.config]\n" + config_lines)
+    return app
+
+
+def test_the_apps_num_server_rounds_is_the_runs_rounds_unless_rounds_are_given(tmp_path):
+    from fedctl.config.experiment import load_experiment
+
+    base = ["payload=flower", f"app={EXAMPLE}"]  # examples/flower-numpy: num-server-rounds = 3
+    exp = load_experiment(None, base, cwd=tmp_path)
+    assert exp.rounds == 3  # not fedctl's default of 20
+    assert exp.resolved()["rounds"] == 3  # config.yaml: the server passes it as num-server-rounds
+    assert "rounds" not in exp.payload_config  # the core key is not kept as a payload key
+    # given explicitly, fedctl's rounds win, whichever way they are given
+    assert load_experiment(None, base, rounds=2, cwd=tmp_path).rounds == 2
+    assert load_experiment(None, [*base, "rounds=5"], cwd=tmp_path).rounds == 5
+    (tmp_path / "fedctl.yaml").write_text(f"payload: flower\napp: {EXAMPLE}\nrounds: 20\n")
+    assert load_experiment(None, cwd=tmp_path).rounds == 20
+    (tmp_path / "fedctl.yaml").unlink()
+    # an app without num-server-rounds runs fedctl's default; a bad one is named with its file
+    plain_app = _app(tmp_path, "learning-rate = 0.5\n")
+    assert load_experiment(None, ["payload=flower", f"app={plain_app}"], cwd=tmp_path).rounds == 20
+    (plain_app / "pyproject.toml").write_text((plain_app / "pyproject.toml").read_text() + 'num-server-rounds = "x"\n')
+    from fedctl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"num-server-rounds must be a whole number >= 1, got 'x'"):
+        load_experiment(None, ["payload=flower", f"app={plain_app}"], cwd=tmp_path)
+    # ... unless rounds are given: then the app's value is not used
+    assert load_experiment(None, ["payload=flower", f"app={plain_app}"], rounds=4, cwd=tmp_path).rounds == 4
+
+
+def test_flower_process_logs_are_written_as_plain_text(mods, tmp_path):
+    common = mods["flower_common"]
+    log_path = tmp_path / "superlink.log"
+    # what Flower's ConsoleHandler writes (flwr/supercore/logger.py: coloured level names, always)
+    script = ("import sys; print('\\x1b[92mINFO \\x1b[0m:      Starting Flower SuperLink', flush=True); "
+              "print('\\x1b[93mWARNING \\x1b[0m:   on stderr', file=sys.stderr, flush=True)")
+    proc = common.start_logged([sys.executable, "-c", script], str(log_path), stdin=None)
+    assert proc.wait(timeout=30) == 0
+    common.drain_log(proc)
+    assert log_path.read_text() == "INFO :      Starting Flower SuperLink\nWARNING :   on stderr\n"
+    assert common.plain("\x1b[1;31mred\x1b[0m \x1b[2K") == "red "
+
+
+def test_summary_md_traffic_is_the_flower_runs_total(tmp_path):
+    """Flower knows a run's traffic only as a total: the summary line's bytes_in/bytes_out, which
+    summary.md's Traffic line must show (it summed round lines only: "0 B")."""
+    from types import SimpleNamespace
+
+    from fedctl.contract.metrics import read_metrics
+    from fedctl.results.fmt import fmt_bytes
+    from fedctl.results.report import run_summary, summary_markdown
+
+    metrics = tmp_path / "metrics.jsonl"
+    lines = [{"type": "round", "round": 1, "rounds": 1, "start": 1.0, "end": 2.0, "accuracy": 0.8, "loss": 0.5},
+             {"type": "summary", "rounds_completed": 1, "final_accuracy": 0.8, "wall_s": 3.0, "status": "finished",
+              "reason": None, "bytes_in": 7032, "bytes_out": 11424}]
+    metrics.write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    state = SimpleNamespace(run_id="r1", clients=2, rounds=1, phase="finished")
+    rc = SimpleNamespace(total={}, rows=[])
+    s = run_summary(read_metrics(str(metrics)), state, rc, None)
+    assert (s["bytes_in"], s["bytes_out"]) == (7032, 11424)
+    vers = {"fedctl": "x", "python": [], "packages": {}, "git": {}}
+    md = summary_markdown(s, rc, vers, None, [])
+    assert f"Traffic: {fmt_bytes(7032)} in, {fmt_bytes(11424)} out." in md

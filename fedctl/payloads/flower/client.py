@@ -31,6 +31,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flower_common import (  # noqa: E402
+    drain_log,
     flower_settings,
     flower_tool,
     free_port,
@@ -40,6 +41,7 @@ from flower_common import (  # noqa: E402
     new_node_key,
     read_config,
     read_token,
+    start_logged,
     tail,
     terminate,
     tool_env,
@@ -172,9 +174,8 @@ class Client:
                 cmd += ["--insecure"]
             else:
                 cmd += ["--root-certificates", self.ca, "--auth-supernode-private-key", self.keys[cid]]
-            out = open(os.path.join(self.run_dir, f"supernode-{cid}.log"), "ab")
-            self.procs[cid] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                               env=env, cwd=home, start_new_session=True)
+            self.procs[cid] = start_logged(cmd, os.path.join(self.run_dir, f"supernode-{cid}.log"),
+                                           stdin=subprocess.DEVNULL, env=env, cwd=home, start_new_session=True)
         log(self.role, f"started {len(self.ids)} SuperNode(s) on {HOST} for partitions {self.ids} of {self.total}, "
                        f"SuperLink {self.args.server}")
 
@@ -225,6 +226,7 @@ class Client:
                 return 0
             for cid, proc in self.procs.items():
                 if proc.poll() is not None:
+                    drain_log(proc)
                     return self.fail(f"SuperNode for partition {cid} exited with {proc.returncode}: "
                                      + tail(os.path.join(self.run_dir, f"supernode-{cid}.log"), 6))
             if time.time() - last_seen > self.timeout:

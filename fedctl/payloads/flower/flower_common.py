@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Iterable
 
@@ -88,6 +89,53 @@ def tool_env(extra: dict | None = None) -> dict:
     return env
 
 
+# Flower's logger colours its level names whether or not its output is a terminal (flwr 1.42 has no
+# switch for it); the logs are files read as text (fedctl logs, results), so the codes are taken out.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_PUMPS: dict[int, threading.Thread] = {}
+
+
+def plain(text: str) -> str:
+    """``text`` without ANSI escape sequences (colours, cursor moves)."""
+    return _ANSI.sub("", text)
+
+
+def start_logged(cmd: list[str], log_path: str, **popen: Any) -> subprocess.Popen:
+    """Start ``cmd`` with stdout and stderr appended to ``log_path`` as plain text (a thread copies
+    them line by line without ANSI codes; the processes ``cmd`` starts write to the same pipe)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+    thread = threading.Thread(target=_pump, args=(proc.stdout, log_path), daemon=True,
+                              name=f"log {os.path.basename(log_path)}")
+    thread.start()
+    _PUMPS[proc.pid] = thread
+    return proc
+
+
+def _pump(stream: Any, log_path: str) -> None:
+    out = open(log_path, "a", encoding="utf-8")
+    with stream:
+        for raw in iter(stream.readline, b""):
+            if out is None:
+                continue  # keep reading: a full pipe would block the process
+            try:
+                out.write(plain(raw.decode("utf-8", errors="replace")))
+                out.flush()
+            except OSError as exc:  # disk full: say so once, stop writing, keep the process going
+                print(f"cannot write {log_path}: {exc}; its further output is dropped", file=sys.stderr, flush=True)
+                out.close()
+                out = None
+    if out is not None:
+        out.close()
+
+
+def drain_log(proc: subprocess.Popen, timeout: float = 2.0) -> None:
+    """Wait (at most ``timeout`` s) until what ``proc`` wrote is in its log: before quoting the log
+    of a process that exited (a process it started may hold the pipe open longer)."""
+    thread = _PUMPS.get(proc.pid)
+    if thread is not None:
+        thread.join(timeout)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -121,6 +169,7 @@ def wait_listening(proc: subprocess.Popen, port: int, log_path: str, timeout: fl
     name = os.path.basename(str(proc.args[0])) if isinstance(proc.args, list) else "the process"
     while time.time() < deadline:
         if proc.poll() is not None:
+            drain_log(proc)
             raise RuntimeError(f"{name} exited at start: " + tail(log_path, 10))
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):

@@ -8,6 +8,12 @@
       connect_timeout_s: 60       # SuperNodes must all connect within this; a SuperNode gives up after it
       round_timeout_s: null       # informational; the app's strategy owns Flower's own timeouts
 
+Rounds: fedctl's ``rounds`` becomes the app's ``num-server-rounds`` when the user gives it
+(``--rounds``, ``--set rounds=``, ``rounds:`` in fedctl.yaml). Otherwise the app's own
+``[tool.flwr.app.config] num-server-rounds`` is the run's count: the validator returns it as
+``rounds`` and fedctl shows and budgets that (fedctl's default of 20 only for an app that has none,
+or whose folder is not on this machine).
+
 The SuperLink certificate names every address of the server host and the address each client says
 it dials (its hello, see flower_common); ``tls_names`` adds names beyond those.
 """
@@ -42,13 +48,14 @@ def _positive(key: str, value: object) -> float:
     return float(value)
 
 
-def _check_app(path: str, base_dir: str | None) -> None:
-    """When the app folder is here, check it is a Flower app (pyproject.toml with [tool.flwr.app])."""
+def _check_app(path: str, base_dir: str | None) -> tuple[str, object] | None:
+    """When the app folder is here, check it is a Flower app (pyproject.toml with [tool.flwr.app]);
+    return (its pyproject.toml, its ``num-server-rounds`` as written or None), else None."""
     full = os.path.expanduser(path)
     if not os.path.isabs(full):
         full = os.path.join(base_dir or os.getcwd(), full)
     if not os.path.exists(full):
-        return  # then it must exist on every host (fedctl says so when it ships files)
+        return None  # then it must exist on every host (fedctl says so when it ships files)
     if not os.path.isdir(full):
         raise ConfigValueError("app", f"{path!r} is a file; expected a Flower app folder (with pyproject.toml)")
     pyproject = os.path.join(full, "pyproject.toml")
@@ -60,7 +67,7 @@ def _check_app(path: str, base_dir: str | None) -> None:
         try:
             import tomli as tomllib  # type: ignore[no-redef]  # noqa: PLC0415
         except ImportError:
-            return
+            return None
     try:
         with open(pyproject, "rb") as f:
             data = tomllib.load(f)
@@ -73,10 +80,26 @@ def _check_app(path: str, base_dir: str | None) -> None:
     missing = [c for c in ("serverapp", "clientapp") if c not in comps]
     if missing:
         raise ConfigValueError("app", f"{pyproject}: [tool.flwr.app.components] lacks {', '.join(missing)}")
+    app_config = app.get("config")
+    return pyproject, (app_config.get("num-server-rounds") if isinstance(app_config, dict) else None)
+
+
+def _app_rounds(found: tuple[str, object] | None) -> int | None:
+    """The app's own num-server-rounds (None when it names none): a whole number >= 1."""
+    if found is None or found[1] is None:
+        return None
+    pyproject, value = found
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigValueError("app", f"{pyproject}: [tool.flwr.app.config] num-server-rounds must be a whole "
+                               f"number >= 1, got {value!r} (or give fedctl's rounds: --rounds N)")
+    return value
 
 
 def validate(data: dict, core: dict | None = None, base_dir: str | None = None) -> dict:
-    """Return the flower keys resolved with defaults; raise ConfigValueError on a bad value."""
+    """Return the flower keys resolved with defaults; raise ConfigValueError on a bad value.
+
+    When ``core`` says the user gave no ``rounds`` (``rounds_given`` false), the result also holds
+    ``rounds``: the app's own ``num-server-rounds``, if it has one (fedctl makes it the run's count)."""
     data = data or {}
     for key in data:
         if key not in KEYS:
@@ -85,7 +108,7 @@ def validate(data: dict, core: dict | None = None, base_dir: str | None = None) 
     if not isinstance(app, str) or not app.strip():
         raise ConfigValueError("app", "is required with payload flower: the path of a Flower app folder "
                                "(e.g. --set app=./my-flower-app)")
-    _check_app(app, base_dir)
+    found = _check_app(app, base_dir)
     fl = data.get("flower")
     if fl is None:
         fl = {}
@@ -118,4 +141,9 @@ def validate(data: dict, core: dict | None = None, base_dir: str | None = None) 
     out["stop_timeout_s"] = _positive("flower.stop_timeout_s", out["stop_timeout_s"])
     if core and int(core.get("clients") or 0) < 1:
         raise ConfigValueError("clients", "the flower payload needs at least 1 client (one SuperNode each)")
-    return {"app": app, "flower": out}
+    resolved: dict = {"app": app, "flower": out}
+    if core is not None and core.get("rounds_given") is False:  # not a core that predates the key
+        own = _app_rounds(found)
+        if own is not None:
+            resolved["rounds"] = own
+    return resolved

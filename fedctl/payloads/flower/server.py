@@ -10,7 +10,7 @@ fedctl metrics. Runs on the server host (started detached by fedctl).
    port client hosts can reach. The ready file gets the gateway's port.
 3. Waits until ``clients`` SuperNodes are online (``flwr supernode list``), at most
    ``flower.connect_timeout_s``, then submits the app (``flwr run``) with ``num-server-rounds`` =
-   ``rounds`` and ``flower.run_config``; Flower's run id goes to ``flower_run.json``.
+   ``rounds`` (the app's own unless the user gave it, see flower_config) and ``flower.run_config``; Flower's run id goes to ``flower_run.json``.
 4. Follows ``flwr log RUN_ID`` into ``serverapp.log`` and translates it into metrics.jsonl round lines
    (flower_progress.py), polls ``flwr ls`` for the run's status, writes the summary, packs what the
    app wrote to ``$FEDCTL_OUTPUT_DIR`` (also the ServerApp's working directory, so relative paths
@@ -41,8 +41,10 @@ from flower_common import (  # noqa: E402
     flower_tool,
     free_port,
     log,
+    plain,
     read_config,
     read_token,
+    start_logged,
     tail,
     terminate,
     tool_env,
@@ -159,15 +161,14 @@ class Server:
             cmd += ["--ssl-certfile", os.path.join(self.tdir, "superlink.pem"),
                     "--ssl-keyfile", os.path.join(self.tdir, "superlink.key"),
                     "--ssl-ca-certfile", os.path.join(self.tdir, "ca.pem"), "--enable-supernode-auth"]
-        out = open(os.path.join(self.run_dir, "superlink.log"), "ab")
         # its own session: fedctl's TERM to our group must reach us first, so that we `flwr stop`.
         # cwd: the ServerApp inherits it (SuperLink -> SuperExec -> flwr-serverapp, no chdir), and apps
         # not written for fedctl save their results relative to it (Flower's quickstart-sklearn:
         # joblib.dump(model, "logreg_model.pkl")); in $FEDCTL_OUTPUT_DIR they reach app-output.tar.gz
         # instead of being removed with the run dir. The SuperLink itself writes nothing there (its
         # database and FLWR_HOME are absolute paths).
-        self.superlink = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=self.env(), cwd=self.output, start_new_session=True)
+        self.superlink = start_logged(cmd, os.path.join(self.run_dir, "superlink.log"), stdin=subprocess.DEVNULL,
+                                      env=self.env(), cwd=self.output, start_new_session=True)
         wait_listening(self.superlink, port, os.path.join(self.run_dir, "superlink.log"), timeout=60)
         trust = ("insecure = true\n" if self.insecure else
                  f"root-certificates = {json.dumps(os.path.join(self.tdir, 'ca.pem'))}\n")
@@ -218,7 +219,7 @@ class Server:
                                         start_new_session=True)
         assert self.logproc.stdout is not None
         for line in self.logproc.stdout:
-            out.write(line)
+            out.write(plain(line))  # the ServerApp's logger colours its level names
             out.flush()
             self.tracker.feed(line)
         out.close()
@@ -263,10 +264,12 @@ class Server:
         }
         if info:
             summary["flower_status"] = info.get("status")
+            # the contract's traffic keys (bytes_in: what the server received), as totals: Flower
+            # counts a run's traffic, not a round's (fedctl's results read a summary total first)
             traffic = info.get("network-traffic") or {}
-            for k in ("inbound-bytes", "outbound-bytes"):
-                if isinstance(traffic.get(k), (int, float)):
-                    summary[k.replace("-", "_")] = traffic[k]
+            for flwr_key, key in (("inbound-bytes", "bytes_in"), ("outbound-bytes", "bytes_out")):
+                if isinstance(traffic.get(flwr_key), (int, float)) and not isinstance(traffic[flwr_key], bool):
+                    summary[key] = traffic[flwr_key]
         self.append({"type": "summary", **summary})
         write_json_atomic(os.path.join(self.run_dir, "summary.json"), summary)
         self.phase = "finished" if status == "finished" else "failed"
