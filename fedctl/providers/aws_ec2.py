@@ -8,7 +8,6 @@ an instance role) and never pass through fedctl: no argument, message or file he
 from __future__ import annotations
 
 import calendar
-import json
 import re
 import time
 from typing import Any, Iterable
