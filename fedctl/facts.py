@@ -7,11 +7,11 @@ interpreter and prints JSON. What failed comes back as a reason, not a traceback
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.monitor.nvidia import gpu_fact_lines
+from fedctl.runtypes import HostFacts  # noqa: F401 - the type lives with the run's others; re-exported
 from fedctl.shell import join
 
 if TYPE_CHECKING:
@@ -66,44 +66,6 @@ print(json.dumps(out))
 
 #: tools fedctl needs on every host (for detached processes, stop, payload sync)
 REQUIRED_TOOLS = ("setsid", "nohup", "pgrep", "sha256sum")
-
-
-@dataclass
-class HostFacts:
-    """What provision learned about one host, and why it is unusable if it is."""
-
-    ok: bool
-    problems: list[str] = field(default_factory=list)
-    python: str | None = None
-    home: str | None = None
-    imports: dict[str, dict[str, Any]] = field(default_factory=dict)
-    gpus: list[str] = field(default_factory=list)
-    gpu_error: str | None = None
-    disk_free_gb: float | None = None
-    mem_total_gb: float | None = None
-    mem_available_gb: float | None = None
-    cpus: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        tf = self.imports.get("tensorflow")
-        if tf and tf.get("ok"):
-            d["tensorflow"] = tf.get("version")
-        return d
-
-    @property
-    def summary(self) -> str:
-        """One short cell for the provision table."""
-        if not self.ok:
-            return "; ".join(self.problems)
-        parts = [f"py {self.python}"]
-        tf = self.imports.get("tensorflow")
-        if tf and tf.get("ok"):
-            parts.append(f"tf {tf.get('version')}")
-        parts.append(f"{len(self.gpus)} GPU" if self.gpus else ("GPU error" if self.gpu_error else "no GPU"))
-        if self.mem_available_gb is not None:
-            parts.append(f"{self.mem_available_gb:.0f}G free")
-        return ", ".join(parts)
 
 
 def parse_version(text: str) -> tuple[int, ...]:

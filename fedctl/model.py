@@ -112,6 +112,28 @@ class HostStatus(str, Enum):
         return self.value
 
 
+_P = Phase
+#: The phase changes a run may make (``RunState.transition``); staying in a phase is always allowed.
+#: Provision may be run again on any run not torn down (it retries what is left); start may begin
+#: again after a run ended or failed (a new run id on the same hosts); teardown may begin from
+#: anywhere and ``teardown --forget`` may end any run; nothing leaves ``torn_down``.
+PHASE_MOVES: dict[Phase, frozenset[Phase]] = {
+    _P.PROVISIONING: frozenset({_P.PROVISIONED, _P.FAILED, _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.PROVISIONED: frozenset({_P.PROVISIONING, _P.STARTING, _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.STARTING: frozenset({_P.RUNNING, _P.FINISHED, _P.FAILED, _P.STOPPED, _P.PROVISIONING,
+                            _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.RUNNING: frozenset({_P.FINISHED, _P.FAILED, _P.STOPPED, _P.STARTING, _P.PROVISIONING,
+                           _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.FINISHED: frozenset({_P.STARTING, _P.STOPPED, _P.PROVISIONING, _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.FAILED: frozenset({_P.STARTING, _P.STOPPED, _P.PROVISIONING, _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.STOPPED: frozenset({_P.STARTING, _P.PROVISIONING, _P.TEARING_DOWN, _P.TORN_DOWN}),
+    _P.TEARING_DOWN: frozenset({_P.PROVISIONING, _P.TORN_DOWN}),
+    _P.TORN_DOWN: frozenset(),
+}
+#: Phases in which the run's processes may be alive (start is on its way or they run).
+LIVE_PHASES = frozenset({Phase.STARTING, Phase.RUNNING})
+
+
 ENV_MODES = ("auto", "none", "venv")
 
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from fedctl.config.experiment import Experiment
 from fedctl.config.inventory import Inventory
@@ -120,6 +121,25 @@ def gpu_processes(
         return ((tuple(ids),) if ids else ()), ((None,) if ids else ())
     count = min(len(ids), gpus * max(1, per_gpu))
     return even_chunks(ids, count), tuple(i % gpus for i in range(count))
+
+
+def place_on_gpus(plan: Plan, gpu_counts: Mapping[str, int], per_gpu: int = 1) -> Plan:
+    """The plan with each remote client host's clients split over its GPUs (``gpu_processes``),
+    for the hosts whose GPU count is known (``gpu_counts``: host name -> GPUs provision found).
+
+    Pure, and idempotent: a remote host's GPUs are known only once provision has looked, so
+    provision calls this once with what it found and stores the result as the run's plan (the
+    records take their processes from it). The local provider's plan placed its clients already
+    (it knows this machine's GPUs when it plans); a host not looked at yet keeps its processes."""
+    hosts = []
+    for ph in plan.hosts:
+        gpus = gpu_counts.get(ph.name)
+        if ph.host.kind == "local" or not ph.client_processes or gpus is None:
+            hosts.append(ph)
+            continue
+        procs, gpu_of = gpu_processes(ph.client_ids, gpus, per_gpu)
+        hosts.append(replace(ph, client_processes=procs, client_gpus=gpu_of))
+    return replace(plan, hosts=tuple(hosts))
 
 
 def local_gpu_count(timeout: float = 10.0) -> int:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from fedctl.model import HostInfo, HostStatus, Phase, Plan, PlannedHost, host_from_dict, host_to_dict
+from fedctl.model import PHASE_MOVES, HostInfo, HostStatus, Phase, Plan, PlannedHost, host_from_dict, host_to_dict
 from fedctl.errors import StateError, StateLockedError
+from fedctl.runtypes import HostFacts, RunConfig, ServerEndpoint
 from fedctl.fsutil import atomic_write  # noqa: F401 - re-exported: cli/app.py and older callers import it here
 
 STATE_VERSION = 1
@@ -87,14 +88,28 @@ class HostRecord:
     workdir: str | None = None  # absolute, resolved on the host at provision time
     python: str | None = None  # the interpreter the payload runs with there (a venv's, or info.python)
     owned: list[OwnedPath] = field(default_factory=list)  # what fedctl created there, in creation order
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: HostFacts | None = None  # what provision learned there (None: not looked yet)
     acquired_at: float | None = None  # ledger: when the host became part of the run (billing starts)
     released_at: float | None = None  # ledger: when fedctl let the host go
     processes: list[ProcessRecord] = field(default_factory=list)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # typed at the door: a status given as its string and facts given as a mapping (an older
+        # state file, a test) become the enum and HostFacts, so readers never meet the raw form
+        if name == "status" and not isinstance(value, HostStatus):
+            value = HostStatus(value)
+        elif name == "facts" and value is not None and not isinstance(value, HostFacts):
+            value = HostFacts.from_dict(value) if value else None
+        object.__setattr__(self, name, value)
+
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs provision found on the host (0 before it looked)."""
+        return self.facts.gpu_count if self.facts is not None else 0
 
     def own(self, path: str, kind: str, keep: bool = False) -> None:
         """Record that fedctl created ``path`` (once; the first kind recorded stays), and journal it
@@ -108,7 +123,13 @@ class HostRecord:
 
     def assign(self, ph: PlannedHost) -> "HostRecord":
         """Take what the plan gives the host: how to reach it, its role, its client processes."""
-        self.info, self.role = ph.host, ph.role
+        self.info = ph.host
+        return self.place(ph)
+
+    def place(self, ph: PlannedHost) -> "HostRecord":
+        """Take the plan's placement for the host (role, client processes, their GPUs) and keep how
+        to reach it (a created machine's address is the record's, not the plan's)."""
+        self.role = ph.role
         self.client_processes = [list(p) for p in ph.client_processes]
         self.client_gpus = list(ph.client_gpus)
         return self
@@ -124,7 +145,7 @@ class RunState:
     """Everything ``.fedctl/state.json`` holds. Mutated in place, saved with ``StateStore.save``."""
 
     run_id: str
-    phase: str = Phase.PROVISIONING
+    phase: Phase = Phase.PROVISIONING
     provider: str = "local"
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
@@ -134,9 +155,9 @@ class RunState:
     rounds: int = 0
     payload_name: str = ""
     payload_dir: str = ""
-    experiment: dict[str, Any] = field(default_factory=dict)  # resolved config written to hosts
+    experiment: RunConfig = field(default_factory=RunConfig)  # the resolved experiment, typed
     plan: Plan | None = None  # roles and placement, as made at provision
-    server: dict[str, Any] = field(default_factory=dict)  # {host, address, port}
+    server: ServerEndpoint = field(default_factory=ServerEndpoint)  # host from the plan; address, port at start
     hosts: list[HostRecord] = field(default_factory=list)
     started_at: float | None = None
     finished_at: float | None = None
@@ -146,6 +167,30 @@ class RunState:
     overrides: list[str] = field(default_factory=list)  # --set given at provision; start applies them first
     events: list[dict[str, Any]] = field(default_factory=list)
     version: int = STATE_VERSION
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # typed at the door (an older state file's dicts, a test's few keys): readers meet the types
+        if name == "phase" and not isinstance(value, Phase):
+            value = Phase(value)
+        elif name == "experiment" and not isinstance(value, RunConfig):
+            value = RunConfig.from_dict(value, getattr(self, "payload_name", ""), getattr(self, "payload_dir", ""))
+        elif name == "server" and not isinstance(value, ServerEndpoint):
+            value = ServerEndpoint.from_dict(value)
+        object.__setattr__(self, name, value)
+
+    @property
+    def config(self) -> RunConfig:
+        """The run's configuration (the typed experiment)."""
+        return self.experiment
+
+    def transition(self, new: Phase | str) -> None:
+        """Move the run to phase ``new``; StateError for a move ``PHASE_MOVES`` does not allow
+        (a torn-down run that would come back, a finish that never started)."""
+        new = Phase(new)
+        if new != self.phase and new not in PHASE_MOVES[self.phase]:
+            raise StateError(f"run {self.run_id} cannot go from {self.phase} to {new}",
+                             hint="`fedctl status` shows where the run is")
+        self.phase = new
 
     def host(self, name: str) -> HostRecord:
         for h in self.hosts:
@@ -166,12 +211,15 @@ class RunState:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (enums as their values)."""
         # the plan has its own form (asdict would flatten its HostInfos the wrong way)
-        d = dataclasses.asdict(dataclasses.replace(self, plan=None))
+        d = dataclasses.asdict(dataclasses.replace(self, plan=None, experiment=RunConfig(), server=ServerEndpoint()))
         d["plan"] = self.plan.to_dict() if self.plan is not None else None
+        d["experiment"] = self.experiment.to_dict()
+        d["server"] = self.server.to_dict()
         d["phase"] = str(self.phase)
         for h, rec in zip(d["hosts"], self.hosts):
             h["info"] = host_to_dict(rec.info)
             h["status"] = str(rec.status)
+            h["facts"] = rec.facts.to_dict() if rec.facts is not None else None
         return d
 
     @classmethod
@@ -194,10 +242,10 @@ class RunState:
             hosts.append(HostRecord(info=info, processes=procs, owned=owned,
                                     **{k: v for k, v in h.items() if k in known_host}))
         known = {f.name for f in dataclasses.fields(cls)}
+        # the experiment after payload_name/payload_dir: an older file's flat dict takes them from there
+        experiment = d.pop("experiment", None)
         state = cls(hosts=hosts, plan=plan, **{k: v for k, v in d.items() if k in known})
-        state.phase = Phase(state.phase)
-        for rec in state.hosts:
-            rec.status = HostStatus(rec.status)
+        state.experiment = experiment or {}
         return state
 
 
@@ -208,6 +256,8 @@ class StateStore:
         self.root = Path(root).absolute()
         self.clock = clock
         self._lock_fd: int | None = None
+        #: the command's open connections (``fedctl.ops.common.Session``), bound while it runs
+        self.session: Any = None
 
     @property
     def state_file(self) -> Path:

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import typer
 
 from fedctl.cli.common import ConfigOpt, InventoryOpt, JsonOpt, OptList, SetOpt, YesOpt, env
+from fedctl.model import HostStatus, Phase
 
 
 def _progress(msg: str) -> None:
@@ -66,7 +67,7 @@ def _do_provision(
         e.console.print(plan_table(report.rows, title=f"run {report.state.run_id}: provision"))
     if not report.ok:
         raise HostsFailed(
-            "provision failed on: " + ", ".join(r.name for r in report.rows if r.status != "provisioned"),
+            "provision failed on: " + ", ".join(r.name for r in report.rows if r.status != HostStatus.PROVISIONED),
             hint="fix the hosts and run the same command again (provisioned hosts are kept), "
             "or `fedctl teardown` to clean up",
             host_key=report.host_key_failed,
@@ -138,7 +139,7 @@ def _do_start(
             exp = _load_experiment_for(state, config, sets, rounds, clients)
             report = start(store, state, exp, progress=_progress)
     if as_json:
-        e.print_json({"run_id": state.run_id, "ok": report.ok, "failures": report.failures, "server": state.server})
+        e.print_json({"run_id": state.run_id, "ok": report.ok, "failures": report.failures, "server": state.server.to_dict()})
     if not report.ok:
         raise HostsFailed(
             "start failed: " + "; ".join(f"{h}: {m}" for h, m in report.failures.items()),
@@ -148,7 +149,7 @@ def _do_start(
         n = sum(len(r.processes) for r in state.hosts)
         e.console.print(
             f"run [bold]{state.run_id}[/] running: {n} process(es), server at "
-            f"{state.server['address']}:{state.server['port']}. `fedctl watch` to follow it."
+            f"{state.server.dial}. `fedctl watch` to follow it."
         )
     return report
 
@@ -224,7 +225,7 @@ def _do_teardown(keep_files: bool, as_json: bool, grace: float = 10.0) -> Any:
     store = e.store
     with store.lock(create=False):
         state = store.load()
-        if state.phase == "torn_down":
+        if state.phase == Phase.TORN_DOWN:
             if not as_json:
                 e.console.print(f"run {state.run_id} is already torn down")
             return None
@@ -295,10 +296,10 @@ def teardown_cmd(
             for note in forget_hosts(e.store, e.store.load(), forget):
                 e.err.print(f"[yellow]{escape(note)}[/]")
         state = e.store.load() if e.store.exists() else state
-        if state.phase == "torn_down":
+        if state.phase == Phase.TORN_DOWN:
             e.console.print(f"run {state.run_id} is torn down")
             return
-    if state.phase != "torn_down":
+    if state.phase != Phase.TORN_DOWN:
         e.confirm(f"tear down run {state.run_id}?", yes or state.provider == "local")
     _do_teardown(keep_files, as_json, grace)
 

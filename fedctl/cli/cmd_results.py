@@ -8,6 +8,7 @@ from typing import Any, List, Optional
 import typer
 
 from fedctl.cli.common import JsonOpt, env
+from fedctl.model import HostStatus
 
 results_app = typer.Typer(
     help="Gather a run's results into results/<run-id>/ (plots, summary.md, config, versions, cost).",
@@ -29,7 +30,7 @@ def _read_token(fleet: Any, state: Any) -> list[str]:
     from fedctl.ops.common import server_record
 
     rec = server_record(state)
-    if rec is None or not rec.workdir or rec.status == "torn_down":
+    if rec is None or not rec.workdir or rec.status == HostStatus.TORN_DOWN:
         return []
     try:
         text = read_file(fleet.connector(rec.name), remote_run_dir(rec, state.run_id) + "/token")
@@ -45,7 +46,7 @@ def collect_and_build(state: Any, out: Path, collect: bool) -> tuple[Any, list[s
     e = env()
     notes: list[str] = []
     secrets: list[str] = []
-    live = [r for r in state.hosts if r.workdir and r.status != "torn_down"]
+    live = [r for r in state.hosts if r.workdir and r.status != HostStatus.TORN_DOWN]
     if collect and live:
         try:
             from fedctl.ops.collect import collect_raw

@@ -35,10 +35,16 @@ class CliEnv:
     clock: Callable[[], float] = time.time
     state_dir: Path = field(default_factory=lambda: Path(os.environ.get("FEDCTL_STATE_DIR", ".fedctl")))
     interactive: bool = field(default_factory=lambda: sys.stdin.isatty())
+    _store: Optional[StateStore] = field(default=None, repr=False, compare=False)
 
     @property
     def store(self) -> StateStore:
-        return StateStore(self.state_dir, clock=self.clock)
+        """The command's one StateStore (the command's Session is bound to it, so every step of
+        the command shares its connections); a new one when the state dir or clock changed."""
+        st = self._store
+        if st is None or st.root != Path(self.state_dir).absolute() or st.clock is not self.clock:
+            st = self._store = StateStore(self.state_dir, clock=self.clock)
+        return st
 
     def print_json(self, data: Any) -> None:
         """Machine output goes to stdout as plain JSON (no rich markup)."""

@@ -32,10 +32,11 @@ from fedctl.config.loader import (
 from fedctl.config.overrides import Override, apply_overrides, parse_overrides, source_for
 from fedctl.errors import ConfigError, PayloadError
 from fedctl.payload import PayloadManifest, load_manifest, resolve_payload
+# the typed run settings live below config (the state stores them); re-exported here
+from fedctl.runtypes import CORE_KEYS, Budget, Placement, RunConfig, ServerSettings
 
 DEFAULT_FILE = "fedctl.yaml"
 DEFAULT_PAYLOAD = "fedavg_tf"
-CORE_KEYS = ("name", "payload", "clients", "rounds", "seed", "placement", "server", "budget", "on_finish")
 PLACEMENT_KEYS = ("clients_per_host", "processes_per_gpu", "server_device")
 SERVER_DEVICES = ("auto", "cpu", "gpu")
 SERVER_KEYS = ("port", "bind")
@@ -52,37 +53,6 @@ VALIDATOR_PROBLEM_CHARS = 240
 
 # fullmatch, never match with ^...$ ("$" also matches before a trailing newline)
 _VALIDATOR_MSG = re.compile(r"(?P<path>[A-Za-z0-9_.\[\]-]+): (?P<problem>.*?)(?: \(valid: (?P<valid>.*)\))?", re.S)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """``clients_per_host``: "auto" or an int >= 1 (see fedctl.plan for what each means);
-    ``processes_per_gpu``: client processes per GPU on a host with GPUs; ``server_device``: where
-    the server evaluates (auto: the CPU when it shares its host with clients, else its GPU)."""
-
-    clients_per_host: int | str = "auto"
-    processes_per_gpu: int = 1
-    server_device: str = "auto"
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """``port``: "auto" (the server picks a free port) or a fixed port; ``bind``: listen address."""
-
-    port: int | str = "auto"
-    bind: str = "0.0.0.0"
-
-    @property
-    def port_number(self) -> int:
-        """The ``{port}`` placeholder value: 0 for auto (the server reports the real port)."""
-        return 0 if self.port == "auto" else int(self.port)
-
-
-@dataclass(frozen=True)
-class Budget:
-    max_cost: float | None = None
-    max_hours: float | None = None
-    idle_minutes: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,26 +73,19 @@ class Experiment:
     payload_config: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)  # file + overrides + flags, before validation
 
+    def run_config(self) -> RunConfig:
+        """What the state stores of this experiment: the typed settings fedctl reads, the payload's
+        keys as an opaque mapping."""
+        return RunConfig(
+            clients=self.clients, rounds=self.rounds, seed=self.seed, name=self.name,
+            payload_name=self.payload.name, payload_dir=str(self.payload.dir),
+            placement=self.placement, server=self.server, budget=self.budget, on_finish=self.on_finish,
+            payload_config=copy.deepcopy(self.payload_config),
+        )
+
     def resolved(self) -> dict[str, Any]:
         """The full resolved config (core + payload keys) written to hosts as ``config.yaml``."""
-        core: dict[str, Any] = {
-            "name": self.name,
-            "payload": self.payload.name,
-            "clients": self.clients,
-            "rounds": self.rounds,
-            "seed": self.seed,
-            "placement": {"clients_per_host": self.placement.clients_per_host,
-                          "processes_per_gpu": self.placement.processes_per_gpu,
-                          "server_device": self.placement.server_device},
-            "server": {"port": self.server.port, "bind": self.server.bind},
-            "budget": {
-                "max_cost": self.budget.max_cost,
-                "max_hours": self.budget.max_hours,
-                "idle_minutes": self.budget.idle_minutes,
-            },
-            "on_finish": self.on_finish,
-        }
-        return {**core, **copy.deepcopy(self.payload_config)}
+        return self.run_config().rendered()
 
 
 def load_experiment(

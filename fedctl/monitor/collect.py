@@ -19,6 +19,7 @@ from fedctl.monitor.metrics import FileCursor, LineBuffer
 from fedctl.monitor.nvidia import parse_gpus
 from fedctl.monitor.probe import MAX_CHUNK_BYTES, FileReq, ProbeResult, ProcReq, build_probe, new_nonce, parse_probe
 from fedctl.monitor.snapshot import GpuReport
+from fedctl.model import HostStatus
 from fedctl.state import HostRecord, RunState
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def run_dir(host: HostRecord, run_id: str) -> str:
 
 def server_host_name(state: RunState) -> str | None:
     """The name of the host that runs the server (from ``state.server`` or the roles)."""
-    name = state.server.get("host") if state.server else None
+    name = state.server.host
     if name:
         return str(name)
     for h in state.hosts:
@@ -197,7 +198,7 @@ def build_probes(
     for h in state.hosts:
         if hosts is not None and h.name not in hosts:
             continue
-        if h.status in ("torn_down", "tearing_down"):
+        if h.status in (HostStatus.TORN_DOWN, HostStatus.TEARING_DOWN):
             continue
         labels = (log_labels or {}).get(h.name) if log_labels is not None else None
         out[h.name] = HostProbe(

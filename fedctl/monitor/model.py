@@ -30,9 +30,10 @@ from fedctl.monitor.snapshot import (
     RoundPoint,
     Snapshot,
 )
+from fedctl.model import Phase
 from fedctl.state import RunState
 
-DONE_PHASES = ("finished", "failed", "stopped", "tearing_down", "torn_down")
+DONE_PHASES = (Phase.FINISHED, Phase.FAILED, Phase.STOPPED, Phase.TEARING_DOWN, Phase.TORN_DOWN)
 _CLIENT_TARGET = re.compile(r"^client-0*(\d+)$")
 
 

@@ -14,6 +14,7 @@ import re
 from typing import Sequence
 
 from fedctl.errors import UsageError
+from fedctl.model import HostStatus
 from fedctl.state import HostRecord, ProcessRecord, RunState
 
 _CLIENT = re.compile(r"^client-0*(\d+)$")
@@ -39,7 +40,7 @@ def display_name(proc: ProcessRecord) -> str:
 
 def resolve_targets(state: RunState, target: str | None) -> list[tuple[HostRecord, ProcessRecord]]:
     """The (host, process) pairs whose logs ``target`` selects (all of them for None / ``all``)."""
-    live = [h for h in state.hosts if h.status not in ("torn_down", "tearing_down")]
+    live = [h for h in state.hosts if h.status not in (HostStatus.TORN_DOWN, HostStatus.TEARING_DOWN)]
     pairs = [(h, p) for h in live for p in h.processes]
     if target is None or target == "all":
         return pairs

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from fedctl.connectors.base import Connector
 from fedctl.deploy import remote_run_dir
 from fedctl.errors import StateError
+from fedctl.model import HostStatus
 from fedctl.model import name_problem
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
 from fedctl.shell import join, quote
@@ -98,7 +99,7 @@ def collect_raw(
     dest.mkdir(parents=True, exist_ok=True)
     report = CollectReport(dest)
     server = server_record(state)
-    recs = [r for r in state.hosts if r.workdir and r.status not in ("torn_down",)
+    recs = [r for r in state.hosts if r.workdir and r.status != HostStatus.TORN_DOWN
             and (hosts is None or r.name in hosts)]
     if not recs:
         return report

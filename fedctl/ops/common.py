@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,44 +63,66 @@ def host_infos(records: Sequence[HostRecord]) -> list[HostInfo]:
     return [replace(r.info, workdir=r.workdir) if r.workdir else r.info for r in records]
 
 
-_SESSION: contextvars.ContextVar[Any] = contextvars.ContextVar("fedctl_session", default=None)
+class Session:
+    """One command's connections: a Fleet every step of the command shares, so each host is
+    connected once per command (``fedctl run`` with its progress loop included), not once per step
+    or per progress tick.
+
+    It is passed down explicitly, bound to the StateStore the command hands to every operation
+    (``store.session``): ``open_fleet(store, records)`` returns a view of it. Closing it closes the
+    connections and unbinds it. ``connector_factory`` replaces the real connectors (unit tests)."""
+
+    def __init__(self, store: StateStore, pool: int = 32, connect_timeout: float = 10.0,
+                 connector_factory: Any = None) -> None:
+        from fedctl.fleet import Fleet
+
+        self.store = store
+        self.fleet = Fleet([], known_hosts=known_hosts_path(store), pool=int(os.environ.get("FEDCTL_POOL", pool)),
+                           connect_timeout=connect_timeout, connector_factory=connector_factory)
+
+    def view(self, records: Sequence[HostRecord]) -> Any:
+        """A FleetView over ``records`` (hosts not connected yet are added to the session)."""
+        from fedctl.fleet import FleetView
+
+        infos = host_infos(records)
+        self.fleet.add_hosts(infos)
+        return FleetView(self.fleet, [h.name for h in infos])
+
+    def close(self) -> None:
+        if self.store.session is self:
+            self.store.session = None
+        self.fleet.close()
+
+    def __enter__(self) -> "Session":
+        self.store.session = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 @contextlib.contextmanager
 def session(
     store: StateStore, pool: int = 32, connect_timeout: float = 10.0, connector_factory: Any = None
-) -> Iterator[None]:
-    """One Fleet for the whole command: every ``open_fleet`` inside the block returns a view of it,
-    so each host is connected once per command (``fedctl run`` with its progress loop included),
-    not once per step or per progress tick. Closed when the block ends. ``connector_factory``
-    replaces the real connectors (the fakes of unit tests)."""
-    from fedctl.fleet import Fleet
-
-    if _SESSION.get() is not None:  # nested: the outer session already owns a Fleet
-        yield
+) -> Iterator[Session]:
+    """Bind one Session to ``store`` for the block (the store's own when it has one already: an
+    operation inside a command reuses the command's connections), closed when the block ends."""
+    if store.session is not None:
+        yield store.session
         return
-    fleet = Fleet([], known_hosts=known_hosts_path(store), pool=int(os.environ.get("FEDCTL_POOL", pool)),
-                  connect_timeout=connect_timeout, connector_factory=connector_factory)
-    token = _SESSION.set(fleet)
-    try:
-        yield
-    finally:
-        _SESSION.reset(token)
-        fleet.close()
+    with Session(store, pool, connect_timeout, connector_factory) as s:
+        yield s
 
 
 def open_fleet(store: StateStore, records: Sequence[HostRecord], pool: int = 32, connect_timeout: float = 10.0):
     """A Fleet over ``records`` that pins host keys into ``.fedctl/known_hosts``: a view of the
-    command's session Fleet when one is open (``session``), else a Fleet of its own."""
-    from fedctl.fleet import Fleet, FleetView
+    store's session Fleet when one is bound (``session``), else a Fleet of its own."""
+    from fedctl.fleet import Fleet
 
-    infos = host_infos(records)
-    shared = _SESSION.get()
-    if shared is not None:
-        shared.add_hosts(infos)
-        return FleetView(shared, [h.name for h in infos])
+    if store.session is not None:
+        return store.session.view(records)
     return Fleet(
-        infos,
+        host_infos(records),
         known_hosts=known_hosts_path(store),
         pool=int(os.environ.get("FEDCTL_POOL", pool)),
         connect_timeout=connect_timeout,
@@ -110,5 +131,5 @@ def open_fleet(store: StateStore, records: Sequence[HostRecord], pool: int = 32,
 
 def server_record(state: RunState) -> HostRecord | None:
     """The host running the FL server, if the plan has one."""
-    name = state.server.get("host")
+    name = state.server.host
     return state.host(name) if name else None

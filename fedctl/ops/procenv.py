@@ -35,15 +35,14 @@ def process_env(state: RunState, rec: HostRecord, proc: ProcessRecord) -> dict[s
     Raises PlanError when the process was placed on a GPU the host's facts do not list (facts of an
     older fedctl counted nvidia-smi's warning lines as GPUs), or the server must have a GPU that its
     host lacks (``check_server_device``)."""
-    gpus, _ = parse_gpu_facts(rec.facts.get("gpus") or [], warn=False)
+    gpus, _ = parse_gpu_facts(rec.facts.gpus if rec.facts is not None else [], warn=False)
     if proc.role == "server":
-        check_server_device((state.experiment.get("placement") or {}).get("server_device", "auto"), rec.name,
-                            len(gpus))
+        check_server_device(state.experiment.placement.server_device, rec.name, len(gpus))
     if not gpus and proc.gpu is None:
         return {}
     env = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
     if proc.role == "server":
-        device = (state.experiment.get("placement") or {}).get("server_device", "auto")
+        device = state.experiment.placement.server_device
         on_cpu = device == "cpu" or (device == "auto" and bool(rec.client_processes))
         proc.gpu = None if on_cpu else 0
     if proc.gpu is None:

@@ -16,11 +16,13 @@ from fedctl.connectors.base import Connector
 from fedctl.deploy import make_dirs
 from fedctl.errors import RemoteError, UsageError
 from fedctl.facts import HostFacts, gather_facts
+from fedctl.model import HostStatus, Phase, Plan
 from fedctl.ops.common import Inputs, Progress, open_fleet, quiet
+from fedctl.runtypes import ServerEndpoint
 from fedctl.state import HostRecord, RunState, StateStore, new_run_id
 
 #: phases in which a state file still describes hosts that need a teardown
-ACTIVE = ("provisioning", "provisioned", "starting", "running", "finished", "failed", "stopped", "tearing_down")
+ACTIVE = frozenset(Phase) - {Phase.TORN_DOWN}
 
 
 @dataclass
@@ -46,7 +48,7 @@ class ProvisionReport:
 
     @property
     def ok(self) -> bool:
-        return all(r.status == "provisioned" for r in self.rows)
+        return all(r.status == HostStatus.PROVISIONED for r in self.rows)
 
 
 def new_state(inputs: Inputs, store: StateStore, config_path: str | None, overrides: Sequence[str] = ()) -> RunState:
@@ -64,13 +66,13 @@ def new_state(inputs: Inputs, store: StateStore, config_path: str | None, overri
         rounds=exp.rounds,
         payload_name=exp.payload.name,
         payload_dir=str(exp.payload.dir),
-        experiment=exp.resolved(),
+        experiment=exp.run_config(),
         plan=plan,
         overrides=list(overrides),
+        server=ServerEndpoint(host=plan.server_host.host.name),
     )
     for ph in plan.hosts:
         state.hosts.append(HostRecord.planned(ph))
-    state.server = {"host": plan.server_host.host.name}
     return state
 
 
@@ -81,17 +83,20 @@ def new_state(inputs: Inputs, store: StateStore, config_path: str | None, overri
 IDENTITY_FIELDS = ("kind", "address", "port", "user", "workdir")
 
 
-def _place_on_gpus(rec: HostRecord, per_gpu: int) -> None:
-    """Split a client host's clients over the GPUs its facts list (``per_gpu`` processes each, see
-    ``fedctl.plan.gpu_processes``). The local provider's plan did this already (it knows this
-    machine's GPUs when it plans); a remote host's GPUs are known only once provision has looked."""
-    from fedctl.plan import gpu_processes
+def placed_plan(plan: Plan, state: RunState, per_gpu: int) -> Plan:
+    """``plan`` with the clients of each host provision looked at split over its GPUs
+    (``fedctl.plan.place_on_gpus`` with the GPU counts the records' facts hold)."""
+    from fedctl.plan import place_on_gpus
 
-    if rec.info.kind == "local" or not rec.client_processes:
-        return
-    ids = [i for p in rec.client_processes for i in p]
-    procs, gpu_of = gpu_processes(ids, len(rec.facts.get("gpus") or []), per_gpu)
-    rec.client_processes, rec.client_gpus = [list(p) for p in procs], list(gpu_of)
+    return place_on_gpus(plan, {r.name: r.gpu_count for r in state.hosts if r.facts is not None}, per_gpu)
+
+
+def _apply_placement(state: RunState, plan: Plan, per_gpu: int) -> None:
+    """Decide the GPU placement once, in the plan, and give each record what the plan says: the
+    state's plan and its records agree (the records never place anything themselves)."""
+    state.plan = placed_plan(plan, state, per_gpu)
+    for rec in state.hosts:
+        rec.place(state.plan.planned(rec.name))
 
 
 def _holds_something(rec: HostRecord) -> bool:
@@ -155,19 +160,17 @@ def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequen
         else:
             if rec.info != ph.host and rec.status in ("failed", "provisioned"):
                 rec.status = "pending"  # corrected settings (set-up, env, ...): check the host again
-            rec.assign(ph)
-            if rec.facts:  # a host provision already looked at keeps its clients spread over its GPUs
-                _place_on_gpus(rec, inputs.experiment.placement.processes_per_gpu)
+            rec.assign(ph)  # provision places the clients on the GPUs again, in the plan
         hosts.append(rec)
     dropped = sorted(set(old) - set(new))
     state.hosts = hosts
     state.plan = plan
     state.clients, state.rounds = inputs.experiment.clients, inputs.experiment.rounds
     state.payload_name, state.payload_dir = inputs.experiment.payload.name, str(inputs.experiment.payload.dir)
-    state.experiment = inputs.experiment.resolved()
+    state.experiment = inputs.experiment.run_config()
     state.provider = inputs.inventory.provider
     state.overrides = list(overrides)
-    state.server = {"host": plan.server_host.host.name}
+    state.server = ServerEndpoint(host=plan.server_host.host.name)
     state.event("plan replaced by a corrected inventory/config"
                 + (f"; dropped hosts that held nothing: {', '.join(dropped)}" if dropped else ""), store.clock)
     store.save(state)
@@ -269,7 +272,7 @@ def _acquire(provider: Any, store: StateStore, state: RunState, todo: list[HostR
         infos = provider.acquire([r.info for r in todo])
     except ProviderError as exc:
         for rec in todo:
-            rec.status, rec.error = "failed", exc.message + (f" ({exc.hint})" if exc.hint else "")
+            rec.status, rec.error = HostStatus.FAILED, exc.message + (f" ({exc.hint})" if exc.hint else "")
         state.event(f"provider {state.provider} failed: {exc.message}", store.clock)
         store.save(state)
         return False
@@ -291,9 +294,11 @@ def provision(
     from fedctl.providers import for_run
 
     plan = inputs.plan
+    per_gpu = inputs.experiment.placement.processes_per_gpu
     state = store.load_or_none()
     if state is not None and state.phase in ACTIVE:
-        if state.plan != plan:
+        # the stored plan has the GPU placement provision made: compare like with like
+        if state.plan not in (plan, placed_plan(plan, state, per_gpu)):
             replan(store, state, inputs, overrides)
             progress(f"run {state.run_id}: the corrected plan replaces the one that never got going")
         else:
@@ -304,14 +309,14 @@ def provision(
         store.save(state)  # intent first: from here on teardown knows these hosts
 
     provider = for_run(state, store, progress)
-    todo = [r for r in state.hosts if r.status != "provisioned"]
+    todo = [r for r in state.hosts if r.status != HostStatus.PROVISIONED]
     now = store.clock()
     for rec in todo:
-        rec.status = "provisioning"
+        rec.status = HostStatus.PROVISIONING
         rec.error = None
         rec.acquired_at = rec.acquired_at or now
         rec.released_at = None
-    state.phase = "provisioning"
+    state.transition(Phase.PROVISIONING)
     store.save(state)
 
     results = None
@@ -331,24 +336,24 @@ def provision(
         for res in results:
             rec = state.host(res.host)
             if not res.ok:
-                rec.status, rec.error = "failed", res.error
+                rec.status, rec.error = HostStatus.FAILED, res.error
                 continue
             out = res.value
             rec.workdir = out["workdir"]
             rec.python = out["python"]
-            rec.facts = out["facts"].to_dict()
-            _place_on_gpus(rec, inputs.experiment.placement.processes_per_gpu)
+            rec.facts = out["facts"]
             if out["ok"]:
-                rec.status = "provisioned"
+                rec.status = HostStatus.PROVISIONED
             else:
-                rec.status, rec.error = "failed", "; ".join(out["facts"].problems)
+                rec.status, rec.error = HostStatus.FAILED, "; ".join(out["facts"].problems)
+    _apply_placement(state, plan, per_gpu)
     host_key_failed = results is not None and results.host_key_failed
-    ok = all(r.status == "provisioned" for r in state.hosts)
-    state.phase = "provisioned" if ok else "provisioning"
+    ok = all(r.status == HostStatus.PROVISIONED for r in state.hosts)
+    state.transition(Phase.PROVISIONED if ok else Phase.PROVISIONING)
     state.error = None if ok else "some hosts failed to provision"
     state.event("provisioned" if ok else "provision incomplete", store.clock)
     store.save(state)
-    return ProvisionReport(state, plan_rows(plan, state), host_key_failed)
+    return ProvisionReport(state, plan_rows(state.plan, state), host_key_failed)
 
 
 def plan_rows(plan: Any, state: RunState | None = None) -> list[HostRow]:
@@ -364,9 +369,8 @@ def plan_rows(plan: Any, state: RunState | None = None) -> list[HostRow]:
         if any(g is not None for g in gpus):
             procs = f"{nprocs} process(es) on GPU {', '.join(str(g) for g in gpus)}"
         detail = (rec.error or "") if rec else ""
-        if rec and rec.status == "provisioned" and rec.facts:
-            fields = {k: v for k, v in rec.facts.items() if k in HostFacts.__dataclass_fields__ and k != "ok"}
-            detail = HostFacts(ok=True, **fields).summary
+        if rec and rec.status == HostStatus.PROVISIONED and rec.facts is not None:
+            detail = HostFacts.from_dict({**rec.facts.to_dict(), "ok": True}).summary
         rows.append(
             HostRow(
                 name=ph.host.name,
@@ -375,7 +379,7 @@ def plan_rows(plan: Any, state: RunState | None = None) -> list[HostRow]:
                 client_ids=ids,
                 price_per_hour=ph.host.price_per_hour,
                 currency=ph.host.currency,
-                status=rec.status if rec else "planned",
+                status=str(rec.status) if rec else "planned",
                 detail=detail,
                 processes=procs,
             )

@@ -33,7 +33,9 @@ from fedctl.deploy import (
 from fedctl.contract import parse_ready
 from fedctl.errors import PayloadError, UsageError
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
+from fedctl.model import LIVE_PHASES, HostStatus, Phase
 from fedctl.ops.procenv import process_env
+from fedctl.runtypes import ServerEndpoint
 from fedctl.shell import quote
 from fedctl.state import HostRecord, ProcessRecord, RunState, StateStore, new_run_id
 
@@ -53,8 +55,7 @@ def command_values(state: RunState, rec: HostRecord) -> dict[str, Any]:
     """Placeholder values for the manifest's command templates on one host (from the resolved
     experiment recorded in the state)."""
     run_dir = remote_run_dir(rec, state.run_id)
-    server = state.experiment.get("server") or {}
-    port = server.get("port", "auto")
+    server = state.experiment.server
     return {
         "python": rec.python or rec.info.python,
         "payload_dir": remote_payload_dir(rec, state.payload_name),
@@ -64,8 +65,8 @@ def command_values(state: RunState, rec: HostRecord) -> dict[str, Any]:
         "workdir": rec.workdir,
         "run_id": state.run_id,
         # on a laptop the server listens on loopback only; elsewhere where the config says
-        "bind": "127.0.0.1" if rec.info.kind == "local" else server.get("bind", "0.0.0.0"),
-        "port": 0 if port in (None, "auto") else int(port),
+        "bind": "127.0.0.1" if rec.info.kind == "local" else server.bind,
+        "port": server.port_number,
     }
 
 
@@ -73,9 +74,9 @@ def client_command(manifest: Any, state: RunState, rec: HostRecord, proc: Proces
     """The shell command of one client process, pointed at the running server."""
     return manifest.render(
         manifest.client.command,
-        **{**command_values(state, rec), "port": state.server["port"]},
+        **{**command_values(state, rec), "port": state.server.port},
         process=proc.index,
-        server_address=state.server["address"],
+        server_address=state.server.address,
         client_ids=",".join(str(i) for i in proc.client_ids),
     )
 
@@ -94,7 +95,7 @@ def _prepare_host(
     report = push_files(conn, files, payload_dir)
     sent = ship(conn, rec, shipped)
     # JSON is also YAML: hosts without PyYAML can still read it (the payload falls back to json)
-    config = (json.dumps(config_for_host(state.experiment, shipped, rec), indent=2) + "\n").encode()
+    config = (json.dumps(config_for_host(state.experiment.rendered(), shipped, rec), indent=2) + "\n").encode()
     res = conn.run(f"chmod 700 {quote(run_dir)}", timeout=60)
     if not res.ok:
         raise PayloadError(f"{rec.name}: cannot create {run_dir}: {res.stderr.strip()}")
@@ -152,19 +153,19 @@ def start(
     """Start the run's server and clients. The caller holds the state lock. ``connect_timeout``
     bounds the wait for clients when the payload reports them (the payload's own, shorter,
     timeout normally ends it first)."""
-    if any(r.status != "provisioned" for r in state.hosts):
-        bad = ", ".join(f"{r.name} ({r.status})" for r in state.hosts if r.status != "provisioned")
+    if any(r.status != HostStatus.PROVISIONED for r in state.hosts):
+        bad = ", ".join(f"{r.name} ({r.status})" for r in state.hosts if r.status != HostStatus.PROVISIONED)
         raise UsageError(f"not every host is provisioned: {bad}", hint="run `fedctl provision` again")
-    if state.phase in ("starting", "running"):
+    if state.phase in LIVE_PHASES:
         raise UsageError(
             f"run {state.run_id} is {state.phase}",
             hint="`fedctl stop` it first, or `fedctl status` to see it",
         )
     begin_new_run(store, state, progress)
     manifest = experiment.payload
-    state.experiment = experiment.resolved()
+    state.experiment = experiment.run_config()
     state.rounds = experiment.rounds
-    state.phase = "starting"
+    state.transition(Phase.STARTING)
     state.error = None
     state.event("start requested", store.clock)
     store.save(state)
@@ -174,7 +175,7 @@ def start(
     from fedctl.shipping import find_files
 
     base = Path(state.config_path).parent if state.config_path else store.root.parent
-    shipped, notes = find_files(state.experiment, manifest.config_files, base)
+    shipped, notes = find_files(state.experiment.rendered(), manifest.config_files, base)
     for note in notes:
         progress(note)
     token = secrets.token_urlsafe(32).encode()  # lives only in 0600 files on the hosts
@@ -221,9 +222,18 @@ def start(
         address = "127.0.0.1" if server_rec.info.kind == "local" else (
             server_rec.info.private_address or server_rec.info.address
         )
-        state.server = {"host": server_rec.name, "address": address, "port": int(ready["port"])}
+        state.server = ServerEndpoint(host=server_rec.name, address=address, port=int(ready["port"]))
         store.save(state)
         progress(f"server ready on {address}:{ready['port']}")
+        if manifest.server.share:  # e.g. the run CA's certificate: delivered by fedctl, not the network
+            from fedctl.ops.share import share_server_files
+
+            report.failures.update(share_server_files(
+                fleet, manifest, conn, values["run_dir"],
+                {r.name: command_values(state, r)["run_dir"] for r in state.hosts
+                 if plan_procs.get(r.name) and r.name != server_rec.name}))
+            if report.failures:
+                return _fail(store, state, report, "the server's shared files could not be delivered")
 
         # -- the clients ----------------------------------------------------------------------
         client_hosts = [r for r in state.hosts if plan_procs.get(r.name)]
@@ -296,7 +306,7 @@ def start(
     start_watchdogs(store, state, report, progress)
     if report.failures:
         return _fail(store, state, report, "the budget guard could not be started")
-    state.phase = "running"
+    state.transition(Phase.RUNNING)
     state.started_at = store.clock()
     state.event("running", store.clock)
     store.save(state)
@@ -312,8 +322,7 @@ def start_watchdogs(store: StateStore, state: RunState, report: StartReport, pro
     """
     from fedctl import budget
 
-    guard = budget.Budget.from_experiment(state.experiment)
-    if not guard.active and state.experiment.get("on_finish") != "poweroff":
+    if not state.experiment.budget.active and state.experiment.on_finish != "poweroff":
         return
     script = budget.watchdog_script()
     now = store.clock()
@@ -406,7 +415,7 @@ def _check_alive(conn: Connector, rec: HostRecord, server_alive: bool) -> str | 
 
 def _fail(store: StateStore, state: RunState, report: StartReport, why: str) -> StartReport:
     """Record a failed start. Started processes stay tracked so stop/teardown can end them."""
-    state.phase = "failed"
+    state.transition(Phase.FAILED)
     state.error = f"{why}: " + "; ".join(f"{h}: {e}" for h, e in report.failures.items())
     state.event(state.error, store.clock)
     store.save(state)

@@ -13,6 +13,8 @@ from typing import Any
 
 from fedctl.contract import MetricsLog, collected_metrics, host_files, parse_metrics
 from fedctl.errors import StateLockedError
+from fedctl import model
+from fedctl.model import LIVE_PHASES, Phase
 from fedctl.ops.common import open_fleet, server_record
 from fedctl.state import RunState, StateStore
 
@@ -40,6 +42,7 @@ class RunStatus:
     summary: dict[str, Any] | None = None
     error: str | None = None
     last_round_end: float | None = None  # server clock: when the latest round completed
+    gpu_util_pct: float | None = None  # the busiest GPU of the run's hosts (when GPUs were asked)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,7 +68,8 @@ class StatusObserver:
     (``fedctl run`` without a terminal) reads each new line once. One status engine for status,
     watch, run and the guards."""
 
-    def __init__(self, state: RunState) -> None:
+    def __init__(self, state: RunState, gpu: bool = False) -> None:
+        self.gpu = gpu  # also read the hosts' GPUs (nvidia-smi in the same round trip): the idle guard's input
         self._reset(state)
 
     def _reset(self, state: RunState) -> None:
@@ -73,13 +77,13 @@ class StatusObserver:
 
         self.metrics = MetricsLog()
         self._key = self._shape(state)
-        self.probes = build_probes(state, logs=False, gpu=False, system=False)
+        self.probes = build_probes(state, logs=False, gpu=self.gpu, system=False)
 
     @staticmethod
     def _shape(state: RunState) -> tuple[Any, ...]:
         """What the probes were built for: the run, its live hosts and their processes."""
         return state.run_id, tuple((r.name, tuple(p.pid for p in r.processes)) for r in state.hosts
-                                   if r.status not in ("torn_down", "tearing_down"))
+                                   if r.status not in (model.HostStatus.TORN_DOWN, model.HostStatus.TEARING_DOWN))
 
     def observe(self, store: StateStore, state: RunState) -> RunStatus:
         """Probe the hosts once and derive the run's phase (written back when it changed)."""
@@ -90,7 +94,8 @@ class StatusObserver:
         server = server_record(state)
         hosts: list[HostStatus] = []
         log = self.metrics
-        if self.probes and state.phase not in ("provisioning", "torn_down"):
+        utils: list[float] = []
+        if self.probes and state.phase not in (Phase.PROVISIONING, Phase.TORN_DOWN):
             with open_fleet(store, [state.host(n) for n in self.probes]) as fleet:
                 samples = collect_once(fleet, self.probes)
             seen: dict[str, HostStatus] = {}
@@ -99,6 +104,8 @@ class StatusObserver:
                 hs = seen.setdefault(rec.name, HostStatus(rec.name, rec.role, reachable=sample.ok,
                                                           status=rec.status, error=sample.error))
                 hs.reachable, hs.error = sample.ok, None if sample.ok else sample.error
+                if sample.gpu is not None:
+                    utils += [g.util_pct for g in sample.gpu.gpus if g.util_pct is not None]
                 if sample.ok and sample.probe is not None:
                     hs.alive = {label: alive for label, (_pid, alive) in sample.probe.pids.items()}
                 if sample.metrics_reset:
@@ -120,12 +127,12 @@ class StatusObserver:
                 hosts.append(HostStatus(rec.name, rec.role, reachable=None, status=rec.status, error=rec.error))
 
         phase = state.phase
-        if phase in ("starting", "running"):
+        if phase in LIVE_PHASES:
             server_alive = next((h.alive.get("server") for h in hosts if server and h.name == server.name), None)
             if summary is not None:
-                phase = "finished" if summary.get("status", "finished") == "finished" else "failed"
+                phase = Phase.FINISHED if summary.get("status", "finished") == "finished" else Phase.FAILED
             elif server_alive is False:
-                phase = "failed"
+                phase = Phase.FAILED
         status = RunStatus(
             run_id=state.run_id,
             phase=phase,
@@ -134,10 +141,11 @@ class StatusObserver:
             accuracy=last_round.get("accuracy") if last_round else None,
             loss=last_round.get("loss") if last_round else None,
             hosts=sorted(hosts, key=lambda h: [x.name for x in state.hosts].index(h.name)),
-            server=dict(state.server),
+            server=state.server.to_dict(),
             summary=summary,
             error=state.error,
             last_round_end=last_round.get("end") if last_round else None,
+            gpu_util_pct=max(utils) if utils else None,
         )
         if phase != state.phase:
             _record_phase(store, state, phase, summary)
@@ -156,7 +164,7 @@ def server_metrics(store: StateStore, state: RunState) -> MetricsLog | None:
 
     server = server_record(state)
     path = _metrics_path(state, server)
-    if server is None or path is None or state.started_at is None or server.status == "torn_down":
+    if server is None or path is None or state.started_at is None or server.status == model.HostStatus.TORN_DOWN:
         return None
     with open_fleet(store, [server]) as fleet:
         res = fleet.map(lambda c: read_file(c, path))
@@ -169,11 +177,11 @@ def _record_phase(store: StateStore, state: RunState, phase: str, summary: dict[
     try:
         with store.lock():
             fresh = store.load()
-            if fresh.run_id != state.run_id or fresh.phase not in ("starting", "running"):
+            if fresh.run_id != state.run_id or fresh.phase not in LIVE_PHASES:
                 return
-            fresh.phase = phase
+            fresh.transition(phase)
             fresh.finished_at = fresh.finished_at or store.clock()
-            if phase == "failed" and not fresh.error:
+            if phase == Phase.FAILED and not fresh.error:
                 fresh.error = (summary or {}).get("reason") or "the server exited without a summary"
             fresh.event(f"observed: run {phase}", store.clock)
             store.save(fresh)

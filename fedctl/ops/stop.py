@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from fedctl.connectors.base import Connector
 from fedctl.deploy import read_pidfiles, ref_of, remote_run_dir, stop_pids
+from fedctl.model import LIVE_PHASES, HostStatus, Phase
 from fedctl.ops.common import Progress, open_fleet, quiet
 from fedctl.state import HostRecord, RunState, StateStore
 
@@ -53,7 +54,7 @@ def run_marks(state: RunState, rec: HostRecord) -> list[str]:
 def stop(store: StateStore, state: RunState, grace_s: float = 10.0, progress: Progress = quiet) -> StopReport:
     """Stop the run's processes; hosts stay provisioned. The caller holds the state lock."""
     report = StopReport()
-    recs = [r for r in state.hosts if r.status != "torn_down"]
+    recs = [r for r in state.hosts if r.status != HostStatus.TORN_DOWN]
     progress(f"stopping the run's processes on {len(recs)} host(s)")
     with open_fleet(store, recs) as fleet:
         results = fleet.map(lambda c: stop_host(c, state, state.host(c.host.name), grace_s))
@@ -66,8 +67,8 @@ def stop(store: StateStore, state: RunState, grace_s: float = 10.0, progress: Pr
         for p in rec.processes:
             if p.status in ("starting", "running"):
                 p.status = "stopped"
-    if state.phase in ("starting", "running"):
-        state.phase = "stopped"
+    if state.phase in LIVE_PHASES:
+        state.transition(Phase.STOPPED)
     state.event("stopped" if report.ok else "stop incomplete", store.clock)
     store.save(state)
     return report

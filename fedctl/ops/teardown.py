@@ -18,6 +18,7 @@ from fedctl.ops.common import Progress, open_fleet, quiet
 from fedctl.ops.stop import run_ids, run_marks, stop_host
 from fedctl.config.loader import safe_text
 from fedctl.deploy import TREE_MARKER
+from fedctl.model import HostStatus, Phase
 from fedctl.model import is_strictly_under
 from fedctl.shell import posix_sh, quote
 from fedctl.errors import UsageError
@@ -142,11 +143,11 @@ def teardown(
 
     report = TeardownReport(state)
     secrets: list[str] = []
-    if state.phase != "tearing_down":
+    if state.phase != Phase.TEARING_DOWN:
         state.event(f"teardown requested (was {state.phase})", store.clock)
-    state.phase = "tearing_down"
+    state.transition(Phase.TEARING_DOWN)
     store.save(state)  # intent first
-    recs = [r for r in state.hosts if r.status != "torn_down"]
+    recs = [r for r in state.hosts if r.status != HostStatus.TORN_DOWN]
     outcome: dict[str, HostTeardown] = {r.name: HostTeardown(r.name, ok=False) for r in recs}
     provider = for_run(state, store, progress)
     machines = provider.creates_machines
@@ -204,7 +205,7 @@ def teardown(
                             " no longer tracks the refused ones: remove them yourself if they are yours")
                 state.event(f"{name}: {o.error}", store.clock)
         if o.ok:
-            rec.status = "torn_down"
+            rec.status = HostStatus.TORN_DOWN
             rec.released_at = rec.released_at or now
             rec.processes = []
             rec.error = None
@@ -216,9 +217,9 @@ def teardown(
     if released and not keep_files:
         provider.release(released)
     report.hosts = list(outcome.values())
-    done = all(r.status == "torn_down" for r in state.hosts)
+    done = all(r.status == HostStatus.TORN_DOWN for r in state.hosts)
     if done:
-        state.phase = "torn_down"
+        state.transition(Phase.TORN_DOWN)
     if report.collect is not None and build_report:
         # after release, so the cost ledger in the report is final
         report.report_error = _build_report(store, state, secrets)
@@ -254,7 +255,7 @@ def _destroy_machines(
         if o.error:
             state.event(f"{r.name}: {o.error}; its machine was destroyed all the same", store.clock)
         o.ok, o.removed, o.error, o.leftover_pids, o.leftover_files = True, True, None, [], []
-        r.status, r.processes, r.error = "torn_down", [], None
+        r.status, r.processes, r.error = HostStatus.TORN_DOWN, [], None
         r.released_at = r.released_at or now
 
 
@@ -273,20 +274,20 @@ def forget(store: StateStore, state: RunState, names: Sequence[str]) -> list[str
     now = store.clock()
     for name in names:
         rec = state.host(name)
-        if rec.status == "torn_down":
+        if rec.status == HostStatus.TORN_DOWN:
             continue
         left = [o.path for o in rec.owned]
         procs = [f"{p.label} (pid {p.pid})" for p in rec.processes if p.pid and p.status in ("starting", "running")]
         what = "; ".join(x for x in (", ".join(left), ", ".join(procs)) if x) or "nothing fedctl knows of"
         notes.append(f"{name} ({rec.info.address}): forgotten without a teardown; may still hold: {what}")
         state.event(f"host {name} forgotten", store.clock, left=left, processes=procs)
-        rec.status = "torn_down"
+        rec.status = HostStatus.TORN_DOWN
         rec.error = "forgotten (never torn down)"
         rec.released_at = rec.released_at or now
-    if all(r.status == "torn_down" for r in state.hosts):
-        state.phase = "torn_down"
+    if all(r.status == HostStatus.TORN_DOWN for r in state.hosts):
+        state.transition(Phase.TORN_DOWN)
     store.save(state)
-    if state.phase == "torn_down":
+    if state.phase == Phase.TORN_DOWN:
         store.archive(state)
     return notes
 

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
+from fedctl.runtypes import HostFacts
 from fedctl.state import RunState
 
 
@@ -42,12 +43,14 @@ def git_commit(folder: Path | None) -> dict[str, Any] | None:
     return {"path": str(folder), "commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
-def host_versions(facts: Mapping[str, Any]) -> dict[str, str]:
-    """``python`` and each module provision imported on the host (``facts["imports"]``), by version."""
+def host_versions(facts: HostFacts | None) -> dict[str, str]:
+    """``python`` and each module provision imported on the host (``facts.imports``), by version."""
     out: dict[str, str] = {}
-    if isinstance(facts.get("python"), str):
-        out["python"] = facts["python"]
-    for name, imp in (facts.get("imports") or {}).items():
+    if facts is None:
+        return out
+    if isinstance(facts.python, str):
+        out["python"] = facts.python
+    for name, imp in (facts.imports or {}).items():
         if isinstance(imp, Mapping) and imp.get("ok", True) and imp.get("version") not in (None, "", "?"):
             out[str(name)] = str(imp["version"])
     return out

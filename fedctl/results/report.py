@@ -11,7 +11,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -209,8 +209,7 @@ def build_report(
     if log.bad_lines:
         warnings.append(f"{metrics_path.name}: {log.bad_lines} unreadable line(s) left out")
     rc = run_cost(state, now)
-    raw_budget = state.experiment.get("budget")
-    budget = Budget.from_experiment(state.experiment) if isinstance(raw_budget, (Mapping, type(None))) else Budget()
+    budget = Budget(**asdict(state.experiment.budget))
     plots = [
         plot_curve(log, "accuracy", results_dir / "accuracy.png", "global model accuracy per round", "accuracy"),
         plot_curve(log, "loss", results_dir / "loss.png", "global model loss per round", "loss", best="min"),
@@ -221,7 +220,7 @@ def build_report(
     plot_names = [p.name for p in plots]
 
     written: dict[str, bytes] = {}
-    written["config.yaml"] = _yaml(scrub(state.experiment, secret_values))
+    written["config.yaml"] = _yaml(scrub(state.experiment.rendered(), secret_values))
     written["inventory.yaml"] = _yaml(scrub(inventory_dict(state), secret_values))
     vers = versions(state, experiment_dir)
     written["versions.json"] = _json(vers)

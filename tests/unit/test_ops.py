@@ -14,6 +14,7 @@ from fedctl.ops.provision import replan
 from fedctl.ops.run import FollowEvent, follow_plain
 from fedctl.ops.stop import stop_host
 from fedctl.ops.teardown import _remove_files, forget
+from fedctl.runtypes import RunConfig
 from fedctl.state import HostRecord, ProcessRecord, RunState, StateStore
 from tests.fakes import FakeFactory
 
@@ -81,7 +82,7 @@ def test_replan_takes_a_corrected_host_that_holds_nothing_and_refuses_one_that_d
     state = _state(a, b)
     store.save(state)
     fixed = Plan("static", 2, (PlannedHost(a.info, True), PlannedHost(_host("b", 3, identity_file="/right"), False, ((0, 1),))))
-    exp = type("E", (), {"clients": 2, "rounds": 3, "resolved": lambda self: {},
+    exp = type("E", (), {"clients": 2, "rounds": 3, "run_config": lambda self: RunConfig(clients=2, rounds=3),
                          "payload": type("P", (), {"name": "p", "dir": "/p"})()})()
     inv = type("I", (), {"provider": "static"})()
     replan(store, state, Inputs(inv, exp, fixed))

@@ -1,0 +1,103 @@
+"""Following a started run: its rounds, its dead client processes, and the budget guards.
+
+The guards' inputs (when the latest round ended, how busy the run's GPUs are) are computed here
+once, from whichever view the caller has: the live screen's snapshot or the plain follower's status.
+Both views read the GPUs, so the idle guard counts GPU work with or without a terminal.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from fedctl.model import LIVE_PHASES
+from fedctl.ops.common import open_fleet, server_record
+from fedctl.state import RunState, StateStore
+
+
+@dataclass(frozen=True)
+class FollowEvent:
+    """What the plain (no terminal) follower reports: a new round, or newly dead client processes."""
+
+    round: int | None = None
+    rounds: int = 0
+    accuracy: float | None = None
+    phase: str = ""
+    dead: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GuardInputs:
+    """What the budget guards look at besides the state: when the latest round ended (the server's
+    clock; None before the first) and the busiest GPU's utilisation (None: no GPU reported)."""
+
+    last_round_end: float | None = None
+    gpu_util_pct: float | None = None
+
+    @classmethod
+    def of_status(cls, st: Any) -> "GuardInputs":
+        """From a ``fedctl.ops.status.RunStatus`` (the plain follower's view)."""
+        return cls(st.last_round_end, st.gpu_util_pct)
+
+    @classmethod
+    def of_snapshot(cls, snap: Any) -> "GuardInputs":
+        """From a ``fedctl.monitor.snapshot.Snapshot`` (the live screen's view)."""
+        age = snap.federation.round_age_s
+        utils = [g.util_pct for h in snap.hosts for g in h.gpu.gpus if g.util_pct is not None]
+        return cls(snap.now - age if age is not None else None, max(utils) if utils else None)
+
+
+def guard_tripped(store: StateStore, state: RunState, inputs: GuardInputs) -> Any:
+    """Check the budget guards once; on a trip, record why on the server (``guard.json``, where the
+    payload and the report find it) and return the trip, else None."""
+    from dataclasses import asdict
+
+    from fedctl.budget import Budget, check_guards
+    from fedctl.deploy import remote_run_dir
+
+    budget = Budget(**asdict(state.experiment.budget))
+    if not budget.active:
+        return None
+    trip = check_guards(budget, state, store.clock(), inputs.last_round_end, inputs.gpu_util_pct)
+    if trip is None:
+        return None
+    server = server_record(state)
+    if server is not None and server.workdir:
+        target = posixpath.join(remote_run_dir(server, state.run_id), "guard.json")
+        with open_fleet(store, [server]) as fleet:
+            fleet.map(lambda c: c.put_bytes(trip.to_json(), target))
+    return trip
+
+
+def follow_plain(
+    store: StateStore, interval: float, report: Callable[[FollowEvent], None], sleep: Callable[[float], None] = time.sleep
+) -> tuple[Any, Any]:
+    """Follow the run until it is no longer starting/running or a budget guard trips, reporting each
+    new round and each newly dead client process. Returns (last status, guard trip or None).
+
+    Each tick probes the hosts (liveness, metrics and GPUs in one round trip) through ``open_fleet``:
+    inside a command session that is the session's one connection per host."""
+    from fedctl.ops.status import StatusObserver
+
+    last_round = -1
+    warned: set[str] = set()
+    observer: StatusObserver | None = None
+    while True:
+        state = store.load()
+        observer = observer or StatusObserver(state, gpu=True)
+        st = observer.observe(store, state)
+        if st.round != last_round:
+            report(FollowEvent(round=st.round, rounds=st.rounds, accuracy=st.accuracy, phase=str(st.phase)))
+            last_round = st.round
+        if st.phase not in LIVE_PHASES:
+            return st, None
+        dead = {f"{h.name}:{p}" for h in st.hosts for p, ok in h.alive.items() if not ok and p != "server"}
+        if dead - warned:
+            report(FollowEvent(dead=tuple(sorted(dead - warned))))
+            warned |= dead
+        trip = guard_tripped(store, state, GuardInputs.of_status(st))
+        if trip is not None:
+            return st, trip
+        sleep(interval)
