@@ -8,6 +8,7 @@ state, the pid files or the run mark in a process's environment find (``deploy.I
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 import secrets
@@ -342,7 +343,8 @@ def start_watchdogs(store: StateStore, state: RunState, report: StartReport, pro
             posixpath.join(run_dir, budget.WATCHDOG_LOG_FILE),
         )
 
-    progress(f"starting budget watchdogs ({', '.join(f'{k}={v:g}' for k, v in guard.to_dict().items() if v)})")
+    limits = dataclasses.asdict(state.experiment.budget)
+    progress(f"starting budget watchdogs ({', '.join(f'{k}={v:g}' for k, v in limits.items() if v)})")
     with open_fleet(store, state.hosts) as fleet:
         for r in fleet.map(one):
             if not r.ok:
