@@ -67,11 +67,8 @@ def run_origin(state: "RunState", store: "StateStore") -> str:
 
 def _run_limits(state: "RunState") -> tuple[int | None, float | None]:
     """The FL server's port (None while it is "auto": chosen at start; then the group opens all TCP
-    inside) and the budget's max_hours, from the run's resolved experiment."""
-    exp = state.experiment or {}
-    port = (exp.get("server") or {}).get("port")
-    hours = (exp.get("budget") or {}).get("max_hours")
-    return (port if isinstance(port, int) and not isinstance(port, bool) else None), hours
+    inside) and the budget's max_hours, from the run's typed configuration."""
+    return state.experiment.server.fixed_port, state.experiment.budget.max_hours
 
 
 def for_run(state: "RunState", store: "StateStore", progress: Callable[[str], None] = lambda _m: None) -> Provider:
