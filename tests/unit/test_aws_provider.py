@@ -64,6 +64,8 @@ def test_acquire_journals_ids_adopts_on_retry_and_release_ends_everything(ec2_mo
     assert {u.name for u in log if u.released_at} == {h.name for h in hs}
     groups = ec2.describe_security_groups(Filters=[{"Name": "tag:fedctl-run", "Values": ["r1"]}])["SecurityGroups"]
     assert groups == []
+    AwsProvider(hs, run=ctx, poll_s=0).release(got)  # a second release (a teardown run again) is harmless
+    assert p.machines() == [] and all(u.info.machine.done[-1] == "terminate" for u in log[-3:])
 
 
 def test_hosts_a_corrected_plan_dropped_are_terminated(ec2_mock):
