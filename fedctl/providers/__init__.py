@@ -38,7 +38,7 @@ def register(name: str) -> Callable[[P], P]:
 
 def load_builtins() -> None:
     """Import the built-in providers, which registers them (all light: no cloud SDK)."""
-    from fedctl.providers import aws, local, static  # noqa: F401
+    from fedctl.providers import aws, local, slurm, static  # noqa: F401
 
 
 def registered() -> dict[str, type[Provider]]:

@@ -1,0 +1,212 @@
+"""Slurm allocations of a fedctl run: submit, wait, read the nodes, find fedctl's own jobs, cancel them.
+
+Small idempotent steps over Slurm's own commands (``sbatch``, ``squeue``, ``scontrol``, ``scancel``),
+run on the login node (today: this machine; ``SLURM_CONF`` and ``PATH`` as the caller's). No
+slurmdbd is assumed: jobs are tracked with ``squeue``/``scontrol``, never ``sacct``.
+
+A job is fedctl's when its name is ``fedctl-<run>`` AND its comment is ``fedctl-origin=<origin>``
+(the folder that submitted it); teardown re-reads both with ``squeue`` just before ``scancel``, so a
+stale or edited state cannot cancel someone else's job.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from fedctl.providers.base import ProviderError
+from fedctl.providers.slurm_config import SlurmHostSettings
+
+#: squeue's states of a job that is over or on its way out (not waited for by ``wait_running``)
+ENDED = ("COMPLETED", "COMPLETING", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+         "DEADLINE", "OUT_OF_MEMORY")
+#: minutes of allocation when neither slurm.time nor budget.max_hours says (the cluster ends it then)
+DEFAULT_TIME_MIN = 24 * 60
+#: on top of max_hours: pushing the payload, starting and collecting (minutes)
+TIME_MARGIN_MIN = 30
+_SEP = "\x1f"  # squeue field separator: not in job names or fedctl's comments
+
+
+def job_name(run_id: str) -> str:
+    """The name of the run's allocation."""
+    return f"fedctl-{run_id}"
+
+
+def job_comment(origin: str) -> str:
+    """The comment that says which fedctl folder submitted the job."""
+    return f"fedctl-origin={origin}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as ``squeue`` shows it now."""
+
+    id: str
+    name: str
+    comment: str
+    state: str  # PENDING, RUNNING, COMPLETING ...
+    reason: str  # why it is pending (Resources, Priority, PartitionDown ...), "None" when running
+    nodes: str  # the node list expression (fl[1-2]); empty while pending
+
+    @property
+    def run_id(self) -> str | None:
+        return self.name[len("fedctl-"):] if self.name.startswith("fedctl-") else None
+
+    @property
+    def origin(self) -> str | None:
+        return self.comment[len("fedctl-origin="):] if self.comment.startswith("fedctl-origin=") else None
+
+
+def slurm_time(s: SlurmHostSettings, max_hours: float | None) -> str:
+    """``--time``: slurm.time, else the budget's max_hours plus a margin (so the cluster itself ends
+    an allocation fedctl lost), else a day."""
+    if s.time is not None:
+        return s.time
+    minutes = math.ceil(max_hours * 60) + TIME_MARGIN_MIN if max_hours else DEFAULT_TIME_MIN
+    return str(minutes)
+
+
+def sbatch_argv(s: SlurmHostSettings, run_id: str, origin: str, nodes: int, run_dir: Path,
+                max_hours: float | None) -> list[str]:
+    """The ``sbatch`` command line of the run's allocation (the batch script is ``run_dir/alloc.sh``)."""
+    argv = ["sbatch", "--parsable", f"--job-name={job_name(run_id)}", f"--comment={job_comment(origin)}",
+            f"--nodes={nodes}", f"--time={slurm_time(s, max_hours)}", f"--chdir={run_dir}",
+            f"--output={run_dir / 'slurm-%j.out'}"]
+    for flag, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos),
+                        ("constraint", s.constraint), ("mem", s.mem), ("cpus-per-task", s.cpus_per_task),
+                        ("gpus-per-node", s.gpus_per_node)):
+        if value is not None:
+            argv.append(f"--{flag}={value}")
+    return [*argv, *s.sbatch_args, str(run_dir / "alloc.sh")]
+
+
+class SlurmCli:
+    """Slurm's commands on the login node (this machine)."""
+
+    def __init__(self, env: dict[str, str] | None = None, timeout_s: float = 60.0) -> None:
+        self.env = env
+        self.timeout_s = timeout_s
+
+    def available(self) -> str | None:
+        """None when sbatch, squeue, scontrol and scancel are on PATH, else what is missing."""
+        path = (self.env or os.environ).get("PATH")
+        missing = [c for c in ("sbatch", "squeue", "scontrol", "scancel") if shutil.which(c, path=path) is None]
+        return f"Slurm's commands are not on PATH here: {', '.join(missing)}" if missing else None
+
+    def run(self, argv: Sequence[str]) -> str:
+        """Run one command; its stdout, or ProviderError with its stderr."""
+        try:
+            proc = subprocess.run(list(argv), env=self.env, capture_output=True, text=True, timeout=self.timeout_s,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ProviderError(f"{argv[0]} failed: {e}") from None
+        if proc.returncode != 0:
+            # Slurm prints a chain of errors; the last line says what went wrong in the end
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["(no message)"]
+            raise ProviderError(f"{' '.join(argv[:2])} failed ({proc.returncode}): {lines[-1][:300]}")
+        return proc.stdout
+
+    def submit(self, argv: Sequence[str]) -> str:
+        """``sbatch --parsable ...``: the job id (without a ``;cluster`` suffix)."""
+        out = self.run(argv).strip()
+        job = out.split(";")[0]
+        if not re.fullmatch(r"\d+", job):
+            raise ProviderError(f"sbatch printed {out[:100]!r}, not a job id")
+        return job
+
+    def jobs(self, run_ids: Iterable[str] | None = None, ids: Iterable[str] | None = None) -> list[Job]:
+        """This user's jobs that squeue shows now: those named ``fedctl-<run>`` for ``run_ids``
+        (None: every fedctl job), or exactly ``ids`` (whatever their names)."""
+        argv = ["squeue", "-h", "--me", "-o", _SEP.join(("%i", "%j", "%k", "%T", "%r", "%N"))]
+        id_list = list(ids) if ids is not None else None
+        if id_list is not None:
+            if not id_list:
+                return []
+            argv.append(f"--jobs={','.join(id_list)}")
+        try:
+            out = self.run(argv)
+        except ProviderError as e:
+            if id_list is not None and "Invalid job id" in str(e):
+                return []  # every one of them is gone from slurmctld's memory
+            raise
+        found = []
+        for line in out.splitlines():
+            parts = line.split(_SEP)
+            if len(parts) != 6:
+                continue
+            job = Job(*[p.strip() for p in parts])
+            if id_list is not None:
+                found.append(job)
+            elif job.run_id is not None and (run_ids is None or job.run_id in set(run_ids)):
+                found.append(job)
+        return found
+
+    def hostnames(self, nodelist: str) -> list[str]:
+        """``fl[1-2]`` -> ``["fl1", "fl2"]`` (``scontrol show hostnames``)."""
+        return [h for h in self.run(["scontrol", "show", "hostnames", nodelist]).split() if h]
+
+    def cancel(self, ids: Sequence[str]) -> None:
+        """``scancel`` these jobs (an ended one is no error)."""
+        if ids:
+            self.run(["scancel", *ids])
+
+
+def wait_running(cli: SlurmCli, job_id: str, timeout_s: float, poll_s: float,
+                 progress: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> Job:
+    """Until ``job_id`` runs: the job then. Each poll says its state and squeue's pending reason
+    (a live line). ProviderError when it ends first or ``timeout_s`` passes (it is left to teardown)."""
+    deadline = clock() + timeout_s
+    last = ""
+    while True:
+        found = cli.jobs(ids=[job_id])
+        if not found:
+            raise ProviderError(f"job {job_id} is gone from squeue before it ran (cancelled, or failed at once)")
+        job = found[0]
+        if job.state == "RUNNING" and job.nodes:
+            return job
+        if job.state in ENDED:
+            raise ProviderError(f"job {job_id} ended before it ran: {job.state} ({job.reason})")
+        line = f"job {job_id} {job.state.lower()}" + (f" ({job.reason})" if job.reason not in ("", "None") else "")
+        if line != last:
+            progress(line)
+            last = line
+        if clock() >= deadline:
+            raise ProviderError(f"job {job_id} did not start within {timeout_s:g}s: {line}")
+        time.sleep(poll_s)  # polling slurmctld: its own cadence, not a test's synchronisation
+
+
+def cancel_ours(cli: SlurmCli, run_id: str, origin: str, recorded: Sequence[str], timeout_s: float,
+                poll_s: float, say: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> list[str]:
+    """Cancel the run's jobs (recorded ids and jobs named for the run) whose name AND comment are
+    this run's and origin's, re-read with squeue just before; wait until squeue shows none of them.
+    A recorded id whose name or comment say otherwise is refused and said so. Returns the ids cancelled."""
+    found = {j.id: j for j in cli.jobs(run_ids=[run_id])}
+    found.update({j.id: j for j in cli.jobs(ids=[i for i in recorded if i not in found])})
+    mine = []
+    for jid, job in sorted(found.items()):
+        if job.run_id == run_id and job.origin == origin:
+            mine.append(jid)
+        else:
+            say(f"refusing to cancel job {jid}: named {job.name!r}, comment {job.comment!r}, not run {run_id} "
+                f"from origin {origin}")
+    if not mine:
+        return []
+    # re-check on the spot: the ids squeue showed a moment ago may have ended or been reused
+    recheck = [j.id for j in cli.jobs(ids=mine) if j.run_id == run_id and j.origin == origin]
+    cli.cancel(recheck)
+    deadline = clock() + timeout_s
+    while True:
+        left = [j.id for j in cli.jobs(ids=recheck) if j.run_id == run_id and j.origin == origin]
+        if not left:
+            return recheck
+        if clock() >= deadline:
+            raise ProviderError(f"jobs {', '.join(left)} still in squeue {timeout_s:g}s after scancel")
+        say(f"waiting for job(s) {', '.join(left)} to leave squeue")
+        time.sleep(poll_s)  # polling slurmctld
