@@ -154,3 +154,17 @@ def test_a_host_whose_instance_ended_gets_a_new_launch_token(ec2_mock, monkeypat
     server = [t for h, t in tokens if h == "fl-server"]
     assert len(server) == 2 and server[0] != server[1]
     p.release(again)
+
+
+def test_a_security_group_left_without_rules_by_a_crash_gets_them_on_the_retry(ec2_mock):
+    ec2, subnet, image = ec2_mock
+    hs = hosts(subnet, image, n=1)
+    vpc = ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["VpcId"]
+    # killed between CreateSecurityGroup and AuthorizeSecurityGroupIngress: a group that lets nothing in
+    gid = ec2.create_security_group(GroupName="fedctl-r6", VpcId=vpc, Description="x")["GroupId"]
+    AwsProvider(hs, run=RunContext(run_id="r6", origin="o"), poll_s=0).open_network(hs)
+    perms = ec2.describe_security_groups(GroupIds=[gid])["SecurityGroups"][0]["IpPermissions"]
+    assert {(p["FromPort"], p["ToPort"]) for p in perms} == {(22, 22), (0, 65535)}
+    AwsProvider(hs, run=RunContext(run_id="r6", origin="o"), poll_s=0).open_network(hs)  # again: harmless
+    again = ec2.describe_security_groups(GroupIds=[gid])["SecurityGroups"][0]["IpPermissions"]
+    assert len(again) == len(perms)
