@@ -32,7 +32,8 @@ import time
 from typing import Any, Iterable
 
 def log(role: str, message: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} [{role}] {message}", flush=True)
+    # plain: a message may quote a Flower command's coloured output (server.log, client-*.log)
+    print(f"{time.strftime('%H:%M:%S')} [{role}] {plain(message)}", flush=True)
 
 
 def read_config(path: str) -> dict:
