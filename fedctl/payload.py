@@ -340,8 +340,8 @@ def load_manifest(directory: str | Path) -> PayloadManifest:
         elif key == "share":
             shared = _str_list(file, kp, server_raw[key])
             for j, t in enumerate(shared):
-                name = t[len("{run_dir}/"):] if t.startswith("{run_dir}/") else ""
-                if not name or "{" in name or name_problem(name):
+                shared_name = t[len("{run_dir}/"):] if t.startswith("{run_dir}/") else ""
+                if not shared_name or "{" in shared_name or name_problem(shared_name):
                     raise ConfigError(file, (*kp, j), f"{t!r} must be {{run_dir}}/<a plain file name> (a file the"
                                       " server writes in its run dir, copied under that name to the clients)")
             server_kwargs[key] = tuple(shared)

@@ -51,3 +51,8 @@ def test_a_shared_file_must_be_a_plain_name_in_the_run_dir(tmp_path, bad):
     with pytest.raises(ConfigError) as e:
         load_manifest(_echo_sharing(tmp_path, [bad]))
     assert "server.share[0]" in str(e.value) and "must be {run_dir}/<a plain file name>" in str(e.value)
+
+
+def test_a_manifest_that_shares_files_keeps_its_own_name(tmp_path):
+    manifest = load_manifest(_echo_sharing(tmp_path, ["{run_dir}/server.ready"]))
+    assert manifest.name == "echo-share" and manifest.server.share == ("{run_dir}/server.ready",)
