@@ -125,7 +125,8 @@ def _sbatch_args(file: str, path: KeyPath, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise ConfigError(file, path, f"must be a list of sbatch arguments like ['--exclusive'], not {type_name(value)}")
+        raise ConfigError(file, path,
+                          f"must be a list of sbatch arguments like ['--exclusive'], not {type_name(value)}")
     out = []
     for i, arg in enumerate(value):
         arg = check_str(file, (*path, i), arg)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
+from fedctl.config.inventory import parse_inventory
+from fedctl.connectors.base import HostInfo
+from fedctl.providers.base import HostUpdate, ProviderError, RunContext
+from fedctl.providers.slurm import SlurmProvider
+from fedctl.providers.slurm_jobs import SlurmCli
 from tests.integration.slurm_cluster import SlurmCluster, slurm_available
 from tests.waiting import wait_until
 
@@ -43,3 +50,142 @@ def test_cluster_runs_cancels_and_leaves_no_job(slurm: SlurmCluster) -> None:
     slurm.run(["scancel", job])
     wait_until(lambda: not slurm.job_ids(), 20, what="squeue to show no job")
     wait_until(lambda: not (set(slurm.leftover_pids()) & job_procs), 20, what="the job's processes to end")
+
+
+# -- the slurm provider's built steps, against the cluster ------------------------------------------
+
+RUN_ORIGIN = "origin0123456789"
+
+
+def _hosts(nodes: int = 2) -> list[HostInfo]:
+    raw = {"provider": "slurm", "slurm": {"partition": "debug", "nodes": nodes, "time": "10"}}
+    return list(parse_inventory(raw, "slurm.yaml").hosts)
+
+
+def _provider(slurm: SlurmCluster, tmp_path: Path, run_id: str, hosts: list[HostInfo],
+              journal: Callable[[HostUpdate], None] = lambda _u: None, origin: str = RUN_ORIGIN,
+              lines: list[str] | None = None) -> SlurmProvider:
+    sink = lines if lines is not None else []
+    ctx = RunContext(run_id=run_id, origin=origin, journal=journal, progress=sink.append)
+    return SlurmProvider(hosts, ctx, cli=SlurmCli(env=slurm.env()), run_dir=tmp_path / run_id, poll_s=0.1)
+
+
+def _squeue(slurm: SlurmCluster, *args: str) -> str:
+    return slurm.run(["squeue", "-h", *args]).stdout
+
+
+def test_allocate_journals_first_runs_steps_on_nodes_and_release_leaves_nothing(slurm: SlurmCluster,
+                                                                                 tmp_path: Path) -> None:
+    run_id = "alloc1"
+    seen: list[tuple[str, str | None, str | None, str]] = []
+
+    def journal(u: HostUpdate) -> None:
+        rec = u.info.machine if u.info is not None else None
+        assert rec is not None
+        # what squeue shows of this run at the moment each record is saved
+        seen.append((u.name, rec.intent, rec.id, _squeue(slurm, "-n", f"fedctl-{run_id}", "-o", "%i")))
+
+    lines: list[str] = []
+    prov = _provider(slurm, tmp_path, run_id, _hosts(2), journal, lines=lines)
+    hosts = prov.allocate(prov._hosts)
+    # the create intent of every host is saved while no job exists yet; the id right after sbatch
+    first = [s for s in seen if s[1] == "create"]
+    assert len(first) == 3 and all(s[2] is None and s[3].strip() == "" for s in first)
+    job = hosts[0].machine.id
+    confirmed = [s for s in seen if s[1] is None and s[2] == job]
+    assert confirmed and seen.index(confirmed[0]) == 3  # the very next save after the intents
+    assert [h.address for h in hosts] == ["fl1", "fl1", "fl2"]
+    assert all(prov.reachable(h) for h in hosts)
+    assert _squeue(slurm, "-j", job, "-o", "%j|%k|%T|%D").strip() == (
+        f"fedctl-{run_id}|fedctl-origin={RUN_ORIGIN}|RUNNING|2")
+    assert any(ln.startswith(f"slurm: submitted job {job}") for ln in lines)
+
+    # the agent inside the allocation starts a job step on the node fedctl asks for
+    status = prov.request_step("client-2", "fl2",
+                               ["sh", "-c", "echo on $SLURMD_NODENAME step $SLURM_STEP_ID; sleep 300"])
+    wait_until(lambda: f"{job}.0 client-2 fl2" in _squeue(slurm, "-s", "-j", job, "-o", "%i %j %N"), 20,
+               what="the client step on fl2 in squeue")
+    wait_until(lambda: "on fl2 step 0" in (tmp_path / run_id / "logs" / "client-2.out").read_text(), 20,
+               what="the step's output")
+    assert json.loads(status.read_text()) == {"state": "running"}
+    assert slurm.job_pids()
+
+    prov.release(hosts)
+    assert _squeue(slurm, "-o", "%i").strip() == ""
+    wait_until(lambda: not slurm.job_pids(), 20, what="no process of the job left")
+
+
+def test_stop_ends_steps_and_the_allocation_by_itself(slurm: SlurmCluster, tmp_path: Path) -> None:
+    prov = _provider(slurm, tmp_path, "stop1", _hosts(1))
+    hosts = prov.allocate(prov._hosts)
+    status = prov.request_step("server", hosts[0].address, ["sleep", "300"])
+    wait_until(lambda: status.exists() and json.loads(status.read_text())["state"] == "running", 20,
+               what="the server step running")
+    prov.stop_agent()
+    wait_until(lambda: _squeue(slurm, "-o", "%i").strip() == "", 20, what="the allocation to end")
+    assert json.loads(status.read_text())["state"] == "exited"
+    wait_until(lambda: not slurm.job_pids(), 20, what="no process of the job left")
+
+
+def test_a_crash_right_after_sbatch_is_cleaned_by_name_and_comment(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """fedctl dies between sbatch and saving the id: the state holds only the create intent; teardown
+    finds the job by its name and comment, and a second allocate would have adopted it."""
+    saved: dict[str, HostInfo] = {}
+
+    def journal(u: HostUpdate) -> None:
+        assert u.info is not None and u.info.machine is not None
+        if u.info.machine.id is not None:
+            raise KeyboardInterrupt  # killed the moment the id is known, before it reaches the state
+        saved[u.name] = u.info
+
+    prov = _provider(slurm, tmp_path, "crash1", _hosts(1), journal)
+    with pytest.raises(KeyboardInterrupt):
+        prov.allocate(prov._hosts)
+    assert all(h.machine is not None and h.machine.id is None and h.machine.intent == "create" for h in saved.values())
+    job = _squeue(slurm, "-n", "fedctl-crash1", "-o", "%i").strip()
+    assert job
+    again = _provider(slurm, tmp_path, "crash1", list(saved.values()))
+    again.release(list(saved.values()))
+    assert _squeue(slurm, "-o", "%i").strip() == ""
+
+
+def test_release_cancels_only_its_own_jobs(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """A job with the run's name but another origin's comment, and a recorded id of a job that is
+    someone else's, are refused and said so; fedctl's own job is cancelled."""
+    other = slurm.run(["sbatch", "--parsable", "-J", "fedctl-own1", "--comment", "fedctl-origin=elsewhere",
+                       "--wrap", "sleep 300"]).stdout.strip()
+    stranger = slurm.run(["sbatch", "--parsable", "-J", "someone", "--wrap", "sleep 300"]).stdout.strip()
+    lines: list[str] = []
+    prov = _provider(slurm, tmp_path, "own1", _hosts(1), lines=lines)
+    hosts = prov.allocate(prov._hosts)
+    mine = hosts[0].machine.id
+    # the state is edited to record the stranger's id for one host
+    hosts[1] = dataclasses.replace(hosts[1], machine=dataclasses.replace(hosts[1].machine, id=stranger))
+    prov.release(hosts)
+    left = set(_squeue(slurm, "-o", "%i").split())
+    assert left == {other, stranger}
+    assert mine not in left
+    assert any(f"refusing to cancel job {other}" in ln for ln in lines)
+    assert any(f"refusing to cancel job {stranger}" in ln for ln in lines)
+    slurm.run(["scancel", other, stranger])
+    wait_until(lambda: _squeue(slurm, "-o", "%i").strip() == "", 20, what="the test's own jobs gone")
+
+
+def test_a_pending_job_says_why_and_can_be_cancelled(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The partition is full: the live line gives squeue's pending reason; a timeout (or Ctrl-C)
+    leaves it to release, which cancels it."""
+    blocker = slurm.run(["sbatch", "--parsable", "-J", "blocker", "-N", "4", "--exclusive",
+                         "--wrap", "sleep 300"]).stdout.strip()
+    wait_until(lambda: _squeue(slurm, "-j", blocker, "-o", "%T").strip() == "RUNNING", 20, what="the blocker running")
+    lines: list[str] = []
+    saved: dict[str, HostInfo] = {}
+    prov = _provider(slurm, tmp_path, "pend1", _hosts(1), lambda u: saved.__setitem__(u.name, u.info), lines=lines)
+    with pytest.raises(ProviderError, match=r"did not start within 2s: job \d+ pending \(Resources\)"):
+        prov.allocate(prov._hosts, start_timeout_s=2)
+    assert any(ln.endswith("pending (Resources)") for ln in lines), lines
+    # the state as saved: the job id known, the wait begun and not confirmed
+    assert {(h.machine.intent, h.machine.id is not None) for h in saved.values()} == {("wait", True)}
+    prov.release(list(saved.values()))
+    assert _squeue(slurm, "-n", "fedctl-pend1", "-o", "%i").strip() == ""
+    slurm.run(["scancel", blocker])
+    wait_until(lambda: _squeue(slurm, "-o", "%i").strip() == "", 20, what="the blocker gone")

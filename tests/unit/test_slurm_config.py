@@ -24,7 +24,8 @@ def inv(slurm: Any, **extra: Any):
 def test_a_full_section_gives_a_server_and_one_slot_per_node_with_typed_settings() -> None:
     hosts = inv({"partition": "gpu", "nodes": 3, "gpus_per_node": 2, "cpus_per_task": 4, "mem": "16G",
                  "time": "4:00:00", "account": "proj-1", "qos": "normal", "constraint": "a100",
-                 "sbatch_args": ["--exclusive"], "login": {"address": "login.hpc.example", "user": "me", "port": 2222}}).hosts
+                 "sbatch_args": ["--exclusive"],
+                 "login": {"address": "login.hpc.example", "user": "me", "port": 2222}}).hosts
     assert [h.name for h in hosts] == ["slurm-server", "slurm-node-01", "slurm-node-02", "slurm-node-03"]
     assert [h.roles for h in hosts] == [("server",), ("client",), ("client",), ("client",)]
     s = hosts[0].provider_settings
