@@ -35,6 +35,14 @@ class ProviderSettings:
     provider: ClassVar[str] = ""
     #: the key (after ``<provider>.``) under which old state files kept the machine's id
     legacy_id_key: ClassVar[str | None] = None
+    #: the fields that make it another machine when they change (None: every field); the others
+    #: (a timeout, tags) may be corrected on a run whose machine exists
+    machine_fields: ClassVar[tuple[str, ...] | None] = None
+
+    def machine_identity(self) -> dict[str, Any]:
+        """The settings that say which machine this is (``machine_fields``), by name."""
+        names = self.machine_fields or tuple(f.name for f in dataclasses.fields(self))
+        return {n: getattr(self, n) for n in names}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, tagged with the provider's name."""

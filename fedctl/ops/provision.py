@@ -8,6 +8,7 @@ that are not provisioned yet.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -81,6 +82,9 @@ def new_state(inputs: Inputs, store: StateStore, config_path: str | None, overri
 #: so teardown reaches and cleans what it wrote; anything else (how to log in, set-up, env,
 #: wheelhouse, environment, python, price) may be corrected and provision run again.
 IDENTITY_FIELDS = ("kind", "address", "port", "user", "workdir")
+#: a machine fedctl created is identified by what it was created as, not by the address the
+#: provider gave it (the new plan only holds a placeholder there)
+CREATED_IDENTITY_FIELDS = ("kind", "provider_settings", "user", "workdir")
 
 
 def placed_plan(plan: Plan, state: RunState, per_gpu: int) -> Plan:
@@ -105,8 +109,11 @@ def _holds_something(rec: HostRecord) -> bool:
 
 
 def _identity(info: Any, field_name: str) -> Any:
-    """A host's identity field as it is used: an ssh host with no port is on 22."""
+    """A host's identity field as it is used: an ssh host with no port is on 22; a created
+    machine's settings by the fields that make it another machine."""
     value = getattr(info, field_name)
+    if field_name == "provider_settings":
+        return None if value is None else value.machine_identity()
     if field_name == "port" and value is None and info.kind == "ssh":
         return 22
     return value
@@ -116,7 +123,8 @@ def identity_changes(old: Any, new: Any) -> list[str]:
     """What makes ``new`` another machine or folder than ``old``: ``"field old -> new"`` for each
     identity field that differs (empty: the same host, however else it changed)."""
     changes = []
-    for f in IDENTITY_FIELDS:
+    created = getattr(old, "machine", None) is not None
+    for f in CREATED_IDENTITY_FIELDS if created else IDENTITY_FIELDS:
         before, after = _identity(old, f), _identity(new, f)
         if before != after:
             changes.append(f"{f} {before!r} -> {after!r}")
@@ -155,6 +163,12 @@ def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequen
     hosts = []
     for ph in plan.hosts:
         rec = old.get(ph.host.name)
+        if rec is not None and rec.info.machine is not None:
+            # a created machine keeps the address its provider gave it and what was journaled
+            # about it (its id above all), whatever else the corrected inventory changed
+            ph = dataclasses.replace(ph, host=dataclasses.replace(
+                ph.host, address=rec.info.address, private_address=rec.info.private_address,
+                machine=rec.info.machine))
         if rec is None or (not _holds_something(rec) and rec.info != ph.host):
             rec = HostRecord.planned(ph)
         else:

@@ -62,6 +62,7 @@ class AwsHostSettings(ProviderSettings):
     """What the ``aws`` provider needs to create (and find again) one host's instance."""
 
     legacy_id_key = "instance_id"
+    machine_fields = ("region", "instance_type", "image", "image_owner", "spot")
 
     region: str
     instance_type: str
