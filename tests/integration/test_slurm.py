@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -187,5 +190,61 @@ def test_a_pending_job_says_why_and_can_be_cancelled(slurm: SlurmCluster, tmp_pa
     assert {(h.machine.intent, h.machine.id is not None) for h in saved.values()} == {("wait", True)}
     prov.release(list(saved.values()))
     assert _squeue(slurm, "-n", "fedctl-pend1", "-o", "%i").strip() == ""
+    slurm.run(["scancel", blocker])
+    wait_until(lambda: _squeue(slurm, "-o", "%i").strip() == "", 20, what="the blocker gone")
+
+
+ALLOCATE = """
+from fedctl.providers import for_run
+from fedctl.state import StateStore
+store = StateStore(".fedctl")
+state = store.load()
+for_run(state, store, print).allocate([r.info for r in state.hosts])
+"""
+
+
+def _recorded_jobs(project: Path) -> set[str]:
+    state = json.loads((project / ".fedctl" / "state.json").read_text())
+    return {h["info"]["machine"]["id"] for h in state["hosts"]
+            if (h.get("info") or {}).get("machine") and h["info"]["machine"].get("id")}
+
+
+def test_sigkilled_fedctl_then_teardown_leaves_no_job(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """Through fedctl's state file: provision says what is not built (exit 6, nothing submitted);
+    the allocation is submitted through ``for_run`` (journaled into the state), fedctl is SIGKILLed
+    while the job pends; ``fedctl teardown`` then cancels it and squeue shows nothing of the run."""
+    fedctl = shutil.which("fedctl")
+    if fedctl is None:
+        pytest.skip("the fedctl console script is not installed")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "slurm.yaml").write_text("provider: slurm\nslurm:\n  partition: debug\n  nodes: 1\n  time: '10'\n")
+    env = {**slurm.env(), "COLUMNS": "200", "FEDCTL_POLL_S": "0.2"}
+    res = subprocess.run([fedctl, "provision", "-i", "slurm.yaml", "-n", "1", "--yes"], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert res.returncode == 6, res.stderr
+    assert "Nothing was submitted" in res.stderr
+    assert _squeue(slurm, "-o", "%i").strip() == ""
+    run_id = json.loads((project / ".fedctl" / "state.json").read_text())["run_id"]
+
+    blocker = slurm.run(["sbatch", "--parsable", "-J", "blocker", "-N", "4", "--exclusive",
+                         "--wrap", "sleep 300"]).stdout.strip()
+    log = tmp_path / "allocate.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", ALLOCATE], cwd=project, env={**env, "PYTHONUNBUFFERED": "1"},
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        job = wait_until(lambda: _recorded_jobs(project), 30, what="the job id in the state file").pop()
+        # killed while it waits, after its live line gave squeue's reason
+        wait_until(lambda: f"slurm: job {job} pending (Resources)" in log.read_text(), 20, what="the pending line")
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert _squeue(slurm, "-n", f"fedctl-{run_id}", "-o", "%i").strip() == job
+
+    res = subprocess.run([fedctl, "teardown", "--yes"], cwd=project, env=env, capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    assert _squeue(slurm, "-n", f"fedctl-{run_id}", "-o", "%i").strip() == ""
     slurm.run(["scancel", blocker])
     wait_until(lambda: _squeue(slurm, "-o", "%i").strip() == "", 20, what="the blocker gone")
