@@ -7,7 +7,7 @@ interpreter and prints JSON. What failed comes back as a reason, not a traceback
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from fedctl.connectors.base import Connector
 from fedctl.monitor.nvidia import gpu_fact_lines

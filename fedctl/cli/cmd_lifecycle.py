@@ -11,23 +11,11 @@ from typing import Any, Optional
 import typer
 
 from fedctl.cli.common import ConfigOpt, InventoryOpt, JsonOpt, OptList, SetOpt, YesOpt, env
-from fedctl.model import HostStatus, Phase
+from fedctl.model import Phase
 
 
 def _progress(msg: str) -> None:
     env().err.print(f"[dim]·[/] {msg}", highlight=False)
-
-
-def _print_estimate(state_or_plan: Any, rounds: int) -> None:
-    from fedctl.cost import estimate, format_totals
-
-    est = estimate(state_or_plan, rounds)
-    if not est.per_hour:
-        return
-    env().console.print(
-        f"per hour: {format_totals(est.per_hour)}; whole run (~{est.hours:.2f} h at an assumed "
-        f"{est.seconds_per_round:.0f} s/round, updated once rounds are measured): {format_totals(est.total)}"
-    )
 
 
 def _do_provision(
@@ -40,39 +28,21 @@ def _do_provision(
     as_json: bool,
     rounds: Optional[int] = None,
 ) -> Any:
-    """Validate, plan, confirm, provision. Returns the ProvisionReport (None for a dry run)."""
-    from fedctl.errors import HostsFailed
+    """Validate, plan, confirm, provision (``fedctl.ops.run.provision_step``). Returns the
+    ProvisionReport (None for a dry run)."""
+    from fedctl.cli.console_ui import ConsoleUI
     from fedctl.ops.common import load_inputs
-    from fedctl.ops.provision import plan_rows, provision
-    from fedctl.cli.render import plan_table
+    from fedctl.ops.run import provision_step
 
     e = env()
-    store = e.store
-    inputs = load_inputs(inventory, config, sets or [], clients=clients, rounds=rounds, store=store)
-    if not as_json:
-        e.console.print(plan_table(plan_rows(inputs.plan), title=f"plan: {inputs.experiment.clients} clients"))
-        _print_estimate(inputs.plan, inputs.experiment.rounds)
+    inputs = load_inputs(inventory, config, sets or [], clients=clients, rounds=rounds, store=e.store)
+    ui = ConsoleUI(e, yes, json_reports=as_json)
     if dry_run:
+        ui.plan(inputs)
         if as_json:
             e.print_json({"plan": inputs.plan.to_dict(), "dry_run": True})
         return None
-    # On this machine nothing is rented, so there is nothing to agree to.
-    if inputs.inventory.provider != "local":
-        e.confirm("provision these hosts?", yes)
-    with store.lock():
-        report = provision(store, inputs, config, progress=_progress, overrides=sets or [])
-    if as_json:
-        e.print_json({"run_id": report.state.run_id, "ok": report.ok, "hosts": [r.__dict__ for r in report.rows]})
-    else:
-        e.console.print(plan_table(report.rows, title=f"run {report.state.run_id}: provision"))
-    if not report.ok:
-        raise HostsFailed(
-            "provision failed on: " + ", ".join(r.name for r in report.rows if r.status != HostStatus.PROVISIONED),
-            hint="fix the hosts and run the same command again (provisioned hosts are kept), "
-            "or `fedctl teardown` to clean up",
-            host_key=report.host_key_failed,
-        )
-    return report
+    return provision_step(e.store, inputs, ui, overrides=sets or [])
 
 
 def provision_cmd(
@@ -122,36 +92,16 @@ def _do_start(
     config: Optional[str], sets: OptList, rounds: Optional[int], as_json: bool, resume: bool = False,
     clients: Optional[int] = None,
 ) -> Any:
-    from fedctl.errors import HostsFailed, UsageError
-    from fedctl.ops.start import start
+    """Start (or resume) the provisioned run (``fedctl.ops.run.start_step``)."""
+    from fedctl.cli.console_ui import ConsoleUI
+    from fedctl.errors import UsageError
+    from fedctl.ops.run import start_step
 
     e = env()
-    store = e.store
     if resume and (config or sets or rounds or clients is not None):
         raise UsageError("--resume continues the run as it was configured: -c/--set/--rounds/--clients cannot change it")
-    with store.lock(create=False):
-        state = store.load()
-        if resume:
-            from fedctl.ops.resume import resume as resume_run
-
-            report = resume_run(store, state, progress=_progress)
-        else:
-            exp = _load_experiment_for(state, config, sets, rounds, clients)
-            report = start(store, state, exp, progress=_progress)
-    if as_json:
-        e.print_json({"run_id": state.run_id, "ok": report.ok, "failures": report.failures, "server": state.server.to_dict()})
-    if not report.ok:
-        raise HostsFailed(
-            "start failed: " + "; ".join(f"{h}: {m}" for h, m in report.failures.items()),
-            hint="`fedctl logs` / `fedctl status` to look, `fedctl stop` or `fedctl teardown` to clean up",
-        )
-    if not as_json:
-        n = sum(len(r.processes) for r in state.hosts)
-        e.console.print(
-            f"run [bold]{state.run_id}[/] running: {n} process(es), server at "
-            f"{state.server.dial}. `fedctl watch` to follow it."
-        )
-    return report
+    exp = None if resume else _load_experiment_for(e.store.load(), config, sets, rounds, clients)
+    return start_step(e.store, exp, ConsoleUI(e, json_reports=as_json), resume=resume)
 
 
 def start_cmd(
@@ -218,60 +168,15 @@ def stop_cmd(
 
 
 def _do_teardown(keep_files: bool, as_json: bool, grace: float = 10.0) -> Any:
-    from fedctl.errors import HostsFailed
-    from fedctl.ops.teardown import teardown
+    """Tear the run down (``fedctl.ops.run.teardown_step``); says so when it already is."""
+    from fedctl.cli.console_ui import ConsoleUI
+    from fedctl.ops.run import teardown_step
 
     e = env()
-    store = e.store
-    with store.lock(create=False):
-        state = store.load()
-        if state.phase == Phase.TORN_DOWN:
-            if not as_json:
-                e.console.print(f"run {state.run_id} is already torn down")
-            return None
-        report = teardown(store, state, keep_files=keep_files, grace_s=grace, progress=_progress)
-    _print_teardown(report, as_json)
-    if not report.ok:
-        bad = [h for h in report.hosts if not h.ok]
-        raise HostsFailed(
-            "teardown incomplete on: " + ", ".join(f"{h.name} ({h.error or 'leftovers'})" for h in bad),
-            hint="those hosts stay in the state; run `fedctl teardown` again when they are reachable",
-        )
+    report = teardown_step(e.store, ConsoleUI(e, json_reports=as_json), keep_files=keep_files, grace_s=grace)
+    if report is None and not as_json:
+        e.console.print(f"run {e.store.load().run_id} is already torn down")
     return report
-
-
-def _print_teardown(report: Any, as_json: bool) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    e = env()
-    if as_json:
-        e.print_json(
-            {
-                "run_id": report.state.run_id,
-                "ok": report.ok,
-                "phase": report.state.phase,
-                "results": report.state.results_dir,
-                "hosts": [h.__dict__ for h in report.hosts],
-            }
-        )
-        return
-    t = Table(title=f"run {report.state.run_id}: teardown", title_justify="left")
-    for col in ("host", "pids signalled", "files removed", "left running", "result"):
-        t.add_column(col)
-    for h in report.hosts:
-        t.add_row(
-            h.name,
-            str(h.stopped),
-            "yes" if h.removed else "no" if (h.error or h.leftover_files) else "kept",
-            ", ".join(map(str, h.leftover_pids)) or "none",
-            Text("ok", style="green") if h.ok else Text(h.error or "leftovers", style="red"),
-        )
-    e.console.print(t)
-    if report.state.results_dir:
-        e.console.print(f"results: {report.state.results_dir}")
-    if report.report_error:
-        e.err.print(f"[yellow]results report incomplete:[/] {report.report_error}")
 
 
 def teardown_cmd(

@@ -127,7 +127,7 @@ def run_experiment(
         outcome = RunOutcome(report.state.run_id, finish=report.state.experiment.finish)
         failure: BaseException | None = None  # what stopped the run: the caller's exit code is its
         try:
-            start_step(store, inputs, ui)
+            start_step(store, inputs.experiment, ui)
             outcome.status, outcome.trip, outcome.detached = _follow(store, ui, interval)
             if outcome.detached:
                 ui.finished(outcome)
@@ -180,13 +180,19 @@ def provision_step(store: StateStore, inputs: Inputs, ui: RunUI, overrides: Sequ
     return report
 
 
-def start_step(store: StateStore, inputs: Inputs, ui: RunUI) -> Any:
-    """Start the provisioned run with ``inputs``' experiment; HostsFailed when a host failed."""
+def start_step(store: StateStore, experiment: Any, ui: RunUI, resume: bool = False) -> Any:
+    """Start the provisioned run with ``experiment`` (a ``fedctl.config.experiment.Experiment``),
+    or with ``resume`` restart its dead processes as configured; HostsFailed when a host failed."""
     from fedctl.errors import HostsFailed
+    from fedctl.ops.resume import resume as resume_run
     from fedctl.ops.start import start
 
     with store.lock(create=False):
-        report = start(store, store.load(), inputs.experiment, progress=ui.progress)
+        state = store.load()
+        if resume:
+            report = resume_run(store, state, progress=ui.progress)
+        else:
+            report = start(store, state, experiment, progress=ui.progress)
     ui.started(report)
     if not report.ok:
         raise HostsFailed(
@@ -196,8 +202,8 @@ def start_step(store: StateStore, inputs: Inputs, ui: RunUI) -> Any:
     return report
 
 
-def teardown_step(store: StateStore, ui: RunUI) -> Any:
-    """Tear the run down (nothing when it is torn down already); HostsFailed when a host kept
+def teardown_step(store: StateStore, ui: RunUI, keep_files: bool = False, grace_s: float = 10.0) -> Any:
+    """Tear the run down (None when it is torn down already); HostsFailed when a host kept
     something."""
     from fedctl.errors import HostsFailed
     from fedctl.ops.teardown import teardown
@@ -206,7 +212,7 @@ def teardown_step(store: StateStore, ui: RunUI) -> Any:
         state = store.load()
         if state.phase == Phase.TORN_DOWN:
             return None
-        report = teardown(store, state, progress=ui.progress)
+        report = teardown(store, state, keep_files=keep_files, grace_s=grace_s, progress=ui.progress)
     ui.torn_down(report)
     if not report.ok:
         bad = [h for h in report.hosts if not h.ok]

@@ -21,21 +21,18 @@ from fedctl.deploy import (
     ProcRef,
     is_alive,
     make_dirs,
-    pids_alive,
+    push_files,
     record_spawn,
     ref_of,
-    push_files,
-    read_file,
     remote_payload_dir,
     remote_run_dir,
     spawn_detached,
-    tail_file,
 )
-from fedctl.contract import parse_ready
 from fedctl.errors import PayloadError, UsageError
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
 from fedctl.model import LIVE_PHASES, HostStatus, Phase
 from fedctl.ops.procenv import process_env
+from fedctl.ops.readiness import _check_alive, wait_connected, wait_ready  # noqa: F401 - resume imports wait_ready here
 from fedctl.runtypes import ServerEndpoint
 from fedctl.shell import quote
 from fedctl.state import HostRecord, ProcessRecord, RunState, StateStore, new_run_id
@@ -123,24 +120,6 @@ def begin_new_run(store: StateStore, state: RunState, progress: Progress = quiet
     for rec in state.hosts:
         rec.processes = []
     progress(f"new run {state.run_id} (previous: {old})")
-
-
-def wait_ready(conn: Connector, ready_file: str, proc: ProcRef, log: str, timeout: float) -> dict[str, Any]:
-    """Poll the ready file; fail fast with the log tail when the server process died."""
-    deadline = time.monotonic() + timeout
-    delay = 0.2
-    while time.monotonic() < deadline:
-        ready = parse_ready(read_file(conn, ready_file))  # None while absent or being written
-        if ready is not None:
-            return {"port": ready.port, "pid": ready.pid}
-        if not is_alive(conn, proc):
-            raise PayloadError(
-                f"{conn.host.name}: the server exited before it was ready; last log lines:\n"
-                + tail_file(conn, log, 15)
-            )
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
-    raise PayloadError(f"{conn.host.name}: the server was not ready after {timeout:.0f}s (see {log})")
 
 
 def start(
@@ -349,70 +328,6 @@ def start_watchdogs(store: StateStore, state: RunState, report: StartReport, pro
         for r in fleet.map(one):
             if not r.ok:
                 report.failures[r.host] = f"budget watchdog did not start: {r.error}"
-
-
-def wait_connected(
-    fleet: Any, state: RunState, server_rec: HostRecord, server: ProcessRecord, client_hosts: list[HostRecord],
-    timeout: float,
-) -> dict[str, str]:
-    """Wait until the server's status.json says every client connected (``server.reports_clients``).
-
-    Returns failures per host, empty when all connected. It stops early, with the logs that say why,
-    when the server exits (a payload that gives up on its clients says so in its log) or every
-    client process of a host is gone; after ``timeout`` it names the hosts that are not there."""
-    from fedctl.contract import host_files, parse_status
-
-    sconn = fleet.connector(server_rec.name)
-    status_path = host_files(state, server_rec).status
-    deadline = time.monotonic() + timeout
-    connected = 0
-    while time.monotonic() < deadline:
-        st = parse_status(read_file(sconn, status_path))
-        if st is not None:
-            connected = st.connected or 0
-            if connected >= state.clients or (st.phase not in (None, "waiting", "starting") and st.round):
-                return {}
-        if not is_alive(sconn, ref_of(server)):
-            out = {server_rec.name: f"the server exited while waiting for its clients ({connected}/{state.clients} "
-                   f"connected): {tail_file(sconn, server.log, 8).strip()[-800:]}"}
-            out.update(_client_tails(fleet, client_hosts))
-            return out
-        # one round trip per host: is any of its client processes still there?
-        gone = [r for r in client_hosts if not any(pids_alive(
-            fleet.connector(r.name), [ref_of(p) for p in r.processes if p.role == "client" and p.pid]).values())]
-        if gone:
-            return _client_tails(fleet, gone, why="every client process of this host exited")
-        time.sleep(1.0)
-    out = {server_rec.name: f"only {connected} of {state.clients} clients connected within {timeout:.0f} s"}
-    out.update(_client_tails(fleet, client_hosts))
-    return out
-
-
-def _client_tails(fleet: Any, hosts: list[HostRecord], why: str = "its clients did not connect") -> dict[str, str]:
-    """Per host, why and the last lines of its first client log (what a client says when it cannot connect)."""
-    out = {}
-    for rec in hosts:
-        procs = [p for p in rec.processes if p.role == "client"]
-        tail = tail_file(fleet.connector(rec.name), procs[0].log, 6).strip()[-600:] if procs else ""
-        out[rec.name] = f"{why}: {tail}" if tail else why
-    return out
-
-
-def _check_alive(conn: Connector, rec: HostRecord, server_alive: bool) -> str | None:
-    """None when every client process of the host is alive, else a reason with the log tail.
-
-    A client that already exited is fine only when the server did too (a tiny run that is over);
-    while the server runs, a gone client is a failed start (bad config, missing module, ...).
-    """
-    procs = [p for p in rec.processes if p.role == "client" and p.pid]
-    alive = pids_alive(conn, [ref_of(p) for p in procs])
-    for p in procs:
-        if not alive.get(p.pid, False):
-            p.status = "exited"
-            if server_alive:
-                p.status = "failed"
-                return f"{p.label} exited: {tail_file(conn, p.log, 8).strip()[-600:]}"
-    return None
 
 
 def _fail(store: StateStore, state: RunState, report: StartReport, why: str) -> StartReport:

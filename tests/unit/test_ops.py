@@ -123,3 +123,33 @@ def test_follow_plain_reports_rounds_and_stops_when_the_run_ends(tmp_path, monke
     st, trip = follow_plain(store, 0.0, events.append, sleep=lambda s: None)
     assert trip is None and st.phase == "finished"
     assert [e.round for e in events] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("gpu_util,trips", [(95.0, False), (None, True)])
+def test_follow_plain_gives_the_idle_guard_the_gpu_utilisation(tmp_path, monkeypatch, gpu_util, trips):
+    """Without a terminal the idle guard used to get no GPU utilisation: a run training on its GPUs
+    with no round ended for longer than idle_minutes was stopped as idle."""
+    from fedctl.ops import status as status_mod
+    from fedctl.runtypes import Budget
+
+    now = 10_000.0
+    store = StateStore(tmp_path / ".fedctl", clock=lambda: now)
+    state = _state(HostRecord(_host("a", 2), role="server"))
+    state.experiment, state.started_at, state.phase = RunConfig(budget=Budget(idle_minutes=1)), now - 600, "running"
+    store.save(state)
+    ticks = iter([("running", 1), ("finished", 2)])
+    seen: list[bool] = []
+
+    def fake_observe(self: Any, store: Any, state: Any) -> Any:
+        seen.append(self.gpu)  # the follower asks for the GPUs
+        phase, rnd = next(ticks)
+        return status_mod.RunStatus(state.run_id, phase, rnd, 2, 0.5, None, [], {}, last_round_end=now - 300,
+                                    gpu_util_pct=gpu_util)
+
+    monkeypatch.setattr(status_mod.StatusObserver, "observe", fake_observe)
+    st, trip = follow_plain(store, 0.0, lambda e: None, sleep=lambda s: None)
+    assert seen[0] is True
+    if trips:  # no GPU reported: idle for 5 min with idle_minutes 1
+        assert trip.reason == "idle" and st.phase == "running"
+    else:  # the GPU is busy: the run is working, it goes on to its end
+        assert trip is None and st.phase == "finished"
