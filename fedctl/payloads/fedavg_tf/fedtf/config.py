@@ -11,10 +11,12 @@ import math
 import os
 from typing import Any
 
+from fedtf import async_config  # a sibling: fedctl loads this file alone, payload dir on the path
+
 MODELS = ("mlp", "cnn", "logreg")
 DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "npz")
 PARTITIONS = ("iid", "dirichlet", "shards")
-STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam")
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedbuff", "fedasync")
 OPTIMIZERS = ("sgd", "adam")
 
 # Keys the payload never reads: owned by fedctl core (they may sit in the same config file).
@@ -32,7 +34,8 @@ DEFAULTS: dict[str, Any] = {
         "test_fraction": 0.2,
         "synthetic": {"train": 6000, "test": 1000, "features": 784, "classes": 10, "noise": 1.0},
     },
-    "strategy": {"name": "fedavg", "mu": 0.01, "server_lr": None, "server_momentum": 0.9},
+    "strategy": {"name": "fedavg", "mu": 0.01, "server_lr": None, "server_momentum": 0.9,
+                 **async_config.DEFAULTS},
     "sampling": {"fraction": 1.0, "min_clients": 2, "round_timeout_s": 120.0, "retries": 2},
     "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "optimizer": "sgd"},
     "realism": {"latency_ms": 0.0, "bandwidth_mbps": 0.0, "dropout": 0.0,
@@ -45,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "tensorboard": False,
 }
 # server_lr default depends on the strategy: a server Adam with step 1.0 diverges.
-SERVER_LR_DEFAULT = {"fedadam": 0.01}
+SERVER_LR_DEFAULT = {"fedadam": 0.01, "fedasync": 0.6}
 PAYLOAD_KEYS = tuple(DEFAULTS)
 
 
@@ -180,14 +183,12 @@ def validate(d: dict, core: dict | None = None, base_dir: str | None = None) -> 
     if st["server_momentum"] >= 1.0:
         raise ConfigProblem("strategy.server_momentum", "must be < 1")
     out["strategy"] = st
-
     sm = _section(d.get("sampling"), "sampling", DEFAULTS["sampling"])
     sm["fraction"] = _num(sm["fraction"], "sampling.fraction", 0.0, lo_open=True, hi=1.0)
     sm["min_clients"] = _int(sm["min_clients"], "sampling.min_clients", 1)
     sm["round_timeout_s"] = _num(sm["round_timeout_s"], "sampling.round_timeout_s", 0.0, lo_open=True)
     sm["retries"] = _int(sm["retries"], "sampling.retries", 0)
     out["sampling"] = sm
-
     tr = _section(d.get("train"), "train", DEFAULTS["train"])
     tr["epochs"] = _int(tr["epochs"], "train.epochs", 1)
     tr["batch_size"] = _int(tr["batch_size"], "train.batch_size", 1)
@@ -197,7 +198,6 @@ def validate(d: dict, core: dict | None = None, base_dir: str | None = None) -> 
         raise ConfigProblem("train.optimizer", f"strategy scaffold needs plain SGD steps, got {tr['optimizer']!r}",
                             "sgd with scaffold")
     out["train"] = tr
-
     re = _section(d.get("realism"), "realism", DEFAULTS["realism"])
     re["latency_ms"] = _num(re["latency_ms"], "realism.latency_ms", 0.0)
     re["bandwidth_mbps"] = _num(re["bandwidth_mbps"], "realism.bandwidth_mbps", 0.0)
@@ -207,7 +207,6 @@ def validate(d: dict, core: dict | None = None, base_dir: str | None = None) -> 
     re["slow_fraction"] = _num(re["slow_fraction"], "realism.slow_fraction", 0.0, hi=1.0)
     re["slow_factor"] = _num(re["slow_factor"], "realism.slow_factor", 1.0)
     out["realism"] = re
-
     rob = _section(d.get("robustness"), "robustness", DEFAULTS["robustness"])
     rob["max_update_norm"] = _num(rob["max_update_norm"], "robustness.max_update_norm", 0.0, lo_open=True)
     if rob["max_norm_ratio"] is not None:
@@ -218,7 +217,6 @@ def validate(d: dict, core: dict | None = None, base_dir: str | None = None) -> 
         # a client process needs one connection to poll and one to upload
         rob["max_connections"] = _int(rob["max_connections"], "robustness.max_connections", 2)
     out["robustness"] = rob
-
     out["evaluate_every"] = _int(d.get("evaluate_every", DEFAULTS["evaluate_every"]), "evaluate_every", 1)
     tb = d.get("tensorboard", DEFAULTS["tensorboard"])
     if not isinstance(tb, bool):
@@ -232,6 +230,8 @@ def validate(d: dict, core: dict | None = None, base_dir: str | None = None) -> 
         raise ConfigProblem("sampling.min_clients",
                             f"{out['sampling']['min_clients']} is more than the {core['clients']} clients",
                             "at most the number of clients")
+    n = None if core is None else samples_per_round({**out, "clients": int(core["clients"])})
+    async_config.check(st, None if core is None else int(core["clients"]), n, ConfigProblem, _num, _int)
     _check_data_fits(out, core, base_dir)
     return out
 

@@ -30,6 +30,8 @@ class Update:
     examples: int
     weights: np.ndarray                      # flat float32: the client's weights after training
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    base: np.ndarray | None = None           # async: the weights of the version it trained from
+    staleness: int = 0                       # async: server versions since that one
 
 
 def weighted_average(vectors: list[np.ndarray], weights, out: np.ndarray | None = None) -> np.ndarray:
@@ -151,6 +153,9 @@ class Scaffold(Strategy):
 
     def state(self):
         return {"c": self.c}
+
+
+from . import async_strategies  # noqa: E402,F401 - registers fedbuff and fedasync
 
 
 def make_strategy(cfg: dict, size: int, clients: int) -> Strategy:
