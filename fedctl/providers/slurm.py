@@ -13,10 +13,13 @@ Built and tested against a real cluster (``tests/integration/slurm_cluster.py``)
   squeue just before scancel, and waits until squeue no longer shows them. Idempotent; works from
   the state alone.
 
+Slurm's commands and the run folder's files go to the login node: this machine, or ``slurm.login``
+over SSH (fedctl's SSH connector, the login's ``environment`` exported for every command).
+
 Not built: deploying the payload and running the FL server and clients through the agent (a
-connector that runs fedctl's host commands as job steps), a login node reached over SSH, GPU
-placement, watch/cost for jobs. ``acquire`` (what ``fedctl provision`` calls) therefore says so with
-``NotBuiltError`` before submitting anything, rather than hold an allocation nothing can use.
+connector that runs fedctl's host commands as job steps), GPU placement, watch/cost for jobs.
+``acquire`` (what ``fedctl provision`` calls) therefore says so with ``NotBuiltError`` before
+submitting anything, rather than hold an allocation nothing can use.
 """
 
 from __future__ import annotations
@@ -24,18 +27,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
+import shlex
 import time
-from pathlib import Path
-from typing import Callable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from fedctl.connectors.base import HostInfo
 from fedctl.errors import NotBuiltError
 from fedctl.provider_fields import MachineRecord
 from fedctl.providers import register
 from fedctl.providers.base import HostUpdate, Provider, ProviderError, RunContext
-from fedctl.providers.slurm_config import settings
+from fedctl.providers.slurm_config import SlurmHostSettings, settings
 from fedctl.providers.slurm_jobs import SlurmCli, cancel_ours, sbatch_argv, wait_running
+
+if TYPE_CHECKING:
+    from fedctl.connectors.base import Connector
 
 #: how long allocate waits for the job to start, and release for it to leave squeue (seconds)
 START_TIMEOUT_S = 3600.0
@@ -44,8 +50,8 @@ CANCEL_TIMEOUT_S = 300.0
 NOT_BUILT = (
     "provider slurm: submitting, waiting for and cancelling the run's allocation is built "
     "(fedctl.providers.slurm), but running the FL server and clients inside it as job steps is not "
-    "yet (no connector runs fedctl's deploy and start through the allocation's agent), nor is a login "
-    "node reached over SSH (slurm.login), GPU placement, or watch/cost for jobs. Nothing was submitted. "
+    "yet (no connector runs fedctl's deploy and start through the allocation's agent), nor are GPU "
+    "placement and watch/cost for jobs. Nothing was submitted. "
     "Use provider: static with the nodes of an interactive allocation (salloc) meanwhile.")
 
 
@@ -57,17 +63,30 @@ class SlurmProvider(Provider):
     section_module = "fedctl.providers.slurm_config"
 
     def __init__(self, hosts: Sequence[HostInfo], run: RunContext, cli: SlurmCli | None = None,
-                 run_dir: Path | None = None, poll_s: float | None = None,
+                 run_dir: Path | PurePosixPath | None = None, poll_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not hosts:
             raise ProviderError("provider slurm got no hosts (its settings travel with them)")
         self._hosts = list(hosts)
         self.run = run
-        self.cli = cli or SlurmCli()
-        root = run_dir or ((run.local_root or Path(".fedctl")) / "slurm" / run.run_id)
-        self.run_dir = Path(root).absolute()
+        s = settings(self._hosts[0])
+        self.cli = cli or SlurmCli(connector=_login_connector(s, run))
+        self._run_dir = None if run_dir is None else PurePosixPath(str(run_dir))
         self.poll_s = poll_s if poll_s is not None else float(os.environ.get("FEDCTL_POLL_S", "3"))
         self.clock = clock
+
+    @property
+    def run_dir(self) -> PurePosixPath:
+        """The run's folder on the login node's shared filesystem (``<login workdir>/slurm/<run>``;
+        without a login, under this machine's fedctl folder)."""
+        if self._run_dir is None:
+            s = settings(self._hosts[0])
+            if self.cli.connector is not None:
+                base = self.cli.expand(s.login_workdir)
+            else:
+                base = PurePosixPath(os.path.abspath(self.run.local_root or ".fedctl"))
+            self._run_dir = base / "slurm" / self.run.run_id
+        return self._run_dir
 
     @classmethod
     def from_run(cls, hosts: Sequence[HostInfo], ctx: RunContext) -> "SlurmProvider":
@@ -133,29 +152,24 @@ class SlurmProvider(Provider):
 
     def _prepare_dir(self) -> None:
         """The run's folder on the shared filesystem: the agent and the batch script that runs it."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         agent = self.run_dir / "slurm_agent.py"
-        shutil.copyfile(Path(__file__).with_name("slurm_agent.py"), agent)
-        script = self.run_dir / "alloc.sh"
+        self.cli.write(agent, Path(__file__).with_name("slurm_agent.py").read_bytes())
         # the compute nodes' python3; fedctl's own interpreter path is only right on a shared install
-        script.write_text("#!/bin/sh\n"
-                          f"# fedctl run {self.run.run_id}: the agent starts the FL processes as job steps\n"
-                          f"exec python3 {agent} {self.run_dir}\n")
-        script.chmod(0o755)
+        script = ("#!/bin/sh\n"
+                  f"# fedctl run {self.run.run_id}: the agent starts the FL processes as job steps\n"
+                  f"exec python3 {shlex.quote(str(agent))} {shlex.quote(str(self.run_dir))}\n")
+        self.cli.write(self.run_dir / "alloc.sh", script.encode(), mode=0o755)
 
-    def request_step(self, name: str, node: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Path:
+    def request_step(self, name: str, node: str, argv: Sequence[str],
+                     env: dict[str, str] | None = None) -> PurePosixPath:
         """Ask the allocation's agent to start ``argv`` as a job step on ``node``; its status file."""
-        steps = self.run_dir / "steps"
-        steps.mkdir(parents=True, exist_ok=True)
-        tmp = steps / f".{name}.tmp"
-        tmp.write_text(json.dumps({"node": node, "argv": list(argv), "env": env or {}}))
-        os.replace(tmp, steps / f"{name}.json")  # whole, so the agent never reads half a request
+        request = json.dumps({"node": node, "argv": list(argv), "env": env or {}}).encode()
+        self.cli.write(self.run_dir / "steps" / f"{name}.json", request)
         return self.run_dir / "status" / f"{name}.json"
 
     def stop_agent(self) -> None:
         """Ask the agent to end its steps and the allocation."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "stop").write_text("fedctl\n")
+        self.cli.write(self.run_dir / "stop", b"fedctl\n")
 
     def release(self, hosts: Sequence[HostInfo]) -> None:
         """Cancel the run's jobs (ours by name and comment, re-checked), wait until squeue drops them."""
@@ -175,3 +189,17 @@ class SlurmProvider(Provider):
         now = time.time()
         for h in cur:
             self._journal(h, "terminate", confirm=True, released_at=now)
+
+
+def _login_connector(s: SlurmHostSettings, run: RunContext) -> "Connector | None":
+    """The connector to the login node (SSH, fedctl's known_hosts next to its state), or None when
+    this machine is the login node."""
+    if s.login_address is None:
+        return None
+    from fedctl.connectors import connector_for
+
+    login = HostInfo(name="slurm-login", address=s.login_address, user=s.login_user, port=s.login_port,
+                     identity_file=s.login_identity_file, environment=dict(s.login_environment),
+                     workdir=s.login_workdir)
+    known = str(run.local_root.parent / "known_hosts") if run.local_root is not None else None
+    return connector_for(login, known_hosts=known)

@@ -31,7 +31,7 @@ from fedctl.provider_fields import ProviderSettings, register_settings
 
 KEYS = ("login", "partition", "nodes", "gpus_per_node", "cpus_per_task", "mem", "time", "account", "qos",
         "constraint", "sbatch_args", "name_prefix")
-LOGIN_KEYS = ("address", "user", "port", "identity_file")
+LOGIN_KEYS = ("address", "user", "port", "identity_file", "environment", "workdir")
 DEFAULT_NODES = 1
 #: sbatch options fedctl sets itself: an extra argument may not override them (fedctl finds its
 #: jobs by name and comment, and sizes the allocation from the plan)
@@ -55,6 +55,8 @@ class SlurmHostSettings(ProviderSettings):
     login_user: str | None = None
     login_port: int | None = None
     login_identity_file: str | None = None
+    login_environment: tuple[tuple[str, str], ...] = ()  # exported for every command there (SLURM_CONF ...)
+    login_workdir: str = "~/fedctl"  # on the shared filesystem: the run folders go under it
     partition: str | None = None
     gpus_per_node: int | None = None
     cpus_per_task: int | None = None
@@ -153,6 +155,16 @@ def _login(file: str, path: KeyPath, value: Any) -> dict[str, Any]:
         out["login_port"] = check_int(file, (*path, "port"), sec["port"], 1, 65535)
     if sec.get("identity_file") is not None:
         out["login_identity_file"] = check_str(file, (*path, "identity_file"), sec["identity_file"])
+    if sec.get("workdir") is not None:
+        out["login_workdir"] = check_str(file, (*path, "workdir"), sec["workdir"])
+    envs = require_mapping(file, (*path, "environment"), sec.get("environment"))
+    for key, val in envs.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(file, (*path, "environment", key), "is not an environment variable name")
+        if not isinstance(val, (str, int, float)) or isinstance(val, bool):
+            raise ConfigError(file, (*path, "environment", key), f"must be a string, not {type_name(val)}")
+    if envs:
+        out["login_environment"] = tuple(sorted((k, str(v)) for k, v in envs.items()))
     return out
 
 

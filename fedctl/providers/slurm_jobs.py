@@ -1,7 +1,8 @@
 """Slurm allocations of a fedctl run: submit, wait, read the nodes, find fedctl's own jobs, cancel them.
 
 Small idempotent steps over Slurm's own commands (``sbatch``, ``squeue``, ``scontrol``, ``scancel``),
-run on the login node (today: this machine; ``SLURM_CONF`` and ``PATH`` as the caller's). No
+run on the login node: this machine (``SLURM_CONF`` and ``PATH`` as the caller's), or one reached
+through a fedctl connector (SSH, with the login's ``environment``). No
 slurmdbd is assumed: jobs are tracked with ``squeue``/``scontrol``, never ``sacct``.
 
 A job is fedctl's when its name is ``fedctl-<run>`` AND its comment is ``fedctl-origin=<origin>``
@@ -14,15 +15,19 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from fedctl.providers.base import ProviderError
 from fedctl.providers.slurm_config import SlurmHostSettings
+
+if TYPE_CHECKING:
+    from fedctl.connectors.base import Connector
 
 #: squeue's states of a job that is over or on its way out (not waited for by ``wait_running``)
 ENDED = ("COMPLETED", "COMPLETING", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
@@ -73,7 +78,7 @@ def slurm_time(s: SlurmHostSettings, max_hours: float | None) -> str:
     return str(minutes)
 
 
-def sbatch_argv(s: SlurmHostSettings, run_id: str, origin: str, nodes: int, run_dir: Path,
+def sbatch_argv(s: SlurmHostSettings, run_id: str, origin: str, nodes: int, run_dir: PurePosixPath | Path,
                 max_hours: float | None) -> list[str]:
     """The ``sbatch`` command line of the run's allocation (the batch script is ``run_dir/alloc.sh``)."""
     argv = ["sbatch", "--parsable", f"--job-name={job_name(run_id)}", f"--comment={job_comment(origin)}",
@@ -88,25 +93,65 @@ def sbatch_argv(s: SlurmHostSettings, run_id: str, origin: str, nodes: int, run_
 
 
 class SlurmCli:
-    """Slurm's commands on the login node (this machine)."""
+    """Slurm's commands and the run folder's files on the login node: this machine, or the host
+    ``connector`` reaches (its files are the compute nodes' too: the shared filesystem)."""
 
-    def __init__(self, env: dict[str, str] | None = None, timeout_s: float = 60.0) -> None:
+    COMMANDS = ("sbatch", "squeue", "scontrol", "scancel")
+
+    def __init__(self, env: dict[str, str] | None = None, timeout_s: float = 60.0,
+                 connector: "Connector | None" = None) -> None:
         self.env = env
         self.timeout_s = timeout_s
+        self.connector = connector
+
+    @property
+    def where(self) -> str:
+        """The login node in words."""
+        return "this machine" if self.connector is None else f"login node {self.connector.host.address}"
 
     def available(self) -> str | None:
-        """None when sbatch, squeue, scontrol and scancel are on PATH, else what is missing."""
-        path = (self.env or os.environ).get("PATH")
-        missing = [c for c in ("sbatch", "squeue", "scontrol", "scancel") if shutil.which(c, path=path) is None]
-        return f"Slurm's commands are not on PATH here: {', '.join(missing)}" if missing else None
+        """None when sbatch, squeue, scontrol and scancel are on the login node's PATH, else what is missing."""
+        if self.connector is None:
+            path = (self.env or os.environ).get("PATH")
+            missing = [c for c in self.COMMANDS if shutil.which(c, path=path) is None]
+        else:
+            res = self.connector.run(" ".join(f"command -v {c} >/dev/null || echo {c};" for c in self.COMMANDS),
+                                     timeout=self.timeout_s)
+            missing = (res.stdout.split() if res.ok
+                       else [f"(cannot ask: exit {res.exit_code} {res.stderr.strip()[:200]})"])
+        return f"Slurm's commands are not on PATH on {self.where}: {', '.join(missing)}" if missing else None
+
+    def expand(self, path: str) -> PurePosixPath:
+        """``path`` with ``~`` resolved on the login node."""
+        if self.connector is not None:
+            return PurePosixPath(self.connector.expand(path))
+        return PurePosixPath(os.path.abspath(os.path.expanduser(path)))
+
+    def write(self, path: PurePosixPath, data: bytes, mode: int = 0o644) -> None:
+        """Write a file of the run folder whole (its parents made), on the login node."""
+        if self.connector is None:
+            Path(str(path)).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{path}.tmp")
+            tmp.write_bytes(data)
+            tmp.chmod(mode)
+            os.replace(tmp, str(path))  # whole, so the agent never reads half a file
+            return
+        self.run(["mkdir", "-p", str(path.parent)])
+        self.connector.put_bytes(data, str(path), mode=mode)  # atomic: a temp file renamed
 
     def run(self, argv: Sequence[str]) -> str:
         """Run one command; its stdout, or ProviderError with its stderr."""
-        try:
-            proc = subprocess.run(list(argv), env=self.env, capture_output=True, text=True, timeout=self.timeout_s,
-                                  stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise ProviderError(f"{argv[0]} failed: {e}") from None
+        if self.connector is not None:
+            res = self.connector.run(shlex.join(argv), timeout=self.timeout_s)
+            if res.timed_out:
+                raise ProviderError(f"{argv[0]} on {self.where} timed out after {self.timeout_s:g}s")
+            proc = subprocess.CompletedProcess(list(argv), res.exit_code, res.stdout, res.stderr)
+        else:
+            try:
+                proc = subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
+                                      timeout=self.timeout_s, stdin=subprocess.DEVNULL)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise ProviderError(f"{argv[0]} failed: {e}") from None
         if proc.returncode != 0:
             # Slurm prints a chain of errors; the last line says what went wrong in the end
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["(no message)"]

@@ -7,7 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 import pytest
@@ -18,6 +18,7 @@ from fedctl.providers.base import HostUpdate, ProviderError, RunContext
 from fedctl.providers.slurm import SlurmProvider
 from fedctl.providers.slurm_jobs import SlurmCli
 from tests.integration.slurm_cluster import SlurmCluster, slurm_available
+from tests.integration.sshd import SshdFleet
 from tests.waiting import wait_until
 
 
@@ -110,7 +111,7 @@ def test_allocate_journals_first_runs_steps_on_nodes_and_release_leaves_nothing(
                what="the client step on fl2 in squeue")
     wait_until(lambda: "on fl2 step 0" in (tmp_path / run_id / "logs" / "client-2.out").read_text(), 20,
                what="the step's output")
-    assert json.loads(status.read_text()) == {"state": "running"}
+    assert json.loads(Path(status).read_text()) == {"state": "running"}
     assert slurm.job_pids()
 
     prov.release(hosts)
@@ -122,11 +123,11 @@ def test_stop_ends_steps_and_the_allocation_by_itself(slurm: SlurmCluster, tmp_p
     prov = _provider(slurm, tmp_path, "stop1", _hosts(1))
     hosts = prov.allocate(prov._hosts)
     status = prov.request_step("server", hosts[0].address, ["sleep", "300"])
-    wait_until(lambda: status.exists() and json.loads(status.read_text())["state"] == "running", 20,
+    wait_until(lambda: Path(status).exists() and json.loads(Path(status).read_text())["state"] == "running", 20,
                what="the server step running")
     prov.stop_agent()
     wait_until(lambda: _squeue(slurm, "-o", "%i").strip() == "", 20, what="the allocation to end")
-    assert json.loads(status.read_text())["state"] == "exited"
+    assert json.loads(Path(status).read_text())["state"] == "exited"
     wait_until(lambda: not slurm.job_pids(), 20, what="no process of the job left")
 
 
@@ -248,3 +249,32 @@ def test_sigkilled_fedctl_then_teardown_leaves_no_job(slurm: SlurmCluster, tmp_p
     assert _squeue(slurm, "-n", f"fedctl-{run_id}", "-o", "%i").strip() == ""
     slurm.run(["scancel", blocker])
     wait_until(lambda: _squeue(slurm, "-o", "%i").strip() == "", 20, what="the blocker gone")
+
+
+def test_through_an_ssh_login_node(slurm: SlurmCluster, sshd_fleet: Callable[[int], SshdFleet],
+                                   tmp_path: Path) -> None:
+    """slurm.login is a loopback sshd host: sbatch, squeue, scontrol and scancel run there (with the
+    login's environment), the run folder is written there (the shared filesystem), the agent starts a
+    step, release cancels the job."""
+    fleet = sshd_fleet(1)
+    [h] = fleet.host_infos()
+    workdir = tmp_path / "login-workdir"
+    raw = {"provider": "slurm", "slurm": {"partition": "debug", "nodes": 1, "time": "10", "login": {
+        "address": h.address, "port": h.port, "user": h.user, "identity_file": h.identity_file,
+        "workdir": str(workdir), "environment": {"SLURM_CONF": str(slurm.conf)}}}}
+    hosts = list(parse_inventory(raw, "slurm.yaml").hosts)
+    lines: list[str] = []
+    ctx = RunContext(run_id="ssh1", origin=RUN_ORIGIN, progress=lines.append, local_root=tmp_path / ".fedctl" / "local")
+    prov = SlurmProvider(hosts, ctx, poll_s=0.1)  # built as for_run builds it: from the settings alone
+    assert prov.cli.connector is not None and prov.cli.where == f"login node {h.address}"
+    got = prov.allocate(hosts)
+    job = got[0].machine.id
+    assert prov.run_dir == PurePosixPath(workdir / "slurm" / "ssh1")
+    assert (workdir / "slurm" / "ssh1" / "alloc.sh").exists()
+    assert _squeue(slurm, "-j", job, "-o", "%j|%T").strip() == "fedctl-ssh1|RUNNING"
+    prov.request_step("server", got[0].address, ["sh", "-c", "echo up on $SLURMD_NODENAME; sleep 300"])
+    wait_until(lambda: f"{job}.0" in _squeue(slurm, "-s", "-j", job, "-o", "%i"), 20, what="the step in squeue")
+    prov.release(got)
+    assert _squeue(slurm, "-o", "%i").strip() == ""
+    assert (tmp_path / ".fedctl" / "known_hosts").exists()  # fedctl's own known_hosts, not ~/.ssh's
+    wait_until(lambda: not slurm.job_pids(), 20, what="no process of the job left")

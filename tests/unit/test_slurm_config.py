@@ -33,6 +33,8 @@ def test_a_full_section_gives_a_server_and_one_slot_per_node_with_typed_settings
     assert (s.partition, s.nodes, s.gpus_per_node, s.mem, s.time, s.login_address, s.login_port) == (
         "gpu", 3, 2, "16G", "4:00:00", "login.hpc.example", 2222)
     assert s.sbatch_args == ("--exclusive",)
+    assert inv({"login": {"address": "h", "environment": {"SLURM_CONF": "/x", "B": 1}}}).hosts[0].provider_settings \
+        .login_environment == (("B", "1"), ("SLURM_CONF", "/x"))
     # persisted in the state and loaded back as the same object (teardown works from the state alone)
     assert settings_from_dict(settings_to_dict(s)) == s
 
@@ -49,6 +51,8 @@ def test_a_full_section_gives_a_server_and_one_slot_per_node_with_typed_settings
     ({"login": {"user": "me"}}, "slurm.login.address", "required"),
     ({"login": {"address": "h", "proxy": "x"}}, "slurm.login.proxy", "unknown key"),
     ({"gpus": 2}, "slurm.gpus", "unknown key"),
+    ({"login": {"address": "h", "environment": {"1BAD": "x"}}}, "slurm.login.environment.1BAD", "variable name"),
+    ({"login": {"address": "h", "environment": {"A": [1]}}}, "slurm.login.environment.A", "must be a string"),
 ])
 def test_a_mistake_names_the_file_and_key(section: dict, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as e:
