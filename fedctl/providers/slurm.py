@@ -6,7 +6,8 @@ Built and tested against a real cluster (``tests/integration/slurm_cluster.py``)
   every host's record before ``sbatch``; the job (named ``fedctl-<run>``, commented
   ``fedctl-origin=<origin>``) has its id saved the moment sbatch prints it; ``wait`` polls squeue
   with a live line giving the pending reason; the node list is read with ``scontrol show
-  hostnames`` and each planned host gets a node. The batch script runs ``slurm_agent.py`` (stdlib)
+  hostnames`` and each planned host gets a node; then it waits for the agent's ``agent.json`` in the
+  run folder (the compute nodes see the login node's shared filesystem). The batch script runs ``slurm_agent.py`` (stdlib)
   inside the allocation, which starts job steps (``srun --overlap -w NODE``) when fedctl writes a
   request file into the run's folder on the shared filesystem (``request_step``).
 - ``release``: cancels only jobs whose name and comment are this run's and origin's, re-checked with
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 #: how long allocate waits for the job to start, and release for it to leave squeue (seconds)
 START_TIMEOUT_S = 3600.0
 CANCEL_TIMEOUT_S = 300.0
+#: how long allocate waits for the agent to report from a compute node (seconds)
+AGENT_TIMEOUT_S = 120.0
 
 NOT_BUILT = (
     "provider slurm: submitting, waiting for and cancelling the run's allocation is built "
@@ -114,7 +117,8 @@ class SlurmProvider(Provider):
         raise NotBuiltError(NOT_BUILT)
 
     # -- the built steps -------------------------------------------------------------------------
-    def allocate(self, hosts: Sequence[HostInfo], start_timeout_s: float = START_TIMEOUT_S) -> list[HostInfo]:
+    def allocate(self, hosts: Sequence[HostInfo], start_timeout_s: float = START_TIMEOUT_S,
+                 agent_timeout_s: float = AGENT_TIMEOUT_S) -> list[HostInfo]:
         """Submit (or adopt) the run's allocation, wait until it runs, give each host a node."""
         missing = self.cli.available()
         if missing:
@@ -140,6 +144,7 @@ class SlurmProvider(Provider):
         running = wait_running(self.cli, job, start_timeout_s, self.poll_s, self._say, self.clock)
         nodes = self.cli.hostnames(running.nodes)
         self._say(f"job {job} running on {', '.join(nodes)}")
+        self._wait_agent(job, agent_timeout_s)
         out, k = [], 0
         for info in cur.values():
             # the server's step shares the first node; client hosts take the nodes in turn
@@ -149,6 +154,22 @@ class SlurmProvider(Provider):
                 node, k = nodes[k % len(nodes)], k + 1
             out.append(self._journal(dataclasses.replace(info, address=node), "wait", confirm=True))
         return out
+
+    def _wait_agent(self, job: str, timeout_s: float) -> None:
+        """Until the agent, on a compute node, wrote ``agent.json`` with this job's id into the run
+        folder: the compute nodes see the login node's folder (the shared filesystem) and run python3."""
+        path = self.run_dir / "agent.json"
+        deadline = self.clock() + timeout_s
+        while True:
+            text = self.cli.read(path)
+            if text is not None and json.loads(text).get("job") == job:
+                return
+            if self.clock() >= deadline:
+                raise ProviderError(
+                    f"job {job} runs, but its agent wrote nothing into {self.run_dir} within {timeout_s:g}s: "
+                    "the compute nodes must see that folder (a shared filesystem) and have python3; "
+                    f"see {self.run_dir}/slurm-{job}.out")
+            time.sleep(self.poll_s)  # polling the shared filesystem: the agent's own start
 
     def _prepare_dir(self) -> None:
         """The run's folder on the shared filesystem: the agent and the batch script that runs it."""

@@ -139,6 +139,17 @@ class SlurmCli:
         self.run(["mkdir", "-p", str(path.parent)])
         self.connector.put_bytes(data, str(path), mode=mode)  # atomic: a temp file renamed
 
+    def read(self, path: PurePosixPath) -> str | None:
+        """A file of the run folder on the login node (None while it does not exist)."""
+        if self.connector is None:
+            try:
+                return Path(str(path)).read_text()
+            except FileNotFoundError:
+                return None
+        res = self.connector.run(f"test -e {shlex.quote(str(path))} && cat {shlex.quote(str(path))}",
+                                 timeout=self.timeout_s)
+        return res.stdout if res.ok else None
+
     def run(self, argv: Sequence[str]) -> str:
         """Run one command; its stdout, or ProviderError with its stderr."""
         if self.connector is not None:

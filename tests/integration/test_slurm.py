@@ -278,3 +278,24 @@ def test_through_an_ssh_login_node(slurm: SlurmCluster, sshd_fleet: Callable[[in
     assert _squeue(slurm, "-o", "%i").strip() == ""
     assert (tmp_path / ".fedctl" / "known_hosts").exists()  # fedctl's own known_hosts, not ~/.ssh's
     wait_until(lambda: not slurm.job_pids(), 20, what="no process of the job left")
+
+
+def test_an_allocation_whose_nodes_do_not_see_the_run_folder_is_an_error(slurm: SlurmCluster, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch script runs but the agent never reports into the run folder (as when the compute
+    nodes do not share the login node's filesystem): allocate says so, and release cancels the job."""
+    saved: dict[str, HostInfo] = {}
+    prov = _provider(slurm, tmp_path, "noshare1", _hosts(1), lambda u: saved.__setitem__(u.name, u.info))
+    prepare = prov._prepare_dir
+
+    def no_agent() -> None:
+        prepare()
+        (Path(prov.run_dir) / "alloc.sh").write_text("#!/bin/sh\nexec sleep 300\n")
+
+    monkeypatch.setattr(prov, "_prepare_dir", no_agent)
+    with pytest.raises(ProviderError, match=r"agent wrote nothing into .*noshare1 within 1s: the compute nodes"):
+        prov.allocate(prov._hosts, agent_timeout_s=1)
+    job = next(iter(saved.values())).machine.id
+    assert _squeue(slurm, "-j", job, "-o", "%T").strip() == "RUNNING"
+    prov.release(list(saved.values()))
+    assert _squeue(slurm, "-o", "%i").strip() == ""
