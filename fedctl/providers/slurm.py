@@ -7,9 +7,9 @@ Built and tested against a real cluster (``tests/integration/slurm_cluster.py``)
   ``fedctl-origin=<origin>``) has its id saved the moment sbatch prints it; ``wait`` polls squeue
   with a live line giving the pending reason; the node list is read with ``scontrol show
   hostnames`` and each planned host gets a node; then it waits for the agent's ``agent.json`` in the
-  run folder (the compute nodes see the login node's shared filesystem). The batch script runs ``slurm_agent.py`` (stdlib)
-  inside the allocation, which starts job steps (``srun --overlap -w NODE``) when fedctl writes a
-  request file into the run's folder on the shared filesystem (``request_step``).
+  run folder (the compute nodes see the login node's shared filesystem). The batch script runs
+  ``slurm_agent.py`` (stdlib) inside the allocation, which starts job steps (``srun --overlap -w
+  NODE``) when fedctl writes a request file into the run's folder (``request_step``).
 - ``release``: cancels only jobs whose name and comment are this run's and origin's, re-checked with
   squeue just before scancel, and waits until squeue no longer shows them. Idempotent; works from
   the state alone.
