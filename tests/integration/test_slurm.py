@@ -299,3 +299,37 @@ def test_an_allocation_whose_nodes_do_not_see_the_run_folder_is_an_error(slurm: 
     assert _squeue(slurm, "-j", job, "-o", "%T").strip() == "RUNNING"
     prov.release(list(saved.values()))
     assert _squeue(slurm, "-o", "%i").strip() == ""
+
+
+def test_a_node_connector_runs_commands_as_steps_and_files_go_to_the_shared_folder(slurm: SlurmCluster,
+                                                                                   tmp_path: Path) -> None:
+    """SlurmStepConnector: a command runs on the asked node as a step of the run's job (exit code,
+    output, stdin, environment as over SSH); files written and read through it are on the shared
+    filesystem; a node outside the job or an ended job is a ConnectError."""
+    from fedctl.errors import ConnectError
+    from fedctl.providers.slurm_connector import SlurmStepConnector
+
+    prov = _provider(slurm, tmp_path, "conn1", _hosts(2))
+    hosts = prov.allocate(prov._hosts)
+    job = hosts[0].machine.id
+    node2 = dataclasses.replace(hosts[2], environment={"GREETING": "hi there"})
+    conn = SlurmStepConnector(node2, prov.cli)
+    conn.connect()
+    res = conn.run('echo "$GREETING from $SLURMD_NODENAME job $SLURM_JOB_ID"; cat; exit 3', timeout=30, stdin=b"fed\n")
+    assert (res.exit_code, res.stdout) == (3, f"hi there from fl2 job {job}\nfed\n")
+    target = tmp_path / "shared" / "payload.txt"
+    target.parent.mkdir()
+    conn.put_bytes(b"weights", str(target), mode=0o600)
+    assert conn.run(f"cat {target}; stat -c %a {target}", timeout=30).stdout == "weights600\n"
+    conn.get(str(target), str(tmp_path / "back.txt"))
+    assert (tmp_path / "back.txt").read_bytes() == b"weights"
+    timed = conn.run("sleep 300", timeout=2)
+    assert timed.timed_out and timed.exit_code == -1
+    wait_until(lambda: "fedctl-cmd" not in _squeue(slurm, "-s", "-j", job, "-o", "%j"), 20,
+               what="the timed-out command's step to end")
+
+    with pytest.raises(ConnectError, match="node fl3 is not in job"):
+        SlurmStepConnector(dataclasses.replace(hosts[2], address="fl3"), prov.cli).connect()
+    prov.release(hosts)
+    with pytest.raises(ConnectError, match=f"job {job} is gone from squeue"):
+        conn.connect()

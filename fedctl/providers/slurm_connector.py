@@ -1,0 +1,103 @@
+"""A connector to one node of a fedctl Slurm allocation: commands as short job steps, files on the shared filesystem.
+
+``run`` executes a command on the node as a job step of the run's allocation, started from the
+login node: ``srun --jobid=JOB --overlap -N1 -n1 -w NODE sh -c COMMAND`` (Slurm accounts and
+limits it, and it ends with the command). Files are read and written on the login node (this
+machine, or ``slurm.login`` over SSH): the cluster's shared filesystem makes them the node's too.
+
+Not for long-running processes: a detached process (``setsid nohup ... &``) outlives its step only
+where Slurm's process tracking loses it, and is killed at the step's end where it does not
+(proctrack/cgroup). Those go through the allocation's agent (``SlurmProvider.request_step``);
+wiring fedctl's start to it is not built yet (``docs/slurm.md``).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable, Mapping
+
+from fedctl.connectors.base import CommandResult, Connector, HostInfo
+from fedctl.errors import ConnectError
+from fedctl.providers.slurm_jobs import SlurmCli
+
+
+class SlurmStepConnector(Connector):
+    """Reach ``host`` (a node of job ``host.machine.id``) through job steps from the login node."""
+
+    def __init__(self, host: HostInfo, cli: SlurmCli) -> None:
+        super().__init__(host)
+        if host.machine is None or not host.machine.id:
+            raise ConnectError(f"host {host.name}: no Slurm job recorded for it (provision first)")
+        self.job = host.machine.id
+        self.node = host.address
+        self.cli = cli
+
+    def connect(self) -> None:
+        """Check that the job runs and holds this node (idempotent)."""
+        found = self.cli.jobs(ids=[self.job])
+        if not found or found[0].state != "RUNNING":
+            state = found[0].state if found else "gone from squeue"
+            raise ConnectError(f"host {self.host.name}: job {self.job} is {state}, not running")
+        if self.node not in self.cli.hostnames(found[0].nodes):
+            raise ConnectError(f"host {self.host.name}: node {self.node} is not in job {self.job} ({found[0].nodes})")
+
+    def step_argv(self, command: str) -> list[str]:
+        """The srun command line that runs ``command`` with a POSIX shell on the node."""
+        return ["srun", f"--jobid={self.job}", "--overlap", "-N1", "-n1", "-w", self.node, "--quiet",
+                "--job-name=fedctl-cmd", "sh", "-c", command]
+
+    def run(self, command: str, timeout: float | None = None, env: Mapping[str, str] | None = None,
+            stdin: bytes | None = None) -> CommandResult:
+        """Run ``command`` on the node as a job step. Never raises for a non-zero exit."""
+        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in {**self.host.environment, **(env or {})}.items())
+        argv = self.step_argv(exports + command)
+        start = time.monotonic()
+        if self.cli.connector is not None:
+            res = self.cli.connector.run(shlex.join(argv), timeout=timeout, stdin=stdin)
+            return CommandResult(res.exit_code, res.stdout, res.stderr, time.monotonic() - start, res.timed_out)
+        try:
+            proc = subprocess.run(argv, env=self.cli.env, input=stdin if stdin is not None else b"",
+                                  capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            # srun forwards the kill to the step: Slurm ends the command's processes on the node
+            return CommandResult(-1, _text(e.stdout), _text(e.stderr), time.monotonic() - start, timed_out=True)
+        return CommandResult(proc.returncode, _text(proc.stdout), _text(proc.stderr), time.monotonic() - start)
+
+    def _write_atomic(self, remote: str, mode: int, write: Callable[[BinaryIO], object]) -> None:
+        if self.cli.connector is not None:
+            self.cli.connector._write_atomic(remote, mode, write)
+            return
+        path = Path(self.expand(remote))
+        tmp = path.with_name(f".{path.name}.fedctl-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, mode)  # the umask may have narrowed it
+        os.replace(tmp, path)
+
+    def get(self, remote: str, local: str) -> None:
+        """Copy ``remote`` (on the shared filesystem) to ``local``."""
+        if self.cli.connector is not None:
+            self.cli.connector.get(remote, local)
+        else:
+            shutil.copyfile(self.expand(remote), local)
+
+    def expand(self, path: str) -> str:
+        """``~`` as the login node resolves it (the shared home)."""
+        if self.cli.connector is not None:
+            return self.cli.connector.expand(path)
+        return os.path.expanduser(path)
+
+    def close(self) -> None:
+        """Nothing to release: each command is its own step."""
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode("utf-8", "replace")
