@@ -39,7 +39,7 @@ from fedctl.provider_fields import MachineRecord
 from fedctl.providers import register
 from fedctl.providers.base import HostUpdate, Provider, ProviderError, RunContext
 from fedctl.providers.slurm_config import SlurmHostSettings, settings
-from fedctl.providers.slurm_jobs import SlurmCli, cancel_ours, sbatch_argv, wait_running
+from fedctl.providers.slurm_jobs import ENDED, SlurmCli, cancel_ours, sbatch_argv, wait_running
 
 if TYPE_CHECKING:
     from fedctl.connectors.base import Connector
@@ -128,7 +128,8 @@ class SlurmProvider(Provider):
         clients = [h for h in hosts if "server" not in h.roles]
         n_nodes = max(1, min(s.nodes, len(clients) or 1))
         recorded = {h.machine.id for h in hosts if h.machine is not None and h.machine.id}
-        live = [j for j in self.cli.jobs(run_ids=[self.run.run_id]) if j.origin == self.run.origin]
+        live = [j for j in self.cli.jobs(run_ids=[self.run.run_id])
+                if j.origin == self.run.origin and j.state not in ENDED]
         if live:  # an earlier attempt submitted it (its id may never have been saved)
             job = live[0].id
             self._say(f"adopting job {job} submitted earlier")

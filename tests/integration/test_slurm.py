@@ -148,7 +148,13 @@ def test_a_crash_right_after_sbatch_is_cleaned_by_name_and_comment(slurm: SlurmC
     assert all(h.machine is not None and h.machine.id is None and h.machine.intent == "create" for h in saved.values())
     job = _squeue(slurm, "-n", "fedctl-crash1", "-o", "%i").strip()
     assert job
-    again = _provider(slurm, tmp_path, "crash1", list(saved.values()))
+    # a retried provision adopts that job instead of submitting a second one
+    lines: list[str] = []
+    again = _provider(slurm, tmp_path, "crash1", list(saved.values()), lines=lines)
+    adopted = again.allocate(list(saved.values()))
+    assert {h.machine.id for h in adopted} == {job}
+    assert _squeue(slurm, "-n", "fedctl-crash1", "-o", "%i").strip() == job
+    assert f"slurm: adopting job {job} submitted earlier" in lines
     again.release(list(saved.values()))
     assert _squeue(slurm, "-o", "%i").strip() == ""
 
