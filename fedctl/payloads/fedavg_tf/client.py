@@ -87,7 +87,9 @@ class Client:
         model = models.build_model(cfg["model"], input_shape, ds.classes,
                                    base_dir=os.path.dirname(os.path.abspath(args.config)))
         st = cfg["strategy"]
-        self.trainer = training.Trainer(model, input_shape, cfg["train"], st["name"], st["mu"])
+        self.is_async = config.async_config.is_async(st["name"])
+        local = "fedprox" if self.is_async and st["local"] == "fedprox" else st["name"]
+        self.trainer = training.Trainer(model, input_shape, cfg["train"], local, st["mu"])
         self.layout = self.trainer.layout
         del ds  # only the own shards stay in memory
         first = self.clients[ids[0]]
@@ -103,7 +105,11 @@ class Client:
         host, _, port = args.server.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
         self.proc = uuid.uuid4().hex[:12]
-        self.uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload")
+        # async: every virtual client may wait out its simulated delay at once, none blocking another
+        self.uploads = ThreadPoolExecutor(max_workers=len(ids) + 2 if self.is_async else 4,
+                                          thread_name_prefix="upload")
+        # async: tasks train one after another on the one model, while the poll goes on
+        self.trains = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
         self.unreachable_s = float(os.environ.get("FEDTF_UNREACHABLE_S", 600))
         self._local = threading.local()
         self.stop = threading.Event()  # set when the run is over: wakes delayed uploads
@@ -197,12 +203,17 @@ class Client:
             return None
         if status in ("finished", "failed"):
             self.stop.set()
+            self.trains.shutdown(wait=True, cancel_futures=True)
             self.uploads.shutdown(wait=True, cancel_futures=True)
             if self.variates is not None:  # the last round's word on which updates were aggregated
                 self.variates.settle(msg.meta.get("counted"))
             log(self.role, f"server reports the run {status}; exiting")
             return EXIT_OK if status == "finished" else EXIT_RUN_FAILED
         self._after, self._inst = int(msg.meta["seq"]), str(msg.meta.get("instance", ""))
+        if msg.meta.get("mode") == "async":  # one client's task: train it aside, poll on at once
+            self._round = (self._after, ",".join(map(str, self.ids)))
+            self._track(self.trains.submit(self.train_round, msg, len(body)))
+            return None
         self.train_round(msg, len(body))
         return None
 
@@ -226,7 +237,10 @@ class Client:
             return len(self._sent)
 
     def _submit(self, *args) -> None:
-        fut = self.uploads.submit(self._post, *args)
+        self._track(self.uploads.submit(self._post, *args))
+
+    def _track(self, fut) -> None:
+        """Count `fut` (an upload, or an async task's training) as work not yet answered."""
         with self._sent_lock:
             self._sent.add(fut)
         fut.add_done_callback(self._done)
@@ -234,6 +248,9 @@ class Client:
     def _done(self, fut) -> None:
         with self._sent_lock:
             self._sent.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:  # a worker thread's error must show
+            e = fut.exception()
+            log(self.role, f"task failed: {type(e).__name__}: {e}", "error")
 
     def train_round(self, msg, download_bytes: int) -> None:
         """Train this process's sampled ids of the task `msg` and queue their uploads."""
@@ -257,7 +274,9 @@ class Client:
         np, cfg = self.np, self.cfg
         for k in mine:
             vc = self.clients[k]
-            rng = np.random.default_rng([cfg["seed"], k, rnd, int(msg.meta.get("attempt", 0))])
+            # async: one client may train the same version twice; its ticket (seq) tells them apart
+            stream = [cfg["seed"], k, rnd, int(msg.meta.get("attempt", 0))] + ([seq] if self.is_async else [])
+            rng = np.random.default_rng(stream)
             if self.realism.drops_out(rng):
                 self._submit(f"/drop?seq={seq}&id={k}", b"", k, 0.0)
                 log(self.role, f"round {rnd}: client {k} drops out (simulated)")
@@ -278,7 +297,7 @@ class Client:
                 c_new = base - c + (global_w - new_w) / np.float32(steps * cfg["train"]["lr"])
                 dc = (c_new - base).astype(np.float32)
                 groups["dc"] = self.layout.split(dc)  # c_i moves by dc only once the server takes it
-            meta = {"client": k, "round": rnd, "seq": seq, "examples": vc.n, "loss": loss,
+            meta = {"client": k, "round": rnd, "seq": seq, "instance": task[0], "examples": vc.n, "loss": loss,
                     "train_s": round(train_s, 4)}
             body_size_guess = 4 * self.layout.size * len(groups)
             delay = self.realism.delay(rng, download_bytes, body_size_guess, train_s, vc.slow)

@@ -60,9 +60,18 @@ class Server:
         self.trainer.evaluate(self.ds.x_test[:2], self.ds.y_test[:2])  # trace eval before round 1
         self.strategy = make_strategy(cfg["strategy"], self.layout.size, cfg["clients"])
         self.metrics = MetricsWriter(os.path.join(self.run_dir, "metrics.jsonl"))
-        self.coord = Coordinator(token, self.layout.shapes, [len(s) for s in shards],
-                                 self.strategy.client_extras, self.metrics,
-                                 UpdateLimits.from_config(cfg["robustness"]))
+        st, coord_args = cfg["strategy"], (token, self.layout.shapes, [len(s) for s in shards],
+                                           self.strategy.client_extras, self.metrics,
+                                           UpdateLimits.from_config(cfg["robustness"]))
+        self.is_async = config.async_config.is_async(st["name"])
+        if self.is_async:  # fedbuff / fedasync: tickets and model versions (fedtf/async_coord.py)
+            from fedtf.async_coord import AsyncCoordinator  # noqa: PLC0415
+            self.coord = AsyncCoordinator(*coord_args, concurrency=st["concurrency"],
+                                          max_staleness=st["max_staleness"],
+                                          ticket_timeout_s=cfg["sampling"]["round_timeout_s"])
+        else:
+            self.coord = Coordinator(*coord_args)
+        self.client_updates = 0  # async: client updates aggregated so far
         # status.json: rewritten at each round's start and, while a round runs, when a sampled client
         # reports progress (its "time" moves): fedctl's budget watchdog on this host cannot see the
         # clients' GPUs, so that is how it knows a long round is still being worked on
@@ -97,6 +106,10 @@ class Server:
         self.best_acc, self.final = info["best_accuracy"], tuple(info["final"])
         self.wall_before = info["wall_s"]
         self.start_round = rnd + 1
+        if self.is_async:  # in-flight updates from before the restart are judged by this version
+            self.coord.restored = rnd
+            self.client_updates = int(info.get("client_updates", 0))
+            self.coord.counts.update(info.get("counts", {}))
         if self.coord.counted is not None:  # SCAFFOLD: which updates the restored c holds
             got_counted = info.get("counted")
             self.coord.counted = got_counted if isinstance(got_counted, dict) else None
@@ -132,16 +145,39 @@ class Server:
         log("server", f"listening on {self.args.host}:{actual}")
 
     # -- rounds -------------------------------------------------------------------------------
+    def wait_clients(self) -> None:
+        """Client processes need a while to import TensorFlow; wait for all ids once."""
+        cfg = self.cfg
+        wait_s = float(os.environ.get("FEDTF_CONNECT_WAIT_S", max(cfg["sampling"]["round_timeout_s"], 300.0)))
+        seen = self.coord.wait_for_clients(cfg["clients"], wait_s)
+        log("server", f"{seen}/{cfg['clients']} clients connected; starting at round {self.start_round}")
+
+    def evaluate_now(self) -> tuple[float, float]:
+        """Evaluate the global model on the test set; remember final and best accuracy."""
+        self.layout.set(self.weights)
+        loss, acc = self.trainer.evaluate(self.ds.x_test, self.ds.y_test)
+        self.final = (loss, acc)
+        self.best_acc = acc if self.best_acc is None else max(self.best_acc, acc)
+        return loss, acc
+
+    def save_checkpoint(self, r: int, line: dict, extra: dict) -> None:
+        """Checkpoint after round (server update) `r`, with its round line and `extra` info."""
+        wall = self.wall_before + time.time() - self._t_start
+        checkpoint.save(self.ckpt_dir, r, self.weights, self.strategy.state(),
+                        {"rng": self.rng.bit_generator.state, "best_accuracy": self.best_acc,
+                         "final": list(self.final), "wall_s": wall, "line": line,
+                         "counted": self.coord.counted, **extra})
+
     def run(self) -> int:
         cfg = self.cfg
-        t_start = time.time()
+        t_start = self._t_start = time.time()
+        if self.is_async:
+            from fedtf.async_loop import run_async  # noqa: PLC0415
+            return run_async(self, t_start)
         m = config.samples_per_round(cfg)
         sm = cfg["sampling"]
         if self.start_round <= cfg["rounds"]:
-            # Client processes need a while to import TensorFlow; wait for all ids once.
-            wait_s = float(os.environ.get("FEDTF_CONNECT_WAIT_S", max(sm["round_timeout_s"], 300.0)))
-            seen = self.coord.wait_for_clients(cfg["clients"], wait_s)
-            log("server", f"{seen}/{cfg['clients']} clients connected; starting at round {self.start_round}")
+            self.wait_clients()
         for r in range(self.start_round, cfg["rounds"] + 1):
             started = time.time()
             for attempt in range(sm["retries"] + 1):
@@ -166,10 +202,7 @@ class Server:
             self.coord.settle(r, sorted(st.updates))  # after the close's and the aggregate's rejections
             loss = acc = None
             if r % cfg["evaluate_every"] == 0 or r == cfg["rounds"]:
-                self.layout.set(self.weights)
-                loss, acc = self.trainer.evaluate(self.ds.x_test, self.ds.y_test)
-                self.final = (loss, acc)
-                self.best_acc = acc if self.best_acc is None else max(self.best_acc, acc)
+                loss, acc = self.evaluate_now()
             line = {"type": "round", "round": r, "rounds": cfg["rounds"], "start": started,
                     "end": time.time(), "sampled": st.sampled, "reported": sorted(st.updates),
                     "dropped": [{"id": k, "reason": v} for k, v in sorted(st.dropped.items())],
@@ -177,11 +210,7 @@ class Server:
                     "clients": {str(k): st.client_metrics[k] for k in sorted(st.updates)},
                     "loss": loss, "accuracy": acc, "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
                     "strategy": cfg["strategy"]["name"]}
-            wall = self.wall_before + time.time() - t_start
-            checkpoint.save(self.ckpt_dir, r, self.weights, self.strategy.state(),
-                            {"rng": self.rng.bit_generator.state, "best_accuracy": self.best_acc,
-                             "final": list(self.final), "wall_s": wall, "line": line,
-                             "counted": self.coord.counted})
+            self.save_checkpoint(r, line, {})
             self.metrics.write(line)
             self._tensorboard(r, loss, acc, line["end"] - started)
             log("server", f"round {r}/{cfg['rounds']}: {len(st.updates)}/{len(st.sampled)} updates, "
@@ -242,6 +271,9 @@ class Server:
                    "final_accuracy": self.final[1], "final_loss": self.final[0],
                    "best_accuracy": self.best_acc, "wall_s": round(self.wall_before + time.time() - t_start, 3),
                    "status": status, "reason": reason}
+        if self.is_async:  # how many client updates the server updates took, how many were stale
+            summary.update(client_updates=self.client_updates,
+                           dropped_stale=self.coord.counts["dropped_stale"])
         self.metrics.write(summary)
         checkpoint.atomic_write_json(os.path.join(self.run_dir, "summary.json"),
                                      {**summary, "rounds": cfg["rounds"], "clients": cfg["clients"],
