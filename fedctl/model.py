@@ -134,6 +134,24 @@ PHASE_MOVES: dict[Phase, frozenset[Phase]] = {
 LIVE_PHASES = frozenset({Phase.STARTING, Phase.RUNNING})
 
 
+class ProcStatus(str, Enum):
+    """One payload process: starting (recorded before it is spawned) -> running -> exited (on its
+    own) | stopped (by fedctl) | failed (it did not start, or exited while the run needed it)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Process statuses in which the process may be alive (stop and teardown signal these).
+LIVE_PROCS = frozenset({ProcStatus.STARTING, ProcStatus.RUNNING})
+
+
 ENV_MODES = ("auto", "none", "venv")
 
 

@@ -20,7 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from fedctl.model import PHASE_MOVES, HostInfo, HostStatus, Phase, Plan, PlannedHost, host_from_dict, host_to_dict
+from fedctl.model import (
+    PHASE_MOVES,
+    HostInfo,
+    HostStatus,
+    Phase,
+    Plan,
+    PlannedHost,
+    ProcStatus,
+    host_from_dict,
+    host_to_dict,
+)
 from fedctl.errors import StateError, StateLockedError
 from fedctl.runtypes import HostFacts, RunConfig, ServerEndpoint
 from fedctl.fsutil import atomic_write  # noqa: F401 - re-exported: cli/app.py and older callers import it here
@@ -52,9 +62,14 @@ class ProcessRecord:
     start_time: int | None = None  # /proc/<pid>/stat field 22: tells this process from a reused pid
     pidfile: str = ""  # in the run dir, which is also the process's run mark (FEDCTL_RUN_DIR)
     log: str = ""
-    status: str = "starting"  # starting | running | exited | stopped | failed
+    status: ProcStatus = ProcStatus.STARTING
     started_at: float | None = None
     error: str | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "status" and not isinstance(value, ProcStatus):
+            value = ProcStatus(value)  # typed at the door, like HostRecord.status
+        object.__setattr__(self, name, value)
 
     @property
     def label(self) -> str:

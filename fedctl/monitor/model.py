@@ -30,7 +30,7 @@ from fedctl.monitor.snapshot import (
     RoundPoint,
     Snapshot,
 )
-from fedctl.model import Phase
+from fedctl.model import LIVE_PROCS, Phase
 from fedctl.state import RunState
 
 DONE_PHASES = (Phase.FINISHED, Phase.FAILED, Phase.STOPPED, Phase.TEARING_DOWN, Phase.TORN_DOWN)
@@ -141,7 +141,7 @@ class WatchModel:
         """The run is over: a summary line arrived, the server said so, or the state says so."""
         if self.metrics.summary is not None:
             return True
-        if self.status is not None and self.status.phase in ("finished", "failed"):
+        if self.status is not None and self.status.phase in ("finished", "failed"):  # the payload's status.json
             return True
         return self.state.phase in DONE_PHASES
 
@@ -334,7 +334,7 @@ class WatchModel:
                 alerts.append(Alert("host_unreachable", f"{h.name} has not answered for {h.age_s:.0f}s", "warning", host=h.name))
             if not done:
                 for p in h.processes:
-                    if p.alive is False and p.recorded_status in ("running", "starting"):
+                    if p.alive is False and p.recorded_status in LIVE_PROCS:
                         alerts.append(Alert("process_died", f"{p.label} on {h.name} (pid {p.pid}) is not running",
                                             "error", host=h.name, client=p.client_ids[0] if p.client_ids else None))
         for rnum in agg.nan_rounds()[-3:]:

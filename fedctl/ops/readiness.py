@@ -10,6 +10,7 @@ from fedctl.connectors.base import Connector
 from fedctl.contract import parse_ready
 from fedctl.deploy import ProcRef, is_alive, pids_alive, read_file, ref_of, tail_file
 from fedctl.errors import PayloadError
+from fedctl.model import ProcStatus
 from fedctl.state import HostRecord, ProcessRecord, RunState
 
 
@@ -88,8 +89,8 @@ def _check_alive(conn: Connector, rec: HostRecord, server_alive: bool) -> str | 
     alive = pids_alive(conn, [ref_of(p) for p in procs])
     for p in procs:
         if not alive.get(p.pid, False):
-            p.status = "exited"
+            p.status = ProcStatus.EXITED
             if server_alive:
-                p.status = "failed"
+                p.status = ProcStatus.FAILED
                 return f"{p.label} exited: {tail_file(conn, p.log, 8).strip()[-600:]}"
     return None

@@ -30,7 +30,7 @@ from fedctl.deploy import (
 )
 from fedctl.errors import PayloadError, UsageError
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
-from fedctl.model import LIVE_PHASES, HostStatus, Phase
+from fedctl.model import LIVE_PHASES, HostStatus, Phase, ProcStatus
 from fedctl.ops.procenv import process_env
 from fedctl.ops.readiness import _check_alive, wait_connected, wait_ready  # noqa: F401 - resume imports wait_ready here
 from fedctl.runtypes import ServerEndpoint
@@ -195,10 +195,10 @@ def start(
                 conn, manifest.render_path(manifest.server.ready_file, **values), ref_of(proc), log, ready_timeout
             )
         except Exception as exc:  # noqa: BLE001 - any failure here is reported per host
-            proc.status, proc.error = "failed", str(exc)
+            proc.status, proc.error = ProcStatus.FAILED, str(exc)
             report.failures[server_rec.name] = str(exc)
             return _fail(store, state, report, "the server did not start")
-        proc.status = "running"
+        proc.status = ProcStatus.RUNNING
         address = "127.0.0.1" if server_rec.info.kind == "local" else (
             server_rec.info.private_address or server_rec.info.address
         )
@@ -249,7 +249,7 @@ def start(
                 report.failures[r.host] = r.error or "client start failed"
                 for p in state.host(r.host).processes:
                     if p.role == "client" and p.pid is None:
-                        p.status, p.error = "failed", r.error
+                        p.status, p.error = ProcStatus.FAILED, r.error
         store.save(state)
         if report.failures:
             return _fail(store, state, report, "some clients did not start")
@@ -272,15 +272,15 @@ def start(
                 del report.failures[h]
             for rec in client_hosts:
                 for p in rec.processes:
-                    if p.role == "client" and p.status == "failed":
-                        p.status = "exited"
+                    if p.role == "client" and p.status == ProcStatus.FAILED:
+                        p.status = ProcStatus.EXITED
         if not report.failures and manifest.server.reports_clients:
             progress(f"waiting until the server has heard from all {state.clients} clients")
             report.failures.update(wait_connected(fleet, state, server_rec, proc, client_hosts, connect_timeout))
     for rec in state.hosts:
         for p in rec.processes:
-            if p.status == "starting" and p.pid:
-                p.status = "running"
+            if p.status == ProcStatus.STARTING and p.pid:
+                p.status = ProcStatus.RUNNING
     if report.failures:
         return _fail(store, state, report, "some clients exited right after starting")
     start_watchdogs(store, state, report, progress)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from fedctl.connectors.base import Connector
 from fedctl.deploy import read_pidfiles, ref_of, remote_run_dir, stop_pids
-from fedctl.model import LIVE_PHASES, HostStatus, Phase
+from fedctl.model import LIVE_PHASES, LIVE_PROCS, HostStatus, Phase, ProcStatus
 from fedctl.ops.common import Progress, open_fleet, quiet
 from fedctl.state import HostRecord, RunState, StateStore
 
@@ -65,8 +65,8 @@ def stop(store: StateStore, state: RunState, grace_s: float = 10.0, progress: Pr
             continue
         report.stopped[r.host], report.survivors[r.host] = r.value
         for p in rec.processes:
-            if p.status in ("starting", "running"):
-                p.status = "stopped"
+            if p.status in LIVE_PROCS:
+                p.status = ProcStatus.STOPPED
     if state.phase in LIVE_PHASES:
         state.transition(Phase.STOPPED)
     state.event("stopped" if report.ok else "stop incomplete", store.clock)

@@ -18,7 +18,7 @@ from fedctl.ops.common import Progress, open_fleet, quiet
 from fedctl.ops.stop import run_ids, run_marks, stop_host
 from fedctl.config.loader import safe_text
 from fedctl.deploy import TREE_MARKER
-from fedctl.model import HostStatus, Phase
+from fedctl.model import LIVE_PROCS, HostStatus, Phase, ProcStatus
 from fedctl.model import is_strictly_under
 from fedctl.shell import posix_sh, quote
 from fedctl.errors import UsageError
@@ -163,8 +163,8 @@ def teardown(
                 if r.ok:
                     outcome[r.host].stopped = r.value[0]
                     for p in state.host(r.host).processes:
-                        if p.status in ("starting", "running"):
-                            p.status = "stopped"
+                        if p.status in LIVE_PROCS:
+                            p.status = ProcStatus.STOPPED
                 else:
                     outcome[r.host].error = r.error
             store.save(state)
@@ -277,7 +277,7 @@ def forget(store: StateStore, state: RunState, names: Sequence[str]) -> list[str
         if rec.status == HostStatus.TORN_DOWN:
             continue
         left = [o.path for o in rec.owned]
-        procs = [f"{p.label} (pid {p.pid})" for p in rec.processes if p.pid and p.status in ("starting", "running")]
+        procs = [f"{p.label} (pid {p.pid})" for p in rec.processes if p.pid and p.status in LIVE_PROCS]
         what = "; ".join(x for x in (", ".join(left), ", ".join(procs)) if x) or "nothing fedctl knows of"
         notes.append(f"{name} ({rec.info.address}): forgotten without a teardown; may still hold: {what}")
         state.event(f"host {name} forgotten", store.clock, left=left, processes=procs)

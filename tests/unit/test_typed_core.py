@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from fedctl.errors import StateError
-from fedctl.model import PHASE_MOVES, HostInfo, HostStatus, Phase, Plan, PlannedHost
+from fedctl.model import PHASE_MOVES, HostInfo, HostStatus, Phase, Plan, PlannedHost, ProcStatus
 from fedctl.plan import place_on_gpus
 from fedctl.runtypes import Budget, HostFacts, Placement, RunConfig, ServerEndpoint, ServerSettings
-from fedctl.state import HostRecord, RunState, StateStore
+from fedctl.state import HostRecord, ProcessRecord, RunState, StateStore
 
 FEDCTL = Path(__file__).resolve().parents[2] / "fedctl"
 #: the config layer (it builds the typed config) and the payloads (they read their own config.yaml)
@@ -83,12 +83,15 @@ def _state(**kw: Any) -> RunState:
 def test_the_state_keeps_and_loads_back_the_typed_config_endpoint_and_facts(tmp_path):
     store = StateStore(tmp_path / ".fedctl")
     state = _state(experiment=_config(), server=ServerEndpoint("h1", "10.0.0.1", 5000))
+    state.hosts[0].processes.append(ProcessRecord("server", 0, pid=7, status="running"))
     store.save(state)
+    assert json.loads(store.state_file.read_text())["hosts"][0]["processes"][0]["status"] == "running"
     back = store.load()
     assert back.experiment == _config() and isinstance(back.experiment, RunConfig)
     assert back.server == ServerEndpoint("h1", "10.0.0.1", 5000) and back.server.dial == "10.0.0.1:5000"
     assert isinstance(back.hosts[0].facts, HostFacts) and back.hosts[0].gpu_count == 1
     assert isinstance(back.phase, Phase) and isinstance(back.hosts[0].status, HostStatus)
+    assert back.hosts[0].processes[0].status is ProcStatus.RUNNING
     # what a host gets as config.yaml: core keys and the payload's own, flat
     rendered = back.experiment.rendered()
     assert rendered["payload"] == "echo" and rendered["echo_round_s"] == 0.1 and rendered["server"]["port"] == 5000
