@@ -165,6 +165,10 @@ class SlurmProvider(Provider):
             text = self.cli.read(path)
             if text is not None and json.loads(text).get("job") == job:
                 return
+            found = self.cli.jobs(ids=[job])
+            if not found or found[0].state in ENDED:  # the batch script failed, a time limit, a node ...
+                raise ProviderError(f"job {job} ended before fedctl could use it: {self.cli.end_report(job)}; "
+                                    f"see {self.run_dir}/slurm-{job}.out")
             if self.clock() >= deadline:
                 raise ProviderError(
                     f"job {job} runs, but its agent wrote nothing into {self.run_dir} within {timeout_s:g}s: "

@@ -208,6 +208,29 @@ class SlurmCli:
         """``fl[1-2]`` -> ``["fl1", "fl2"]`` (``scontrol show hostnames``)."""
         return [h for h in self.run(["scontrol", "show", "hostnames", nodelist]).split() if h]
 
+    def show_job(self, job_id: str) -> dict[str, str] | None:
+        """``scontrol show job -o``'s fields (JobState, Reason, ExitCode ...), None once slurmctld
+        forgot the job (MinJobAge after its end; there is no slurmdbd to ask)."""
+        try:
+            out = self.run(["scontrol", "show", "job", "-o", job_id])
+        except ProviderError as e:
+            if "Invalid job id" in str(e):
+                return None
+            raise
+        return dict(tok.split("=", 1) for tok in out.split() if "=" in tok)
+
+    def end_report(self, job_id: str) -> str:
+        """How a job ended, in words: ``TIMEOUT (TimeLimit)``, ``FAILED (NonZeroExitCode, exit 3:0)``,
+        ``PREEMPTED``, ``NODE_FAIL`` ... (what ``scontrol show job`` says while it remembers the job)."""
+        info = self.show_job(job_id)
+        if info is None:
+            return "no longer known to slurmctld (its record expired)"
+        out = info.get("JobState", "?")
+        extra = [r for r in (info.get("Reason"),) if r and r != "None"]
+        if info.get("ExitCode", "0:0") != "0:0":
+            extra.append(f"exit {info['ExitCode']}")
+        return out + (f" ({', '.join(extra)})" if extra else "")
+
     def cancel(self, ids: Sequence[str]) -> None:
         """``scancel`` these jobs (an ended one is no error)."""
         if ids:
@@ -222,13 +245,11 @@ def wait_running(cli: SlurmCli, job_id: str, timeout_s: float, poll_s: float,
     last = ""
     while True:
         found = cli.jobs(ids=[job_id])
-        if not found:
-            raise ProviderError(f"job {job_id} is gone from squeue before it ran (cancelled, or failed at once)")
+        if not found or found[0].state in ENDED:
+            raise ProviderError(f"job {job_id} ended before fedctl could use it: {cli.end_report(job_id)}")
         job = found[0]
         if job.state == "RUNNING" and job.nodes:
             return job
-        if job.state in ENDED:
-            raise ProviderError(f"job {job_id} ended before it ran: {job.state} ({job.reason})")
         line = f"job {job_id} {job.state.lower()}" + (f" ({job.reason})" if job.reason not in ("", "None") else "")
         if line != last:
             progress(line)

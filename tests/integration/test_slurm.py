@@ -339,3 +339,21 @@ def test_a_node_connector_runs_commands_as_steps_and_files_go_to_the_shared_fold
     prov.release(hosts)
     with pytest.raises(ConnectError, match=f"job {job} is gone from squeue"):
         conn.connect()
+
+
+def test_a_job_that_ends_early_is_reported_with_scontrols_reason(slurm: SlurmCluster, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch script fails at once (as a python3 missing on the nodes would): allocate reports
+    the job's end as scontrol says it (state, reason, exit code), not a bare timeout."""
+    prov = _provider(slurm, tmp_path, "early1", _hosts(1))
+    prepare = prov._prepare_dir
+
+    def failing() -> None:
+        prepare()
+        (Path(prov.run_dir) / "alloc.sh").write_text("#!/bin/sh\nexit 3\n")
+
+    monkeypatch.setattr(prov, "_prepare_dir", failing)
+    with pytest.raises(ProviderError, match=r"job \d+ ended before fedctl could use it: FAILED \(NonZeroExitCode, "
+                                            r"exit 3:0\)"):
+        prov.allocate(prov._hosts, agent_timeout_s=30)
+    assert _squeue(slurm, "-n", "fedctl-early1", "-o", "%i").strip() == ""
