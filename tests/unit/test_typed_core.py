@@ -144,3 +144,19 @@ def test_gpu_placement_is_a_pure_step_of_the_plan():
     assert place_on_gpus(placed, {"c": 4}, per_gpu=1) == placed  # idempotent: a second provision changes nothing
     assert place_on_gpus(plan, {}, per_gpu=1) == plan  # hosts not looked at keep their processes
     assert plan.planned("c").client_processes == ((tuple(range(8))),)  # the input is not changed
+
+
+def test_after_provision_the_plan_and_the_records_agree():
+    from fedctl.ops.provision import _apply_placement
+
+    s, c = HostInfo("s", "127.0.0.1"), HostInfo("c", "127.0.0.2")
+    plan = Plan("static", 6, (PlannedHost(s, True), PlannedHost(c, False, (tuple(range(6)),))))
+    state = RunState("r1", plan=plan, hosts=[HostRecord.planned(ph) for ph in plan.hosts])
+    state.host("c").facts = HostFacts(ok=True, gpus=["A, 100", "B, 100"])
+    state.host("c").info = HostInfo("c", "10.1.1.1")  # a created machine's address stays the record's
+    _apply_placement(state, plan, per_gpu=1)
+    for rec in state.hosts:
+        ph = state.plan.planned(rec.name)
+        assert [tuple(p) for p in rec.client_processes] == list(ph.client_processes)
+        assert tuple(rec.client_gpus) == ph.client_gpus
+    assert state.plan.planned("c").client_gpus == (0, 1) and state.host("c").info.address == "10.1.1.1"
