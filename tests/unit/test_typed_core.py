@@ -24,7 +24,7 @@ FEDCTL = Path(__file__).resolve().parents[2] / "fedctl"
 CONFIG_LAYER = ("config/", "payloads/")
 #: files of other owners that still read by key through the Mapping bridge of runtypes; each is
 #: named so it can leave the list when it reads attributes (see runtypes' module docstring)
-PENDING = {"budget.py", "ops/resume.py", "cli/cmd_exec.py", "providers/__init__.py"}
+PENDING = {"budget.py", "ops/resume.py", "cli/cmd_exec.py"}
 TYPED_ATTRS = {"experiment", "server", "facts", "config"}
 
 
