@@ -8,8 +8,8 @@ stay an opaque mapping that only the payload layer renders (``RunConfig.rendered
 the flat dict older state files hold.
 
 The ``Mapping`` views of ``RunConfig`` and ``ServerEndpoint`` are a bridge for modules that still
-read them by key (budget.py, providers/__init__.py, ops/resume.py, cli/cmd_exec.py); fedctl's own
-code reads attributes, and tests/unit/test_typed_core.py keeps it that way.
+read them by key (budget.py, ops/resume.py, cli/cmd_exec.py); fedctl's own code reads attributes,
+and tests/unit/test_typed_core.py keeps it that way. Remove the views once those read attributes.
 """
 
 from __future__ import annotations
