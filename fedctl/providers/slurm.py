@@ -199,8 +199,10 @@ class SlurmProvider(Provider):
 
     def release(self, hosts: Sequence[HostInfo]) -> None:
         """Cancel the run's jobs (ours by name and comment, re-checked), wait until squeue drops them."""
+        # a terminate intent left by a release that failed half-way may hide an unconfirmed create
         submitted = [h for h in hosts if h.machine is not None
-                     and (h.machine.id or h.machine.intent == "create" or "create" in h.machine.done)]
+                     and (h.machine.id or h.machine.intent in ("create", "wait", "terminate")
+                          or "create" in h.machine.done)]
         if not submitted:  # sbatch never ran for this run (its create intent is journaled before)
             now = time.time()
             for h in hosts:

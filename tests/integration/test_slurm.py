@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import pytest
 
@@ -155,7 +155,22 @@ def test_a_crash_right_after_sbatch_is_cleaned_by_name_and_comment(slurm: SlurmC
     assert {h.machine.id for h in adopted} == {job}
     assert _squeue(slurm, "-n", "fedctl-crash1", "-o", "%i").strip() == job
     assert f"slurm: adopting job {job} submitted earlier" in lines
-    again.release(list(saved.values()))
+
+    # a teardown that fails half-way (scancel refused) leaves a terminate intent over the create;
+    # the next teardown still cancels the job
+    class FailingCancel(SlurmCli):
+        def cancel(self, ids: Sequence[str]) -> None:
+            raise ProviderError("scancel failed (1): Unable to contact slurm controller")
+
+    state: dict[str, HostInfo] = {}
+    first = SlurmProvider(list(saved.values()), RunContext(run_id="crash1", origin=RUN_ORIGIN,
+                                                            journal=lambda u: state.__setitem__(u.name, u.info)),
+                          cli=FailingCancel(env=slurm.env()), run_dir=tmp_path / "crash1", poll_s=0.1)
+    with pytest.raises(ProviderError, match="Unable to contact"):
+        first.release(list(saved.values()))
+    assert {(h.machine.intent, h.machine.id) for h in state.values()} == {("terminate", None)}
+    assert _squeue(slurm, "-n", "fedctl-crash1", "-o", "%i").strip() == job
+    again.release(list(state.values()))
     assert _squeue(slurm, "-o", "%i").strip() == ""
 
 
