@@ -146,53 +146,56 @@ def attacked_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proj = _project(tmp, rounds=4)
     fedctl(proj, "provision", "--clients", "2", check=True)
     fedctl(proj, "start", check=True, timeout=180)
-    st = state(proj)
-    run_id, port = st["run_id"], int(st["server"]["port"])
-    server = next(p for h in st["hosts"] for p in h["processes"] if p["role"] == "server")
-    run_dir = Path(server["pidfile"]).parent
-    metrics = run_dir / "metrics.jsonl"
-
-    def rounds_done() -> int:
-        text = metrics.read_text(errors="replace") if metrics.exists() else ""
-        return sum(1 for line in text.splitlines() if '"type": "round"' in line)
-
-    wait_until(lambda: rounds_done() >= 1, 180, interval=0.5, what="round 1")
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    rogue_key = tmp / "rogue.key"
-    rogue_key.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
-    rogue_key.chmod(0o600)
-    rogues = [_rogue(tmp, port, run_dir / "flower-ca.pem", rogue_key, "rogue-key"),
-              _rogue(tmp, port, run_dir / "flower-ca.pem", None, "rogue-nokey")]
-    held: list[int] = []
-    latencies: list[float] = []
     try:
-        with Flood(port) as flood:
-            wait_until(lambda: flood.open_now() >= STRANGERS * 0.9, 30, what="the strangers to connect")
-            t_flood = time.monotonic()
-            # the rogues' own start (Python, flwr) costs CPU that is not the gateway's doing: rounds
-            # are compared from the moment they have been refused and the flood is in place
-            wait_until(lambda: all(r.poll() is not None for r in rogues), 120, interval=0.5,
-                       what="the rogue SuperNodes to be refused")
-            in_place = time.time()
-            probe = threading.Thread(target=_probe, args=(port, run_dir / "flower-ca.pem", latencies, flood.stop),
-                                     daemon=True)
-            probe.start()
-            wait_until(lambda: _phase(proj) in ("finished", "failed"), 240, interval=2,
-                       what="the run to end under the flood")
-            held.append(flood.open_now())
-            lived = list(flood.lived)
-            flood_s = time.monotonic() - t_flood
-    finally:
-        for r in rogues:  # the whole session: a refused SuperNode leaves its SuperExec child running
-            try:
-                os.killpg(r.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            r.wait(timeout=20)
-    fedctl(proj, "teardown", "--yes", check=True, timeout=180)
+        st = state(proj)
+        run_id, port = st["run_id"], int(st["server"]["port"])
+        server = next(p for h in st["hosts"] for p in h["processes"] if p["role"] == "server")
+        run_dir = Path(server["pidfile"]).parent
+        metrics = run_dir / "metrics.jsonl"
+
+        def rounds_done() -> int:
+            text = metrics.read_text(errors="replace") if metrics.exists() else ""
+            return sum(1 for line in text.splitlines() if '"type": "round"' in line)
+
+        wait_until(lambda: rounds_done() >= 1, 180, interval=0.5, what="round 1")
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        rogue_key = tmp / "rogue.key"
+        rogue_key.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+        rogue_key.chmod(0o600)
+        rogues = [_rogue(tmp, port, run_dir / "flower-ca.pem", rogue_key, "rogue-key"),
+                  _rogue(tmp, port, run_dir / "flower-ca.pem", None, "rogue-nokey")]
+        held: list[int] = []
+        latencies: list[float] = []
+        try:
+            with Flood(port) as flood:
+                wait_until(lambda: flood.open_now() >= STRANGERS * 0.9, 30, what="the strangers to connect")
+                t_flood = time.monotonic()
+                # the rogues' own start (Python, flwr) costs CPU that is not the gateway's doing: rounds
+                # are compared from the moment they have been refused and the flood is in place
+                wait_until(lambda: all(r.poll() is not None for r in rogues), 120, interval=0.5,
+                           what="the rogue SuperNodes to be refused")
+                in_place = time.time()
+                probe = threading.Thread(target=_probe, args=(port, run_dir / "flower-ca.pem", latencies, flood.stop),
+                                         daemon=True)
+                probe.start()
+                wait_until(lambda: _phase(proj) in ("finished", "failed"), 240, interval=2,
+                           what="the run to end under the flood")
+                held.append(flood.open_now())
+                lived = list(flood.lived)
+                flood_s = time.monotonic() - t_flood
+        finally:
+            for r in rogues:  # the whole session: a refused SuperNode leaves its SuperExec child running
+                try:
+                    os.killpg(r.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                r.wait(timeout=20)
+    finally:  # whatever failed above, the run's processes must not outlive the test
+        torn = fedctl(proj, "teardown", "--yes", timeout=180)
+    assert torn.returncode == 0, torn.stdout + torn.stderr
     return {"proj": proj, "run_id": run_id, "lines": _metrics(proj / "results" / run_id), "lived": lived,
             "flood_s": flood_s, "held_at_end": held[0], "in_place": in_place, "latencies": latencies,
             "rogue_logs": {n: (tmp / f"{n}.log").read_text(errors="replace") for n in ("rogue-key", "rogue-nokey")},
