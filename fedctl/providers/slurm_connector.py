@@ -7,35 +7,43 @@ machine, or ``slurm.login`` over SSH): the cluster's shared filesystem makes the
 
 Not for long-running processes: a detached process (``setsid nohup ... &``) outlives its step only
 where Slurm's process tracking loses it, and is killed at the step's end where it does not
-(proctrack/cgroup). Those go through the allocation's agent (``SlurmProvider.request_step``);
-wiring fedctl's start to it is not built yet (``docs/slurm.md``).
+(proctrack/cgroup). ``spawn_detached`` (the counterpart of ``fedctl.deploy.spawn_detached``) hands
+them to the allocation's agent instead, which runs each as its own job step; its pid file is
+written the same way, so fedctl's stop and teardown find and signal it as on an SSH host. fedctl's
+deploy does not call it yet (``docs/slurm.md``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
+import re
 import shlex
 import shutil
 import subprocess
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Mapping
 
 from fedctl.connectors.base import CommandResult, Connector, HostInfo
-from fedctl.errors import ConnectError
+from fedctl.deploy import IDENT_SH, RUN_MARK_ENV, ProcRef, parse_pidfile
+from fedctl.errors import ConnectError, RemoteError
 from fedctl.providers.slurm_jobs import SlurmCli
 
 
 class SlurmStepConnector(Connector):
     """Reach ``host`` (a node of job ``host.machine.id``) through job steps from the login node."""
 
-    def __init__(self, host: HostInfo, cli: SlurmCli) -> None:
+    def __init__(self, host: HostInfo, cli: SlurmCli, agent_dir: PurePosixPath | None = None) -> None:
         super().__init__(host)
+        self.agent_dir = agent_dir  # the run folder the allocation's agent serves (spawn_detached)
         if host.machine is None or not host.machine.id:
             raise ConnectError(f"host {host.name}: no Slurm job recorded for it (provision first)")
         self.job = host.machine.id
         self.node = host.address
         self.cli = cli
+        self._steps = 0
 
     def connect(self) -> None:
         """Check that the job runs and holds this node (idempotent)."""
@@ -67,6 +75,34 @@ class SlurmStepConnector(Connector):
             # srun forwards the kill to the step: Slurm ends the command's processes on the node
             return CommandResult(-1, _text(e.stdout), _text(e.stderr), time.monotonic() - start, timed_out=True)
         return CommandResult(proc.returncode, _text(proc.stdout), _text(proc.stderr), time.monotonic() - start)
+
+    def spawn_detached(self, command: str, cwd: str, pidfile: str, log: str,
+                       env: Mapping[str, str] | None = None, timeout: float = 60.0) -> ProcRef:
+        """Start ``command`` as a job step of its own through the agent; what identifies it (the pid
+        file "PID START" is written by the step before the command runs, as ``deploy`` does)."""
+        if self.agent_dir is None:
+            raise ConnectError(f"host {self.host.name}: no agent folder for this allocation (a bug in fedctl)")
+        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in {**self.host.environment, **(env or {}),
+                                                                          RUN_MARK_ENV: cwd}.items())
+        q = shlex.quote
+        script = (IDENT_SH + f"cd {q(cwd)} || exit 1\n"
+                  '_i=$(_st $$) || _i=-\n'
+                  f'echo "$$ ${{_i% *}}" > {q(pidfile + ".tmp")} && mv {q(pidfile + ".tmp")} {q(pidfile)} || exit 1\n'
+                  f"{exports}exec /bin/sh -c {q('exec ' + command)} > {q(log)} 2>&1 < /dev/null\n")
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.host.name}-{posixpath.basename(pidfile)}")[:100]
+        self._steps += 1
+        request = {"node": self.node, "argv": ["/bin/sh", "-c", script], "env": {}}
+        self.cli.write(self.agent_dir / "steps" / f"{name}-{self._steps}.json", json.dumps(request).encode())
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.cli.read(PurePosixPath(self.expand(pidfile)))
+            refs = parse_pidfile(text or "", cwd)
+            if refs:
+                return refs[-1]
+            if time.monotonic() >= deadline:
+                raise RemoteError(f"{self.host.name}: the agent of job {self.job} did not start {name} within "
+                                  f"{timeout:g}s (see {self.agent_dir}/logs)")
+            time.sleep(0.1)  # the agent polls its folder; the step writes the pid file once it runs
 
     def _write_atomic(self, remote: str, mode: int, write: Callable[[BinaryIO], object]) -> None:
         if self.cli.connector is not None:

@@ -372,3 +372,32 @@ def test_a_job_that_ends_early_is_reported_with_scontrols_reason(slurm: SlurmClu
                                             r"exit 3:0\)"):
         prov.allocate(prov._hosts, agent_timeout_s=30)
     assert _squeue(slurm, "-n", "fedctl-early1", "-o", "%i").strip() == ""
+
+
+def test_a_detached_process_runs_as_its_own_step_and_fedctls_stop_finds_and_ends_it(slurm: SlurmCluster,
+                                                                                    tmp_path: Path) -> None:
+    """spawn_detached through the agent: the process is a job step on the node (squeue shows it),
+    its pid file is deploy's ("PID START"), deploy's find_run_pids and stop_pids (run as short steps
+    on the node) find it by its run mark and end it, and its step ends with it."""
+    from fedctl.deploy import find_run_pids, stop_pids
+    from fedctl.providers.slurm_connector import SlurmStepConnector
+
+    prov = _provider(slurm, tmp_path, "spawn1", _hosts(2))
+    hosts = prov.allocate(prov._hosts)
+    job = hosts[0].machine.id
+    conn = SlurmStepConnector(hosts[2], prov.cli, agent_dir=prov.run_dir)
+    cwd = tmp_path / "host-run"
+    cwd.mkdir()
+    ref = conn.spawn_detached("sleep 300", str(cwd), str(cwd / "client.pid"), str(cwd / "client.log"),
+                              env={"FL_ROLE": "client"})
+    assert ref.pid > 1 and ref.start is not None and ref.mark == str(cwd)
+    wait_until(lambda: "fl2" in _squeue(slurm, "-s", "-j", job, "-o", "%N %j").split(), 20,
+               what="the process's step on fl2")
+    environ = Path(f"/proc/{ref.pid}/environ").read_bytes().split(b"\0")
+    assert b"FL_ROLE=client" in environ and f"FEDCTL_RUN_DIR={cwd}".encode() in environ
+    assert find_run_pids(conn, [str(cwd)]) == [ref.pid]
+    assert stop_pids(conn, [ref], grace_s=5) == []
+    wait_until(lambda: _squeue(slurm, "-s", "-j", job, "-o", "%i").split() == [f"{job}.batch"], 20,
+               what="only the batch step left")
+    prov.release(hosts)
+    assert _squeue(slurm, "-o", "%i").strip() == ""
