@@ -199,8 +199,9 @@ class SlurmCluster:
 
     def run(self, argv: Sequence[str], check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run a Slurm command against this cluster; its output as text."""
+        # in the cluster's folder: a job's default output file (slurm-%j.out) lands in the cwd
         return subprocess.run(list(argv), env=self.env(), capture_output=True, text=True, check=check,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+                              timeout=timeout, stdin=subprocess.DEVNULL, cwd=self.root)
 
     def job_ids(self) -> list[str]:
         """The ids of every job ``squeue`` shows (all users)."""
