@@ -5,3 +5,6 @@ nothing here imports TensorFlow, paramiko or rich at import time.
 """
 
 __version__ = "0.1.0"
+#: the distribution name on PyPI (the command and the import package are `fedctl`; the PyPI name
+#: `fedctl` belongs to an unrelated project): every install hint names this
+DIST_NAME = "fedctl-fl"

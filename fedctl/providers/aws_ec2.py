@@ -12,6 +12,7 @@ import re
 import time
 from typing import Any, Iterable
 
+from fedctl import DIST_NAME
 from fedctl.errors import UsageError
 from fedctl.providers.base import ENDED_STATES, Machine, ProviderError
 
@@ -28,7 +29,7 @@ def client(region: str, endpoint_url: str | None = None) -> Any:
     except ImportError:
         raise UsageError(
             "provider aws needs boto3, which is not installed",
-            hint='pip install "fedctl[aws]"',
+            hint=f'pip install "{DIST_NAME}[aws]"',
         ) from None
     cfg = Config(retries={"max_attempts": 8, "mode": "standard"}, connect_timeout=10, read_timeout=60,
                  user_agent_extra="fedctl")

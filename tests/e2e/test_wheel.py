@@ -30,7 +30,7 @@ def wheel_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # --no-build-isolation: build with this machine's setuptools, nothing is downloaded
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(dist), str(REPO)], check=True, capture_output=True, timeout=300)
-    wheels = list(dist.glob("fedctl-*.whl"))
+    wheels = list(dist.glob("fedctl_fl-*.whl"))  # the distribution is fedctl-fl
     assert len(wheels) == 1, wheels
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)

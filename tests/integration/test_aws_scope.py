@@ -198,9 +198,9 @@ def test_a_missing_boto3_says_exactly_what_to_install(tmp_path):
                                    "endpoint_url": "http://127.0.0.1:9", "address": "private"}}))
     res = fedctl(proj, "run", "--clients", "2", "-i", "aws.yaml", "--yes", env=env)
     assert res.returncode == 2, res.stdout + res.stderr
-    assert 'pip install "fedctl[aws]"' in res.stderr and "Traceback" not in res.stderr
+    assert 'pip install "fedctl-fl[aws]"' in res.stderr and "Traceback" not in res.stderr
     td = fedctl(proj, "teardown", "--yes", env=env)
-    assert td.returncode == 2 and 'pip install "fedctl[aws]"' in td.stderr
+    assert td.returncode == 2 and 'pip install "fedctl-fl[aws]"' in td.stderr
 
 
 def test_ctrl_c_during_provision_inside_run_terminates_what_it_created(moto_ec2, tmp_path):
