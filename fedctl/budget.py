@@ -19,14 +19,15 @@ Hours are billing hours: measured from the first host acquisition (the cost ledg
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from fedctl.contract import manifest_of, run_files
 from fedctl.cost import run_cost
-from fedctl.errors import ConfigError, UsageError
+from fedctl.errors import UsageError
+# the one Budget type (validated by the config layer, stored in the state); re-exported here
+from fedctl.runtypes import Budget
 from fedctl.state import RunState
 
 #: fedctl's own loop trips this many seconds before a limit (clamped to FEDCTL_MARGIN_FRACTION of it)
@@ -49,76 +50,11 @@ FINISH_WAIT_S = 900.0
 DEFAULT_POWEROFF_COMMAND = "sudo -n poweroff || poweroff"
 #: tests (and cautious users) replace the power-off command for every watchdog fedctl starts
 POWEROFF_ENV = "FEDCTL_POWEROFF_COMMAND"
-ON_FINISH = ("stop", "teardown", "poweroff")
 
 GUARD_FILE = "guard.json"
 WATCHDOG_SPEC_FILE = "watchdog.json"
 WATCHDOG_PID_FILE = "watchdog.pid"
 WATCHDOG_LOG_FILE = "watchdog.log"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The three guards; None means off. Values are > 0 (validated in ``from_mapping``)."""
-
-    max_cost: float | None = None
-    max_hours: float | None = None
-    idle_minutes: float | None = None
-
-    @property
-    def active(self) -> bool:
-        return any(v is not None for v in (self.max_cost, self.max_hours, self.idle_minutes))
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any] | None, file: str | None = None) -> "Budget":
-        """From the ``budget:`` mapping of fedctl.yaml (or ``state.experiment["budget"]``)."""
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise ConfigError(file, "budget", "must be a mapping", ["max_cost", "max_hours", "idle_minutes"])
-        known = ("max_cost", "max_hours", "idle_minutes")
-        for k in data:
-            if k not in known:
-                raise ConfigError(file, ("budget", str(k)), "unknown key", known)
-        values = {k: _positive(data.get(k), file, k) for k in known}
-        return cls(**values)
-
-    @classmethod
-    def from_experiment(cls, experiment: Any) -> "Budget":
-        """From an experiment config: a dict with a ``budget`` key, or an object with ``.budget``."""
-        raw = experiment.get("budget") if isinstance(experiment, Mapping) else getattr(experiment, "budget", None)
-        if isinstance(raw, Budget):
-            return raw
-        if raw is not None and not isinstance(raw, Mapping):
-            raw = {k: getattr(raw, k, None) for k in ("max_cost", "max_hours", "idle_minutes")}
-        return cls.from_mapping(raw)
-
-    def with_overrides(
-        self, max_cost: float | None = None, max_hours: float | None = None, idle_minutes: float | None = None
-    ) -> "Budget":
-        """Flags (``--max-cost`` ...) win over the file; None leaves the file's value."""
-        return Budget(
-            max_cost=_positive(max_cost, None, "max_cost", flag=True) if max_cost is not None else self.max_cost,
-            max_hours=_positive(max_hours, None, "max_hours", flag=True) if max_hours is not None else self.max_hours,
-            idle_minutes=(_positive(idle_minutes, None, "idle_minutes", flag=True)
-                          if idle_minutes is not None else self.idle_minutes),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _positive(value: Any, file: str | None, key: str, flag: bool = False) -> float | None:
-    if value is None:
-        return None
-    where = None if flag else ("budget", key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(file or ("--" + key.replace("_", "-") if flag else None), where,
-                          f"must be a number > 0 or null, not {value!r}")
-    if value <= 0:
-        raise ConfigError(file or ("--" + key.replace("_", "-") if flag else None), where,
-                          f"must be > 0 (or null to switch the guard off), not {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -244,11 +180,6 @@ def fleet_rate(state: RunState, now: float) -> tuple[float, str]:
     return run_cost(state, now).per_hour.get(currency, 0.0), currency
 
 
-def _on_finish(state: RunState) -> str | None:
-    value = state.experiment.get("on_finish") if isinstance(state.experiment, Mapping) else None
-    return value if value in ON_FINISH else None
-
-
 def watchdog_spec(
     state: RunState,
     host_record: Any,
@@ -263,13 +194,13 @@ def watchdog_spec(
 
     Times in the spec are *relative* (seconds already billed at ``now``), so the host's clock need not
     agree with this machine's: the watchdog counts from its own start with a monotonic clock.
-    ``budget`` None: from ``state.experiment["budget"]``. ``run_dir`` None: ``deploy.remote_run_dir``.
+    ``budget`` None: ``state.experiment.budget``. ``run_dir`` None: ``deploy.remote_run_dir``.
     ``poweroff_command`` None: ``$FEDCTL_POWEROFF_COMMAND`` if set, else ``sudo -n poweroff || poweroff``
     (it only ever runs with ``on_finish: poweroff``).
     Only the server host gets the metrics and status paths (the idle guard needs them).
     """
     if budget is None:
-        budget = Budget.from_experiment(state.experiment)
+        budget = state.experiment.budget
     if run_dir is None:
         from fedctl.deploy import remote_run_dir
 
@@ -278,13 +209,13 @@ def watchdog_spec(
     start = billing_start(state)
     rate, currency = fleet_rate(state, now) if budget.max_cost is not None else (0.0, "USD")
     spent = run_cost(state, now).total.get(currency, 0.0) if budget.max_cost is not None else 0.0
-    server_host = state.server.get("host") if isinstance(state.server, Mapping) else None
+    server_host = state.server.host
     is_server = host_record.name == server_host if server_host else "server" in tuple(host_record.info.roles)
     pidfiles = sorted({p.pidfile for p in host_record.processes if p.pidfile})
     if not pidfiles:  # the processes may not be recorded yet: the contract's names
         pidfiles = [f"{run_dir}/server.pid"] if is_server else []
         pidfiles += [f"{run_dir}/client-*.pid"]
-    on_finish = _on_finish(state)
+    on_finish = state.experiment.on_finish  # validated by the config layer (ON_FINISH)
     # where the payload's manifest puts metrics.jsonl (the idle guard reads it)
     files = run_files(run_dir, manifest_of(state), host_record.workdir, state.run_id) if is_server else None
     return {

@@ -7,20 +7,20 @@ stay an opaque mapping that only the payload layer renders (``RunConfig.rendered
 ``config.yaml`` a host gets). Each type loads back from its JSON form as the same object, and from
 the flat dict older state files hold.
 
-The ``Mapping`` views of ``RunConfig`` and ``ServerEndpoint`` are a bridge for modules that still
-read them by key (budget.py, ops/resume.py, cli/cmd_exec.py); fedctl's own code reads attributes,
-and tests/unit/test_typed_core.py keeps it that way. Remove the views once those read attributes.
+fedctl's code reads attributes, never keys (tests/unit/test_typed_core.py checks it); only the
+config layer and the payloads read the rendered mapping.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping as MappingABC
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 #: The experiment keys that are fedctl's (every other top-level key is the payload's).
 CORE_KEYS = ("name", "payload", "clients", "rounds", "seed", "placement", "server", "budget", "on_finish")
+#: What ``on_finish`` may be (the config layer validates it; the watchdog acts on "poweroff").
+ON_FINISH = ("stop", "teardown", "poweroff")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class Budget:
-    """The experiment's ``budget:`` limits; None means off (validated by the config layer)."""
+    """The experiment's ``budget:`` limits; None means off. The one Budget type: the config layer
+    validates it (each value > 0), the state stores it, ``fedctl.budget`` enforces it."""
 
     max_cost: float | None = None
     max_hours: float | None = None
@@ -62,7 +63,12 @@ class Budget:
 
     @property
     def active(self) -> bool:
+        """Whether any guard is on."""
         return any(v is not None for v in (self.max_cost, self.max_hours, self.idle_minutes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (cost.json, ``fedctl cost --json``)."""
+        return asdict(self)
 
 
 def _pick(cls: type, data: Any) -> Any:
@@ -76,7 +82,7 @@ def _pick(cls: type, data: Any) -> Any:
 
 
 @dataclass(frozen=True, eq=True)
-class RunConfig(MappingABC):
+class RunConfig:
     """The resolved experiment of a run, typed. The payload's keys are ``payload_config`` (opaque)."""
 
     clients: int = 0
@@ -156,22 +162,9 @@ class RunConfig(MappingABC):
             payload_config=copy.deepcopy(extra),
         )
 
-    # -- the Mapping view of the rendered config (a bridge; see the module docstring) -----------
-    def __getitem__(self, key: str) -> Any:
-        return self.rendered()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.rendered())
-
-    def __len__(self) -> int:
-        return len(self.rendered())
-
-    def __bool__(self) -> bool:
-        return True
-
 
 @dataclass
-class ServerEndpoint(MappingABC):
+class ServerEndpoint:
     """Where the run's server is: its host (from the plan), and once started the address clients
     dial and the port it listens on."""
 
@@ -196,27 +189,6 @@ class ServerEndpoint(MappingABC):
         d = d or {}
         port = d.get("port")
         return cls(host=d.get("host"), address=d.get("address"), port=int(port) if port is not None else None)
-
-    # -- a Mapping view over the fields that are set (a bridge; see the module docstring) -------
-    def __getitem__(self, key: str) -> Any:
-        value = self.to_dict()[key] if key in ("host", "address", "port") else None
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key not in ("host", "address", "port"):
-            raise KeyError(key)
-        setattr(self, key, int(value) if key == "port" and value is not None else value)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([k for k, v in self.to_dict().items() if v is not None])
-
-    def __len__(self) -> int:
-        return sum(1 for v in self.to_dict().values() if v is not None)
-
-    def __bool__(self) -> bool:
-        return self.host is not None
 
 
 @dataclass

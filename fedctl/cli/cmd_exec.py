@@ -25,7 +25,7 @@ def _targets(inventory: Optional[str], role: Optional[str], host: Optional[List[
         hosts = [(h, set(h.roles) or {"server", "client"}) for h in inv.hosts]
     else:
         state = e.store.load()
-        server = state.server.get("host")
+        server = state.server.host
         hosts = []
         for r in state.hosts:
             if r.status == "torn_down":

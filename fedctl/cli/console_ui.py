@@ -123,7 +123,7 @@ class ConsoleUI:
             acc = "-" if event.accuracy is None else f"{event.accuracy:.4f}"
             self.e.console.print(f"round {event.round}/{event.rounds}  accuracy {acc}  ({event.phase})")
 
-    def live(self, store: Any, state: Any, stop_when: Callable[[Any], Any], interval: float) -> Any:
+    def live(self, store: Any, state: Any, stop_when: Callable[[Any, Any], Any], interval: float) -> Any:
         """The live dashboard on a terminal (None without one, or in a JSON mode: plain lines)."""
         from fedctl.ops.run import LiveResult
 
@@ -133,8 +133,10 @@ class ConsoleUI:
         from fedctl.ops.common import open_fleet
 
         with open_fleet(store, state.hosts) as fleet:
+            # the guards also count status.json's time, which the monitor reads but the snapshot omits
             loop = WatchLoop(state, fleet, self.e.console, interval=interval, until_done=True,
-                             reload_state=store.load_or_none, stop_when=stop_when, run_mode=True)
+                             reload_state=store.load_or_none, run_mode=True,
+                             stop_when=lambda snap: stop_when(snap, loop.model.status))
             outcome = loop.run()
         if outcome.reason == "detached":
             return LiveResult(detached=True)

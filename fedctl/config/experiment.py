@@ -33,7 +33,7 @@ from fedctl.config.overrides import Override, apply_overrides, parse_overrides, 
 from fedctl.errors import ConfigError, PayloadError
 from fedctl.payload import PayloadManifest, load_manifest, resolve_payload
 # the typed run settings live below config (the state stores them); re-exported here
-from fedctl.runtypes import CORE_KEYS, Budget, Placement, RunConfig, ServerSettings
+from fedctl.runtypes import CORE_KEYS, ON_FINISH, Budget, Placement, RunConfig, ServerSettings
 
 DEFAULT_FILE = "fedctl.yaml"
 DEFAULT_PAYLOAD = "fedavg_tf"
@@ -41,7 +41,6 @@ PLACEMENT_KEYS = ("clients_per_host", "processes_per_gpu", "server_device")
 SERVER_DEVICES = ("auto", "cpu", "gpu")
 SERVER_KEYS = ("port", "bind")
 BUDGET_KEYS = ("max_cost", "max_hours", "idle_minutes")
-ON_FINISH = ("stop", "teardown", "poweroff")
 #: Upper bounds on the run's size. 100,000 clients is past the largest cross-device FL benchmarks
 #: simulated on a handful of hosts; 1,000,000 rounds at a second each is 11 days.
 MAX_CLIENTS = 100_000

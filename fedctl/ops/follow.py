@@ -1,7 +1,8 @@
 """Following a started run: its rounds, its dead client processes, and the budget guards.
 
-The guards' inputs (when the latest round ended, how busy the run's GPUs are) are computed here
-once, from whichever view the caller has: the live screen's snapshot or the plain follower's status.
+The guards' inputs (when the latest round ended, when the server last rewrote status.json, how busy
+the run's GPUs are) are computed here once, from whichever view the caller has: the live screen's
+snapshot or the plain follower's status.
 Both views read the GPUs, so the idle guard counts GPU work with or without a terminal.
 """
 
@@ -30,37 +31,48 @@ class FollowEvent:
 
 @dataclass(frozen=True)
 class GuardInputs:
-    """What the budget guards look at besides the state: when the latest round ended (the server's
-    clock; None before the first) and the busiest GPU's utilisation (None: no GPU reported)."""
+    """What the budget guards look at besides the state: when the latest round ended and when the
+    server last rewrote status.json (both the server's clock, never later than this machine's now;
+    None when unknown), and the busiest GPU's utilisation (None: no GPU reported). status.json's
+    time is what the watchdog on the server host counts as the clients' progress, so fedctl counts
+    it too: a long round whose clients report progress is not idle for either enforcer."""
 
     last_round_end: float | None = None
     gpu_util_pct: float | None = None
+    last_status: float | None = None
 
     @classmethod
     def of_status(cls, st: Any) -> "GuardInputs":
         """From a ``fedctl.ops.status.RunStatus`` (the plain follower's view)."""
-        return cls(st.last_round_end, st.gpu_util_pct)
+        return cls(st.last_round_end, st.gpu_util_pct, st.last_status)
 
     @classmethod
-    def of_snapshot(cls, snap: Any) -> "GuardInputs":
-        """From a ``fedctl.monitor.snapshot.Snapshot`` (the live screen's view)."""
+    def of_snapshot(cls, snap: Any, status: Any = None) -> "GuardInputs":
+        """From a ``fedctl.monitor.snapshot.Snapshot`` (the live screen's view) and the monitor's
+        last ``contract.ServerStatus`` (None: no status.json read)."""
         age = snap.federation.round_age_s
         utils = [g.util_pct for h in snap.hosts for g in h.gpu.gpus if g.util_pct is not None]
-        return cls(snap.now - age if age is not None else None, max(utils) if utils else None)
+        return cls(snap.now - age if age is not None else None, max(utils) if utils else None,
+                   on_this_clock(status.time if status is not None else None, snap.now))
+
+
+def on_this_clock(server_time: float | None, now: float) -> float | None:
+    """A time the server wrote, as this machine's clock reads it: the way the monitor's
+    ``round_age_s`` treats a round's end (an age never below 0, so never later than ``now``)."""
+    return None if server_time is None else now - max(0.0, now - server_time)
 
 
 def guard_tripped(store: StateStore, state: RunState, inputs: GuardInputs) -> Any:
     """Check the budget guards once; on a trip, record why on the server (``guard.json``, where the
     payload and the report find it) and return the trip, else None."""
-    from dataclasses import asdict
-
-    from fedctl.budget import Budget, check_guards
+    from fedctl.budget import check_guards
     from fedctl.deploy import remote_run_dir
 
-    budget = Budget(**asdict(state.experiment.budget))
+    budget = state.experiment.budget
     if not budget.active:
         return None
-    trip = check_guards(budget, state, store.clock(), inputs.last_round_end, inputs.gpu_util_pct)
+    trip = check_guards(budget, state, store.clock(), inputs.last_round_end, inputs.gpu_util_pct,
+                        last_status=inputs.last_status)
     if trip is None:
         return None
     server = server_record(state)

@@ -24,6 +24,7 @@ from fedctl.deploy import (
     stop_pids,
 )
 from fedctl.errors import PayloadError, UsageError
+from fedctl.model import Phase
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
 from fedctl.ops.start import (
     StartReport,
@@ -61,7 +62,7 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
 
     if state.started_at is None and not any(r.processes for r in state.hosts):
         raise UsageError(f"run {state.run_id} was never started: nothing to resume", hint="`fedctl start`")
-    if state.phase in ("tearing_down", "torn_down"):
+    if state.phase in (Phase.TEARING_DOWN, Phase.TORN_DOWN):
         raise UsageError(f"run {state.run_id} is {state.phase}: nothing to resume")
     manifest = load_manifest(state.payload_dir)
     if not manifest.server.resume_flag:
@@ -84,12 +85,12 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
             raise UsageError(f"run {state.run_id} already finished: nothing to resume",
                              hint="`fedctl teardown` collects its results")
 
-        state.phase = "starting"
+        state.transition(Phase.STARTING)
         state.event("resume requested", store.clock)
         store.save(state)
         server = next(p for p in server_rec.processes if p.role == "server")
         if not alive[server_rec.name].get(server.pid or -1, False):
-            port = int(state.server.get("port") or values["port"])
+            port = state.server.port or int(values["port"])
             ready_file = manifest.render_path(manifest.server.ready_file, **values)
             sconn.run(f"rm -f {quote(ready_file)}", timeout=30)  # the old one names a dead server
             cmd = manifest.render(manifest.server.command, **{**values, "port": port})
@@ -108,7 +109,7 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
                 report.failures[server_rec.name] = str(exc)
                 return _fail(store, state, report, "the server did not resume")
             server.status = "running"
-            state.server["port"] = int(ready["port"])
+            state.server.port = int(ready["port"])
             store.save(state)
 
         def restart_clients(c: Connector) -> int:
@@ -145,7 +146,7 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
     start_watchdogs(store, state, report, progress)
     if report.failures:
         return _fail(store, state, report, "the budget guard could not be restarted")
-    state.phase = "running"
+    state.transition(Phase.RUNNING)
     state.error = None
     state.event("resumed", store.clock)
     store.save(state)

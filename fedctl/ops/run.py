@@ -55,10 +55,11 @@ class RunUI(Protocol):
     def round(self, event: FollowEvent) -> None:
         """A new round or newly dead client processes (when there is no live view)."""
 
-    def live(self, store: StateStore, state: RunState, stop_when: Callable[[Any], Any],
+    def live(self, store: StateStore, state: RunState, stop_when: Callable[[Any, Any], Any],
              interval: float) -> LiveResult | None:
-        """Show the run live until it ends; call ``stop_when(snapshot)`` on each frame and end with
-        its truthy answer as ``trip``. None: this UI has no live view (plain ``round`` lines)."""
+        """Show the run live until it ends; call ``stop_when(snapshot, server_status)`` on each frame
+        (the monitor's last ``contract.ServerStatus``, None when none was read) and end with its
+        truthy answer as ``trip``. None: this UI has no live view (plain ``round`` lines)."""
 
     def torn_down(self, report: Any) -> None:
         """The teardown report (``fedctl.ops.teardown.TeardownReport``)."""
@@ -77,7 +78,7 @@ class QuietUI:
     def provisioned(self, report: Any) -> None: ...
     def started(self, report: Any) -> None: ...
     def round(self, event: FollowEvent) -> None: ...
-    def live(self, store: StateStore, state: RunState, stop_when: Callable[[Any], Any],
+    def live(self, store: StateStore, state: RunState, stop_when: Callable[[Any, Any], Any],
              interval: float) -> LiveResult | None:
         return None
     def torn_down(self, report: Any) -> None: ...
@@ -228,8 +229,8 @@ def _follow(store: StateStore, ui: RunUI, interval: float) -> tuple[Any, Any, bo
     Ctrl-C propagates (KeyboardInterrupt): the caller tears the run down."""
     from fedctl.ops.status import observe
 
-    def stop_when(snap: Any) -> Any:
-        return guard_tripped(store, store.load(), GuardInputs.of_snapshot(snap))
+    def stop_when(snap: Any, server_status: Any = None) -> Any:
+        return guard_tripped(store, store.load(), GuardInputs.of_snapshot(snap, server_status))
 
     live = ui.live(store, store.load(), stop_when, interval)
     if live is None:

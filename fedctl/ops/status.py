@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fedctl.contract import MetricsLog, collected_metrics, host_files, parse_metrics
+from fedctl.contract import MetricsLog, collected_metrics, host_files, parse_metrics, parse_status
 from fedctl.errors import StateLockedError
 from fedctl import model
 from fedctl.model import LIVE_PHASES, Phase
@@ -43,6 +43,9 @@ class RunStatus:
     error: str | None = None
     last_round_end: float | None = None  # server clock: when the latest round completed
     gpu_util_pct: float | None = None  # the busiest GPU of the run's hosts (when GPUs were asked)
+    #: when the server last rewrote status.json (its clock, never later than this machine's now):
+    #: the clients' progress, which the idle guard counts like the watchdog does
+    last_status: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +91,7 @@ class StatusObserver:
     def observe(self, store: StateStore, state: RunState) -> RunStatus:
         """Probe the hosts once and derive the run's phase (written back when it changed)."""
         from fedctl.monitor.collect import collect_once
+        from fedctl.ops.follow import on_this_clock
 
         if self._shape(state) != self._key:
             self._reset(state)  # another run, other hosts, new processes (a resume): start afresh
@@ -95,6 +99,7 @@ class StatusObserver:
         hosts: list[HostStatus] = []
         log = self.metrics
         utils: list[float] = []
+        status_time: float | None = None
         if self.probes and state.phase not in (Phase.PROVISIONING, Phase.TORN_DOWN):
             with open_fleet(store, [state.host(n) for n in self.probes]) as fleet:
                 samples = collect_once(fleet, self.probes)
@@ -112,6 +117,9 @@ class StatusObserver:
                     log.reset()
                 if sample.metrics_text:
                     log.feed(sample.metrics_text)
+                server_status = parse_status(sample.status_text) if sample.status_text else None
+                if server_status is not None and server_status.time is not None:
+                    status_time = server_status.time
             hosts = list(seen.values())
         elif state.results_dir:
             # torn down (or never started): what was collected locally is the last word on the run
@@ -146,6 +154,7 @@ class StatusObserver:
             error=state.error,
             last_round_end=last_round.get("end") if last_round else None,
             gpu_util_pct=max(utils) if utils else None,
+            last_status=on_this_clock(status_time, store.clock()),
         )
         if phase != state.phase:
             _record_phase(store, state, phase, summary)

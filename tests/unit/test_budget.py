@@ -39,17 +39,26 @@ def _state(price=1.0, currency="USD", experiment=None) -> RunState:
                     experiment=experiment or {})
 
 
-def test_budget_from_mapping_validates():
-    assert Budget.from_mapping(None) == Budget()
-    b = Budget.from_mapping({"max_cost": 5, "max_hours": None, "idle_minutes": 10})
-    assert b == Budget(5.0, None, 10.0) and b.active
-    for bad in ({"max_cost": 0}, {"max_hours": -1}, {"idle_minutes": "x"}, {"max_cost": True}, {"nope": 1}):
-        with pytest.raises(ConfigError, match="budget"):
-            Budget.from_mapping(bad, file="fedctl.yaml")
-    assert b.with_overrides(max_hours=2).max_hours == 2.0 and b.with_overrides().max_cost == 5.0
-    with pytest.raises(ConfigError, match="--max-hours"):
-        b.with_overrides(max_hours=0)
-    assert Budget.from_experiment({"budget": {"max_hours": 1}}).max_hours == 1.0
+def test_the_budget_is_validated_once_by_the_config_layer(tmp_path):
+    """One Budget type: the config layer checks each limit (> 0, a number, a known key) and
+    on_finish, and gives the state the same Budget that fedctl.budget enforces."""
+    import fedctl.runtypes
+    from fedctl.config.experiment import load_experiment
+
+    def load(text: str):
+        (tmp_path / "fedctl.yaml").write_text(text)
+        return load_experiment("fedctl.yaml", cwd=tmp_path)
+
+    exp = load("budget: {max_cost: 5, max_hours: null, idle_minutes: 10}\non_finish: stop\n")
+    assert exp.budget == Budget(5.0, None, 10.0) and exp.budget.active and type(exp.budget) is fedctl.runtypes.Budget
+    assert exp.run_config().budget is exp.budget and exp.run_config().on_finish == "stop"
+    for bad, key in (("{max_cost: 0}", "budget.max_cost"), ("{max_hours: -1}", "budget.max_hours"),
+                     ("{idle_minutes: x}", "budget.idle_minutes"), ("{max_cost: true}", "budget.max_cost"),
+                     ("{nope: 1}", "budget.nope")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load(f"budget: {bad}\n")
+    with pytest.raises(ConfigError, match="on_finish.*stop, teardown, poweroff"):
+        load("on_finish: explode\n")
 
 
 # The rules themselves (max_hours, max_cost, idle, margins, edges) are one table run against both

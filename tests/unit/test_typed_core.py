@@ -22,9 +22,8 @@ from fedctl.state import HostRecord, ProcessRecord, RunState, StateStore
 FEDCTL = Path(__file__).resolve().parents[2] / "fedctl"
 #: the config layer (it builds the typed config) and the payloads (they read their own config.yaml)
 CONFIG_LAYER = ("config/", "payloads/")
-#: files of other owners that still read by key through the Mapping bridge of runtypes; each is
-#: named so it can leave the list when it reads attributes (see runtypes' module docstring)
-PENDING = {"budget.py", "ops/resume.py", "cli/cmd_exec.py"}
+#: files that still read the run's configuration by key (none now; a file named here must exist)
+PENDING: set[str] = set()
 TYPED_ATTRS = {"experiment", "server", "facts", "config"}
 
 
