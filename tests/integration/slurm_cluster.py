@@ -74,6 +74,23 @@ def _pids_with_env(marker: str) -> list[int]:
     return found
 
 
+def _stepds_in(root: Path) -> list[int]:
+    """slurmstepd processes whose working directory is ``root`` (they inherit slurmd's)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "slurmstepd":
+                    continue
+            if Path(os.readlink(f"/proc/{entry}/cwd")) == root.absolute():
+                found.append(int(entry))
+        except OSError:
+            continue  # exited while we looked
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -180,7 +197,9 @@ class SlurmCluster:
     def _spawn(self, key: str, argv: Sequence[str]) -> None:
         log = open(self.root / "log" / f"{key}.out", "ab")
         with log:
-            self._procs[key] = subprocess.Popen(list(argv), env=self.env(), stdin=subprocess.DEVNULL,
+            # in the cluster's folder: slurmd's slurmstepd processes inherit it, which is how
+            # job_pids tells this cluster's slurmstepd from another's
+            self._procs[key] = subprocess.Popen(list(argv), env=self.env(), stdin=subprocess.DEVNULL, cwd=self.root,
                                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def _ctld_answers(self) -> bool:
@@ -209,8 +228,10 @@ class SlurmCluster:
         return [ln.strip() for ln in out.splitlines() if ln.strip()]
 
     def job_pids(self) -> list[int]:
-        """Live processes of this cluster's jobs and steps (slurmstepd and what it runs)."""
-        return sorted(p for p in _pids_with_env(f"SLURM_CLUSTER_NAME={self.cluster}") if _alive(p))
+        """Live processes of this cluster's jobs and steps: what they run (the cluster's name in
+        their environment) and their slurmstepd (started in the cluster's folder)."""
+        pids = set(_pids_with_env(f"SLURM_CLUSTER_NAME={self.cluster}")) | set(_stepds_in(self.root))
+        return sorted(p for p in pids if _alive(p))
 
     def leftover_pids(self) -> list[int]:
         """Processes of this cluster still alive: its daemons and any job or step process."""
@@ -237,7 +258,7 @@ class SlurmCluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout)
-        for pid in _pids_with_env(f"SLURM_CLUSTER_NAME={self.cluster}"):
+        for pid in self.job_pids():
             _kill(pid)
         if self._munged_pid is not None and _alive(self._munged_pid):
             _kill(self._munged_pid, signal.SIGTERM)
