@@ -12,14 +12,12 @@ from fedctl.cli.common import JsonOpt, env
 
 def cost_report(state: Any, now: float) -> dict[str, Any]:
     """Everything ``cost --json`` prints: the ledger, the budget and what is left of it, the estimate."""
-    from dataclasses import asdict
-
-    from fedctl.budget import Budget, billing_start
+    from fedctl.budget import billing_start
     from fedctl.cost import estimate, run_cost
     from fedctl.results.runs import find_collected_metrics, results_root
 
     rc = run_cost(state, now)
-    budget = Budget(**asdict(state.experiment.budget))  # an odd value in an old state reads as "off"
+    budget = state.experiment.budget
     left: dict[str, Any] = {}
     if budget.max_cost is not None and len(rc.currencies) <= 1:
         left["cost"] = budget.max_cost - rc.total_in()

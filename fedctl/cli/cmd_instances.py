@@ -13,11 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from fedctl.cli.common import InventoryOpt, JsonOpt, YesOpt, env
-
-
-def _progress(msg: str) -> None:
-    env().err.print(f"[dim]·[/] {msg}", highlight=False)
+from fedctl.cli.common import InventoryOpt, JsonOpt, YesOpt, env, progress
 
 
 def _when(t: float | None) -> str:
@@ -57,7 +53,7 @@ def instances_cmd(
 
     e = env()
     store = e.store
-    provider = provider_here(store, inventory, progress=_progress)
+    provider = provider_here(store, inventory, progress=progress)
     if not sweep:
         rows = listing(store, provider, include_ended=show_all)
         if as_json:

@@ -10,12 +10,8 @@ from typing import Any, Optional
 
 import typer
 
-from fedctl.cli.common import ConfigOpt, InventoryOpt, JsonOpt, OptList, SetOpt, YesOpt, env
+from fedctl.cli.common import ConfigOpt, InventoryOpt, JsonOpt, OptList, SetOpt, YesOpt, as_text, env, progress
 from fedctl.model import Phase
-
-
-def _progress(msg: str) -> None:
-    env().err.print(f"[dim]·[/] {msg}", highlight=False)
 
 
 def _do_provision(
@@ -141,7 +137,7 @@ def status_cmd(as_json: bool = JsonOpt) -> None:
         f"run [bold]{st.run_id}[/]  phase [bold]{st.phase}[/]  round {st.round}/{st.rounds}  accuracy {acc}"
     )
     if st.error:
-        e.console.print(f"[red]{st.error}[/]", highlight=False, markup=True)
+        e.console.print(f"[red]{as_text(st.error)}[/]", highlight=False)
     e.console.print(status_table(st))
 
 
@@ -157,7 +153,7 @@ def stop_cmd(
     store = e.store
     with store.lock(create=False):
         state = store.load()
-        report = stop(store, state, grace_s=grace, progress=_progress)
+        report = stop(store, state, grace_s=grace, progress=progress)
     if as_json:
         e.print_json({"ok": report.ok, "stopped": report.stopped, "survivors": report.survivors, "failures": report.failures})
     else:

@@ -51,7 +51,7 @@ def logs_cmd(
         names[(h.name, p.label)] = display_name(p)
     records = [h for h in state.hosts if h.name in labels]
 
-    from fedctl.dashboard.render import format_log_line
+    from fedctl.dashboard.plain import format_log_line
     from fedctl.monitor.collect import build_probes, collect_once
     from fedctl.ops.common import open_fleet
 

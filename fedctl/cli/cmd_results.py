@@ -7,7 +7,8 @@ from typing import Any, List, Optional
 
 import typer
 
-from fedctl.cli.common import JsonOpt, env
+from fedctl.cli.common import JsonOpt, as_text, env
+from fedctl.cli.render import fmt_accuracy
 from fedctl.model import HostStatus
 
 results_app = typer.Typer(
@@ -90,9 +91,9 @@ def results_cmd(
         e.print_json({**report.to_dict(), "notes": notes})
         return
     for n in notes:
-        e.err.print(f"[yellow]note:[/] {n}", highlight=False)
+        e.err.print(f"[yellow]note:[/] {as_text(n)}", highlight=False)
     s = report.summary
-    acc = "-" if s["final_accuracy"] is None else f"{s['final_accuracy']:.4f}"
+    acc = fmt_accuracy(s["final_accuracy"])
     e.console.print(f"results of run {state.run_id}: {report.dir}", highlight=False)
     e.console.print(f"  rounds {s['rounds_completed']}, final accuracy {acc}, status {s['status']}"
                     + (f", stopped by budget guard {s['stopped_by']}" if s["stopped_by"] else ""), highlight=False)

@@ -1,8 +1,8 @@
 """``fedctl run``: provision + start + follow + teardown (or ``on_finish``) in one command.
 
 The whole run is the library's (``fedctl.ops.run.run_experiment``); this module only implements its
-``RunUI`` (``fedctl.cli.console_ui``): the live dashboard on a terminal (where ``d`` detaches and leaves the run going), a line
-per round otherwise, or one JSON document with ``--json``. The error that stopped the run keeps its
+``RunUI`` (``fedctl.cli.console_ui``): the live dashboard on a terminal (where ``d`` detaches and
+leaves the run going), a line per round otherwise, or one JSON document with ``--json``. The error that stopped the run keeps its
 exit code (130 for Ctrl-C, which tears the run down first).
 """
 
@@ -32,7 +32,12 @@ def run_cmd(
     interval: float = typer.Option(2.0, "--interval", help="seconds between progress checks"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """provision + start + wait for the last round + teardown (or on_finish), in one command."""
+    """provision + start + wait for the last round + teardown (or on_finish), in one command.
+
+    Keys of the live screen (on a terminal): d (or q) detaches, the run goes on (`fedctl watch`
+    comes back to it); Ctrl-C stops the run, collects the results and tears down; f cycles the log
+    filter. Without a terminal (or with --json) it prints a line per round instead.
+    """
     from fedctl.cli.console_ui import ConsoleUI
     from fedctl.ops.common import load_inputs
     from fedctl.ops.run import run_experiment

@@ -77,6 +77,26 @@ def set_env(new: CliEnv) -> None:
     ENV = new
 
 
+def as_text(message: Any) -> str:
+    """``message`` made safe to put into rich markup: text, not markup (a host's pip line
+    ``tensorflow[and-cuda]`` keeps its brackets), control characters shown as escapes."""
+    from rich.markup import escape
+
+    from fedctl.textsafe import printable
+
+    return escape(printable(str(message)))
+
+
+def print_progress(console: Console, message: str) -> None:
+    """One progress line (``· message``), the message as text (``as_text``)."""
+    console.print(f"[dim]·[/] {as_text(message)}", highlight=False)
+
+
+def progress(message: str) -> None:
+    """A library ``Progress`` callback: ``print_progress`` on the command's stderr console."""
+    print_progress(env().err, message)
+
+
 # Options shared by many commands (Typer reads the defaults' metadata).
 InventoryOpt = typer.Option(None, "--inventory", "-i", help="inventory.yaml (hosts). None: this machine.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="experiment config (default: ./fedctl.yaml if present)")

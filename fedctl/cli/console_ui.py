@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fedctl.cli.common import CliEnv
+from fedctl.cli.common import CliEnv, as_text, print_progress
+from fedctl.cli.render import fmt_accuracy
+from fedctl.units import fmt_duration
 
 
 def print_estimate(e: CliEnv, state_or_plan: Any, rounds: int) -> None:
@@ -58,7 +60,7 @@ def print_teardown(e: CliEnv, report: Any, as_json: bool) -> None:
     if report.state.results_dir:
         e.console.print(f"results: {report.state.results_dir}")
     if report.report_error:
-        e.err.print(f"[yellow]results report incomplete:[/] {report.report_error}")
+        e.err.print(f"[yellow]results report incomplete:[/] {as_text(report.report_error)}")
 
 
 class ConsoleUI:
@@ -72,14 +74,10 @@ class ConsoleUI:
         return not (self.json_reports or self.final_json)
 
     def progress(self, message: str) -> None:
-        self.e.err.print(f"[dim]·[/] {message}", highlight=False)
+        print_progress(self.e.err, message)
 
     def notice(self, message: str, level: str = "info") -> None:
-        from rich.markup import escape
-
-        from fedctl.textsafe import printable
-
-        text = escape(printable(message))
+        text = as_text(message)
         if level == "info" and self._text:
             self.e.console.print(text)
         else:
@@ -120,8 +118,8 @@ class ConsoleUI:
         if event.dead:
             self.e.err.print(f"[yellow]dead client processes:[/] {', '.join(event.dead)}")
         elif self._text:
-            acc = "-" if event.accuracy is None else f"{event.accuracy:.4f}"
-            self.e.console.print(f"round {event.round}/{event.rounds}  accuracy {acc}  ({event.phase})")
+            self.e.console.print(f"round {event.round}/{event.rounds}  accuracy {fmt_accuracy(event.accuracy)}  "
+                                 f"({event.phase})")
 
     def live(self, store: Any, state: Any, stop_when: Callable[[Any, Any], Any], interval: float) -> Any:
         """The live dashboard on a terminal (None without one, or in a JSON mode: plain lines)."""
@@ -162,7 +160,9 @@ class ConsoleUI:
                                  "`fedctl teardown` to end it (budget watchdogs, if set, still guard it)")
         elif st is not None and st.summary:
             s = st.summary
+            wall = s.get("wall_s")
             self.e.console.print(
                 f"[bold]{st.phase}[/]: {s.get('rounds_completed')} rounds, final accuracy "
-                f"{s.get('final_accuracy')}, wall {s.get('wall_s')} s"
+                f"{fmt_accuracy(s.get('final_accuracy'))}, wall "
+                f"{fmt_duration(wall if isinstance(wall, (int, float)) else None)}"
             )

@@ -19,6 +19,14 @@ _STATUS_STYLE = {
 }
 
 
+def fmt_accuracy(value: Any) -> str:
+    """An accuracy for people: 4 decimals (``0.8942``), ``-`` when there is none (a JSON 1 is 1.0000)."""
+    from fedctl.results.fmt import fmt_value
+
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return fmt_value(float(value) if number else value)
+
+
 def fmt_ids(ids: Sequence[int]) -> str:
     """``[0,1,2,3,7]`` -> ``"0-3,7"``: compact client id lists for tables."""
     if not ids:

@@ -24,7 +24,6 @@ from rich.text import Text
 
 from fedctl.dashboard.fmt import (compact_seconds, fit_name, fmt_ids, fmt_money, fmt_num, gpu_short, gpu_text,
                                   host_reach, name_width, sparkline, stragglers)
-from fedctl.dashboard.plain import format_log_line  # noqa: F401  (``fedctl logs`` imports it from here)
 from fedctl.monitor.snapshot import Alert, ClientSnapshot, HostSnapshot, Snapshot
 from fedctl.units import fmt_duration
 

@@ -134,3 +134,11 @@ def test_an_alias_bomb_is_refused_not_expanded(tmp_path):
     assert res.returncode == 2, res.stderr
     _one_error_line(res)
     assert "fedctl.yaml" in res.stderr and "alias" in res.stderr and len(res.stderr) < 1000
+
+
+def test_run_help_lists_the_live_screen_keys(tmp_path):
+    res = run(tmp_path, "run", "--help")
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())  # help text is reflowed to the terminal's width
+    assert ("d (or q) detaches, the run goes on (`fedctl watch` comes back to it); Ctrl-C stops the run, "
+            "collects the results and tears down; f cycles the log filter") in text
