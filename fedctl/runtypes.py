@@ -104,35 +104,28 @@ class RunConfig:
         """What happens when the run ends: ``on_finish`` or its default, teardown."""
         return self.on_finish or "teardown"
 
-    def rendered(self) -> dict[str, Any]:
-        """The full resolved config (core + payload keys) written to hosts as ``config.yaml``."""
-        core: dict[str, Any] = {
+    def _core(self, payload: Any) -> dict[str, Any]:
+        """The core keys in their JSON form (one order for both forms), ``payload`` as given."""
+        return {
             "name": self.name,
-            "payload": self.payload_name,
+            "payload": payload,
             "clients": self.clients,
             "rounds": self.rounds,
             "seed": self.seed,
             "placement": asdict(self.placement),
             "server": asdict(self.server),
-            "budget": asdict(self.budget),
+            "budget": self.budget.to_dict(),
             "on_finish": self.on_finish,
         }
-        return {**core, **copy.deepcopy(self.payload_config)}
+
+    def rendered(self) -> dict[str, Any]:
+        """The full resolved config (core + payload keys) written to hosts as ``config.yaml``."""
+        return {**self._core(self.payload_name), **copy.deepcopy(self.payload_config)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for the state file (structured: the payload's keys apart)."""
-        return {
-            "name": self.name,
-            "payload": {"name": self.payload_name, "dir": self.payload_dir},
-            "clients": self.clients,
-            "rounds": self.rounds,
-            "seed": self.seed,
-            "placement": asdict(self.placement),
-            "server": asdict(self.server),
-            "budget": asdict(self.budget),
-            "on_finish": self.on_finish,
-            "payload_config": copy.deepcopy(self.payload_config),
-        }
+        return {**self._core({"name": self.payload_name, "dir": self.payload_dir}),
+                "payload_config": copy.deepcopy(self.payload_config)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, payload_name: str = "", payload_dir: str = "") -> "RunConfig":
