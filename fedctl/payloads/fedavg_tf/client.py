@@ -162,7 +162,8 @@ class Client:
                 raise ConnectionError(f"server unreachable for {now - first_fail:.0f}s: {why}")
             if delay >= 1.6:
                 self._reread_ready()
-            time.sleep(delay)
+            if self.stop.wait(delay):  # the run is over: an upload still retrying has no one to reach
+                raise ConnectionError(f"the run is over ({why})")
             delay = min(delay * 2, 5.0)
 
     # -- main loop ----------------------------------------------------------------------------
@@ -312,7 +313,7 @@ class Client:
         try:
             code, reply = self.request("POST", path, body, timeout=60.0, give_up_s=60.0)
         except ConnectionError as e:
-            log(self.role, f"client {k}: upload failed: {e}", "warning")
+            log(self.role, f"client {k}: upload failed: {e}", "debug" if self.stop.is_set() else "warning")
             if dc is not None:  # an earlier try may have reached the server: it will say (counted)
                 self.variates.uncertain(k, dc, task)
             return
