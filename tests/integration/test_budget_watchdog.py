@@ -237,7 +237,7 @@ def test_watchdog_stops_the_fleet_when_fedctl_is_gone(sshd_fleet, tmp_path):
     # fedctl is not running now (provision/start returned; think: laptop closed). The watchdogs act.
     wait_until(lambda: run_pids(run_id) == [], 60, interval=0.5,
                what="the run's processes (and the watchdogs) to be gone")
-    server = state.server["host"]
+    server = state.server.host
     for h in fleet.hosts:
         run_dir = h.workdir / "runs" / run_id
         assert not (run_dir / "powered-off").exists(), "on_finish is teardown: no power-off"
