@@ -24,11 +24,12 @@ def _client_network_half(port: int):
     cl.host, cl.port, cl.token, cl.unreachable_s = "127.0.0.1", port, b"t" * 24, 60.0
     cl._local = threading.local()
     cl.stop = threading.Event()
+    cl.is_async = True
     cl.args = type("A", (), {"run_dir": "/nonexistent"})()
     return cl
 
 
-def test_a_retrying_upload_gives_up_when_the_run_is_over():
+def test_a_retrying_async_upload_gives_up_when_the_run_is_over():
     with socket.socket() as s:  # a port nobody listens on: every try is refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -284,7 +284,6 @@ def test_client_retries_a_busy_server(serve):
     cl = client_mod.Client.__new__(client_mod.Client)  # the network half only
     cl.host, cl.port, cl.token, cl.unreachable_s = "127.0.0.1", port, TOKEN, 10.0
     cl._local = threading.local()
-    cl.stop = threading.Event()  # set when the run is over
     cl.args = type("A", (), {"run_dir": "/nonexistent"})()
     t0 = time.time()
     code, _ = cl.request("GET", "/health", timeout=5)

@@ -67,6 +67,8 @@ class VirtualClient:
 
 
 class Client:
+    is_async = False  # fedbuff / fedasync (set in __init__)
+
     def __init__(self, args: argparse.Namespace, cfg: dict, token: bytes, ids: list[int]) -> None:
         from fedtf import data, models, training  # noqa: PLC0415
         from fedtf.realism import Realism  # noqa: PLC0415
@@ -162,7 +164,9 @@ class Client:
                 raise ConnectionError(f"server unreachable for {now - first_fail:.0f}s: {why}")
             if delay >= 1.6:
                 self._reread_ready()
-            if self.stop.wait(delay):  # the run is over: an upload still retrying has no one to reach
+            if not self.is_async:  # sync: a retry after the end still learns its fate (SCAFFOLD's 409)
+                time.sleep(delay)
+            elif self.stop.wait(delay):  # async runs end with uploads in flight: no one to reach
                 raise ConnectionError(f"the run is over ({why})")
             delay = min(delay * 2, 5.0)
 
