@@ -11,7 +11,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -185,7 +185,7 @@ def build_report(
     guard stopped the run (else ``results_dir/guard.json`` is read if collect_raw copied it).
     ``experiment_dir``: the folder whose git commit is recorded (default: the config file's folder).
     """
-    from fedctl.budget import GUARD_FILE, Budget, parse_guard
+    from fedctl.budget import GUARD_FILE, parse_guard
 
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,7 @@ def build_report(
     if log.bad_lines:
         warnings.append(f"{metrics_path.name}: {log.bad_lines} unreadable line(s) left out")
     rc = run_cost(state, now)
-    budget = Budget(**asdict(state.experiment.budget))
+    budget = state.experiment.budget
     plots = [
         plot_curve(log, "accuracy", results_dir / "accuracy.png", "global model accuracy per round", "accuracy"),
         plot_curve(log, "loss", results_dir / "loss.png", "global model loss per round", "loss", best="min"),
