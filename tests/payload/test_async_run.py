@@ -21,12 +21,12 @@ ENV = {**os.environ, "FEDTF_INTRA_THREADS": "1", "FEDTF_UNREACHABLE_S": "90"}
 K = 2
 
 
-def _cfg(rounds: int) -> dict:
+def _cfg(rounds: int, name: str = "fedbuff") -> dict:
     return {"clients": 6, "rounds": rounds, "seed": 0, "model": "mlp",
             "data": {"dataset": "synthetic", "partition": "iid",
                      "synthetic": {"train": 1200, "test": 300, "features": 16, "classes": 4, "noise": 1.0}},
             "train": {"epochs": 1, "batch_size": 32, "lr": 0.05},
-            "strategy": {"name": "fedbuff", "concurrency": 3, "buffer_size": K},
+            "strategy": {"name": name, "concurrency": 3, "buffer_size": K},
             # some clients slower, some transfer latency: updates arrive out of order
             "realism": {"latency_ms": 50, "slow_fraction": 0.34, "slow_factor": 4.0},
             "sampling": {"round_timeout_s": 60}}
@@ -87,10 +87,10 @@ class Run:
                 p.wait()
 
 
-def _check_lines(rounds: dict[int, dict], n: int) -> None:
+def _check_lines(rounds: dict[int, dict], n: int, name: str = "fedbuff", k: int = K) -> None:
     assert sorted(rounds) == list(range(1, n + 1))
     for r in rounds.values():
-        assert r["strategy"] == "fedbuff" and r["aggregated"] == K == len(r["updates"])
+        assert r["strategy"] == name and r["aggregated"] == k == len(r["updates"])
         st = [u["staleness"] for u in r["updates"]]
         assert (r["staleness_min"], r["staleness_max"]) == (min(st), max(st))
         assert r["staleness_mean"] == pytest.approx(sum(st) / len(st), abs=1e-3)
@@ -99,8 +99,9 @@ def _check_lines(rounds: dict[int, dict], n: int) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_fedbuff_run_with_two_processes_writes_staleness_and_learns(tmp_path):
-    run = Run(tmp_path, _cfg(rounds=6))
+@pytest.mark.parametrize("name, k, n", [("fedbuff", K, 6), ("fedasync", 1, 16)])  # fedasync: no buffer
+def test_async_run_with_two_processes_writes_staleness_and_learns(tmp_path, name, k, n):
+    run = Run(tmp_path, _cfg(rounds=n, name=name))
     try:
         server, port = run.server()
         clients = run.clients(port)
@@ -109,15 +110,17 @@ def test_fedbuff_run_with_two_processes_writes_staleness_and_learns(tmp_path):
     finally:
         run.close()
     rounds = run.rounds()
-    _check_lines(rounds, 6)
-    # concurrency 3 > K 2: the third client's update always lands on a newer version
+    _check_lines(rounds, n, name, k)
+    # concurrency 3 > K: the third client's update always lands on a newer version
     assert max(r["staleness_max"] for r in rounds.values()) >= 1, rounds
-    assert [r["client_updates"] for r in rounds.values()] == [K * r for r in range(1, 7)]
-    # chance is 0.25 on 4 balanced classes; the model learns over the server updates
-    assert rounds[6]["accuracy"] >= 0.6 and rounds[6]["accuracy"] > rounds[1]["accuracy"], rounds
+    assert [r["client_updates"] for r in rounds.values()] == [k * r for r in range(1, n + 1)]
+    # chance is 0.25 on 4 balanced classes; the model learns over the server updates (the last
+    # three taken together: one client's update moves a fedasync model a lot either way)
+    last = sum(rounds[r]["accuracy"] for r in (n - 2, n - 1, n)) / 3
+    assert last >= 0.55 and last > rounds[1]["accuracy"] + 0.1, rounds
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["client_updates"] == 6 * K
-    assert summary["dropped_stale"] == 0 and summary["strategy"] == "fedbuff"
+    assert summary["status"] == "finished" and summary["client_updates"] == n * k
+    assert summary["dropped_stale"] == 0 and summary["strategy"] == name
     assert "Traceback" not in run.logs()
 
 
