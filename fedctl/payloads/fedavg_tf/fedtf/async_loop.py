@@ -30,12 +30,15 @@ def run_async(srv, t_start: float) -> int:
     stall_s = sm["round_timeout_s"] * (sm["retries"] + 1)
     buffer: list[Arrival] = []
     started = last_arrival = time.time()
+    shown = None
     while version < cfg["rounds"]:
         coord.dispatch(srv.rng)
         flying = coord.in_flight()
-        srv.status(round=version + 1, rounds=cfg["rounds"], phase="training", sampled=flying,
-                   reported=[a.update.client for a in buffer], waiting=flying, version=version,
-                   buffered=len(buffer))
+        now_shown = (version, flying, [a.update.client for a in buffer])
+        if now_shown != shown:  # only on a change: an idle run's status.json time must stand still
+            shown = now_shown   # (the budget watchdog's idle test); progress reports move it too
+            srv.status(round=version + 1, rounds=cfg["rounds"], phase="training", sampled=flying,
+                       reported=now_shown[2], waiting=flying, version=version, buffered=len(buffer))
         got = coord.take(time.time() + 1.0)
         now = time.time()
         if got:
