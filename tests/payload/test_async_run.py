@@ -149,3 +149,31 @@ def test_fedbuff_server_killed_mid_run_resumes_without_counting_an_update_twice(
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["client_updates"] == 10 * K
     assert summary["rounds_completed"] == 10
+
+
+@pytest.mark.timeout(300)
+def test_a_slow_virtual_client_does_not_hold_up_the_others_of_its_process(tmp_path):
+    """One process, three virtual clients, one of them a slow device, two in flight at a time.
+
+    Were a process to train and upload its tasks one after another, an update could be at most
+    concurrency - 1 = 1 version old. The slow client's simulated delay is waited out aside while
+    its siblings train and deliver, so its update arrives many versions later."""
+    from fedtf.realism import Realism
+
+    cfg = _cfg(rounds=40, name="fedasync")
+    cfg.update(clients=3, evaluate_every=10)
+    cfg["strategy"].update(concurrency=2, max_staleness=200)
+    cfg["realism"] = {"slow_fraction": 0.34, "slow_factor": 40.0}
+    (slow,) = Realism({**cfg["realism"], "dropout": 0.0}, 3, cfg["seed"]).slow
+    run = Run(tmp_path, cfg)
+    try:
+        server, port = run.server()
+        client = run.spawn("client.py", ["--server", f"127.0.0.1:{port}", "--client-ids", "0,1,2"], "client.log")
+        assert server.wait(240) == 0, run.logs()
+        assert client.wait(60) == 0, run.logs()
+    finally:
+        run.close()
+    updates = [u for r in run.rounds().values() for u in r["updates"]]
+    slow_ones = [u["staleness"] for u in updates if u["client"] == slow]
+    assert slow_ones and max(slow_ones) >= 3, updates
+    assert max(u["staleness"] for u in updates if u["client"] != slow) <= 1, updates
