@@ -40,6 +40,13 @@ def test_async_keys_are_refused_with_their_path(keys, path, words):
     assert e.value.key_path == path and words in str(e.value)
 
 
+def test_fedprox_local_objective_is_accepted_with_async():
+    st = _st(name="fedasync", local="fedprox", mu=0.1)
+    assert (st["local"], st["mu"]) == ("fedprox", 0.1)
+    with pytest.raises(config.ConfigProblem, match="plain, fedprox, scaffold"):
+        _st(name="fedbuff", local="prox")
+
+
 def test_async_keys_are_accepted_but_unused_by_sync_strategies():
     st = _st(name="fedavg", buffer_size=4, staleness="hinge")  # one file, sync and async side by side
     assert st["name"] == "fedavg" and st["buffer_size"] == 4
