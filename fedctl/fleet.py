@@ -75,9 +75,10 @@ class Fleet:
     """Parallel fan-out over ``hosts`` with one persistent connector per host.
 
     ``pool`` bounds the number of hosts worked on at once; ``connector_factory(host)`` replaces the
-    default (Local/SSH connector by ``host.kind``), e.g. with fakes in tests. A host whose connect
-    failed keeps that error for the Fleet's lifetime (``forget`` clears it), so a dead host costs one
-    connect timeout per Fleet, not one per call. Do not call ``map`` from inside ``fn``.
+    default (``fedctl.connectors.connector_for``: local, SSH, or the host's provider's own), e.g.
+    with fakes in tests. A host whose connect failed keeps that error for the Fleet's lifetime
+    (``forget`` clears it), so a dead host costs one connect timeout per Fleet, not one per call.
+    Do not call ``map`` from inside ``fn``.
     """
 
     def __init__(
@@ -106,13 +107,10 @@ class Fleet:
         self._closed = False
 
     def _default_factory(self, host: HostInfo) -> Connector:
-        if host.kind == "local":
-            from fedctl.connectors.local import LocalConnector
+        # local, SSH, or the connector the host's provider registered (a Slurm node: job steps)
+        from fedctl.connectors import connector_for
 
-            return LocalConnector(host)
-        from fedctl.connectors.ssh import SSHConnector
-
-        return SSHConnector(host, known_hosts=self.known_hosts, connect_timeout=self.connect_timeout)
+        return connector_for(host, known_hosts=self.known_hosts, connect_timeout=self.connect_timeout)
 
     # ---- connectors ------------------------------------------------------------------------------
 

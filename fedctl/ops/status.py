@@ -101,8 +101,14 @@ class StatusObserver:
         utils: list[float] = []
         status_time: float | None = None
         if self.probes and state.phase not in (Phase.PROVISIONING, Phase.TORN_DOWN):
-            with open_fleet(store, [state.host(n) for n in self.probes]) as fleet:
-                samples = collect_once(fleet, self.probes)
+            from fedctl.providers import for_run
+
+            # as teardown does: a host its provider cannot reach (a Slurm slot without a node, a
+            # machine without an address) is not asked; it is listed below as not asked
+            provider = for_run(state, store)
+            probes = {n: p for n, p in self.probes.items() if provider.reachable(state.host(n).info)}
+            with open_fleet(store, [state.host(n) for n in probes]) as fleet:
+                samples = collect_once(fleet, probes)
             seen: dict[str, HostStatus] = {}
             for sample in samples:  # a host behind on metrics comes back more than once
                 rec = state.host(sample.host)

@@ -17,10 +17,15 @@ Built and tested against a real cluster (``tests/integration/slurm_cluster.py``)
 Slurm's commands and the run folder's files go to the login node: this machine, or ``slurm.login``
 over SSH (fedctl's SSH connector, the login's ``environment`` exported for every command).
 
-Not built: deploying the payload and running the FL server and clients through the agent (a
-connector that runs fedctl's host commands as job steps), GPU placement, watch/cost for jobs.
-``acquire`` (what ``fedctl provision`` calls) therefore says so with ``NotBuiltError`` before
-submitting anything, rather than hold an allocation nothing can use.
+``acquire`` (what ``fedctl provision`` calls) allocates and gives each host its own workdir in the
+run folder (``<run folder>/<host>``: hosts on one shared home must not share a workdir); fedctl's
+deploy and start then reach each node through ``SlurmStepConnector`` (commands as short job steps,
+long-running processes as steps started by the agent). ``release`` also removes the run folder
+(it holds the ``.fedctl-tree`` mark fedctl put there; checked on the spot, as teardown checks).
+
+Not built: GPUs (``gpus_per_node`` is refused with ``NotBuiltError``, exit 6, before anything is
+submitted); the server on a node of its own (a heterogeneous job: today its step always shares the
+first node, there is no setting for it); watch/cost for jobs.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ from fedctl.providers.base import HostUpdate, Provider, ProviderError, RunContex
 from fedctl.providers.slurm_config import SlurmHostSettings, settings
 from fedctl.providers.slurm_jobs import ENDED, SlurmCli, cancel_ours, sbatch_argv, wait_running
 
+#: the mark of a folder fedctl made (``fedctl.deploy.TREE_MARKER``; not imported: deploy is heavy)
+TREE_MARKER = ".fedctl-tree"
+
 if TYPE_CHECKING:
     from fedctl.connectors.base import Connector
 
@@ -50,12 +58,11 @@ CANCEL_TIMEOUT_S = 300.0
 #: how long allocate waits for the agent to report from a compute node (seconds)
 AGENT_TIMEOUT_S = 120.0
 
-NOT_BUILT = (
-    "provider slurm: submitting, waiting for and cancelling the run's allocation is built "
-    "(fedctl.providers.slurm), but running the FL server and clients inside it as job steps is not "
-    "yet (no connector runs fedctl's deploy and start through the allocation's agent), nor are GPU "
-    "placement and watch/cost for jobs. Nothing was submitted. "
-    "Use provider: static with the nodes of an interactive allocation (salloc) meanwhile.")
+NOT_BUILT_GPUS = (
+    "provider slurm: GPUs (slurm.gpus_per_node) are not built yet: fedctl would have to place each "
+    "client process on one of the node's allocated GPUs itself (Slurm gives overlapping steps the same "
+    "GPU, see docs/slurm.md). Nothing was submitted. Leave gpus_per_node out to run on CPUs, or use "
+    "provider: static with the nodes of an interactive allocation (salloc).")
 
 
 @register("slurm")
@@ -73,7 +80,8 @@ class SlurmProvider(Provider):
         self._hosts = list(hosts)
         self.run = run
         s = settings(self._hosts[0])
-        self.cli = cli or SlurmCli(connector=_login_connector(s, run))
+        known = str(run.local_root.parent / "known_hosts") if run.local_root is not None else None
+        self.cli = cli or SlurmCli(connector=login_connector(s, known))
         self._run_dir = None if run_dir is None else PurePosixPath(str(run_dir))
         self.poll_s = poll_s if poll_s is not None else float(os.environ.get("FEDCTL_POLL_S", "3"))
         self.clock = clock
@@ -113,8 +121,11 @@ class SlurmProvider(Provider):
 
     # -- what provision calls -------------------------------------------------------------------
     def acquire(self, hosts: Sequence[HostInfo]) -> list[HostInfo]:
-        """Not built end to end: says which part is missing, before anything is submitted."""
-        raise NotBuiltError(NOT_BUILT)
+        """The run's allocation, each host on a node with its own workdir in the run folder
+        (``allocate``). What is not built yet is refused before anything is submitted."""
+        if any(settings(h).gpus_per_node for h in hosts):
+            raise NotBuiltError(NOT_BUILT_GPUS)
+        return self.allocate(hosts)
 
     # -- the built steps -------------------------------------------------------------------------
     def allocate(self, hosts: Sequence[HostInfo], start_timeout_s: float = START_TIMEOUT_S,
@@ -144,6 +155,7 @@ class SlurmProvider(Provider):
         cur = {n: self._journal(h, "wait", confirm=False) for n, h in cur.items()}
         running = wait_running(self.cli, job, start_timeout_s, self.poll_s, self._say, self.clock)
         nodes = self.cli.hostnames(running.nodes)
+        addrs = self.cli.node_addresses(running.nodes)
         self._say(f"job {job} running on {', '.join(nodes)}")
         self._wait_agent(job, agent_timeout_s)
         out, k = [], 0
@@ -153,7 +165,11 @@ class SlurmProvider(Provider):
                 node = nodes[0]
             else:
                 node, k = nodes[k % len(nodes)], k + 1
-            out.append(self._journal(dataclasses.replace(info, address=node), "wait", confirm=True))
+            # each host its own workdir: hosts that share a home (the shared filesystem) must not
+            # share one; the address clients reach is the node's NodeAddr (its name may not resolve)
+            placed = dataclasses.replace(info, address=node, private_address=addrs.get(node),
+                                         workdir=str(self.run_dir / info.name))
+            out.append(self._journal(placed, "wait", confirm=True))
         return out
 
     def _wait_agent(self, job: str, timeout_s: float) -> None:
@@ -178,6 +194,7 @@ class SlurmProvider(Provider):
 
     def _prepare_dir(self) -> None:
         """The run's folder on the shared filesystem: the agent and the batch script that runs it."""
+        self.cli.make_tree(self.run_dir, TREE_MARKER)  # fedctl's: release removes it, and only then
         agent = self.run_dir / "slurm_agent.py"
         self.cli.write(agent, Path(__file__).with_name("slurm_agent.py").read_bytes())
         # the compute nodes' python3; fedctl's own interpreter path is only right on a shared install
@@ -185,6 +202,23 @@ class SlurmProvider(Provider):
                   f"# fedctl run {self.run.run_id}: the agent starts the FL processes as job steps\n"
                   f"exec python3 {shlex.quote(str(agent))} {shlex.quote(str(self.run_dir))}\n")
         self.cli.write(self.run_dir / "alloc.sh", script.encode(), mode=0o755)
+
+    def _remove_run_dir(self) -> None:
+        """Remove the run folder once the job is gone: only when, on the spot, it is no symbolic
+        link, lies strictly under ``<base>/slurm`` (links resolved) and holds fedctl's mark
+        (teardown's own checks, ``fedctl.ops.teardown.REMOVE_SH``). A refusal is said, not forced."""
+        from fedctl.ops.teardown import REMOVE_SH
+
+        q = shlex.quote(str(self.run_dir))
+        script = (f"W={shlex.quote(str(self.run_dir.parent))}\n" + REMOVE_SH
+                  + f"_ours {q} && {{ rm -rf -- {q}; _gone {q}; }}; true")
+        out = self.cli.run(["sh", "-c", script])
+        for record in out.split("\0"):
+            kind, _, path = record.partition(" ")
+            if kind == "L":
+                raise ProviderError(f"could not remove the run folder {path} on {self.cli.where}")
+            if path:
+                self._say(f"left {path} in place: it is not a folder fedctl made there ({kind})")
 
     def request_step(self, name: str, node: str, argv: Sequence[str],
                      env: dict[str, str] | None = None) -> PurePosixPath:
@@ -210,18 +244,21 @@ class SlurmProvider(Provider):
             return
         cur = [self._journal(h, "terminate", confirm=False) for h in hosts]
         recorded = sorted({h.machine.id for h in cur if h.machine is not None and h.machine.id})
+        if self.cli.read(self.run_dir / "agent.json") is not None:
+            self.stop_agent()  # its steps end with SIGTERM first; scancel below ends whatever is left
         cancelled = cancel_ours(self.cli, self.run.run_id, self.run.origin, recorded, CANCEL_TIMEOUT_S,
                                 self.poll_s, self._say, self.clock)
         if cancelled:
             self._say(f"cancelled job(s) {', '.join(cancelled)}; squeue shows none of run {self.run.run_id}")
+        self._remove_run_dir()
         now = time.time()
         for h in cur:
             self._journal(h, "terminate", confirm=True, released_at=now)
 
 
-def _login_connector(s: SlurmHostSettings, run: RunContext) -> "Connector | None":
-    """The connector to the login node (SSH, fedctl's known_hosts next to its state), or None when
-    this machine is the login node."""
+def login_connector(s: SlurmHostSettings, known_hosts: str | None) -> "Connector | None":
+    """The connector to the login node (SSH, pinning keys into ``known_hosts``: fedctl's own, next
+    to its state), or None when this machine is the login node."""
     if s.login_address is None:
         return None
     from fedctl.connectors import connector_for
@@ -229,5 +266,4 @@ def _login_connector(s: SlurmHostSettings, run: RunContext) -> "Connector | None
     login = HostInfo(name="slurm-login", address=s.login_address, user=s.login_user, port=s.login_port,
                      identity_file=s.login_identity_file, environment=dict(s.login_environment),
                      workdir=s.login_workdir)
-    known = str(run.local_root.parent / "known_hosts") if run.local_root is not None else None
-    return connector_for(login, known_hosts=known)
+    return connector_for(login, known_hosts=known_hosts)

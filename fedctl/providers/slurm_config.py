@@ -25,6 +25,7 @@ from fedctl.config.loader import (
     require_mapping,
     type_name,
 )
+from fedctl.connectors import register_connector
 from fedctl.connectors.base import HostInfo
 from fedctl.errors import ConfigError
 from fedctl.provider_fields import ProviderSettings, register_settings
@@ -66,6 +67,10 @@ class SlurmHostSettings(ProviderSettings):
     qos: str | None = None
     constraint: str | None = None
     sbatch_args: tuple[str, ...] = ()
+
+
+# a slurm host is reached through job steps of its allocation, not over SSH
+register_connector("slurm", "fedctl.providers.slurm_connector:node_connector")
 
 
 def parse_section(

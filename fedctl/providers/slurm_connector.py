@@ -9,8 +9,12 @@ Not for long-running processes: a detached process (``setsid nohup ... &``) outl
 where Slurm's process tracking loses it, and is killed at the step's end where it does not
 (proctrack/cgroup). ``spawn_detached`` (the counterpart of ``fedctl.deploy.spawn_detached``) hands
 them to the allocation's agent instead, which runs each as its own job step; its pid file is
-written the same way, so fedctl's stop and teardown find and signal it as on an SSH host. fedctl's
-deploy does not call it yet (``docs/slurm.md``).
+written the same way, so fedctl's stop and teardown find and signal it as on an SSH host
+(``fedctl.deploy.spawn_detached`` hands over to it).
+
+fedctl builds one for every host of a ``provider: slurm`` run (``node_connector``, registered for
+the ``slurm`` settings with ``fedctl.connectors.register_connector``): the host's record says which
+job and node, its workdir (``<run folder>/<host>``) which run folder the agent serves.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from fedctl.providers.slurm_jobs import SlurmCli
 class SlurmStepConnector(Connector):
     """Reach ``host`` (a node of job ``host.machine.id``) through job steps from the login node."""
 
-    def __init__(self, host: HostInfo, cli: SlurmCli, agent_dir: PurePosixPath | None = None) -> None:
+    def __init__(self, host: HostInfo, cli: SlurmCli, agent_dir: PurePosixPath | None = None,
+                 owns_login: bool = False) -> None:
         super().__init__(host)
+        self._owns_login = owns_login  # close the login node's connection with this connector
         self.agent_dir = agent_dir  # the run folder the allocation's agent serves (spawn_detached)
         if host.machine is None or not host.machine.id:
             raise ConnectError(f"host {host.name}: no Slurm job recorded for it (provision first)")
@@ -47,6 +53,8 @@ class SlurmStepConnector(Connector):
 
     def connect(self) -> None:
         """Check that the job runs and holds this node (idempotent)."""
+        if self.cli.connector is not None:
+            self.cli.connector.connect()
         found = self.cli.jobs(ids=[self.job])
         if not found or found[0].state != "RUNNING":
             state = found[0].state if found else "gone from squeue"
@@ -130,7 +138,22 @@ class SlurmStepConnector(Connector):
         return os.path.expanduser(path)
 
     def close(self) -> None:
-        """Nothing to release: each command is its own step."""
+        """Each command is its own step: only a login connection of its own is closed."""
+        if self._owns_login and self.cli.connector is not None:
+            self.cli.connector.close()
+
+
+def node_connector(host: HostInfo, known_hosts: str | None = None, connect_timeout: float = 10.0) -> SlurmStepConnector:
+    """The connector of one host of a ``provider: slurm`` run, from its record alone: Slurm's
+    commands on the login node of its settings (this machine, or SSH with ``known_hosts``), the
+    agent's run folder the parent of its workdir (``acquire`` gave it ``<run folder>/<host>``)."""
+    from fedctl.providers.slurm import login_connector
+    from fedctl.providers.slurm_config import settings
+
+    login = login_connector(settings(host), known_hosts)
+    workdir = posixpath.normpath(host.workdir) if host.workdir.startswith("/") else None
+    agent_dir = PurePosixPath(posixpath.dirname(workdir)) if workdir else None
+    return SlurmStepConnector(host, SlurmCli(connector=login), agent_dir=agent_dir, owns_login=True)
 
 
 def _text(data: bytes | str | None) -> str:

@@ -208,6 +208,29 @@ class SlurmCli:
         """``fl[1-2]`` -> ``["fl1", "fl2"]`` (``scontrol show hostnames``)."""
         return [h for h in self.run(["scontrol", "show", "hostnames", nodelist]).split() if h]
 
+    def node_addresses(self, nodelist: str) -> dict[str, str]:
+        """Each node's ``NodeAddr`` (``scontrol show node``): the address slurmctld reaches it at,
+        which is where the clients reach a server on it (a node name need not resolve)."""
+        out = self.run(["scontrol", "show", "node", "-o", nodelist])
+        found = {}
+        for line in out.splitlines():
+            fields = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+            if fields.get("NodeName") and fields.get("NodeAddr"):
+                found[fields["NodeName"]] = fields["NodeAddr"]
+        return found
+
+    def make_tree(self, path: PurePosixPath, marker: str) -> None:
+        """Create ``path`` as fedctl's folder (``marker`` in it) on the login node; an existing one
+        is adopted only when it holds the marker (fedctl made it), else ProviderError: fedctl writes
+        nothing into a folder it did not make."""
+        p = shlex.quote(str(path))
+        m = shlex.quote(f"{path}/{marker}")
+        script = (f"if [ -L {p} ] || {{ [ -e {p} ] && [ ! -f {m} ]; }}; then echo foreign; exit 0; fi; "
+                  f"mkdir -p -- {p} && : > {m}")
+        if self.run(["sh", "-c", script]).strip() == "foreign":
+            raise ProviderError(f"{path} on {self.where} already exists and was not made by fedctl; fedctl writes "
+                                "nothing into a folder it did not create (move it, or set slurm.login.workdir)")
+
     def show_job(self, job_id: str) -> dict[str, str] | None:
         """``scontrol show job -o``'s fields (JobState, Reason, ExitCode ...), None once slurmctld
         forgot the job (MinJobAge after its end; there is no slurmdbd to ask)."""

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Sequence
 
@@ -99,6 +98,10 @@ def test_allocate_journals_first_runs_steps_on_nodes_and_release_leaves_nothing(
     confirmed = [s for s in seen if s[1] is None and s[2] == job]
     assert confirmed and seen.index(confirmed[0]) == 3  # the very next save after the intents
     assert [h.address for h in hosts] == ["fl1", "fl1", "fl2"]
+    # each host its own workdir in the run folder (hosts on one shared home never share one), and
+    # the node's NodeAddr as the address other nodes reach it at (the node names do not resolve here)
+    assert [h.workdir for h in hosts] == [str(tmp_path / run_id / h.name) for h in hosts]
+    assert {h.private_address for h in hosts} == {"127.0.0.1"}
     assert all(prov.reachable(h) for h in hosts)
     assert _squeue(slurm, "-j", job, "-o", "%j|%k|%T|%D").strip() == (
         f"fedctl-{run_id}|fedctl-origin={RUN_ORIGIN}|RUNNING|2")
@@ -117,6 +120,25 @@ def test_allocate_journals_first_runs_steps_on_nodes_and_release_leaves_nothing(
     prov.release(hosts)
     assert _squeue(slurm, "-o", "%i").strip() == ""
     wait_until(lambda: not slurm.job_pids(), 20, what="no process of the job left")
+    assert not (tmp_path / run_id).exists()  # the run folder fedctl made went with the allocation
+
+
+def test_a_run_folder_fedctl_did_not_make_is_neither_used_nor_removed(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """A folder already at the run folder's path without fedctl's mark: nothing is submitted or
+    written into it, and release leaves it (and says so)."""
+    theirs = tmp_path / "foreign1"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    lines: list[str] = []
+    saved: dict[str, HostInfo] = {}
+    prov = _provider(slurm, tmp_path, "foreign1", _hosts(1), lambda u: saved.__setitem__(u.name, u.info), lines=lines)
+    with pytest.raises(ProviderError, match="foreign1 on this machine already exists and was not made by fedctl"):
+        prov.allocate(prov._hosts)
+    assert _squeue(slurm, "-n", "fedctl-foreign1", "-o", "%i").strip() == ""
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
+    prov.release(list(saved.values()))
+    assert (theirs / "notes.txt").read_text() == "mine"
+    assert any("left " in ln and "not a folder fedctl made there" in ln for ln in lines), lines
 
 
 def test_stop_ends_steps_and_the_allocation_by_itself(slurm: SlurmCluster, tmp_path: Path) -> None:
@@ -216,58 +238,46 @@ def test_a_pending_job_says_why_and_can_be_cancelled(slurm: SlurmCluster, tmp_pa
     wait_until(lambda: _squeue(slurm, "-o", "%i").strip() == "", 20, what="the blocker gone")
 
 
-ALLOCATE = """
-from fedctl.providers import for_run
-from fedctl.state import StateStore
-store = StateStore(".fedctl")
-state = store.load()
-for_run(state, store, print).allocate([r.info for r in state.hosts])
-"""
-
-
 def _recorded_jobs(project: Path) -> set[str]:
     state = json.loads((project / ".fedctl" / "state.json").read_text())
     return {h["info"]["machine"]["id"] for h in state["hosts"]
             if (h.get("info") or {}).get("machine") and h["info"]["machine"].get("id")}
 
 
-def test_sigkilled_fedctl_then_teardown_leaves_no_job(slurm: SlurmCluster, tmp_path: Path) -> None:
-    """Through fedctl's state file: provision says what is not built (exit 6, nothing submitted);
-    the allocation is submitted through ``for_run`` (journaled into the state), fedctl is SIGKILLed
-    while the job pends; ``fedctl teardown`` then cancels it and squeue shows nothing of the run."""
+def test_sigkilled_fedctl_during_provision_then_teardown_leaves_no_job(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """``fedctl provision`` submits the allocation (journaled into the state) and is SIGKILLed while
+    the job pends (the partition is full); ``fedctl teardown`` then cancels it: squeue shows nothing
+    of the run, and the run folder fedctl made is gone."""
     fedctl = shutil.which("fedctl")
     if fedctl is None:
         pytest.skip("the fedctl console script is not installed")
     project = tmp_path / "project"
     project.mkdir()
     (project / "slurm.yaml").write_text("provider: slurm\nslurm:\n  partition: debug\n  nodes: 1\n  time: '10'\n")
-    env = {**slurm.env(), "COLUMNS": "200", "FEDCTL_POLL_S": "0.2"}
-    res = subprocess.run([fedctl, "provision", "-i", "slurm.yaml", "-n", "1", "--yes"], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert res.returncode == 6, res.stderr
-    assert "Nothing was submitted" in res.stderr
-    assert _squeue(slurm, "-o", "%i").strip() == ""
-    run_id = json.loads((project / ".fedctl" / "state.json").read_text())["run_id"]
-
+    env = {**slurm.env(), "COLUMNS": "200", "FEDCTL_POLL_S": "0.2", "PYTHONUNBUFFERED": "1"}
     blocker = slurm.run(["sbatch", "--parsable", "-J", "blocker", "-N", "4", "--exclusive",
                          "--wrap", "sleep 300"]).stdout.strip()
-    log = tmp_path / "allocate.out"
+    log = tmp_path / "provision.out"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", ALLOCATE], cwd=project, env={**env, "PYTHONUNBUFFERED": "1"},
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([fedctl, "provision", "-i", "slurm.yaml", "-n", "1", "--yes"], cwd=project,
+                                env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
-        job = wait_until(lambda: _recorded_jobs(project), 30, what="the job id in the state file").pop()
+        job = wait_until(lambda: (project / ".fedctl" / "state.json").exists() and _recorded_jobs(project), 60,
+                         what="the job id in the state file").pop()
         # killed while it waits, after its live line gave squeue's reason
-        wait_until(lambda: f"slurm: job {job} pending (Resources)" in log.read_text(), 20, what="the pending line")
+        wait_until(lambda: f"slurm: job {job} pending (Resources)" in log.read_text(), 30, what="the pending line")
     finally:
         proc.kill()
         proc.wait(30)
+    run_id = json.loads((project / ".fedctl" / "state.json").read_text())["run_id"]
     assert _squeue(slurm, "-n", f"fedctl-{run_id}", "-o", "%i").strip() == job
+    assert (project / ".fedctl" / "local" / "slurm" / run_id / ".fedctl-tree").exists()
 
     res = subprocess.run([fedctl, "teardown", "--yes"], cwd=project, env=env, capture_output=True, text=True,
                          timeout=120, stdin=subprocess.DEVNULL)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 0, res.stdout + res.stderr
     assert _squeue(slurm, "-n", f"fedctl-{run_id}", "-o", "%i").strip() == ""
+    assert not (project / ".fedctl" / "local" / "slurm" / run_id).exists()
     slurm.run(["scancel", blocker])
     wait_until(lambda: _squeue(slurm, "-o", "%i").strip() == "", 20, what="the blocker gone")
 

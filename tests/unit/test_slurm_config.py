@@ -90,7 +90,8 @@ def test_time_comes_from_the_section_then_the_budget_then_a_day() -> None:
 
 @pytest.mark.skipif(shutil.which("fedctl") is None, reason="the fedctl console script is not installed")
 def test_provision_says_plainly_what_is_not_built_and_submits_nothing(tmp_path: Path) -> None:
-    (tmp_path / "slurm.yaml").write_text("provider: slurm\nslurm:\n  partition: debug\n  nodes: 2\n")
+    # GPUs are the part not built yet: refused before anything is submitted
+    (tmp_path / "slurm.yaml").write_text("provider: slurm\nslurm:\n  partition: debug\n  nodes: 2\n  gpus_per_node: 1\n")
     env = {**os.environ, "COLUMNS": "200", "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
     # an sbatch that records being called: provision must not submit an allocation it cannot use
     (tmp_path / "bin").mkdir()
@@ -100,7 +101,7 @@ def test_provision_says_plainly_what_is_not_built_and_submits_nothing(tmp_path: 
                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert res.returncode == 6, res.stderr
     assert "Traceback" not in res.stderr
-    assert "running the FL server and clients inside it as job steps is not" in res.stderr
+    assert "GPUs (slurm.gpus_per_node) are not built yet" in res.stderr
     assert "Nothing was submitted" in res.stderr
     assert not (tmp_path / "sbatch-called").exists()
     # and teardown of that run finishes without any Slurm command (nothing was ever submitted)
