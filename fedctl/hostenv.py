@@ -155,7 +155,7 @@ def run_setup(conn: Connector, rec: HostRecord, workdir: str, progress: Progress
     """Run the host's ``setup`` commands once per content hash. Returns whether they ran now.
     With ``keep_env`` the folder with the "ran already" marker is kept by teardown as the env is,
     so the next run on the host does not set it up again."""
-    commands = rec.info.env.setup
+    commands = rec.info.python_env.setup
     if not commands:
         return False
     envs = posixpath.join(workdir, "envs")
@@ -163,7 +163,7 @@ def run_setup(conn: Connector, rec: HostRecord, workdir: str, progress: Progress
     # the log and the "ran already" marker live in a folder fedctl makes (an envs/ that was there
     # before, or a setup-<hash> of someone else's, is never written into: make_dirs refuses it)
     folder = posixpath.join(envs, f"setup-{key}")
-    make_dirs(conn, rec, holders=[envs], trees=[folder], keep=rec.info.env.keep)
+    make_dirs(conn, rec, holders=[envs], trees=[folder], keep=rec.info.python_env.keep)
     done, log_path = posixpath.join(folder, ".done"), posixpath.join(folder, "setup.log")
     if _done(conn, done):
         return False
@@ -178,7 +178,7 @@ def run_setup(conn: Connector, rec: HostRecord, workdir: str, progress: Progress
 
 def _push_wheelhouse(conn: Connector, rec: HostRecord, workdir: str) -> str | None:
     """Push the inventory's wheelhouse once (content-addressed); return its folder on the host."""
-    folder = rec.info.env.wheelhouse
+    folder = rec.info.python_env.wheelhouse
     if not folder:
         return None
     from fedctl.payload import sha256_file
@@ -186,7 +186,7 @@ def _push_wheelhouse(conn: Connector, rec: HostRecord, workdir: str) -> str | No
     files = sorted(p for p in Path(folder).iterdir() if p.is_file())
     digests = [(p.name, str(p), sha256_file(p)) for p in files]
     remote = posixpath.join(workdir, "wheelhouse", _digest(*(d for _, _, d in digests)))
-    make_dirs(conn, rec, trees=[remote], keep=rec.info.env.keep)
+    make_dirs(conn, rec, trees=[remote], keep=rec.info.python_env.keep)
     push_files(conn, digests, remote)
     return remote
 
@@ -198,7 +198,7 @@ def prepare(
     """Make (or find) the venv for ``requirements`` on the host; raise SetupFailed with the log's
     last lines when pip fails. The same requirements on the same host are a no-op the second time
     (one ``test -f``). ``progress`` gets pip's last line every few seconds while it installs."""
-    settings = rec.info.env
+    settings = rec.info.python_env
     wheels = _push_wheelhouse(conn, rec, workdir)
     reqs = pinned(requirements)
     key = _digest(rec.info.python, python_version, str(settings.site_packages), wheels or "", *reqs)

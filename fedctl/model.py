@@ -188,8 +188,8 @@ class HostInfo:
     extra: Mapping[str, str] = field(default_factory=dict)  # connector options (proxy_jump, proxy_command)
     provider_settings: ProviderSettings | None = None  # what a machine-creating provider needs (typed)
     machine: MachineRecord | None = None  # what that provider journaled about the host's machine
-    environment: Mapping[str, str] = field(default_factory=dict)  # exported for every command there
-    env: EnvSettings = field(default_factory=EnvSettings)
+    environment: Mapping[str, str] = field(default_factory=dict)  # variables exported for every command there
+    python_env: EnvSettings = field(default_factory=EnvSettings)  # how its Python is prepared (inventory: env, ...)
 
 
 def host_to_dict(h: HostInfo) -> dict[str, Any]:
@@ -214,9 +214,9 @@ def host_from_dict(d: Mapping[str, Any]) -> HostInfo:
     else:  # a state file from before the typed fields: aws.* strings in extra
         d["provider_settings"], d["machine"], d["extra"] = from_legacy_extra(d["extra"])
     d["environment"] = dict(d.get("environment", {}))
-    env = dict(d.get("env") or {})
+    env = dict(d.pop("python_env", None) or d.pop("env", None) or {})  # "env": a state from before the rename
     env["setup"] = tuple(env.get("setup", ()))
-    d["env"] = EnvSettings(**env)
+    d["python_env"] = EnvSettings(**env)
     return HostInfo(**d)
 
 
@@ -269,15 +269,11 @@ class Plan:
 
     @property
     def server(self) -> PlannedHost:
+        """The planned host running the server (``.host`` is its HostInfo)."""
         for ph in self.hosts:
             if ph.role_server:
                 return ph
         raise PlanError("the plan has no server host")  # cannot happen for a plan from make_plan
-
-    @property
-    def server_host(self) -> PlannedHost:
-        """The planned host running the server (``.host`` is its HostInfo)."""
-        return self.server
 
     @property
     def server_address(self) -> str:

@@ -327,8 +327,9 @@ class StateStore:
         data = json.dumps(state.to_dict(), indent=1, sort_keys=True).encode()
         atomic_write(self.state_file, data, mode=0o600)
 
-    def archive(self, state: RunState) -> Path:
-        """Keep a finished run's state under ``runs/<run-id>/`` and free state.json for the next run."""
+    def keep_copy(self, state: RunState) -> Path:
+        """Write a copy of a finished run's state under ``runs/<run-id>/`` (state.json stays, so
+        ``status`` and ``results`` still find the run until the next ``provision`` replaces it)."""
         dest = self.root / "runs" / state.run_id / "state.json"
         atomic_write(dest, json.dumps(state.to_dict(), indent=1, sort_keys=True).encode(), 0o600)
         return dest

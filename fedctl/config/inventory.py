@@ -395,6 +395,6 @@ def _make_host(file: str, path: KeyPath, item: dict[str, Any], defaults: dict[st
         price_per_hour=s["price_per_hour"],
         currency=s["currency"],
         environment=dict(s["environment"]),
-        env=EnvSettings(s["env"], s["env_site_packages"], s["wheelhouse"], tuple(s["setup"]), s["keep_env"]),
+        python_env=EnvSettings(s["env"], s["env_site_packages"], s["wheelhouse"], tuple(s["setup"]), s["keep_env"]),
         kind="ssh",
     )

@@ -70,7 +70,7 @@ def new_state(inputs: Inputs, store: StateStore, config_path: str | None, overri
         experiment=exp.run_config(),
         plan=plan,
         overrides=list(overrides),
-        server=ServerEndpoint(host=plan.server_host.host.name),
+        server=ServerEndpoint(host=plan.server.host.name),
     )
     for ph in plan.hosts:
         state.hosts.append(HostRecord.planned(ph))
@@ -184,7 +184,7 @@ def replan(store: StateStore, state: RunState, inputs: Inputs, overrides: Sequen
     state.experiment = inputs.experiment.run_config()
     state.provider = inputs.inventory.provider
     state.overrides = list(overrides)
-    state.server = ServerEndpoint(host=plan.server_host.host.name)
+    state.server = ServerEndpoint(host=plan.server.host.name)
     state.event("plan replaced by a corrected inventory/config"
                 + (f"; dropped hosts that held nothing: {', '.join(dropped)}" if dropped else ""), store.clock)
     store.save(state)
@@ -254,7 +254,7 @@ def _provision_host(
     except SetupFailed as exc:
         return {"ok": False, "facts": HostFacts(ok=False, problems=[str(exc)]), "workdir": workdir, "python": python}
     facts = cache.get(conn, rec, imports, spec, workdir)
-    mode = "none" if rec.info.kind == "local" else rec.info.env.mode  # this machine: as installed
+    mode = "none" if rec.info.kind == "local" else rec.info.python_env.mode  # this machine: as installed
     missing = [n for n, i in facts.imports.items() if not i.get("ok")]
     others = [p for p in facts.problems if not p.startswith("cannot import")]
     wants_env = mode == "venv" or (mode == "auto" and missing and not others)

@@ -129,7 +129,7 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
         hosts = [r.name for r in state.hosts if any(p.role == "client" for p in r.processes)]
         for r in fleet.map(restart_clients, hosts=hosts):
             if r.ok:
-                report.pushed[r.host] = r.value  # here: client processes restarted on that host
+                report.restarted[r.host] = r.value
             else:
                 report.failures[r.host] = r.error or "client restart failed"
         store.save(state)

@@ -41,7 +41,8 @@ from fedctl.state import HostRecord, ProcessRecord, RunState, StateStore, new_ru
 @dataclass
 class StartReport:
     state: RunState
-    pushed: dict[str, int] = field(default_factory=dict)  # host -> files sent (others unchanged)
+    pushed: dict[str, int] = field(default_factory=dict)  # start: host -> files sent (others unchanged)
+    restarted: dict[str, int] = field(default_factory=dict)  # start --resume: host -> client processes restarted
     failures: dict[str, str] = field(default_factory=dict)  # host -> reason
 
     @property

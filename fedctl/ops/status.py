@@ -20,7 +20,9 @@ from fedctl.state import RunState, StateStore
 
 
 @dataclass
-class HostStatus:
+class HostReport:
+    """One host as ``fedctl status`` reports it (the record's lifecycle status is ``model.HostStatus``)."""
+
     name: str
     role: str
     reachable: bool | None  # None: not asked (never provisioned yet, or already released)
@@ -37,7 +39,7 @@ class RunStatus:
     rounds: int
     accuracy: float | None
     loss: float | None
-    hosts: list[HostStatus]
+    hosts: list[HostReport]
     server: dict[str, Any]
     summary: dict[str, Any] | None = None
     error: str | None = None
@@ -96,7 +98,7 @@ class StatusObserver:
         if self._shape(state) != self._key:
             self._reset(state)  # another run, other hosts, new processes (a resume): start afresh
         server = server_record(state)
-        hosts: list[HostStatus] = []
+        hosts: list[HostReport] = []
         log = self.metrics
         utils: list[float] = []
         status_time: float | None = None
@@ -109,10 +111,10 @@ class StatusObserver:
             probes = {n: p for n, p in self.probes.items() if provider.reachable(state.host(n).info)}
             with open_fleet(store, [state.host(n) for n in probes]) as fleet:
                 samples = collect_once(fleet, probes)
-            seen: dict[str, HostStatus] = {}
+            seen: dict[str, HostReport] = {}
             for sample in samples:  # a host behind on metrics comes back more than once
                 rec = state.host(sample.host)
-                hs = seen.setdefault(rec.name, HostStatus(rec.name, rec.role, reachable=sample.ok,
+                hs = seen.setdefault(rec.name, HostReport(rec.name, rec.role, reachable=sample.ok,
                                                           status=rec.status, error=sample.error))
                 hs.reachable, hs.error = sample.ok, None if sample.ok else sample.error
                 if sample.gpu is not None:
@@ -138,7 +140,7 @@ class StatusObserver:
         listed = {h.name for h in hosts}
         for rec in state.hosts:
             if rec.name not in listed:
-                hosts.append(HostStatus(rec.name, rec.role, reachable=None, status=rec.status, error=rec.error))
+                hosts.append(HostReport(rec.name, rec.role, reachable=None, status=rec.status, error=rec.error))
 
         phase = state.phase
         if phase in LIVE_PHASES:

@@ -226,7 +226,7 @@ def teardown(
     state.event("torn down" if done else "teardown incomplete", store.clock)
     store.save(state)
     if done:
-        store.archive(state)
+        store.keep_copy(state)
     return report
 
 
@@ -288,7 +288,7 @@ def forget(store: StateStore, state: RunState, names: Sequence[str]) -> list[str
         state.transition(Phase.TORN_DOWN)
     store.save(state)
     if state.phase == Phase.TORN_DOWN:
-        store.archive(state)
+        store.keep_copy(state)
     return notes
 
 

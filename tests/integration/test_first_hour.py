@@ -55,7 +55,7 @@ def test_a_long_setup_shows_its_last_line_while_it_runs(sshd_fleet, known_hosts,
     go = tmp_path / "go"
     # the command goes on only once fedctl has shown its line (or gives up after ~15 s and fails)
     wait = f"i=0; while [ ! -e {go} ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i+1)); done; test -e {go}"
-    host = dataclasses.replace(fleet.host_infos()[0], env=EnvSettings(
+    host = dataclasses.replace(fleet.host_infos()[0], python_env=EnvSettings(
         setup=(f"echo 'Downloading tensorflow-2.16.1.whl (589.8 MB)'; {wait}",)))
     shown: list[str] = []
 

@@ -47,7 +47,7 @@ def test_inventory_template_loads_and_plans(tmp_path):
     assert inv.hosts[0].name == "fl-server" and inv.hosts[1].name == "fl-client-01"
     exp = load_experiment(None, [f"payload={REPO / 'tests/payloads/echo'}"], cwd=tmp_path)
     plan = make_plan(inv, exp, clients=8)
-    assert plan.server_host.name == "fl-server" and len(plan.client_hosts) == 4
+    assert plan.server.name == "fl-server" and len(plan.client_hosts) == 4
 
 
 def test_experiment_template_sets_every_core_key():

@@ -45,13 +45,13 @@ def _failed_run(tmp_path: Any, b_info: HostInfo) -> tuple[StateStore, RunState]:
 
 
 @pytest.mark.parametrize("fix", [
-    {"env": EnvSettings(setup=("apt-get install -y python3-venv",))},
-    {"env": EnvSettings(mode="venv", wheelhouse="/wheels", keep=True)},
+    {"python_env": EnvSettings(setup=("apt-get install -y python3-venv",))},
+    {"python_env": EnvSettings(mode="venv", wheelhouse="/wheels", keep=True)},
     {"environment": {"HTTPS_PROXY": "http://proxy:3128"}},
     {"python": "/usr/bin/python3.11", "identity_file": "/right/key"},
 ])
 def test_a_failed_host_whose_settings_are_fixed_takes_the_same_provision_again(tmp_path, fix):
-    broken = _host("b", 3, env=EnvSettings(setup=("false",)))
+    broken = _host("b", 3, python_env=EnvSettings(setup=("false",)))
     store, state = _failed_run(tmp_path, broken)
     fixed_b = dataclasses.replace(broken, **fix)
     plan = Plan("static", 2, (state.plan.hosts[0], PlannedHost(fixed_b, False, ((0, 1),))))
@@ -81,7 +81,7 @@ def test_identity_is_where_the_host_is_and_where_fedctl_wrote():
     h = _host("b", 3)
     assert identity_changes(h, dataclasses.replace(h, port=22)) == []  # 22 is ssh's default
     assert identity_changes(h, dataclasses.replace(h, identity_file="/k", python="/p",
-                                                      env=EnvSettings(mode="venv"))) == []
+                                                      python_env=EnvSettings(mode="venv"))) == []
     assert identity_changes(h, dataclasses.replace(h, address="h.example", workdir="/x")) == [
         "address '127.0.0.3' -> 'h.example'", "workdir '/w/b' -> '/x'"]
 
@@ -115,8 +115,8 @@ def test_the_inventory_template_shows_every_host_setting_and_each_loads_uncommen
     (tmp_path / "inventory.yaml").write_text("\n".join(lines[:start] + opened + lines[end:]) + "\n")
     inv = load_inventory(str(tmp_path / "inventory.yaml"))
     host = inv.hosts[0]
-    assert host.env.mode == "auto" and host.env.setup == ("sudo apt-get install -y python3-venv",)
-    assert host.env.wheelhouse == str(tmp_path / "wheels") and host.env.keep is False
+    assert host.python_env.mode == "auto" and host.python_env.setup == ("sudo apt-get install -y python3-venv",)
+    assert host.python_env.wheelhouse == str(tmp_path / "wheels") and host.python_env.keep is False
     assert dict(host.environment) == {"HTTPS_PROXY": "http://proxy.internal:3128"}
 
 

@@ -20,7 +20,7 @@ def test_requirements_are_pinned_to_this_machines_versions():
 
 
 def test_setup_runs_once_per_content_and_reports_a_failure_with_its_output():
-    host = HostInfo("a", "127.0.0.2", env=EnvSettings(setup=("apt-get install -y x",)))
+    host = HostInfo("a", "127.0.0.2", python_env=EnvSettings(setup=("apt-get install -y x",)))
     rec = HostRecord(host)
     done = {"yes": False}
 

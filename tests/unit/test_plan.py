@@ -43,7 +43,7 @@ def test_auto_static_fills_contiguous_blocks(tmp_path):
         ("c2", False, ((4, 5, 6, 7),)),
         ("c3", False, ((8, 9),)),
     ]
-    assert plan.server_host.host.name == "srv" and plan.server_address == "192.168.0.1"
+    assert plan.server.host.name == "srv" and plan.server_address == "192.168.0.1"
     assert [h.name for h in plan.client_hosts] == ["c1", "c2", "c3"]
     assert plan.clients_of("c2") == (4, 5, 6, 7)
     assert plan.clients_of(plan.client_hosts[0].host) == (0, 1, 2, 3)
@@ -97,7 +97,7 @@ def test_roles_listed_only_client_hosts_get_clients(tmp_path):
 def test_server_role_on_a_later_host(tmp_path):
     hosts = "- {name: a, address: h1, roles: [client]}\n- {name: b, address: h2, roles: [server]}\n"
     plan = make_plan(inventory(tmp_path, hosts), experiment(tmp_path), clients=2)
-    assert plan.server_host.name == "b" and plan.clients_of("a") == (0, 1)
+    assert plan.server.name == "b" and plan.clients_of("a") == (0, 1)
 
 
 def test_no_client_role_is_an_error(tmp_path):
