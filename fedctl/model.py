@@ -80,7 +80,14 @@ def is_strictly_under(path: str, root: str) -> bool:
     return p.startswith(prefix)
 
 
-class Phase(str, Enum):
+class _Value(str, Enum):
+    """A str enum that prints (and is stored) as its value: ``f"{Phase.RUNNING}"`` is ``running``."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Phase(_Value):
     """Phases of a run, in the order a run normally goes through them. A ``str`` enum: it compares
     equal to its value and is stored in the state file as that value."""
 
@@ -94,11 +101,8 @@ class Phase(str, Enum):
     TEARING_DOWN = "tearing_down"
     TORN_DOWN = "torn_down"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class HostStatus(str, Enum):
+class HostStatus(_Value):
     """pending -> provisioning -> provisioned | failed -> tearing_down -> torn_down."""
 
     PENDING = "pending"
@@ -107,9 +111,6 @@ class HostStatus(str, Enum):
     FAILED = "failed"
     TEARING_DOWN = "tearing_down"
     TORN_DOWN = "torn_down"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _P = Phase
@@ -134,7 +135,7 @@ PHASE_MOVES: dict[Phase, frozenset[Phase]] = {
 LIVE_PHASES = frozenset({Phase.STARTING, Phase.RUNNING})
 
 
-class ProcStatus(str, Enum):
+class ProcStatus(_Value):
     """One payload process: starting (recorded before it is spawned) -> running -> exited (on its
     own) | stopped (by fedctl) | failed (it did not start, or exited while the run needed it)."""
 
@@ -143,9 +144,6 @@ class ProcStatus(str, Enum):
     EXITED = "exited"
     STOPPED = "stopped"
     FAILED = "failed"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: Process statuses in which the process may be alive (stop and teardown signal these).
