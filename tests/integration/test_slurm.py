@@ -273,6 +273,22 @@ def test_sigkilled_fedctl_during_provision_then_teardown_leaves_no_job(slurm: Sl
     assert _squeue(slurm, "-n", f"fedctl-{run_id}", "-o", "%i").strip() == job
     assert (project / ".fedctl" / "local" / "slurm" / run_id / ".fedctl-tree").exists()
 
+    # a teardown whose scancel fails leaves the run tearing down with its hosts still slots without a
+    # node: status does not try to reach them (listed as not asked), as teardown does not
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scancel").write_text("#!/bin/sh\necho 'scancel: error: Unable to contact slurm controller' >&2\nexit 1\n")
+    (fake / "scancel").chmod(0o755)
+    bad = subprocess.run([fedctl, "teardown", "--yes"], cwd=project, env={**env, "PATH": f"{fake}:{env['PATH']}"},
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert bad.returncode != 0 and "Unable to contact slurm controller" in bad.stdout + bad.stderr
+    status = subprocess.run([fedctl, "status", "--json"], cwd=project, env=env, capture_output=True, text=True,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert status.returncode == 0, status.stderr
+    hosts = json.loads(status.stdout)["hosts"]
+    assert json.loads(status.stdout)["phase"] == "tearing_down"
+    assert [(h["reachable"], h["alive"]) for h in hosts] == [(None, {}), (None, {})], hosts
+
     res = subprocess.run([fedctl, "teardown", "--yes"], cwd=project, env=env, capture_output=True, text=True,
                          timeout=120, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout + res.stderr
