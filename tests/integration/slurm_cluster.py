@@ -11,6 +11,7 @@ Nothing here needs pytest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tests.waiting import wait_until
 
@@ -264,6 +265,18 @@ class SlurmCluster:
             _kill(self._munged_pid, signal.SIGTERM)
             wait_until(lambda: not _alive(self._munged_pid or 0), timeout, what="munged to exit")
         wait_until(lambda: not self.leftover_pids(), timeout, what="no process of the cluster left")
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path) -> Iterator[SlurmCluster]:
+    """A started cluster under ``root`` for a block (a test module's fixture); stopped at its end,
+    with no process of it left."""
+    cluster = SlurmCluster(root).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        assert cluster.leftover_pids() == []
 
 
 def _kill(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:

@@ -16,7 +16,7 @@ from fedctl.connectors.base import HostInfo
 from fedctl.providers.base import HostUpdate, ProviderError, RunContext
 from fedctl.providers.slurm import SlurmProvider
 from fedctl.providers.slurm_jobs import SlurmCli
-from tests.integration.slurm_cluster import SlurmCluster, slurm_available
+from tests.integration.slurm_cluster import SlurmCluster, running_cluster, slurm_available
 from tests.integration.sshd import SshdFleet
 from tests.waiting import wait_until
 
@@ -28,12 +28,8 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     reason = slurm_available()
     if reason:
         pytest.skip(reason)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        assert cluster.leftover_pids() == []
 
 
 def test_cluster_runs_cancels_and_leaves_no_job(slurm: SlurmCluster) -> None:

@@ -15,20 +15,29 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
 
-from tests.integration.slurm_cluster import SlurmCluster
+from tests.integration.slurm_cluster import SlurmCluster, running_cluster, slurm_available
 from tests.integration.sshd import SshdFleet
-from tests.integration.test_slurm import slurm  # noqa: F401 - the module-scoped cluster fixture
 from tests.waiting import wait_until
 
 FEDCTL = shutil.which("fedctl")
 pytestmark = pytest.mark.skipif(FEDCTL is None, reason="the fedctl console script is not installed")
 REPO = Path(__file__).resolve().parents[2]
 ECHO = REPO / "tests" / "payloads" / "echo"
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """One cluster for this module's runs; stopped at the end with no process left."""
+    reason = slurm_available()
+    if reason:
+        pytest.skip(reason)
+    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
 
 
 def _project(tmp_path: Path, config: dict[str, Any], nodes: int = 2, login: dict[str, Any] | None = None) -> Path:
@@ -110,7 +119,7 @@ def _run_and_watch_steps(slurm: SlurmCluster, proj: Path, tmp_path: Path, client
     return run_id
 
 
-def test_fedctl_run_on_the_cluster_runs_each_process_as_a_step_and_leaves_nothing(slurm: SlurmCluster,  # noqa: F811
+def test_fedctl_run_on_the_cluster_runs_each_process_as_a_step_and_leaves_nothing(slurm: SlurmCluster,
                                                                                     tmp_path: Path) -> None:
     proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 30, "echo_round_s": 0.25})
     expect = {("slurm-server-server", "fl1"), ("slurm-node-01-client-0", "fl1"), ("slurm-node-02-client-0", "fl2")}
@@ -122,7 +131,7 @@ def test_fedctl_run_on_the_cluster_runs_each_process_as_a_step_and_leaves_nothin
     assert (results / "logs" / "slurm-node-02" / "client-0.log").exists()
 
 
-def test_sigkilled_fedctl_during_start_then_teardown_leaves_no_job(slurm: SlurmCluster,  # noqa: F811
+def test_sigkilled_fedctl_during_start_then_teardown_leaves_no_job(slurm: SlurmCluster,
                                                                     tmp_path: Path) -> None:
     """fedctl is SIGKILLed once the server's step runs (the clients are being started); ``fedctl
     teardown`` stops the steps, cancels the job, removes the run folder: nothing is left."""
@@ -150,7 +159,7 @@ def test_sigkilled_fedctl_during_start_then_teardown_leaves_no_job(slurm: SlurmC
 
 @pytest.mark.e2e
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow is not installed")
-def test_fedavg_tf_run_on_the_cluster(slurm: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+def test_fedavg_tf_run_on_the_cluster(slurm: SlurmCluster, tmp_path: Path) -> None:
     """The real Keras payload, 2 clients on 2 nodes, 2 rounds of tiny data."""
     proj = _project(tmp_path, {
         "rounds": 2, "model": "mlp", "data": {"dataset": "digits", "partition": "iid"},
@@ -165,7 +174,7 @@ def test_fedavg_tf_run_on_the_cluster(slurm: SlurmCluster, tmp_path: Path) -> No
     assert 0.0 < per_round[-1]["accuracy"] <= 1.0
 
 
-def test_fedctl_run_through_an_ssh_login_node(slurm: SlurmCluster, sshd_fleet: Callable[[int], SshdFleet],  # noqa: F811
+def test_fedctl_run_through_an_ssh_login_node(slurm: SlurmCluster, sshd_fleet: Callable[[int], SshdFleet],
                                               tmp_path: Path) -> None:
     """slurm.login is a loopback sshd host: Slurm's commands, the run folder and every node command
     go through it; the run finishes and nothing is left."""
