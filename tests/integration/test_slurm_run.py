@@ -174,16 +174,30 @@ def test_fedavg_tf_run_on_the_cluster(slurm: SlurmCluster, tmp_path: Path) -> No
     assert 0.0 < per_round[-1]["accuracy"] <= 1.0
 
 
+@pytest.mark.skipif(importlib.util.find_spec("flwr") is None, reason="the flower payload needs flwr")
+def test_flower_app_on_the_cluster(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The Flower payload: its SuperLink (and ServerApp) in the server's step, a SuperNode in each
+    client host's step."""
+    proj = _project(tmp_path, {"payload": "flower", "app": str(REPO / "examples" / "flower-numpy"), "rounds": 2})
+    expect = {("slurm-server-server", "fl1"), ("slurm-node-01-client-0", "fl1"), ("slurm-node-02-client-0", "fl2")}
+    run_id = _run_and_watch_steps(slurm, proj, tmp_path, 2, expect,
+                                  lambda rid: proj / ".fedctl" / "local" / "slurm" / rid)
+    lines = [json.loads(x) for x in (proj / "results" / run_id / "metrics.jsonl").read_text().splitlines() if x]
+    assert [r["round"] for r in lines if r["type"] == "round"] == [1, 2]
+    assert lines[-1]["type"] == "summary" and lines[-1]["status"] == "finished"
+
+
 def test_fedctl_run_through_an_ssh_login_node(slurm: SlurmCluster, sshd_fleet: Callable[[int], SshdFleet],
                                               tmp_path: Path) -> None:
     """slurm.login is a loopback sshd host: Slurm's commands, the run folder and every node command
-    go through it; the run finishes and nothing is left."""
+    go through it; 10 clients on the 4 nodes; the run finishes and nothing is left."""
     [h] = sshd_fleet(1).host_infos()
     workdir = tmp_path / "login-workdir"
     login = {"address": h.address, "port": h.port, "user": h.user, "identity_file": h.identity_file,
              "workdir": str(workdir), "environment": {"SLURM_CONF": str(slurm.conf)}}
-    proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 20, "echo_round_s": 0.25}, nodes=1, login=login)
-    expect = {("slurm-server-server", "fl1"), ("slurm-node-01-client-0", "fl1")}
-    run_id = _run_and_watch_steps(slurm, proj, tmp_path, 2, expect, lambda rid: workdir / "slurm" / rid)
+    proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 20, "echo_round_s": 0.25}, nodes=4, login=login)
+    expect = {("slurm-server-server", "fl1")} | {(f"slurm-node-0{k}-client-0", f"fl{k}") for k in range(1, 5)}
+    run_id = _run_and_watch_steps(slurm, proj, tmp_path, 10, expect, lambda rid: workdir / "slurm" / rid)
     rounds = [json.loads(x) for x in (proj / "results" / run_id / "metrics.jsonl").read_text().splitlines()]
-    assert len([r for r in rounds if r.get("type") == "round"]) == 20
+    per_round = [r for r in rounds if r.get("type") == "round"]
+    assert len(per_round) == 20
