@@ -157,6 +157,36 @@ def test_sigkilled_fedctl_during_start_then_teardown_leaves_no_job(slurm: SlurmC
     _assert_nothing_left(slurm, proj / ".fedctl" / "local" / "slurm" / run_id)
 
 
+def test_ctrl_c_while_the_job_pends_cancels_it(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The partition is full: ``fedctl run`` shows squeue's pending reason; Ctrl-C (SIGINT to fedctl)
+    then cancels the pending job and fedctl exits 130; nothing of the run is left."""
+    blocker = slurm.run(["sbatch", "--parsable", "-J", "blocker", "-N", "4", "--exclusive",
+                         "--wrap", "sleep 300"]).stdout.strip()
+    try:
+        wait_until(lambda: _squeue(slurm) == blocker and slurm.run(
+            ["squeue", "-h", "-j", blocker, "-o", "%T"]).stdout.strip() == "RUNNING", 30, what="the blocker running")
+        proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 5, "echo_round_s": 0.2})
+        log = tmp_path / "run.out"
+        proc = _start(proj, slurm, log, "run", "--clients", "2", "-i", "slurm.yaml", "--yes")
+        try:
+            job = wait_until(lambda: _job(proj), 120, interval=0.1, what="the job id in the state")
+            wait_until(lambda: f"slurm: job {job} pending (Resources)" in log.read_text(), 60, what="the pending line")
+            run_dir = proj / ".fedctl" / "local" / "slurm" / _state(proj)["run_id"]
+            assert (run_dir / ".fedctl-tree").exists()
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(120) == 130, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        assert _squeue(slurm) == blocker  # the run's job is gone; the other user's job is untouched
+        assert not run_dir.exists()
+        assert f"cancelled job(s) {job}" in log.read_text()
+    finally:
+        slurm.run(["scancel", blocker])
+        wait_until(lambda: _squeue(slurm) == "", 30, what="the blocker gone")
+
+
 @pytest.mark.e2e
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow is not installed")
 def test_fedavg_tf_run_on_the_cluster(slurm: SlurmCluster, tmp_path: Path) -> None:
