@@ -33,7 +33,7 @@ from typing import BinaryIO, Callable, Mapping
 from fedctl.connectors.base import CommandResult, Connector, HostInfo
 from fedctl.deploy import IDENT_SH, RUN_MARK_ENV, ProcRef, parse_pidfile
 from fedctl.errors import ConnectError, RemoteError
-from fedctl.providers.slurm_jobs import SlurmCli
+from fedctl.providers.slurm_jobs import ENDED, SlurmCli
 
 
 class SlurmStepConnector(Connector):
@@ -56,9 +56,11 @@ class SlurmStepConnector(Connector):
         if self.cli.connector is not None:
             self.cli.connector.connect()
         found = self.cli.jobs(ids=[self.job])
-        if not found or found[0].state != "RUNNING":
-            state = found[0].state if found else "gone from squeue"
-            raise ConnectError(f"host {self.host.name}: job {self.job} is {state}, not running")
+        if not found or found[0].state in ENDED:
+            # why, as slurmctld says it (a time limit, preemption, a node failure, a cancel)
+            raise ConnectError(f"host {self.host.name}: job {self.job} ended: {self.cli.end_report(self.job)}")
+        if found[0].state != "RUNNING":
+            raise ConnectError(f"host {self.host.name}: job {self.job} is {found[0].state}, not running")
         if self.node not in self.cli.hostnames(found[0].nodes):
             raise ConnectError(f"host {self.host.name}: node {self.node} is not in job {self.job} ({found[0].nodes})")
 
