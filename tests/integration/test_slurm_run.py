@@ -121,8 +121,10 @@ def _run_and_watch_steps(slurm: SlurmCluster, proj: Path, tmp_path: Path, client
 
 def test_fedctl_run_on_the_cluster_runs_each_process_as_a_step_and_leaves_nothing(slurm: SlurmCluster,
                                                                                     tmp_path: Path) -> None:
-    proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 30, "echo_round_s": 0.25})
-    expect = {("slurm-server-server", "fl1"), ("slurm-node-01-client-0", "fl1"), ("slurm-node-02-client-0", "fl2")}
+    # a budget: each host's watchdog runs as a step too, and the allocation's time limit comes from it
+    proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 30, "echo_round_s": 0.25, "budget": {"max_hours": 1}})
+    expect = {("slurm-server-server", "fl1"), ("slurm-node-01-client-0", "fl1"), ("slurm-node-02-client-0", "fl2"),
+              ("slurm-server-watchdog", "fl1"), ("slurm-node-01-watchdog", "fl1"), ("slurm-node-02-watchdog", "fl2")}
     run_id = _run_and_watch_steps(slurm, proj, tmp_path, 4, expect,
                                   lambda rid: proj / ".fedctl" / "local" / "slurm" / rid)
     results = proj / "results" / run_id
