@@ -94,6 +94,9 @@ def test_stale_updates_are_dropped_and_counted_and_duplicates_refused():
     code, why = c.deliver(old.seq, old.client, _update(old.client, old.seq, 0, x, c.instance))
     assert code == 409 and c.counts["dropped_stale"] == 1  # no ticket any more: not counted twice
     assert c.drop(fresh.seq, fresh.client, "dropout")[0] == 200 and c.counts["dropouts"] == 1
+    # the next round line lists them under `dropped`, once
+    assert c.take_dropped() == [(old.client, "stale: 2 versions old"), (fresh.client, "dropout")]
+    assert c.take_dropped() == []
 
 
 def test_a_ticket_past_its_timeout_frees_its_slot():
@@ -101,6 +104,7 @@ def test_a_ticket_past_its_timeout_frees_its_slot():
     c.publish(0, np.zeros(SIZE, np.float32), {})
     (t,) = c.dispatch(np.random.default_rng(0))
     assert c.take(0) == [] and t.client not in c.in_flight() and c.counts["timeouts"] == 1
+    assert c.take_dropped() == [(t.client, "timeout")]
 
 
 def test_after_a_restart_old_updates_are_judged_by_their_version_and_taken_once():

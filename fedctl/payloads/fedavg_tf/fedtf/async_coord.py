@@ -57,6 +57,7 @@ class AsyncCoordinator(Coordinator):
         self.restored: int | None = None          # the version a resumed server started from
         self.old_taken: set[tuple[str, int]] = set()
         self.counts = {"dropped_stale": 0, "timeouts": 0, "dropouts": 0, "rejected": 0}
+        self.dropped: list[tuple[int, str]] = []  # since the last server update: (client, reason)
         self.meta: dict = {}
 
     # -- server-loop side ---------------------------------------------------------------------
@@ -110,9 +111,21 @@ class AsyncCoordinator(Coordinator):
         for k, t in list(self.tickets.items()):
             if now - t.issued > self.ticket_timeout_s:
                 del self.tickets[k]
-                self.counts["timeouts"] += 1
+                self.note_drop("timeouts", k, "timeout")
                 self._event("warning", f"client {k}: no update within {self.ticket_timeout_s:g}s "
                                        f"(ticket {t.seq}, version {t.version}); slot refilled", k)
+
+    def note_drop(self, count: str, client: int, reason: str) -> None:
+        """Count a ticket or update that will not reach the model (the caller holds the lock);
+        the next round line lists it under `dropped`."""
+        self.counts[count] += 1
+        self.dropped.append((client, reason))
+
+    def take_dropped(self) -> list[tuple[int, str]]:
+        """The drops since the last call."""
+        with self.cv:
+            got, self.dropped = self.dropped, []
+            return got
 
     def _event(self, level: str, msg: str, client: int | None) -> None:
         if self.events is not None:
@@ -139,7 +152,7 @@ class AsyncCoordinator(Coordinator):
                 for t in mine:
                     if t.version not in self.groups:  # older than max_staleness already
                         del self.tickets[t.client]
-                        self.counts["dropped_stale"] += 1
+                        self.note_drop("dropped_stale", t.client, "stale: its model version is gone")
                         continue
                     body = encode({"status": "train", "mode": "async", "seq": t.seq,
                                    "instance": self.instance, "round": t.version, "version": t.version,
@@ -172,12 +185,12 @@ class AsyncCoordinator(Coordinator):
                 t = Ticket(seq, client, version, received)  # from before the restart: judged by version
             else:
                 self.old_taken.add((inst, seq))
-                self.counts["dropped_stale"] += 1
+                self.note_drop("dropped_stale", client, "stale: from before the server restarted")
                 return 409, "stale: trained on a model version from before the server restarted"
             s = self.version - version
             if s > self.max_staleness or version not in self.history:
                 self._close(t, inst)
-                self.counts["dropped_stale"] += 1
+                self.note_drop("dropped_stale", client, f"stale: {s} versions old")
                 self.cv.notify_all()
                 return 409, f"stale: {s} versions old (strategy.max_staleness {self.max_staleness})"
             base = self.history[version]
@@ -186,7 +199,7 @@ class AsyncCoordinator(Coordinator):
         except TransportError as e:
             with self.cv:
                 self._close(t, inst)
-                self.counts["rejected"] += 1
+                self.note_drop("rejected", client, f"rejected: {e}")
                 self.cv.notify_all()
             return self._bad(client, str(e))
         with self.cv:
@@ -221,7 +234,7 @@ class AsyncCoordinator(Coordinator):
             if t is None or t.seq != seq:
                 return 409, "not droppable"
             del self.tickets[client]
-            self.counts["dropouts"] += 1
+            self.note_drop("dropouts", client, reason)
             self.cv.notify_all()
         return 200, "dropped"
 

@@ -65,7 +65,7 @@ def _fresh(coord, batch: list[Arrival], version: int) -> list[Arrival]:
         a.staleness = a.update.staleness = a.metrics["staleness"] = version - a.version
         if a.staleness > coord.max_staleness:
             with coord.cv:
-                coord.counts["dropped_stale"] += 1
+                coord.note_drop("dropped_stale", a.update.client, f"stale: {a.staleness} versions old")
             continue
         out.append(a)
     return out
@@ -86,6 +86,9 @@ def _apply(srv, version: int, batch: list[Arrival], started: float) -> None:
     if version % cfg["evaluate_every"] == 0 or version == cfg["rounds"]:
         loss, acc = srv.evaluate_now()
     stale = [a.staleness for a in used]
+    # what did not reach the model since the last server update: stale, timed out, dropped out, bad
+    dropped = [{"id": k, "reason": why} for k, why in coord.take_dropped()] + \
+        [{"id": k, "reason": f"rejected: {v}"} for k, v in sorted(left_out.items())]
     with coord.cv:  # bytes are per server update, as they are per sync round
         counts = dict(coord.counts)
         bytes_in, bytes_out = coord.state.bytes_in, coord.state.bytes_out
@@ -93,8 +96,7 @@ def _apply(srv, version: int, batch: list[Arrival], started: float) -> None:
     line = {"type": "round", "round": version, "rounds": cfg["rounds"], "start": started,
             "end": time.time(), "sampled": sorted({a.update.client for a in batch}),
             "reported": sorted({a.update.client for a in used}),
-            "dropped": [{"id": k, "reason": f"rejected: {v}"} for k, v in sorted(left_out.items())],
-            "rejected": len(left_out),
+            "dropped": dropped, "rejected": sum(d["reason"].startswith("rejected: ") for d in dropped),
             "clients": {str(a.update.client): a.metrics for a in used},
             "updates": [{"client": a.update.client, "version": a.version, "staleness": a.staleness,
                          "examples": a.update.examples} for a in used],
