@@ -12,6 +12,10 @@ FEDTF_HEARTBEAT_S seconds (default 30; 0: never) that it is still at work (GET /
 server rewrites status.json then, so fedctl's budget watchdog on the server host, which cannot see
 this host's GPU, does not take a long round for an idle run.
 
+Async strategies (fedbuff, fedasync): a task is one client's, on one model version; it is trained
+on a worker thread (one at a time: one model) while the poll goes on, and its upload waits out its
+simulated delay on its own thread, so a slow virtual client holds up none of its siblings.
+
 SCAFFOLD: c_i moves when the server takes the update (200), and is settled by the server's word
 on which updates it aggregated (``counted`` in the next task or the final answer: a 200 left out at
 the close is undone, a 409 or lost answer for an update it counted is committed); it is saved per

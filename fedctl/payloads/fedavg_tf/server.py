@@ -1,5 +1,8 @@
 """fedavg_tf server: samples clients, serves global weights, aggregates, evaluates, checkpoints.
 
+Sync strategies run rounds here; fedbuff / fedasync run fedtf/async_loop.py (one server update per
+round line) on fedtf/async_coord.py's tickets.
+
     python server.py --config C --run-dir D --token-file T [--host H] [--port P] [--resume]
 """
 from __future__ import annotations
