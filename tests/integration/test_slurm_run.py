@@ -159,6 +159,32 @@ def test_sigkilled_fedctl_during_start_then_teardown_leaves_no_job(slurm: SlurmC
     _assert_nothing_left(slurm, proj / ".fedctl" / "local" / "slurm" / run_id)
 
 
+def _fedctl(proj: Path, slurm: SlurmCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FEDCTL or "fedctl", *args], cwd=proj, env=_env(slurm), capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_a_job_ended_under_a_running_experiment_is_said_and_torn_down(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The job ends mid-run (here scancel, as a preemption would): status says each host's job
+    ended instead of trying it as a machine; teardown finishes, and nothing is left."""
+    proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 2000, "echo_round_s": 0.2})
+    res = _fedctl(proj, slurm, "provision", "--clients", "2", "-i", "slurm.yaml", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = _fedctl(proj, slurm, "start")
+    assert res.returncode == 0, res.stdout + res.stderr
+    run_id, job = _state(proj)["run_id"], _job(proj)
+    assert job is not None
+    slurm.run(["scancel", job])
+    wait_until(lambda: _squeue(slurm) == "", 30, what="the job gone")
+    status = _fedctl(proj, slurm, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    hosts = json.loads(status.stdout)["hosts"]
+    assert [(h["reachable"], f"job {job} ended: " in (h["error"] or "")) for h in hosts] == [(False, True)] * 3, hosts
+    res = _fedctl(proj, slurm, "teardown", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    _assert_nothing_left(slurm, proj / ".fedctl" / "local" / "slurm" / run_id)
+
+
 def test_ctrl_c_while_the_job_pends_cancels_it(slurm: SlurmCluster, tmp_path: Path) -> None:
     """The partition is full: ``fedctl run`` shows squeue's pending reason; Ctrl-C (SIGINT to fedctl)
     then cancels the pending job and fedctl exits 130; nothing of the run is left."""
