@@ -119,6 +119,17 @@ class SlurmProvider(Provider):
         """A host whose node is known (not the ``(slurm node)`` placeholder)."""
         return info.machine is not None and info.machine.id is not None and not info.address.startswith("(")
 
+    def ended(self, hosts: Sequence[HostInfo]) -> str | None:
+        """Why the run's allocation is over (``job 12 ended: TIMEOUT (TimeLimit)``, as scontrol says
+        while it remembers the job), None while it pends or runs (or was never submitted). For a
+        caller that follows a run: its hosts will not come back (not wired into follow yet)."""
+        jobs = sorted({h.machine.id for h in hosts if h.machine is not None and h.machine.id})
+        if not jobs:
+            return None
+        live = {j.id for j in self.cli.jobs(ids=jobs) if j.state not in ENDED}
+        gone = [j for j in jobs if j not in live]
+        return "; ".join(f"job {j} ended: {self.cli.end_report(j)}" for j in gone) or None
+
     # -- what provision calls -------------------------------------------------------------------
     def acquire(self, hosts: Sequence[HostInfo]) -> list[HostInfo]:
         """The run's allocation, each host on a node with its own workdir in the run folder

@@ -373,9 +373,11 @@ def test_a_node_connector_runs_commands_as_steps_and_files_go_to_the_shared_fold
 
     with pytest.raises(ConnectError, match="node fl3 is not in job"):
         SlurmStepConnector(dataclasses.replace(hosts[2], address="fl3"), prov.cli).connect()
+    assert prov.ended(hosts) is None  # it runs
     prov.release(hosts)
     with pytest.raises(ConnectError, match=f"job {job} ended: "):
         conn.connect()
+    assert (prov.ended(hosts) or "").startswith(f"job {job} ended: ")
 
 
 def test_a_job_that_ends_early_is_reported_with_scontrols_reason(slurm: SlurmCluster, tmp_path: Path,
