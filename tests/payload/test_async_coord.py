@@ -2,10 +2,12 @@
 updates from before a restart, and one FedAsync / FedBuff step through it against numpy."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from fedtf import config
-from fedtf.async_coord import AsyncCoordinator
+from fedtf.async_coord import LIVE_S, AsyncCoordinator
 from fedtf.strategies import make_strategy
 from fedtf.transport import decode, encode
 
@@ -16,8 +18,10 @@ SIZE = 8
 
 def _coord(clients: int = 6, concurrency: int = 3, max_staleness: int = 2,
            timeout_s: float = 60.0) -> AsyncCoordinator:
-    return AsyncCoordinator(TOKEN, SHAPES, [10] * clients, (), concurrency=concurrency,
-                            max_staleness=max_staleness, ticket_timeout_s=timeout_s)
+    c = AsyncCoordinator(TOKEN, SHAPES, [10] * clients, (), concurrency=concurrency,
+                         max_staleness=max_staleness, ticket_timeout_s=timeout_s)
+    c.seen = {k: time.time() for k in range(clients)}  # every client's process has polled
+    return c
 
 
 def _task(c: AsyncCoordinator, ids: list[int], after: int = 0):
@@ -40,6 +44,16 @@ def test_tickets_fill_the_slots_with_distinct_idle_clients_seeded():
         picks.append([t.client for t in c.dispatch(np.random.default_rng(5))])
     assert picks[0] == picks[1] and len(set(picks[0])) == 3  # seeded, no client twice
     assert c.dispatch(np.random.default_rng(5)) == []           # all slots busy
+
+
+def test_clients_whose_process_stopped_polling_get_no_work():
+    c = _coord(clients=4, concurrency=3)
+    c.seen[1] = c.seen[3] = time.time() - LIVE_S - 1  # their process died a while ago
+    c.publish(0, np.zeros(SIZE, np.float32), {})
+    assert sorted(t.client for t in c.dispatch(np.random.default_rng(0))) == [0, 2]
+    assert c.take(time.time() + 0.3) == []  # waits: a free slot but no live idle client to fill it
+    c.seen[3] = time.time()                 # a process for client 3 polls again
+    assert [t.client for t in c.dispatch(np.random.default_rng(0))] == [3]
 
 
 def test_fedasync_through_the_coordinator_equals_the_mixing_rule():

@@ -1,6 +1,8 @@
 """The async server loop without TensorFlow: a fake server around a real AsyncCoordinator."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from fedtf import config
 from fedtf.async_coord import AsyncCoordinator
@@ -18,6 +20,7 @@ class FakeServer:
                                    "sampling": {"round_timeout_s": round_timeout_s, "retries": 0}})
         self.coord = AsyncCoordinator(b"t" * 24, [(SIZE,)], [10] * 4, (), concurrency=2,
                                       max_staleness=4, ticket_timeout_s=3600.0)
+        self.coord.seen = {k: time.time() for k in range(4)}  # every client's process has polled
         self.rng = np.random.default_rng(0)
         self.weights = np.zeros(SIZE, np.float32)
         self.start_round = 1

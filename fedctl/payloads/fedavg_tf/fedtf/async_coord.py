@@ -22,9 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .coordinator import Coordinator, _split
+from .coordinator import POLL_WAIT_S, Coordinator, _split
 from .strategies import Update
 from .transport import TransportError, decode, encode
+
+
+#: a client whose process has not polled for this long is not given work
+LIVE_S = POLL_WAIT_S + 40.0
 
 
 @dataclass
@@ -80,7 +84,7 @@ class AsyncCoordinator(Coordinator):
         with self.cv:
             self._expire()
             while len(self.tickets) < self.concurrency:
-                idle = [k for k in range(len(self.shard_sizes)) if k not in self.tickets]
+                idle = self._idle()
                 if not idle:
                     break
                 k = idle[int(rng.integers(len(idle)))]
@@ -96,11 +100,19 @@ class AsyncCoordinator(Coordinator):
         """Wait until an update arrived, a slot freed, or `deadline`; the arrived updates."""
         with self.cv:
             self._expire()
-            while not self.arrived and len(self.tickets) >= self.concurrency and time.time() < deadline:
+            while not self.arrived and time.time() < deadline and (
+                    len(self.tickets) >= self.concurrency or not self._idle()):
                 self.cv.wait(min(1.0, max(0.0, deadline - time.time())))
                 self._expire()
             got, self.arrived = self.arrived, []
             return got
+
+    def _idle(self) -> list[int]:
+        """Clients without a ticket whose process polled lately (a poll is answered within
+        POLL_WAIT_S, and an async client polls while it trains): a dead process's ids are not drawn."""
+        now = time.time()
+        return [k for k in range(len(self.shard_sizes))
+                if k not in self.tickets and now - self.seen.get(k, -LIVE_S) < LIVE_S]
 
     def in_flight(self) -> list[int]:
         with self.cv:
@@ -136,7 +148,7 @@ class AsyncCoordinator(Coordinator):
         if instance != self.instance:
             after = -1
         now = time.time()
-        end = now + 20.0
+        end = now + POLL_WAIT_S
         with self.cv:
             for k in ids:
                 self.seen[k] = now
