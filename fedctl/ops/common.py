@@ -45,6 +45,14 @@ def load_inputs(
     # the inventory layer bounds its text and refuses NULs in environment values (parse_inventory)
     inventory = load_inventory(inventory_path)
     experiment = load_experiment(config_path, overrides, clients=clients, rounds=rounds)
+    if experiment.on_finish == "poweroff":
+        from fedctl.errors import ConfigError
+        from fedctl.providers import provider_class
+
+        if not provider_class(inventory.provider).can_power_off:
+            raise ConfigError(config_path or "fedctl.yaml", "on_finish",
+                              f"poweroff would power off provider {inventory.provider}'s shared nodes; the"
+                              " allocation ends with the run (teardown cancels it)", ["stop", "teardown"])
     root = store.root.parent if store else Path.cwd()
     plan = make_plan(inventory, experiment, experiment.clients, cpu_count=cpu_count, cwd=root)
     return Inputs(inventory, experiment, plan)

@@ -62,12 +62,39 @@ def on_this_clock(server_time: float | None, now: float) -> float | None:
     return None if server_time is None else now - max(0.0, now - server_time)
 
 
+#: how often a follower asks the provider whether the run's machines ended (a squeue call on Slurm)
+ENDED_CHECK_S = 10.0
+_ended_checked: dict[str, float] = {}
+
+
+def machines_ended(store: StateStore, state: RunState) -> Any:
+    """A GuardTrip (reason ``ended``) when the provider says the run's machines are gone for good
+    (a Slurm job ended by its time limit or preemption), else None; asked at most every
+    ENDED_CHECK_S per run. The run then goes through the same collect-and-teardown as a trip."""
+    from fedctl.budget import GuardTrip
+    from fedctl.providers import for_run
+
+    now = store.clock()
+    if now - _ended_checked.get(state.run_id, float("-inf")) < ENDED_CHECK_S:
+        return None
+    _ended_checked[state.run_id] = now
+    why = for_run(state, store).ended([r.info for r in state.hosts])
+    if not why:
+        return None
+    return GuardTrip(reason="ended", message=f"the run's machines are gone: {why}", time=now, value=0.0,
+                     limit=0.0, by="provider")
+
+
 def guard_tripped(store: StateStore, state: RunState, inputs: GuardInputs) -> Any:
-    """Check the budget guards once; on a trip, record why on the server (``guard.json``, where the
-    payload and the report find it) and return the trip, else None."""
+    """Check whether the run must stop now: its machines ended (``machines_ended``) or a budget
+    guard trips. On a budget trip, record why on the server (``guard.json``, where the payload and
+    the report find it). Returns the trip, else None."""
     from fedctl.budget import check_guards
     from fedctl.deploy import remote_run_dir
 
+    ended = machines_ended(store, state)
+    if ended is not None:
+        return ended
     budget = state.experiment.budget
     if not budget.active:
         return None

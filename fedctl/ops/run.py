@@ -149,7 +149,8 @@ def run_experiment(
         _finish(store, ui, outcome)
         ui.finished(outcome)
     if outcome.trip is not None:
-        raise FedctlError(f"stopped by the budget guard: {outcome.trip.message}")
+        raise FedctlError(outcome.trip.message if outcome.trip.reason == "ended"
+                          else f"stopped by the budget guard: {outcome.trip.message}")
     if failure is not None:
         raise failure
     if outcome.status is None or outcome.status.phase != Phase.FINISHED:
@@ -240,7 +241,8 @@ def _follow(store: StateStore, ui: RunUI, interval: float) -> tuple[Any, Any, bo
     else:
         st, trip = observe(store, store.load()), live.trip
     if trip is not None:
-        ui.notice(f"budget guard: {trip.message}; collecting results and stopping the run", "error")
+        what = trip.message if trip.reason == "ended" else f"budget guard: {trip.message}"
+        ui.notice(f"{what}; collecting results and stopping the run", "error")
     return st, trip, False
 
 

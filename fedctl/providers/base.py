@@ -99,6 +99,8 @@ class Provider(abc.ABC):
     #: the module whose ``parse_section(file, raw, defaults, make_host)`` validates this provider's
     #: inventory section (named like the provider: ``aws:``) into its hosts; None: no section
     section_module: ClassVar[str | None] = None
+    #: whether ``on_finish: poweroff`` may power its hosts off (not a cluster's shared compute nodes)
+    can_power_off: ClassVar[bool] = True
 
     @classmethod
     @abc.abstractmethod
@@ -116,3 +118,9 @@ class Provider(abc.ABC):
     def reachable(self, info: HostInfo) -> bool:
         """Whether ``info`` can be connected to (a machine being created has no address yet)."""
         return True
+
+    def ended(self, hosts: Sequence[HostInfo]) -> str | None:
+        """Why the run's machines are gone for good (a Slurm job ended by its time limit), None while
+        they may still run. A follower asks this so a run whose machines went away stops waiting
+        for rounds. Host sources and clouds whose machines end only by fedctl's hand: None."""
+        return None

@@ -71,6 +71,7 @@ class SlurmProvider(Provider):
 
     creates_machines = True
     section_module = "fedctl.providers.slurm_config"
+    can_power_off = False  # the nodes are the cluster's: the job's end is what stops the billing
 
     def __init__(self, hosts: Sequence[HostInfo], run: RunContext, cli: SlurmCli | None = None,
                  run_dir: Path | PurePosixPath | None = None, poll_s: float | None = None,
@@ -122,7 +123,7 @@ class SlurmProvider(Provider):
     def ended(self, hosts: Sequence[HostInfo]) -> str | None:
         """Why the run's allocation is over (``job 12 ended: TIMEOUT (TimeLimit)``, as scontrol says
         while it remembers the job), None while it pends or runs (or was never submitted). For a
-        caller that follows a run: its hosts will not come back (not wired into follow yet)."""
+        caller that follows a run (``fedctl.ops.follow.machines_ended``): its hosts will not come back."""
         jobs = sorted({h.machine.id for h in hosts if h.machine is not None and h.machine.id})
         if not jobs:
             return None

@@ -185,6 +185,37 @@ def test_a_job_ended_under_a_running_experiment_is_said_and_torn_down(slurm: Slu
     _assert_nothing_left(slurm, proj / ".fedctl" / "local" / "slurm" / run_id)
 
 
+def test_fedctl_run_stops_waiting_when_its_job_ends_and_says_why(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The job ends under ``fedctl run`` (scancel, as a time limit or a preemption would): run says
+    the machines are gone and why, goes through its clean-up and exits 1; nothing is left."""
+    proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 2000, "echo_round_s": 0.2})
+    log = tmp_path / "run.out"
+    proc = _start(proj, slurm, log, "run", "--clients", "2", "-i", "slurm.yaml", "--yes", "--interval", "1")
+    try:
+        wait_until(lambda: _state(proj).get("phase") == "running", 180, interval=0.2, what=f"the run to run ({log})")
+        run_id, job = _state(proj)["run_id"], _job(proj)
+        assert job is not None
+        slurm.run(["scancel", job])
+        proc.wait(120)  # the follower asks the provider every ENDED_CHECK_S (10 s), then tears down
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    out = log.read_text()
+    assert proc.returncode == 1, out[-3000:]
+    assert f"the run's machines are gone: job {job} ended" in out, out[-3000:]
+    _assert_nothing_left(slurm, proj / ".fedctl" / "local" / "slurm" / run_id)
+
+
+def test_poweroff_is_refused_on_a_cluster(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """``on_finish: poweroff`` would run poweroff on the cluster's shared nodes: refused before any job."""
+    proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 2, "on_finish": "poweroff"})
+    res = _fedctl(proj, slurm, "provision", "--clients", "2", "-i", "slurm.yaml", "--yes")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "on_finish: poweroff would power off provider slurm's shared nodes" in res.stderr
+    assert _squeue(slurm) == "" and not (proj / ".fedctl" / "state.json").exists()
+
+
 def test_ctrl_c_while_the_job_pends_cancels_it(slurm: SlurmCluster, tmp_path: Path) -> None:
     """The partition is full: ``fedctl run`` shows squeue's pending reason; Ctrl-C (SIGINT to fedctl)
     then cancels the pending job and fedctl exits 130; nothing of the run is left."""
