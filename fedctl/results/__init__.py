@@ -7,6 +7,9 @@ manifest's result files, ``logs/<host>/*.log``) and on the run state. It adds:
     response_heatmap.png            clients x rounds response time; dropped and not-sampled marked
     participation.png               clients x rounds: reported / dropped / not sampled
     cost.png                        the run's cumulative cost over time (from the ledger)
+    accuracy_vs_time.png,           an asynchronous run only (round lines with client_updates):
+    accuracy_vs_updates.png,        accuracy against wall-clock time and against client updates,
+    staleness.png                   and a histogram of the applied updates' staleness
     summary.md                      a table a paper can use, every metric the payload reported,
                                     hosts, cost, versions
     config.yaml, inventory.yaml     resolved, with secrets removed
@@ -18,7 +21,7 @@ The package, by seam:
     plots        the figures (matplotlib imported inside them only) and the participation matrix
     redact       no password, token or key material in any file of the folder
     provenance   inventory as reached, versions (Python + the payload's required modules), git commit
-    compare      several runs' accuracy on one plot, rounds and time to a target
+    compare      several runs' accuracy on one plot, rounds, time (and client updates) to a target
     runs         the current or an archived run's state; a results folder for a run id
     fmt          how the tables write values, bytes and durations
 

@@ -1,4 +1,5 @@
-"""``compare``: several runs' accuracy on one plot, and a table of rounds and time to a target."""
+"""``compare``: several runs' accuracy on one plot, and a table of rounds and time to a target (and,
+for an asynchronous run, client updates to it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, Sequence
 from fedctl.contract import MetricsLog, collected_metrics, read_metrics
 from fedctl.fsutil import atomic_write
 from fedctl.results.fmt import fmt_duration, fmt_value
-from fedctl.results.plots import plot_curves
+from fedctl.results.plots import is_async, plot_curves
 
 
 @dataclass
@@ -23,6 +24,8 @@ class CompareRow:
     rounds_to_target: int | None
     seconds_to_target: float | None
     wall_s: float | None
+    client_updates: int | None = None  # an asynchronous run's total (FedBuff, FedAsync); None: synchronous
+    updates_to_target: int | None = None
 
 
 @dataclass
@@ -47,6 +50,26 @@ def reach(log: MetricsLog, target: float) -> tuple[int | None, float | None]:
     return None, None
 
 
+def updates_to(log: MetricsLog, target: float) -> int | None:
+    """Client updates (the running total) an asynchronous run had taken when accuracy first reached
+    ``target``; None when it never did or the run is synchronous."""
+    for r in log.ordered:
+        if r.accuracy is not None and r.accuracy >= target:
+            got = r.values.get("client_updates")
+            return int(got) if got is not None else None
+    return None
+
+
+def total_updates(log: MetricsLog) -> int | None:
+    """An asynchronous run's client updates: the summary line's total, else the last running total."""
+    if not is_async(log):
+        return None
+    got = log.summary.get("client_updates") if log.summary is not None else None
+    if got is None:
+        got = next((r.values["client_updates"] for r in reversed(log.ordered) if "client_updates" in r.values), 0)
+    return int(got)
+
+
 def compare(runs: Sequence[Path], out: Path, target: float | None = None) -> Comparison:
     """Accuracy curves of several runs on one plot (``out``, a PNG) and a table (``out`` with .md).
 
@@ -64,22 +87,31 @@ def compare(runs: Sequence[Path], out: Path, target: float | None = None) -> Com
         rnd, secs = reach(log, target) if target is not None else (None, None)
         name = path.name
         rows.append(CompareRow(name, f"{strategy} ({name})" if strategy else name, strategy, len(log.rounds),
-                               accs[-1] if accs else None, max(accs) if accs else None, rnd, secs, log.wall_s))
+                               accs[-1] if accs else None, max(accs) if accs else None, rnd, secs, log.wall_s,
+                               total_updates(log), updates_to(log, target) if target is not None else None))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_curves([(row.label, *log.series("accuracy")) for row, (_, log) in zip(rows, loaded)], out,
                 "accuracy per round", "accuracy", target)
     table = out.with_suffix(".md")
+    # an asynchronous run counts server updates as rounds: client updates compare it with the others
+    updates = any(r.client_updates is not None for r in rows)
     lines = [
         f"Target accuracy: {fmt_value(target)}",
         "",
-        "| Run | Strategy | Rounds | Final accuracy | Best accuracy | Rounds to target | Time to target | Wall time |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| Run | Strategy | Rounds | Final accuracy | Best accuracy | Rounds to target | Time to target | Wall time |"
+        + (" Client updates | Updates to target |" if updates else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if updates else ""),
     ]
     for r in rows:
-        lines.append(f"| {r.run} | {r.strategy or '-'} | {r.rounds} | {fmt_value(r.final_accuracy)} "
-                     f"| {fmt_value(r.best_accuracy)} "
-                     f"| {fmt_value(r.rounds_to_target) if r.rounds_to_target else 'not reached'} "
-                     f"| {fmt_duration(r.seconds_to_target)} | {fmt_duration(r.wall_s)} |")
+        line = (f"| {r.run} | {r.strategy or '-'} | {r.rounds} | {fmt_value(r.final_accuracy)} "
+                f"| {fmt_value(r.best_accuracy)} "
+                f"| {fmt_value(r.rounds_to_target) if r.rounds_to_target else 'not reached'} "
+                f"| {fmt_duration(r.seconds_to_target)} | {fmt_duration(r.wall_s)} |")
+        if updates:
+            reached = ("-" if r.client_updates is None else
+                       "not reached" if r.updates_to_target is None else str(r.updates_to_target))
+            line += f" {fmt_value(r.client_updates)} | {reached} |"
+        lines.append(line)
     atomic_write(table, ("\n".join(lines) + "\n").encode())
     return Comparison(target, rows, out, table)

@@ -55,6 +55,49 @@ def participation_matrix(
     return ids, [r.round for r in rounds], status, resp
 
 
+# -- asynchronous runs (FedBuff, FedAsync): one round line per server update ------------------------------
+def is_async(log: MetricsLog) -> bool:
+    """Do the round lines carry the running total of client updates (an asynchronous strategy's)?"""
+    return any("client_updates" in r.values for r in log.rounds.values())
+
+
+def update_staleness(log: MetricsLog) -> list[int]:
+    """The staleness (server versions behind) of every client update that went into the model.
+
+    The round line's ``updates[]`` holds one entry per update (a client may send two into one server
+    update); the contract's record gives it as ``updates`` once it parses that list. Until then each
+    reported client's ``clients.<id>.staleness`` stands in (one value per client and server update).
+    """
+    out: list[int] = []
+    for r in log.ordered:
+        updates = getattr(r, "updates", None)  # TODO(results): drop the fallback once RoundRecord has it
+        if updates:
+            vals = [u.get("staleness") if isinstance(u, dict) else getattr(u, "staleness", None) for u in updates]
+        else:
+            vals = [r.clients.get(c, {}).get("staleness") for c in r.reported]
+        out += [int(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+    return out
+
+
+def accuracy_by(log: MetricsLog, axis: str) -> tuple[list[float], list[float]]:
+    """(x, accuracy) of every round that reports accuracy; x is ``time`` (seconds from the first
+    round's start to the round's end) or ``updates`` (the running total of client updates)."""
+    rounds = log.ordered
+    first = min((r.start for r in rounds if r.start is not None), default=None)
+    xs, ys = [], []
+    for r in rounds:
+        if r.accuracy is None:
+            continue
+        if axis == "time":
+            x = r.end - first if r.end is not None and first is not None else None
+        else:
+            x = r.values.get("client_updates")
+        if x is not None:
+            xs.append(float(x))
+            ys.append(float(r.accuracy))
+    return xs, ys
+
+
 # -- figure plumbing ---------------------------------------------------------------------------------------
 def _figure(title: str):  # type: ignore[no-untyped-def]
     import matplotlib
@@ -115,6 +158,42 @@ def plot_curve(log: MetricsLog, key: str, path: Path, title: str, ylabel: str, b
     _int_rounds(ax)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def plot_accuracy_by(log: MetricsLog, axis: str, path: Path) -> Path:
+    """Accuracy against wall-clock time (``axis="time"``) or against client updates (``"updates"``),
+    so a synchronous and an asynchronous run compare on the axis that costs them."""
+    label = "seconds since the first round started" if axis == "time" else "client updates"
+    plt, fig, ax = _figure(f"global model accuracy against {'wall-clock time' if axis == 'time' else 'client updates'}")
+    xs, ys = accuracy_by(log, axis)
+    if xs:
+        ax.plot(xs, ys, marker="o", markersize=3, color="#1f77b4", label="accuracy")
+        ax.axhline(max(ys), color="#ff7f0e", linestyle="--", linewidth=1, label=f"best {max(ys):.4f}")
+        ax.legend(loc="best")
+    else:
+        _empty(ax, "no accuracy reported")
+    ax.set_xlabel(label)
+    if axis == "updates":
+        _int_rounds(ax)
+    ax.set_ylabel("accuracy")
+    ax.grid(True, alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def plot_staleness(log: MetricsLog, path: Path) -> Path:
+    """A histogram of the staleness of the client updates the server applied (one bar per value)."""
+    plt, fig, ax = _figure("staleness of the applied client updates")
+    vals = update_staleness(log)
+    if vals:
+        top = max(vals)
+        ax.hist(vals, bins=[b - 0.5 for b in range(top + 2)], color="#1f77b4", edgecolor="white")
+        _int_rounds(ax)  # integer ticks on x: staleness counts versions
+    else:
+        _empty(ax, "no staleness reported")
+    ax.set_xlabel("staleness (server versions behind)")
+    ax.set_ylabel("client updates")
+    ax.grid(True, alpha=0.3, axis="y")
     return _save(plt, fig, path)
 
 

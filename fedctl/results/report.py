@@ -20,11 +20,15 @@ from fedctl.cost import estimate, format_money, format_totals, run_cost
 from fedctl.fsutil import atomic_write
 from fedctl.results.fmt import fmt_bytes, fmt_duration, fmt_value
 from fedctl.results.plots import (
+    is_async,
     participation_matrix,
+    plot_accuracy_by,
     plot_cost,
     plot_curve,
     plot_participation,
     plot_response_heatmap,
+    plot_staleness,
+    update_staleness,
 )
 from fedctl.results.provenance import inventory_dict, versions
 from fedctl.results.redact import known_secrets, redact_text, redact_tree, scrub
@@ -105,7 +109,26 @@ def run_summary(log: MetricsLog, state: RunState, rc: Any, guard: Mapping[str, A
         "cost": dict(rc.total),
         "host_hours": sum(r.hours for r in rc.rows),
         "metrics": metric_table(log),
+        **async_summary(log),
     }
+
+
+def async_summary(log: MetricsLog) -> dict[str, Any]:
+    """An asynchronous run's totals (FedBuff, FedAsync): client updates the run took, updates dropped
+    as stale, staleness of the applied ones; nothing for a synchronous run (its summary is unchanged)."""
+    if not is_async(log):
+        return {}
+    summ, last = log.summary, log.ordered[-1]
+
+    def total(key: str) -> int:
+        # the summary line's total, else the last round line's running total
+        got = summ.get(key) if summ is not None else None
+        return int(got if got is not None else last.values.get(key, 0))
+
+    stale = update_staleness(log)
+    return {"client_updates": total("client_updates"), "dropped_stale": total("dropped_stale"),
+            "staleness_mean": statistics.fmean(stale) if stale else None,
+            "staleness_max": max(stale) if stale else None}
 
 
 def summary_markdown(s: Mapping[str, Any], rc: Any, vers: Mapping[str, Any], guard: Mapping[str, Any] | None,
@@ -130,6 +153,15 @@ def summary_markdown(s: Mapping[str, Any], rc: Any, vers: Mapping[str, Any], gua
         f"Mean client response: {fmt_duration(s['mean_response_s'])}. "
         f"Traffic: {fmt_bytes(s['bytes_in'])} in, {fmt_bytes(s['bytes_out'])} out.",
         "",
+    ]
+    if s.get("client_updates") is not None:
+        lines += [
+            f"Asynchronous: {s['rounds_completed']} server updates took **{s['client_updates']} client updates**; "
+            f"**{s['dropped_stale']} dropped as stale**. Staleness of the applied updates: mean "
+            f"{fmt_value(s['staleness_mean'], 2)}, max {fmt_value(s['staleness_max'])}.",
+            "",
+        ]
+    lines += [
         "## Hosts and cost",
         "",
         "| Host | Role | Price per hour | Hours | Cost |",
@@ -217,6 +249,12 @@ def build_report(
         plot_participation(log, results_dir / "participation.png", state.clients),
         plot_cost(state, now, results_dir / "cost.png", budget.max_cost),
     ]
+    if is_async(log):  # a synchronous run's folder stays as it was
+        plots += [
+            plot_accuracy_by(log, "time", results_dir / "accuracy_vs_time.png"),
+            plot_accuracy_by(log, "updates", results_dir / "accuracy_vs_updates.png"),
+            plot_staleness(log, results_dir / "staleness.png"),
+        ]
     plot_names = [p.name for p in plots]
 
     written: dict[str, bytes] = {}
