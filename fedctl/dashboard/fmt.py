@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from fedctl.monitor.snapshot import GpuReport, HostSnapshot, Snapshot
+from fedctl.monitor.snapshot import AsyncProgress, GpuReport, HostSnapshot, Snapshot
 from fedctl.units import fmt_duration
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -29,6 +29,22 @@ def fmt_money(value: float | None, currency: str) -> str:
     from fedctl.cost import format_money
 
     return format_money(value, currency, none="-")
+
+
+def fmt_staleness(a: AsyncProgress) -> str:
+    """``0/0.50/2``: min/mean/max staleness of the last server update's client updates (``-`` unknown)."""
+    if a.staleness_min is None and a.staleness_mean is None and a.staleness_max is None:
+        return "-"
+
+    def whole(v: float | None) -> str:
+        return "-" if v is None else f"{v:g}" if float(v).is_integer() else f"{v:.2f}"
+
+    return f"{whole(a.staleness_min)}/{fmt_num(a.staleness_mean, 2)}/{whole(a.staleness_max)}"
+
+
+def fmt_count(value: int | None) -> str:
+    """An int for a cell, ``-`` when unknown."""
+    return "-" if value is None else str(value)
 
 
 def fmt_ids(ids: Sequence[int], limit: int = 24) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 
-from fedctl.dashboard.fmt import compact_seconds, fmt_ids, fmt_money, fmt_num, gpu_text, host_reach, sparkline
+from fedctl.dashboard.fmt import (compact_seconds, fmt_count, fmt_ids, fmt_money, fmt_num, fmt_staleness, gpu_text,
+                                  host_reach, sparkline)
 from fedctl.monitor.snapshot import Snapshot
 from fedctl.units import fmt_duration
 
@@ -21,9 +22,12 @@ def status_line(s: Snapshot) -> str:
     last = f.history[-1] if f.history else None
     strag = (f" straggler=c{last.straggler}({fmt_num(last.straggler_s, 2)}s)"
              if last and last.straggler is not None else "")
+    a = f.asynchronous
+    asyn = (f" in_flight={fmt_count(a.in_flight)} staleness={fmt_staleness(a)}"
+            f" client_updates={fmt_count(a.client_updates)} dropped_stale={fmt_count(a.dropped_stale)}") if a else ""
     return (
         f"run={s.run_id} phase={f.phase} round={f.round}/{f.rounds} acc={fmt_num(s.accuracy)} loss={fmt_num(s.loss)}"
-        f" sampled={len(f.sampled)} reported={len(f.reported)} waiting={len(f.waiting)}"
+        f" sampled={len(f.sampled)} reported={len(f.reported)} waiting={len(f.waiting)}{asyn}"
         f" hosts={reach}/{len(s.hosts)} alerts={len(s.alerts)}{strag}"
     )
 
@@ -39,6 +43,10 @@ def render_lines(s: Snapshot, max_log_lines: int = 10) -> list[str]:
         f"accuracy {fmt_num(s.accuracy)} {sparkline([p.accuracy for p in f.history])}"
         f"  loss {fmt_num(s.loss)} {sparkline([p.loss for p in f.history])}",
     ]
+    a = f.asynchronous
+    if a:  # the last server update of an asynchronous run
+        out.insert(3, f"asynchronous: in flight {fmt_count(a.in_flight)}  staleness min/mean/max {fmt_staleness(a)}"
+                      f"  client updates {fmt_count(a.client_updates)}  dropped stale {fmt_count(a.dropped_stale)}")
     for p in f.history[-5:]:
         strag = f" straggler client {p.straggler} ({fmt_num(p.straggler_s, 2)}s)" if p.straggler is not None else ""
         drop = f" dropped {','.join(map(str, p.dropped))}" if p.dropped else ""

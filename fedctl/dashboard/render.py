@@ -22,8 +22,8 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from fedctl.dashboard.fmt import (compact_seconds, fit_name, fmt_ids, fmt_money, fmt_num, gpu_short, gpu_text,
-                                  host_reach, name_width, sparkline, stragglers)
+from fedctl.dashboard.fmt import (compact_seconds, fit_name, fmt_count, fmt_ids, fmt_money, fmt_num, fmt_staleness,
+                                  gpu_short, gpu_text, host_reach, name_width, sparkline, stragglers)
 from fedctl.monitor.snapshot import Alert, ClientSnapshot, HostSnapshot, Snapshot
 from fedctl.units import fmt_duration
 
@@ -233,13 +233,18 @@ def _federation(s: Snapshot, compact: bool, max_alerts: int) -> RenderableType:
              if last and last.straggler is not None else None)
     alerts = _alert_lines(s.alerts, max_alerts)
     title = "federation" + (f" · {len(s.alerts)} {_plural(len(s.alerts), 'alert')}" if s.alerts else "")
+    a = f.asynchronous
     if compact:  # the numbers on two lines, then one line per alert
         age = f"this round {fmt_duration(f.round_age_s)}  " if f.round_age_s is not None else ""
+        # an asynchronous run has no sampled/reported round: in flight and staleness say more
+        first = (f"{age}in flight {fmt_count(a.in_flight)}  staleness {fmt_staleness(a)}  waiting " if a
+                 else f"{age}sampled {len(f.sampled)}  reported {len(f.reported)}  waiting ")
+        updates = (f"  updates {fmt_count(a.client_updates)}" + (f" ({a.dropped_stale} stale)" if a.dropped_stale else "")
+                   if a else "")  # before the straggler, which is cut first on a narrow screen
         lines = [
-            _line(f"{age}sampled {len(f.sampled)}  reported {len(f.reported)}  waiting ",
-                  (fmt_ids(f.waiting), "cyan")),
+            _line(first, (fmt_ids(f.waiting), "cyan")),
             _line("accuracy ", (acc, "green"), f" {fmt_num(s.accuracy)}  loss ", (loss, "magenta"),
-                  f" {fmt_num(s.loss)}", *([("  straggler " + strag, "yellow")] if strag else [])),
+                  f" {fmt_num(s.loss)}{updates}", *([("  straggler " + strag, "yellow")] if strag else [])),
         ]
         return _section(title, Group(*lines, *alerts), compact)
     left = Table.grid(padding=(0, 1))
@@ -250,6 +255,10 @@ def _federation(s: Snapshot, compact: bool, max_alerts: int) -> RenderableType:
     left.add_row("waiting", Text(fmt_ids(f.waiting), style="cyan") if f.waiting else "-")
     if f.round_age_s is not None:
         left.add_row("this round", fmt_duration(f.round_age_s))
+    if a:  # from the last server update's round line
+        left.add_row("in flight", fmt_count(a.in_flight))
+        left.add_row("staleness", f"{fmt_staleness(a)} (min/mean/max, {fmt_count(a.aggregated)} updates)")
+        left.add_row("updates", f"{fmt_count(a.client_updates)} applied, {fmt_count(a.dropped_stale)} dropped stale")
     left.add_row("accuracy", Text.assemble((acc, "green"), f" {fmt_num(s.accuracy)}"))
     left.add_row("loss", Text.assemble((loss, "magenta"), f" {fmt_num(s.loss)}"))
     if strag:

@@ -111,6 +111,19 @@ class RoundPoint:
 
 
 @dataclass(frozen=True)
+class AsyncProgress:
+    """An asynchronous run's (FedBuff, FedAsync) last server update, as its round line says."""
+
+    in_flight: int | None  # clients training when it was applied
+    aggregated: int | None  # client updates it applied
+    staleness_min: float | None  # server versions behind, over the updates it applied
+    staleness_mean: float | None
+    staleness_max: float | None
+    client_updates: int | None  # running total of applied client updates
+    dropped_stale: int | None  # running total of updates dropped past max_staleness
+
+
+@dataclass(frozen=True)
 class Federation:
     """The current round and the recent history."""
 
@@ -123,6 +136,8 @@ class Federation:
     round_age_s: float | None = None  # how long the current round has been running
     history: tuple[RoundPoint, ...] = ()
     heat_rounds: tuple[int, ...] = ()
+    #: set for an asynchronous run only (its round lines carry client_updates); None for a sync one
+    asynchronous: AsyncProgress | None = None
 
 
 @dataclass(frozen=True)
