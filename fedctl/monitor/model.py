@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from fedctl.contract import RoundRecord, ServerStatus, parse_status
+from fedctl.contract import ServerStatus, parse_status
 from fedctl.cost import run_cost
 from fedctl.monitor.collect import HostSample, server_host_name
 from fedctl.monitor.metrics import MetricsAggregator
@@ -52,20 +52,6 @@ def client_hosts(state: RunState) -> dict[int, tuple[str, str]]:
             for cid in p.client_ids:
                 out[int(cid)] = (h.name, p.label)
     return out
-
-
-def async_progress(last: RoundRecord | None) -> AsyncProgress | None:
-    """What an asynchronous run's latest round line (one per server update) says about clients in
-    flight and staleness; None when the line is a synchronous round's (no ``client_updates``)."""
-    if last is None or "client_updates" not in last.values:
-        return None
-    v = last.values
-
-    def count(key: str) -> int | None:
-        return int(v[key]) if key in v else None
-
-    return AsyncProgress(count("in_flight"), count("aggregated"), v.get("staleness_min"), v.get("staleness_mean"),
-                         v.get("staleness_max"), count("client_updates"), count("dropped_stale"))
 
 
 def log_filter_matches(line: LogLine, target: str | None, clients: dict[int, tuple[str, str]]) -> bool:
@@ -251,7 +237,7 @@ class WatchModel:
             )
         heat = tuple(r.round for r in agg.recent(self.heat_n))
         return Federation(rnd, rounds, phase, sampled, reported, waiting, age, tuple(history), heat,
-                          async_progress(last))
+                          AsyncProgress.of_round(last.values) if last else None)
 
     def _clients(self, fed: Federation, alive: dict[tuple[str, str], bool | None], done: bool) -> list[ClientSnapshot]:
         agg = self.metrics

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,19 @@ class AsyncProgress:
     staleness_max: float | None
     client_updates: int | None  # running total of applied client updates
     dropped_stale: int | None  # running total of updates dropped past max_staleness
+
+    @classmethod
+    def of_round(cls, values: Mapping[str, float]) -> "AsyncProgress | None":
+        """From a round line's numbers (``RoundRecord.values``, the contract's reading); None for a
+        synchronous round (no ``client_updates``)."""
+        if "client_updates" not in values:
+            return None
+
+        def count(key: str) -> int | None:
+            return int(values[key]) if key in values else None
+
+        return cls(count("in_flight"), count("aggregated"), values.get("staleness_min"), values.get("staleness_mean"),
+                   values.get("staleness_max"), count("client_updates"), count("dropped_stale"))
 
 
 @dataclass(frozen=True)
