@@ -23,7 +23,8 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 METRICS_FILE = "metrics.jsonl"
 #: the round-line keys with a meaning of their own; every other number on the line is a metric
-ROUND_KEYS = ("type", "round", "rounds", "start", "end", "sampled", "reported", "dropped", "clients", "strategy")
+ROUND_KEYS = ("type", "round", "rounds", "start", "end", "sampled", "reported", "dropped", "clients", "strategy",
+              "updates")
 SUMMARY_KEYS = ("type", "status", "reason", "rounds_completed", "wall_s")
 #: a line longer than this without a newline is not waited for any more (a runaway writer)
 MAX_PARTIAL = 1 << 20
@@ -97,6 +98,7 @@ class RoundRecord(NamedTuple):
     strategy: Optional[str] = None
     values: Dict[str, float] = {}
     nonfinite: Tuple[str, ...] = ()  # keys that held NaN/inf: "loss", "clients.3.loss"
+    updates: Tuple[Dict[str, Any], ...] = ()  # an asynchronous server update: one entry per client update
 
     @property
     def loss(self) -> Optional[float]:
@@ -140,6 +142,8 @@ class RoundRecord(NamedTuple):
             "dropped": [{"id": k, "reason": v} for k, v in sorted(self.dropped.items())],
             "clients": {str(k): dict(v) for k, v in sorted(self.clients.items())}, "strategy": self.strategy,
         }
+        if self.updates:
+            out["updates"] = [dict(u) for u in self.updates]
         out.update(self.values)
         return out
 
@@ -210,6 +214,8 @@ def parse_round(obj: Dict[str, Any]) -> Optional[RoundRecord]:
         info = v if isinstance(v, dict) else {}
         bad += ["clients.%d.%s" % (cid, key) for key, x in info.items() if _nonfinite(x)]
         clients[cid] = _clean(info)
+    raw_updates = obj.get("updates")
+    updates = tuple(_clean(u) for u in (raw_updates if isinstance(raw_updates, list) else ()) if isinstance(u, dict))
     dropped: Dict[int, str] = {}
     raw_dropped = obj.get("dropped")
     for d in raw_dropped if isinstance(raw_dropped, list) else ():
@@ -219,7 +225,7 @@ def parse_round(obj: Dict[str, Any]) -> Optional[RoundRecord]:
     return RoundRecord(
         round=rnd, rounds=integer(obj.get("rounds")), start=number(obj.get("start")), end=number(obj.get("end")),
         sampled=ids(obj.get("sampled")), reported=ids(obj.get("reported")), dropped=dropped, clients=clients,
-        strategy=text_or_none(obj.get("strategy")), values=values, nonfinite=tuple(bad),
+        strategy=text_or_none(obj.get("strategy")), values=values, nonfinite=tuple(bad), updates=updates,
     )
 
 

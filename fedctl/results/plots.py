@@ -65,14 +65,13 @@ def update_staleness(log: MetricsLog) -> list[int]:
     """The staleness (server versions behind) of every client update that went into the model.
 
     The round line's ``updates[]`` holds one entry per update (a client may send two into one server
-    update); the contract's record gives it as ``updates`` once it parses that list. Until then each
-    reported client's ``clients.<id>.staleness`` stands in (one value per client and server update).
+    update; the contract's record gives it as ``updates``). A line without it (an older payload)
+    falls back to each reported client's ``clients.<id>.staleness``.
     """
     out: list[int] = []
     for r in log.ordered:
-        updates = getattr(r, "updates", None)  # TODO(results): drop the fallback once RoundRecord has it
-        if updates:
-            vals = [u.get("staleness") if isinstance(u, dict) else getattr(u, "staleness", None) for u in updates]
+        if r.updates:
+            vals = [u.get("staleness") for u in r.updates]
         else:
             vals = [r.clients.get(c, {}).get("staleness") for c in r.reported]
         out += [int(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]

@@ -131,3 +131,16 @@ def test_compare_gives_client_updates_to_the_target(tmp_path):
     table = comp.table.read_text()
     assert "Client updates | Updates to target |" in table
     assert table.splitlines()[4].endswith("| 12 | 6 |") and table.splitlines()[5].endswith("| - | - |")
+
+
+def test_staleness_counts_every_update_even_two_of_one_client(tmp_path):
+    """A client that sent two updates into one server update: the round line's ``updates[]`` has
+    both, its ``clients`` map only one; the histogram takes ``updates[]`` (the contract parses it)."""
+    lines = async_lines(2)
+    rnd = lines[1]
+    rnd["updates"] = [dict(rnd["updates"][0], staleness=0), dict(rnd["updates"][0], staleness=2)]
+    rnd["clients"] = {str(rnd["updates"][0]["client"]): {"examples": 100, "staleness": 2}}
+    rnd["reported"] = [rnd["updates"][0]["client"]]
+    log = read_metrics(str(write(tmp_path / "metrics.jsonl", lines)))
+    assert log.rounds[2].updates[1]["staleness"] == 2
+    assert sorted(update_staleness(log)) == sorted([*STALENESS[0], 0, 2])
