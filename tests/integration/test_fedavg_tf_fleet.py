@@ -84,3 +84,38 @@ def test_config_files_are_shipped_to_the_hosts(sshd_fleet, tmp_path):
     uploads = [c["upload_bytes"] for c in rounds[-1]["clients"].values()]
     assert uploads and all(u < 2000 for u in uploads), uploads
     assert files_under(fleet) == []  # the shipped copies went with the teardown
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("where", ["sshd", "local"])
+def test_fedbuff_run_through_fedctl(sshd_fleet, tmp_path, where):
+    """``fedctl run --set strategy.name=fedbuff``: asynchronous rounds on real sshd hosts and on the
+    local provider; each server update's round line carries its staleness; nothing is left."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "fedctl.yaml").write_text(yaml.safe_dump({
+        "rounds": 4,
+        "model": "mlp",
+        "data": {"dataset": "digits", "partition": "iid"},
+        "sampling": {"round_timeout_s": 120},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 0.1},
+    }))
+    args = ["run", "--clients", "4", "--yes", "--interval", "1", "--set", "strategy.name=fedbuff",
+            "--set", "strategy.concurrency=3", "--set", "strategy.buffer_size=2"]
+    fleet = None
+    if where == "sshd":
+        fleet = sshd_fleet(2)
+        fleet.write_inventory(proj / "inventory.yaml")
+        args += ["-i", "inventory.yaml"]
+    res = fedctl(proj, *args, timeout=600, check=True)
+    assert "finished" in res.stdout
+    run_id = state(proj)["run_id"]
+    lines = [json.loads(x) for x in (proj / "results" / run_id / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in lines if r.get("type") == "round"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert all(r["strategy"] == "fedbuff" and r["aggregated"] == 2 and len(r["updates"]) == 2 for r in rounds)
+    assert all(0 <= r["staleness_min"] <= r["staleness_mean"] <= r["staleness_max"] for r in rounds)
+    assert rounds[-1]["client_updates"] == sum(r["aggregated"] for r in rounds)
+    assert run_pids(run_id) == []
+    if fleet is not None:
+        assert files_under(fleet) == []
