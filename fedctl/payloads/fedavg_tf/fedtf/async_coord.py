@@ -150,10 +150,7 @@ class AsyncCoordinator(Coordinator):
         now = time.time()
         end = now + POLL_WAIT_S
         with self.cv:
-            for k in ids:
-                self.seen[k] = now
-            self.procs[proc] = now
-            self.cv.notify_all()
+            self._check_in(ids, proc, now)
             while True:
                 if self.finished:
                     self.told.add(proc)

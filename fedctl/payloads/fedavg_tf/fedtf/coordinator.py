@@ -178,16 +178,21 @@ class Coordinator:
             return len(self.seen)
 
     # -- handler side -------------------------------------------------------------------------
+    def _check_in(self, ids: list[int], proc: str, now: float) -> None:
+        """A client process polled for its virtual clients ``ids``: they and it are alive (the
+        caller holds ``self.cv``); whoever waits on the count of clients seen is woken."""
+        for k in ids:
+            self.seen[k] = now
+        self.procs[proc] = now
+        self.cv.notify_all()
+
     def poll(self, after: int, ids: list[int], proc: str, instance: str = "") -> bytes:
         if instance != self.instance:
             after = -1  # the client's last task came from an earlier server process
         now = time.time()
         end = now + POLL_WAIT_S
         with self.cv:
-            for k in ids:
-                self.seen[k] = now
-            self.procs[proc] = now
-            self.cv.notify_all()
+            self._check_in(ids, proc, now)
             while True:
                 if self.finished:
                     self.told.add(proc)
