@@ -267,7 +267,7 @@ class WatchLoop:
         def on_lines(lines: list[LogLine]) -> None:
             for ln in lines:
                 if log_filter_matches(ln, self.log_filter, self.model.clients_map):
-                    out.write(format_log_line(ln.host, ln.label, ln.text) + "\n")
+                    out.write(format_log_line(ln.host, ln.shown, ln.text) + "\n")
 
         while True:
             snap = self.model.snapshot(log_filter=self.log_filter)

@@ -72,7 +72,7 @@ def render_lines(s: Snapshot, max_log_lines: int = 10) -> list[str]:
             out.append(f"    gpu {g}")
     if max_log_lines > 0:
         for ln in s.logs[-max_log_lines:]:
-            out.append(format_log_line(ln.host, ln.label, ln.text))
+            out.append(format_log_line(ln.host, ln.shown, ln.text))
     return out
 
 

@@ -369,7 +369,7 @@ def render_logs(s: Snapshot, n: int, compact: bool = False, name_w: int | None =
     for i, ln in enumerate(lines):
         if i:
             t.append("\n")
-        t.append(f"{fit_name(ln.host, name_w)} {ln.label}", style="cyan" if ln.role == "server" else "blue")
+        t.append(f"{fit_name(ln.host, name_w)} {ln.shown}", style="cyan" if ln.role == "server" else "blue")
         t.append(" | ")
         t.append(ln.text)
     if not lines:

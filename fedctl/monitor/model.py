@@ -58,7 +58,7 @@ def log_filter_matches(line: LogLine, target: str | None, clients: dict[int, tup
     """Does ``line`` belong to ``target`` (host name, role, process label, or ``client-07`` = client id 7)?"""
     if not target or target == "all":
         return True
-    if target in (line.host, line.role, line.label):
+    if target in (line.host, line.role, line.label, line.name):
         return True
     m = _CLIENT_TARGET.fullmatch(target)
     if m and int(m.group(1)) in clients:
@@ -118,10 +118,14 @@ class WatchModel:
             if st is not None:
                 self.status = st
         new = []
-        role_of = {p.label: p.role for p in self._host_procs(sample.host)}
+        from fedctl.monitor.targets import display_name
+
+        procs = {p.label: p for p in self._host_procs(sample.host)}
         for label, text in sample.log_lines:
             self._seq += 1
-            line = LogLine(sample.host, label, role_of.get(label, self._roles.get(sample.host, "")), text, self._seq)
+            p = procs.get(label)
+            line = LogLine(sample.host, label, p.role if p else self._roles.get(sample.host, ""), text, self._seq,
+                           name=display_name(p) if p else "")
             self.logs.append(line)
             new.append(line)
         return new

@@ -174,6 +174,12 @@ class LogLine:
     role: str
     text: str
     seq: int = 0  # arrival order, for a stable merge across hosts
+    name: str = ""  # what the process is called on screen: server, client-7, clients-4-7 (as `fedctl logs`)
+
+    @property
+    def shown(self) -> str:
+        """The process's name as every command shows it (its client ids, not its per-host index)."""
+        return self.name or self.label
 
 
 @dataclass(frozen=True)
