@@ -10,7 +10,7 @@ from fedctl import __version__
 
 app = typer.Typer(
     name="fedctl",
-    help="Run federated-learning experiments on SSH hosts or on this machine: "
+    help="Run federated-learning experiments on SSH hosts, EC2 instances, a Slurm cluster or this machine: "
     "provision -> start -> watch -> teardown.",
     no_args_is_help=True,
     add_completion=False,
