@@ -153,9 +153,7 @@ class AsyncCoordinator(Coordinator):
             self._check_in(ids, proc, now)
             while True:
                 if self.finished:
-                    self.told.add(proc)
-                    self.cv.notify_all()
-                    return encode({"status": self.finished}, {})
+                    return self._finished_reply(proc)  # no SCAFFOLD count: async refuses scaffold
                 mine = sorted((t for k, t in self.tickets.items() if k in ids and t.seq > after),
                               key=lambda t: t.seq)
                 for t in mine:

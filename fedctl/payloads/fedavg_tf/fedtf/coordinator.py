@@ -104,6 +104,13 @@ class Coordinator:
     def _counted_meta(self) -> dict:
         return {} if self.counted is None else {"counted": self.counted}
 
+    def _finished_reply(self, proc: str) -> bytes:
+        """The run is over: note that ``proc`` was told (the caller holds ``self.cv``) and answer
+        its poll with the final status (and SCAFFOLD's count, when the run keeps one)."""
+        self.told.add(proc)
+        self.cv.notify_all()
+        return encode({"status": self.finished, **self._counted_meta()}, {})
+
     # -- main-loop side -----------------------------------------------------------------------
     def open_round(self, round_no: int, sampled: list[int], weights: np.ndarray,
                    broadcast: dict[str, np.ndarray], meta: dict) -> None:
@@ -195,9 +202,7 @@ class Coordinator:
             self._check_in(ids, proc, now)
             while True:
                 if self.finished:
-                    self.told.add(proc)
-                    self.cv.notify_all()
-                    return encode({"status": self.finished, **self._counted_meta()}, {})
+                    return self._finished_reply(proc)
                 st = self.state
                 if st.open and st.seq > after and any(
                         k in st.sampled and k not in st.updates and k not in st.dropped for k in ids):
