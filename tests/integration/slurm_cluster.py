@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from tests.integration.sshd import pid_alive as _alive
 from tests.waiting import wait_until
 
 MUNGED = "/usr/sbin/munged"
@@ -90,14 +91,6 @@ def _stepds_in(root: Path) -> list[int]:
         except OSError:
             continue  # exited while we looked
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class SlurmCluster:

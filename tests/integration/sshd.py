@@ -48,6 +48,15 @@ def _free_port(address: str) -> int:
         return int(s.getsockname()[1])
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for its reaper counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _children(pid: int) -> list[int]:
     """Direct and indirect children of ``pid`` (per-connection sshd processes), via /proc."""
     parents: dict[int, int] = {}

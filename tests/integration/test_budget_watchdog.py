@@ -40,14 +40,6 @@ def _never_power_off(monkeypatch):
     monkeypatch.setenv("FEDCTL_POWEROFF_COMMAND", "true")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _keeps_guarding(wd: subprocess.Popen, run_dir: Path, polls: int = 5, poll_s: float = 0.2) -> None:
     """The watchdog has started and is still there after ``polls`` polls of a live run. This window is
     what is asserted (it must not leave while the run lives), not a wait for something to happen."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.integration.sshd import pid_alive
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,10 +71,7 @@ def status_json(proj: Path) -> dict:
 
 def gone(pid: int) -> bool:
     """Whether ``pid`` has exited (a zombie waiting for its reaper counts as exited)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    return not pid_alive(pid)
 
 
 def rounds_done(metrics: Path) -> int:
