@@ -31,6 +31,12 @@ def test_watch_help_lists_the_keys(tmp_path):
     assert "d detaches" in text and "Ctrl-C stops the run" in text
 
 
+def tmux_pane(session: str) -> list[str]:
+    """The lines tmux shows in ``session``'s pane now."""
+    out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True)
+    return out.stdout.splitlines()
+
+
 def test_watch_fits_80x24_in_tmux(running, tmp_path):  # noqa: F811
     proj, _fleet = running
     session = f"fedctl-w80-{os.getpid()}"
@@ -40,8 +46,7 @@ def test_watch_fits_80x24_in_tmux(running, tmp_path):  # noqa: F811
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
 
     def pane() -> list[str]:
-        out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True)
-        return out.stdout.splitlines()
+        return tmux_pane(session)
 
     def full_screen() -> list[str] | None:  # every host row, a live client and a log line are on screen
         lines = pane()
@@ -94,8 +99,7 @@ def test_run_screen_fits_80x24_and_d_detaches(tmp_path):
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
 
     def pane() -> list[str]:
-        out = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True)
-        return out.stdout.splitlines()
+        return tmux_pane(session)
 
     def live() -> list[str] | None:
         lines = pane()
