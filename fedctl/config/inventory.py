@@ -27,6 +27,7 @@ from fedctl.config.loader import (
     require_mapping,
     type_name,
 )
+from fedctl.config.textsize import check_text_size
 from fedctl.connectors.base import HostInfo
 from fedctl.model import CONTROL_CHARS, ENV_MODES, EnvSettings, name_problem
 from fedctl.shell import ENV_NAME
@@ -148,8 +149,6 @@ def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
             return _make_host(file, (provider,), {"name": name, "address": address, "roles": roles}, defaults)
 
         hosts = section_module.parse_section(file, raw, defaults, make_host)
-        from fedctl.config.textsize import check_text_size
-
         check_text_size(file, "hosts", hosts)
         return Inventory(path=file, provider=provider, hosts=tuple(hosts))
     if not hosts_raw:
@@ -183,8 +182,6 @@ def parse_inventory(raw: dict[str, Any], file: str) -> Inventory:
             hosts.append(host)
     # every path that loads an inventory (provision, exec -i, instances) is bounded in bytes, not
     # only in values: a long string shared by a host range is refused here, before anything copies it
-    from fedctl.config.textsize import check_text_size
-
     check_text_size(file, "hosts", hosts)
     return Inventory(path=file, provider="static", hosts=tuple(hosts))
 
