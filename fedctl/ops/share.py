@@ -10,7 +10,7 @@ that another host of the run (which holds the token) could forge on the network.
 from __future__ import annotations
 
 import posixpath
-from typing import Any, Sequence
+from typing import Any
 
 from fedctl.errors import RemoteError
 from fedctl.shell import quote
@@ -49,6 +49,5 @@ def share_server_files(fleet: Any, manifest: Any, server_conn: Any, server_run_d
         for name, data in files:
             conn.put_bytes(data, posixpath.join(run_dir, name), mode=0o644)
 
-    hosts: Sequence[str] = sorted(client_run_dirs)
     return {r.host: (r.error or "could not write the server's shared files")
-            for r in fleet.map(put, hosts=list(hosts)) if not r.ok}
+            for r in fleet.map(put, hosts=sorted(client_run_dirs)) if not r.ok}
