@@ -79,18 +79,20 @@ def _client_tails(fleet: Any, hosts: list[HostRecord], why: str = "its clients d
     return out
 
 
-def _check_alive(conn: Connector, rec: HostRecord, server_alive: bool) -> str | None:
-    """None when every client process of the host is alive, else a reason with the log tail.
-
-    A client that already exited is fine only when the server did too (a tiny run that is over);
-    while the server runs, a gone client is a failed start (bad config, missing module, ...).
-    """
+def exited_clients(conn: Connector, rec: HostRecord) -> list[ProcessRecord]:
+    """The client processes of the host that are gone already (marked exited). Whether that is a
+    failed start depends on the server, asked after this: see ``client_exit_reason``."""
     procs = [p for p in rec.processes if p.role == "client" and p.pid]
     alive = pids_alive(conn, [ref_of(p) for p in procs])
-    for p in procs:
-        if not alive.get(p.pid, False):
-            p.status = ProcStatus.EXITED
-            if server_alive:
-                p.status = ProcStatus.FAILED
-                return f"{p.label} exited: {tail_file(conn, p.log, 8).strip()[-600:]}"
-    return None
+    gone = [p for p in procs if not alive.get(p.pid, False)]
+    for p in gone:
+        p.status = ProcStatus.EXITED
+    return gone
+
+
+def client_exit_reason(conn: Connector, gone: list[ProcessRecord]) -> str:
+    """``gone`` clients exited while the server still runs: a failed start (bad config, a missing
+    module, ...). Marks them failed; the reason carries the first one's log tail."""
+    for p in gone:
+        p.status = ProcStatus.FAILED
+    return f"{gone[0].label} exited: {tail_file(conn, gone[0].log, 8).strip()[-600:]}"

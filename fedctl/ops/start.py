@@ -32,7 +32,7 @@ from fedctl.errors import PayloadError, UsageError
 from fedctl.ops.common import Progress, open_fleet, quiet, server_record
 from fedctl.model import LIVE_PHASES, HostStatus, Phase, ProcStatus
 from fedctl.ops.procenv import process_env
-from fedctl.ops.readiness import _check_alive, wait_connected, wait_ready  # noqa: F401 - resume imports wait_ready here
+from fedctl.ops.readiness import client_exit_reason, exited_clients, wait_connected, wait_ready  # noqa: F401 - resume imports wait_ready here
 from fedctl.runtypes import ServerEndpoint
 from fedctl.shell import quote
 from fedctl.state import HostRecord, ProcessRecord, RunState, StateStore, new_run_id
@@ -257,24 +257,18 @@ def start(
 
         # a client that dies at once (bad config, missing module) should fail start, not watch
         time.sleep(1.0)
-        server_alive = is_alive(conn, ref_of(proc))
-        exited: list[str] = []
-        for r in fleet.map(lambda c: _check_alive(c, state.host(c.host.name), server_alive),
+        gone: dict[str, list[ProcessRecord]] = {}
+        for r in fleet.map(lambda c: exited_clients(c, state.host(c.host.name)),
                            hosts=[h.name for h in client_hosts]):
             if not r.ok:
                 report.failures[r.host] = r.error or "unreachable"
-            elif r.value:  # a client of this host exited
-                report.failures[r.host] = r.value
-                exited.append(r.host)
-        if exited and not is_alive(conn, ref_of(proc)):
-            # the server was alive when we looked, and is gone now: a tiny run that ended between the
-            # two looks (its clients left because the run was over), not a failed start
-            for h in exited:
-                del report.failures[h]
-            for rec in client_hosts:
-                for p in rec.processes:
-                    if p.role == "client" and p.status == ProcStatus.FAILED:
-                        p.status = ProcStatus.EXITED
+            elif r.value:
+                gone[r.host] = r.value
+        # the server is asked after the clients: a client gone while it still runs is a failed
+        # start; with the server gone too, a tiny run is over (its clients left because it ended)
+        if gone and is_alive(conn, ref_of(proc)):
+            for host, procs in gone.items():
+                report.failures[host] = client_exit_reason(fleet.connector(host), procs)
         if not report.failures and manifest.server.reports_clients:
             progress(f"waiting until the server has heard from all {state.clients} clients")
             report.failures.update(wait_connected(fleet, state, server_rec, proc, client_hosts, connect_timeout))
