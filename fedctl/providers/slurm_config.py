@@ -20,6 +20,7 @@ from fedctl.config.loader import (
     KeyPath,
     check_int,
     check_keys,
+    check_number,
     check_str,
     preview,
     require_mapping,
@@ -31,7 +32,7 @@ from fedctl.errors import ConfigError
 from fedctl.provider_fields import ProviderSettings, register_settings
 
 KEYS = ("login", "partition", "nodes", "gpus_per_node", "cpus_per_task", "mem", "time", "account", "qos",
-        "constraint", "sbatch_args", "name_prefix")
+        "constraint", "sbatch_args", "name_prefix", "price_per_node_hour", "price_per_gpu_hour")
 LOGIN_KEYS = ("address", "user", "port", "identity_file", "environment", "workdir")
 DEFAULT_NODES = 1
 #: sbatch options fedctl sets itself: an extra argument may not override them (fedctl finds its
@@ -67,7 +68,14 @@ class SlurmHostSettings(ProviderSettings):
     qos: str | None = None
     constraint: str | None = None
     sbatch_args: tuple[str, ...] = ()
+    # what the cluster charges (service units or money), for clusters that bill; None: not known
+    price_per_node_hour: float | None = None
+    price_per_gpu_hour: float | None = None
 
+
+#: a price is no part of which allocation this is: correcting it on a provisioned run is allowed
+SlurmHostSettings.machine_fields = tuple(
+    f.name for f in dataclasses.fields(SlurmHostSettings) if not f.name.startswith("price_"))
 
 # a slurm host is reached through job steps of its allocation, not over SSH
 register_connector("slurm", "fedctl.providers.slurm_connector:node_connector")
@@ -102,6 +110,9 @@ def parse_section(
         fields["mem"] = mem
     if sec.get("time") is not None:
         fields["time"] = _time(file, (*path, "time"), sec["time"])
+    for key in ("price_per_node_hour", "price_per_gpu_hour"):
+        if sec.get(key) is not None:
+            fields[key] = check_number(file, (*path, key), sec[key], 0.0)
     if sec.get("constraint") is not None:
         fields["constraint"] = check_str(file, (*path, "constraint"), sec["constraint"])
     fields["sbatch_args"] = _sbatch_args(file, (*path, "sbatch_args"), sec.get("sbatch_args"))

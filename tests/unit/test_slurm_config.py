@@ -39,6 +39,18 @@ def test_a_full_section_gives_a_server_and_one_slot_per_node_with_typed_settings
     assert settings_from_dict(settings_to_dict(s)) == s
 
 
+def test_prices_are_optional_numbers_kept_in_the_settings_and_no_part_of_the_allocation() -> None:
+    s = inv({"price_per_node_hour": 1.5, "price_per_gpu_hour": 0}).hosts[0].provider_settings
+    assert isinstance(s, SlurmHostSettings)
+    assert (s.price_per_node_hour, s.price_per_gpu_hour) == (1.5, 0.0)
+    assert settings_from_dict(settings_to_dict(s)) == s
+    unpriced = inv({}).hosts[0].provider_settings
+    assert (unpriced.price_per_node_hour, unpriced.price_per_gpu_hour) == (None, None)
+    # a corrected price is the same allocation (a provisioned run need not be torn down for it)
+    assert s.machine_identity() == unpriced.machine_identity()
+    assert "partition" in s.machine_identity()
+
+
 @pytest.mark.parametrize("section, key, words", [
     ({"nodes": 0}, "slurm.nodes", ">= 1"),
     ({"nodes": "two"}, "slurm.nodes", "integer"),
@@ -51,6 +63,9 @@ def test_a_full_section_gives_a_server_and_one_slot_per_node_with_typed_settings
     ({"login": {"user": "me"}}, "slurm.login.address", "required"),
     ({"login": {"address": "h", "proxy": "x"}}, "slurm.login.proxy", "unknown key"),
     ({"gpus": 2}, "slurm.gpus", "unknown key"),
+    ({"price_per_node_hour": -1}, "slurm.price_per_node_hour", ">= 0"),
+    ({"price_per_gpu_hour": "cheap"}, "slurm.price_per_gpu_hour", "must be a number"),
+    ({"price_per_gpu_hour": True}, "slurm.price_per_gpu_hour", "must be a number"),
     ({"login": {"address": "h", "environment": {"1BAD": "x"}}}, "slurm.login.environment.1BAD", "variable name"),
     ({"login": {"address": "h", "environment": {"A": [1]}}}, "slurm.login.environment.A", "must be a string"),
 ])
