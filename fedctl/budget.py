@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from fedctl.contract import manifest_of, run_files
-from fedctl.cost import run_cost
+from fedctl.cost import allocation_groups, in_allocation, priced_currencies, run_cost
 from fedctl.errors import UsageError
 # the one Budget type (validated by the config layer, stored in the state); re-exported here
 from fedctl.runtypes import Budget
@@ -102,13 +102,33 @@ def billing_start(state: RunState) -> float | None:
 
 def budget_currency(state: RunState) -> str:
     """The one currency a ``max_cost`` is in; mixed currencies cannot be compared with one number."""
-    cur = sorted({h.info.currency or "USD" for h in state.hosts if h.info.price_per_hour is not None})
+    cur = priced_currencies(state)
     if len(cur) > 1:
         raise UsageError(
             f"budget.max_cost cannot be checked: hosts are priced in {', '.join(cur)}",
             hint="price every host of the inventory in one currency, or use budget.max_hours",
         )
     return cur[0] if cur else "USD"
+
+
+def budget_notes(plan_or_state: Any, budget: Budget) -> list[str]:
+    """What the budget cannot guard on these hosts, to say once before the run (provision, start):
+    ``max_cost`` counts money only where there is a price, so a batch allocation without one (its
+    node-hours are still counted) or a host without ``price_per_hour`` is not held to it."""
+    if budget.max_cost is None:
+        return []
+    notes = []
+    for g in allocation_groups(plan_or_state.hosts):
+        if g.price_per_hour is None:
+            notes.append(f"budget.max_cost is not applied to {g.name} ({g.nodes} node(s)): the inventory gives no "
+                         "slurm.price_per_node_hour or slurm.price_per_gpu_hour, so fedctl counts its node-hours "
+                         "but no money (budget.max_hours and the job's time limit still end it)")
+    plain = [info for info in (getattr(h, "info", None) or h.host for h in plan_or_state.hosts if not in_allocation(h))
+             if info.price_per_hour is None]
+    if plain:
+        names = ", ".join(info.name for info in plain)
+        notes.append(f"budget.max_cost does not count {names}: no price_per_hour in the inventory")
+    return notes
 
 
 def check_guards(

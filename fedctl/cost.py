@@ -5,6 +5,15 @@ Prices come from the inventory (``price_per_hour``, ``currency`` per host). A ho
 compute time. Hosts without a price cost nothing in the sums but are listed as ``unpriced`` so a table
 never claims a total it does not know. Sums are kept per currency: fedctl never converts money.
 
+A batch allocation (``provider: slurm``) is billed once, per node, not per host: its hosts are slots
+of one job (the server's shares the first node), so they become one row, ``job 12``, holding as many
+nodes as the hosts were placed on, from the first host's ``acquired_at`` to the release. Its
+node-hours (nodes x hours) are always counted; it has a price only when the inventory gives
+``slurm.price_per_node_hour`` and/or ``slurm.price_per_gpu_hour`` (in the hosts' ``currency``:
+service units where the cluster charges those), else it is ``unpriced`` like a host without one.
+This module is the one place a run's cost is computed: ``cost``, ``watch``, the budget guards, the
+watchdog's spec and the results all read ``run_cost``.
+
 Pure functions over the state and a clock: the ledger arithmetic is tested with an injected ``now``.
 """
 
@@ -36,14 +45,85 @@ class PricedHost:
     role: str = ""
 
 
-def _priced_hosts(plan_or_state: Any) -> list[PricedHost]:
-    """Hosts of a RunState or a Plan, with the role the plan gives them."""
+#: providers whose hosts are slots of one batch allocation, billed per node of it (not per host)
+ALLOCATION_PROVIDERS = ("slurm",)
+ALLOCATION_ROLE = "allocation"
+
+
+@dataclass(frozen=True)
+class AllocationGroup:
+    """The hosts of one batch allocation, billed together: ``nodes`` nodes at ``price_per_hour``
+    (nodes x price per node-hour + nodes x GPUs per node x price per GPU-hour; None: no price given)."""
+
+    name: str  # ``job 12`` (``allocation`` before the job id is known)
+    members: tuple[Any, ...]  # the HostRecords / PlannedHosts
+    nodes: int
+    gpus_per_node: int
+    price_per_hour: float | None
+    currency: str
+
+
+def _info(h: Any) -> Any:
+    return getattr(h, "info", None) or h.host  # HostRecord (a state's) or PlannedHost (a plan's)
+
+
+def in_allocation(h: Any) -> bool:
+    """Whether a host (record or planned) is a slot of a batch allocation (billed per node)."""
+    return getattr(_info(h).provider_settings, "provider", None) in ALLOCATION_PROVIDERS
+
+
+def allocation_groups(hosts: Sequence[Any]) -> list[AllocationGroup]:
+    """The batch allocations among ``hosts`` (a state's records or a plan's hosts), one per job id.
+
+    Nodes: the distinct nodes the hosts were placed on; before placement (a plan, a pending job)
+    the nodes the client hosts will take (the server's step shares the first), at most the
+    section's ``nodes``. Prices: ``price_per_node_hour`` / ``price_per_gpu_hour`` of the section
+    (read with getattr: older settings lack them)."""
+    by_job: dict[str, list[Any]] = {}
+    for h in hosts:
+        if in_allocation(h):
+            machine = _info(h).machine
+            job = machine.id if machine is not None and machine.id else ""
+            by_job.setdefault(job, []).append(h)
     out = []
-    for h in plan_or_state.hosts:  # HostRecord (a state's) or PlannedHost (a plan's): both know role
-        info = getattr(h, "info", None) or h.host
+    for job, members in sorted(by_job.items()):
+        infos = [_info(h) for h in members]
+        st = infos[0].provider_settings
+        placed = {i.address for i in infos if i.address and not i.address.startswith("(")}
+        if placed:
+            nodes = len(placed)
+        else:
+            clients = sum(1 for h in members if h.role != "server")
+            nodes = max(1, min(int(getattr(st, "nodes", 1) or 1), clients or 1))
+        gpus = int(getattr(st, "gpus_per_node", None) or 0)
+        per_node = getattr(st, "price_per_node_hour", None)
+        per_gpu = getattr(st, "price_per_gpu_hour", None)
+        price = None
+        if per_node is not None or per_gpu is not None:
+            price = nodes * float(per_node or 0.0) + nodes * gpus * float(per_gpu or 0.0)
+        out.append(AllocationGroup(f"job {job}" if job else ALLOCATION_ROLE, tuple(members), nodes, gpus, price,
+                                   infos[0].currency or "USD"))
+    return out
+
+
+def _priced_hosts(plan_or_state: Any) -> list[PricedHost]:
+    """Hosts of a RunState or a Plan, with the role the plan gives them; a batch allocation's hosts
+    as one row per allocation (``allocation_groups``)."""
+    out = []
+    for h in plan_or_state.hosts:
+        if in_allocation(h):
+            continue
+        info = _info(h)
         price = info.price_per_hour
         out.append(PricedHost(info.name, None if price is None else float(price), info.currency or "USD", h.role))
+    for g in allocation_groups(plan_or_state.hosts):
+        out.append(PricedHost(g.name, g.price_per_hour, g.currency, ALLOCATION_ROLE))
     return out
+
+
+def priced_currencies(plan_or_state: Any) -> list[str]:
+    """The currencies the priced hosts and allocations of a state or plan are in."""
+    return sorted({h.currency for h in _priced_hosts(plan_or_state) if h.price_per_hour is not None})
 
 
 def _add(sums: dict[str, float], currency: str, amount: float) -> None:
@@ -193,6 +273,9 @@ class HostCost:
     hours: float
     cost: float | None  # None when the host has no price
     running: bool  # still held (billing)
+    nodes: int | None = None  # a batch allocation's row: how many nodes it holds (None: a host)
+    node_hours: float | None = None  # nodes x hours (a batch allocation's row only)
+    gpu_hours: float | None = None  # nodes x GPUs per node x hours (an allocation with GPUs only)
 
 
 @dataclass(frozen=True)
@@ -212,6 +295,17 @@ class RunCost:
     @property
     def unpriced(self) -> list[str]:
         return [r.name for r in self.rows if r.price_per_hour is None]
+
+    @property
+    def node_hours(self) -> float | None:
+        """The batch allocations' node-hours (None: the run has no batch allocation)."""
+        counted = [r.node_hours for r in self.rows if r.node_hours is not None]
+        return sum(counted) if counted else None
+
+    @property
+    def unpriced_allocations(self) -> list[str]:
+        """Batch allocations without a price (their node-hours are counted, their money is not)."""
+        return [r.name for r in self.rows if r.nodes is not None and r.price_per_hour is None]
 
     @property
     def hours(self) -> float:
@@ -241,6 +335,7 @@ class RunCost:
             "per_hour": dict(self.per_hour),
             "currencies": self.currencies,
             "unpriced": self.unpriced,
+            "node_hours": self.node_hours,
         }
 
 
@@ -249,12 +344,7 @@ def host_cost(record: Any, now: float) -> HostCost:
     info = record.info
     acquired = record.acquired_at
     released = record.released_at
-    running = acquired is not None and acquired <= now and (released is None or released > now)
-    if acquired is None:
-        hours = 0.0
-    else:
-        end = now if released is None else min(released, now)
-        hours = max(0.0, end - acquired) / 3600.0
+    hours, running = _held(acquired, released, now)
     price = info.price_per_hour
     return HostCost(
         name=info.name,
@@ -269,9 +359,36 @@ def host_cost(record: Any, now: float) -> HostCost:
     )
 
 
+def _held(acquired: float | None, released: float | None, now: float) -> tuple[float, bool]:
+    """(hours held from ``acquired`` to ``released`` or ``now``, still held at ``now``)."""
+    if acquired is None:
+        return 0.0, False
+    end = now if released is None else min(released, now)
+    return max(0.0, end - acquired) / 3600.0, acquired <= now and (released is None or released > now)
+
+
+def allocation_cost(group: AllocationGroup, now: float) -> HostCost:
+    """A batch allocation's row: held from its first host's ``acquired_at`` to its last release
+    (``now`` while any host is held), ``nodes`` nodes all along."""
+    starts = [h.acquired_at for h in group.members if h.acquired_at is not None]
+    ends = [h.released_at for h in group.members if h.acquired_at is not None]
+    acquired = min(starts) if starts else None
+    released = None if not ends or any(e is None for e in ends) else max(e for e in ends if e is not None)
+    hours, running = _held(acquired, released, now)
+    return HostCost(
+        name=group.name, role=ALLOCATION_ROLE, price_per_hour=group.price_per_hour, currency=group.currency,
+        acquired_at=acquired, released_at=released, hours=hours,
+        cost=None if group.price_per_hour is None else group.price_per_hour * hours, running=running,
+        nodes=group.nodes, node_hours=group.nodes * hours,
+        gpu_hours=group.nodes * group.gpus_per_node * hours if group.gpus_per_node else None,
+    )
+
+
 def run_cost(state: RunState, now: float) -> RunCost:
-    """What each host and the whole run has cost at ``now`` (per-host rows, totals by currency)."""
-    rows = tuple(host_cost(h, now) for h in state.hosts)
+    """What each host (each batch allocation, as one row) and the whole run has cost at ``now``
+    (rows, totals by currency). The one place a run's cost is computed."""
+    rows = tuple([host_cost(h, now) for h in state.hosts if not in_allocation(h)]
+                 + [allocation_cost(g, now) for g in allocation_groups(state.hosts)])
     total: dict[str, float] = {}
     per_hour: dict[str, float] = {}
     for r in rows:
@@ -303,7 +420,7 @@ def cost_timeline(state: RunState, now: float, points: int = 200) -> tuple[list[
     n = max(2, points)
     instants.update(t0 + (t1 - t0) * i / (n - 1) for i in range(n))
     times = sorted(instants)
-    currencies = sorted({h.info.currency or "USD" for h in state.hosts if h.info.price_per_hour is not None})
+    currencies = run_cost(state, t1).currencies
     series: dict[str, list[float]] = {c: [] for c in currencies}
     for t in times:
         rc = run_cost(state, t)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import importlib
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from fedctl.connectors.base import HostInfo
 from fedctl.errors import ExitCode, FedctlError
@@ -80,6 +81,62 @@ class Machine:
         return self.state in BILLED_STATES
 
 
+#: an allocation's states while it pends or runs (Slurm's words; another scheduler maps onto them)
+LIVE_ALLOCATION_STATES = ("PENDING", "RUNNING", "CONFIGURING", "SUSPENDED", "REQUEUED", "RESIZING")
+
+
+@dataclass(frozen=True)
+class AllocationStatus:
+    """The batch allocation a run's hosts live in (a Slurm job), as the scheduler says now: what
+    ``watch`` and ``status`` show beside rounds and hosts. Provider-neutral; the numbers a scheduler
+    does not give are None, never guessed."""
+
+    job: str
+    state: str  # PENDING | RUNNING | COMPLETING | TIMEOUT | ... (the scheduler's word); UNKNOWN: forgotten
+    reason: str | None = None  # why it pends, or why it ended (None: no reason given)
+    nodelist: str = ""  # the scheduler's compact node list (fl[1-2]); empty while pending
+    nodes: int | None = None  # how many nodes it holds (or asks for, while pending)
+    elapsed_s: float | None = None  # how long it has run (0 while pending)
+    time_limit_s: float | None = None  # None: no limit (UNLIMITED) or not known
+    problems: tuple[str, ...] = ()  # lines or fields of the scheduler's answer that could not be read
+
+    @property
+    def ended(self) -> bool:
+        """The allocation is over (or on its way out): its hosts will not come back. UNKNOWN (the
+        scheduler could not be asked) is not an end."""
+        return self.state not in LIVE_ALLOCATION_STATES + ("UNKNOWN",)
+
+    @property
+    def time_left_s(self) -> float | None:
+        """What is left of the time limit while it runs (None: pending, ended, or no limit)."""
+        if self.state != "RUNNING" or self.time_limit_s is None or self.elapsed_s is None:
+            return None
+        return max(0.0, self.time_limit_s - self.elapsed_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (``watch --json``, ``status --json``), with the derived numbers."""
+        return {"job": self.job, "state": self.state, "reason": self.reason, "nodelist": self.nodelist,
+                "nodes": self.nodes, "elapsed_s": self.elapsed_s, "time_limit_s": self.time_limit_s,
+                "time_left_s": self.time_left_s, "ended": self.ended, "problems": list(self.problems)}
+
+
+#: provider name -> "module:function" that reads its allocation's status (lazy: nothing is imported
+#: until a run of that provider asks). The function is called as ``fn(provider, hosts)``.
+_ALLOCATION_STATUS: dict[str, str] = {}
+
+
+def register_allocation_status(provider: str, target: str) -> None:
+    """Say where ``provider``'s allocation status is read (``"module:function"``); twice is a bug."""
+    if provider in _ALLOCATION_STATUS and _ALLOCATION_STATUS[provider] != target:
+        raise RuntimeError(f"allocation status of provider {provider!r} registered twice")
+    _ALLOCATION_STATUS[provider] = target
+
+
+# the Slurm provider's (fedctl/providers/slurm_status.py). TODO(S3): slurm.py could override
+# Provider.allocation_status itself in one line; it is registered here because slurm.py is not ours
+register_allocation_status("slurm", "fedctl.providers.slurm_status:provider_allocation_status")
+
+
 def folder_origin(state_root: str | Path) -> str:
     """A short, stable id of this machine's fedctl folder (not the path itself: tags are visible to
     anyone with read access to the account)."""
@@ -124,3 +181,15 @@ class Provider(abc.ABC):
         they may still run. A follower asks this so a run whose machines went away stops waiting
         for rounds. Host sources and clouds whose machines end only by fedctl's hand: None."""
         return None
+
+    def allocation_status(self, hosts: Sequence[HostInfo]) -> AllocationStatus | None:
+        """The batch allocation the hosts live in, as the scheduler says now (one scheduler command:
+        callers ask at most every few seconds); None for providers without one (host sources,
+        clouds). A provider with an allocation registers its reader (``register_allocation_status``)."""
+        target = _ALLOCATION_STATUS.get(self.name)
+        if target is None:
+            return None
+        module, _, func = target.partition(":")
+        reader: Callable[[Provider, Sequence[HostInfo]], AllocationStatus | None] = getattr(
+            importlib.import_module(module), func)
+        return reader(self, hosts)
