@@ -47,6 +47,7 @@ def _register() -> None:
         "fedctl.cli.cmd_cost",
         "fedctl.cli.cmd_results",
         "fedctl.cli.cmd_instances",
+        "fedctl.cli.cmd_sweep",
     ):
         try:
             module = importlib.import_module(mod)

@@ -26,6 +26,10 @@ class SweepRun:
     run_id: str | None = None
     results_dir: str | None = None
     error: str | None = None
+    # added by the campaign (fedctl.sweep.campaign); tables may ignore them
+    started_at: float | None = None  # this machine's clock, when its latest attempt started
+    finished_at: float | None = None  # when its latest attempt ended (finished, failed or interrupted)
+    attempts: int = 0  # how many times it was started
 
     @property
     def config_key(self) -> tuple[tuple[str, Any], ...]:
