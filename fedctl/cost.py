@@ -53,12 +53,12 @@ ALLOCATION_ROLE = "allocation"
 @dataclass(frozen=True)
 class AllocationGroup:
     """The hosts of one batch allocation, billed together: ``nodes`` nodes at ``price_per_hour``
-    (nodes x price per node-hour + nodes x GPUs per node x price per GPU-hour; None: no price given)."""
+    (nodes x price per node-hour + GPUs x price per GPU-hour; None: no price given)."""
 
     name: str  # ``job 12`` (``allocation`` before the job id is known)
     members: tuple[Any, ...]  # the HostRecords / PlannedHosts
     nodes: int
-    gpus_per_node: int
+    gpus: int  # GPUs of the allocation (the client nodes' gpus_per_node; a server's own node has none)
     price_per_hour: float | None
     currency: str
 
@@ -72,12 +72,12 @@ def in_allocation(h: Any) -> bool:
     return getattr(_info(h).provider_settings, "provider", None) in ALLOCATION_PROVIDERS
 
 
-def allocation_groups(hosts: Sequence[Any]) -> list[AllocationGroup]:
+def allocation_groups(hosts: Sequence[Any], held: bool = False) -> list[AllocationGroup]:
     """The batch allocations among ``hosts`` (a state's records or a plan's hosts), one per job id.
 
     Nodes: the distinct nodes the hosts were placed on; before placement (a plan, a pending job)
     the nodes the client hosts will take (the server's step shares the first), at most the
-    section's ``nodes``. Prices: ``price_per_node_hour`` / ``price_per_gpu_hour`` of the section
+    section's ``nodes`` -- unless ``held`` (the ledger): a job that never ran held no node. Prices: ``price_per_node_hour`` / ``price_per_gpu_hour`` of the section
     (read with getattr: older settings lack them)."""
     by_job: dict[str, list[Any]] = {}
     for h in hosts:
@@ -87,22 +87,25 @@ def allocation_groups(hosts: Sequence[Any]) -> list[AllocationGroup]:
             by_job.setdefault(job, []).append(h)
     out = []
     for job, members in sorted(by_job.items()):
-        infos = [_info(h) for h in members]
-        st = infos[0].provider_settings
-        placed = {i.address for i in infos if i.address and not i.address.startswith("(")}
-        if placed:
-            nodes = len(placed)
-        else:
-            clients = sum(1 for h in members if h.role != "server")
-            nodes = max(1, min(int(getattr(st, "nodes", 1) or 1), clients or 1))
+        st = _info(members[0]).provider_settings
+
+        def placed(hs: Sequence[Any]) -> set[str]:
+            return {_info(h).address for h in hs if _info(h).address and not _info(h).address.startswith("(")}
+
+        clients = [h for h in members if h.role != "server"]
+        if placed(members) or held:
+            nodes, gpu_nodes = len(placed(members)), len(placed(clients))
+        else:  # not placed yet: the nodes the client hosts will take, plus the server's own if it has one
+            gpu_nodes = max(1, min(int(getattr(st, "nodes", 1) or 1), len(clients) or 1))
+            nodes = gpu_nodes + (1 if getattr(st, "server", "shared") == "own" else 0)
         gpus = int(getattr(st, "gpus_per_node", None) or 0)
         per_node = getattr(st, "price_per_node_hour", None)
         per_gpu = getattr(st, "price_per_gpu_hour", None)
         price = None
-        if per_node is not None or per_gpu is not None:
-            price = nodes * float(per_node or 0.0) + nodes * gpus * float(per_gpu or 0.0)
-        out.append(AllocationGroup(f"job {job}" if job else ALLOCATION_ROLE, tuple(members), nodes, gpus, price,
-                                   infos[0].currency or "USD"))
+        if per_node is not None or per_gpu is not None:  # the server's own node has no GPUs
+            price = nodes * float(per_node or 0.0) + gpu_nodes * gpus * float(per_gpu or 0.0)
+        out.append(AllocationGroup(f"job {job}" if job else ALLOCATION_ROLE, tuple(members), nodes,
+                                   gpu_nodes * gpus, price, _info(members[0]).currency or "USD"))
     return out
 
 
@@ -275,7 +278,7 @@ class HostCost:
     running: bool  # still held (billing)
     nodes: int | None = None  # a batch allocation's row: how many nodes it holds (None: a host)
     node_hours: float | None = None  # nodes x hours (a batch allocation's row only)
-    gpu_hours: float | None = None  # nodes x GPUs per node x hours (an allocation with GPUs only)
+    gpu_hours: float | None = None  # GPUs x hours (an allocation with GPUs only)
 
 
 @dataclass(frozen=True)
@@ -380,7 +383,7 @@ def allocation_cost(group: AllocationGroup, now: float) -> HostCost:
         acquired_at=acquired, released_at=released, hours=hours,
         cost=None if group.price_per_hour is None else group.price_per_hour * hours, running=running,
         nodes=group.nodes, node_hours=group.nodes * hours,
-        gpu_hours=group.nodes * group.gpus_per_node * hours if group.gpus_per_node else None,
+        gpu_hours=group.gpus * hours if group.gpus else None,
     )
 
 
@@ -388,7 +391,7 @@ def run_cost(state: RunState, now: float) -> RunCost:
     """What each host (each batch allocation, as one row) and the whole run has cost at ``now``
     (rows, totals by currency). The one place a run's cost is computed."""
     rows = tuple([host_cost(h, now) for h in state.hosts if not in_allocation(h)]
-                 + [allocation_cost(g, now) for g in allocation_groups(state.hosts)])
+                 + [allocation_cost(g, now) for g in allocation_groups(state.hosts, held=True)])
     total: dict[str, float] = {}
     per_hour: dict[str, float] = {}
     for r in rows:

@@ -43,13 +43,16 @@ def watch_cmd(
     if logs is not None:
         _check_target(state, logs)
 
+    from fedctl.monitor.allocation import AllocationReader
     from fedctl.ops.common import open_fleet
 
+    allocation = AllocationReader.for_run(state, store)  # the Slurm job; None for hosts and clouds
     with open_fleet(store, records) as fleet:
         if once or as_json:
             from fedctl.dashboard.live import snapshot_once
 
-            snap = snapshot_once(state, fleet, interval=interval, log_filter=logs, clock=e.clock)
+            snap = snapshot_once(state, fleet, interval=interval, log_filter=logs, clock=e.clock,
+                                 allocation=allocation)
             if as_json and not until_done:
                 e.print_json(snap.to_dict())
                 return
@@ -66,7 +69,8 @@ def watch_cmd(
             return store.load_or_none()
 
         loop = WatchLoop(state, fleet, e.console, interval=interval, until_done=until_done,
-                         log_filter=logs, clock=e.clock, reload_state=reload, max_duration=duration)
+                         log_filter=logs, clock=e.clock, reload_state=reload, max_duration=duration,
+                         allocation=allocation)
         outcome = loop.run()
     if as_json:
         e.print_json(outcome.snapshot.to_dict())

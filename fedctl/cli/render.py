@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -75,8 +76,8 @@ def plan_table(rows: Sequence[Any], title: str = "plan") -> Table:
     return t
 
 
-def status_table(st: Any) -> Table:
-    """Per host: role, reachable, each process alive or dead."""
+def status_table(st: Any) -> RenderableType:
+    """Per host: role, reachable, each process alive or dead; the run's Slurm job on a line above."""
     t = Table(title_justify="left")
     for col in ("host", "role", "reachable", "processes", "status"):
         t.add_column(col)
@@ -98,4 +99,8 @@ def status_table(st: Any) -> Table:
             procs if h.alive else Text("-"),
             Text(h.status, style=_STATUS_STYLE.get(h.status, "")),
         )
-    return t
+    if getattr(st, "allocation", None) is None:
+        return t
+    from fedctl.dashboard.fmt import allocation_text
+
+    return Group(Text(allocation_text(st.allocation), style="red" if st.allocation.ended else ""), t)

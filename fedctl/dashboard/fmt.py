@@ -9,6 +9,7 @@ import math
 from typing import Sequence
 
 from fedctl.monitor.snapshot import AsyncProgress, GpuReport, HostSnapshot, Snapshot
+from fedctl.providers.base import AllocationStatus
 from fedctl.units import fmt_duration
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -170,3 +171,31 @@ def fit_name(name: str, width: int | None) -> str:
     head = (width - 1) // 2
     tail = width - 1 - head
     return name[:head] + ELLIPSIS + name[len(name) - tail:]
+
+
+def allocation_text(a: AllocationStatus, node_hours: float | None = None, time_left: bool = True) -> str:
+    """The job line: ``job 12 RUNNING on fl[1-2] (2 nodes) · 9m50s left of 10m00s · 0.05 node-h``,
+    ``job 13 PENDING (Resources) · 2 nodes asked · limit 10m00s``, ``job 12 ended: TIMEOUT
+    (TimeLimit) after 10m00s``. ``time_left`` False leaves the ticking numbers out (a plain status
+    line is printed when it changes, not every time a second passes)."""
+    nodes = "" if a.nodes is None else f"{a.nodes} node{'s' if a.nodes != 1 else ''}"
+    reason = f" ({a.reason})" if a.reason else ""
+    if a.state == "UNKNOWN":
+        return f"job {a.job} state unknown" + (f": {a.problems[0]}" if a.problems else "")
+    if a.ended:
+        ran = f" after {fmt_duration(a.elapsed_s)}" if a.elapsed_s and time_left else ""
+        return f"job {a.job} ended: {a.state}{reason}{ran}"
+    parts = [f"job {a.job} {a.state}{reason}"]
+    if a.nodelist:
+        parts[0] += f" on {a.nodelist}" + (f" ({nodes})" if nodes else "")
+    elif nodes:
+        parts.append(f"{nodes} asked")
+    if time_left:
+        limit = "no limit" if a.time_limit_s is None else fmt_duration(a.time_limit_s)
+        left = a.time_left_s
+        parts.append(f"{fmt_duration(left)} left of {limit}" if left is not None else f"limit {limit}")
+        if node_hours is not None and a.state == "RUNNING":  # a pending job holds no node
+            parts.append(f"{node_hours:.2f} node-h")
+    if a.problems:
+        parts.append(f"{len(a.problems)} odd field(s): {a.problems[0]}")
+    return " · ".join(parts)

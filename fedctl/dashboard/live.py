@@ -21,8 +21,10 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Sequence
 
 from rich.console import Console
 
+from fedctl.dashboard.fmt import allocation_text
 from fedctl.dashboard.plain import format_log_line, render_lines, status_line
 from fedctl.dashboard.screen import DETACH_HELP, DETACH_KEYS, NO_KEYS_HELP, WATCH_KEYS, WATCH_NO_KEYS, fit_screen
+from fedctl.monitor.allocation import AllocationFeed, AllocationReader
 from fedctl.monitor.collect import Collector, build_probes, collect_once
 from fedctl.monitor.model import WatchModel, log_filter_matches
 from fedctl.monitor.snapshot import LogLine, Snapshot
@@ -53,8 +55,10 @@ def snapshot_once(
     log_filter: str | None = None,
     clock: Callable[[], float] = time.time,
     timeout: float = 20.0,
+    allocation: AllocationReader | None = None,
 ) -> Snapshot:
-    """Probe every host once (reading all of metrics.jsonl) and return the Snapshot.
+    """Probe every host once (reading all of metrics.jsonl) and return the Snapshot; ``allocation``:
+    the run's batch allocation's reader (``AllocationReader.for_run``), asked once.
 
     This is what ``watch --once/--json`` prints; ``fedctl status`` can reuse it for per-host
     reachable / processes alive / round / accuracy (``Snapshot.hosts``, ``.federation``, ``.accuracy``).
@@ -62,6 +66,8 @@ def snapshot_once(
     model = WatchModel(state, interval=interval, clock=clock)
     probes = build_probes(state, clock=clock)
     model.apply_all(collect_once(fleet, probes, timeout=timeout))
+    if allocation is not None:
+        model.set_allocation(allocation.get(), clock())
     return model.snapshot(log_filter=log_filter)
 
 
@@ -125,8 +131,11 @@ class WatchLoop:
         max_duration: float | None = None,
         stop_when: Callable[[Snapshot], Any] | None = None,
         run_mode: bool = False,
+        allocation: AllocationReader | None = None,
     ) -> None:
         self.state = state
+        #: the run's batch allocation (a Slurm job), read off this thread every ~10 s
+        self.allocation = allocation
         #: ``fedctl run``: Ctrl-C propagates (the caller tears the run down), ``d`` detaches
         self.run_mode = run_mode
         #: checked on every frame; a truthy answer ends the watch with reason "stopped" (fedctl run's
@@ -152,7 +161,10 @@ class WatchLoop:
         probes = build_probes(self.state, clock=self.clock)
         collector = Collector(self.fleet, probes, self.interval, self.events)
         reader = _KeyReader(self.events) if self.keys else None
+        feed = AllocationFeed(self.allocation, self.events, self.clock) if self.allocation is not None else None
         collector.start()
+        if feed is not None:
+            feed.start()
         try:
             if reader is not None:
                 reader.start()
@@ -167,6 +179,8 @@ class WatchLoop:
         finally:
             if reader is not None:
                 reader.stop()
+            if feed is not None:
+                feed.stop()
             collector.stop(wait=0.5)
 
     # -- event handling --------------------------------------------------------------------------
@@ -180,6 +194,9 @@ class WatchLoop:
                 return None
             if isinstance(item, tuple) and item and item[0] == "key":
                 return str(item[1])
+            if isinstance(item, tuple) and item and item[0] == "allocation":
+                self.model.set_allocation(item[1], item[2])
+                continue
             new = self.model.apply(item)
             if on_lines is not None and new:
                 on_lines(new)
@@ -304,8 +321,12 @@ def summary_lines(snap: Snapshot) -> list[str]:
     if s.get("wall_s") is not None or snap.elapsed_s is not None:
         wall = s.get("wall_s") if s.get("wall_s") is not None else snap.elapsed_s
         lines.append(f"wall time {wall:.1f}s")
+    if snap.allocation is not None:
+        lines.append(allocation_text(snap.allocation, snap.node_hours))
     if snap.cost is not None:
         lines.append(f"cost so far {snap.cost:.4f} {snap.currency} ({snap.cost_per_hour or 0:.2f} {snap.currency}/h)")
+    elif snap.node_hours is not None:
+        lines.append(f"cost so far {snap.node_hours:.3f} node-hours (no price per node-hour in the inventory)")
     if s.get("reason"):
         lines.append(f"reason: {s['reason']}")
     return lines

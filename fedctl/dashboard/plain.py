@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from fedctl.dashboard.fmt import (compact_seconds, fmt_count, fmt_ids, fmt_money, fmt_num, fmt_staleness, gpu_text,
+from fedctl.dashboard.fmt import (allocation_text, compact_seconds, fmt_count, fmt_ids, fmt_money, fmt_num, fmt_staleness, gpu_text,
                                   host_reach, sparkline)
 from fedctl.monitor.snapshot import Snapshot
 from fedctl.units import fmt_duration
@@ -25,10 +25,14 @@ def status_line(s: Snapshot) -> str:
     a = f.asynchronous
     asyn = (f" in_flight={fmt_count(a.in_flight)} staleness={fmt_staleness(a)}"
             f" client_updates={fmt_count(a.client_updates)} dropped_stale={fmt_count(a.dropped_stale)}") if a else ""
+    al = s.allocation
+    # the job's state, reason and nodes (not its time left: this line is printed when it changes)
+    job = (f" job={al.job} job_state={al.state}" + (f" job_reason={al.reason.replace(' ', '_')}" if al.reason else "")
+           + (f" nodes={al.nodelist}" if al.nodelist else "")) if al else ""
     return (
         f"run={s.run_id} phase={f.phase} round={f.round}/{f.rounds} acc={fmt_num(s.accuracy)} loss={fmt_num(s.loss)}"
         f" sampled={len(f.sampled)} reported={len(f.reported)} waiting={len(f.waiting)}{asyn}"
-        f" hosts={reach}/{len(s.hosts)} alerts={len(s.alerts)}{strag}"
+        f" hosts={reach}/{len(s.hosts)} alerts={len(s.alerts)}{strag}{job}"
     )
 
 
@@ -43,9 +47,11 @@ def render_lines(s: Snapshot, max_log_lines: int = 10) -> list[str]:
         f"accuracy {fmt_num(s.accuracy)} {sparkline([p.accuracy for p in f.history])}"
         f"  loss {fmt_num(s.loss)} {sparkline([p.loss for p in f.history])}",
     ]
+    if s.allocation is not None:
+        out.insert(2, allocation_text(s.allocation, s.node_hours))
     a = f.asynchronous
     if a:  # the last server update of an asynchronous run
-        out.insert(3, f"asynchronous: in flight {fmt_count(a.in_flight)}  staleness min/mean/max {fmt_staleness(a)}"
+        out.insert(len(out) - 1, f"asynchronous: in flight {fmt_count(a.in_flight)}  staleness min/mean/max {fmt_staleness(a)}"
                       f"  client updates {fmt_count(a.client_updates)}  dropped stale {fmt_count(a.dropped_stale)}")
     for p in f.history[-5:]:
         strag = f" straggler client {p.straggler} ({fmt_num(p.straggler_s, 2)}s)" if p.straggler is not None else ""

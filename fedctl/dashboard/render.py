@@ -22,7 +22,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from fedctl.dashboard.fmt import (compact_seconds, fit_name, fmt_count, fmt_ids, fmt_money, fmt_num, fmt_staleness,
+from fedctl.dashboard.fmt import (allocation_text, compact_seconds, fit_name, fmt_count, fmt_ids, fmt_money, fmt_num, fmt_staleness,
                                   gpu_short, gpu_text, host_reach, name_width, sparkline, stragglers)
 from fedctl.monitor.snapshot import Alert, ClientSnapshot, HostSnapshot, Snapshot
 from fedctl.units import fmt_duration
@@ -221,7 +221,12 @@ def _header(s: Snapshot, width: int | None) -> RenderableType:
         line.append("━" * filled, style="green" if s.done else "magenta")
         line.append("━" * (bar_w - filled), style="grey35")
     line.append(right)
-    return Group(title, line)
+    if s.allocation is None:
+        return Group(title, line)
+    # the run's batch allocation (a Slurm job): cut at the screen's edge, never wrapped
+    job = Text(allocation_text(s.allocation, s.node_hours), no_wrap=True, overflow="ellipsis",
+               style="red" if s.allocation.ended else "yellow" if s.allocation.state != "RUNNING" else "")
+    return Group(title, line, job)
 
 
 def _federation(s: Snapshot, compact: bool, max_alerts: int) -> RenderableType:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 from fedctl.contract import ServerStatus, parse_status
 from fedctl.cost import run_cost
+from fedctl.monitor.allocation import aged
 from fedctl.monitor.collect import HostSample, server_host_name
 from fedctl.monitor.metrics import MetricsAggregator
 from fedctl.monitor.snapshot import (
@@ -32,6 +33,7 @@ from fedctl.monitor.snapshot import (
     Snapshot,
 )
 from fedctl.model import LIVE_PROCS, Phase
+from fedctl.providers.base import AllocationStatus
 from fedctl.state import RunState
 
 DONE_PHASES = (Phase.FINISHED, Phase.FAILED, Phase.STOPPED, Phase.TEARING_DOWN, Phase.TORN_DOWN)
@@ -91,6 +93,12 @@ class WatchModel:
         self.server = server_host_name(state)
         self.clients_map = client_hosts(state)
         self._roles = {h.name: h.role for h in state.hosts}
+        self.allocation: AllocationStatus | None = None  # the run's Slurm job, as last read
+        self.allocation_at: float | None = None  # when (this model's clock)
+
+    def set_allocation(self, status: AllocationStatus | None, read_at: float) -> None:
+        """Take the allocation's status read at ``read_at`` (``monitor.allocation``)."""
+        self.allocation, self.allocation_at = status, read_at
 
     def update_state(self, state: RunState) -> None:
         """Take a re-read state (phase, processes) without losing what was collected."""
@@ -183,7 +191,7 @@ class WatchModel:
         hosts = self._hosts(now, alive)
         alerts = self._alerts(now, fed, hosts, done)
         elapsed, eta = self._timing(now, fed, done)
-        cost, per_hour, currency = self._cost(now)
+        cost, per_hour, currency, node_hours = self._cost(now)
         logs = [ln for ln in self.logs if log_filter_matches(ln, log_filter, self.clients_map)][-max_logs:]
         strategy = self.metrics.strategy or ""  # what the payload's round lines say, nothing else
         return Snapshot(
@@ -206,6 +214,8 @@ class WatchModel:
             done=done,
             summary=self.summary() if done else None,
             interval_s=self.interval,
+            allocation=aged(self.allocation, self.allocation_at, now),
+            node_hours=node_hours,
         )
 
     def _federation(self, now: float) -> Federation:
@@ -390,9 +400,9 @@ class WatchModel:
             eta = max(0.0, remaining * per_round - (fed.round_age_s or 0.0) * (remaining > 0))
         return elapsed, eta
 
-    def _cost(self, now: float) -> tuple[float | None, float | None, str]:
+    def _cost(self, now: float) -> tuple[float | None, float | None, str, float | None]:
         rc = run_cost(self.state, now)
         if not rc.total and not rc.per_hour:
-            return None, None, "USD"
+            return None, None, "USD", rc.node_hours
         currency = sorted(set(rc.total) | set(rc.per_hour))[0]
-        return rc.total.get(currency, 0.0), rc.per_hour.get(currency, 0.0), currency
+        return rc.total.get(currency, 0.0), rc.per_hour.get(currency, 0.0), currency, rc.node_hours

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from fedctl.providers.base import AllocationStatus
+
 
 @dataclass(frozen=True)
 class GpuInfo:
@@ -205,6 +207,9 @@ class Snapshot:
     done: bool = False
     summary: dict[str, Any] | None = None
     interval_s: float = 1.0
+    #: the batch allocation the run lives in (a Slurm job), None for hosts and clouds
+    allocation: AllocationStatus | None = None
+    node_hours: float | None = None  # the allocation's node-hours so far (the cost ledger's)
 
     @property
     def accuracy(self) -> float | None:
@@ -231,6 +236,7 @@ class Snapshot:
         d["rounds"] = self.federation.rounds
         d["accuracy"] = self.accuracy
         d["loss"] = self.loss
+        d["allocation"] = self.allocation.to_dict() if self.allocation is not None else None
         return _json_safe(d)
 
 

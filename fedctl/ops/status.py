@@ -16,6 +16,7 @@ from fedctl.errors import StateLockedError
 from fedctl import model
 from fedctl.model import LIVE_PHASES, Phase
 from fedctl.ops.common import open_fleet, server_record
+from fedctl.providers.base import AllocationStatus
 from fedctl.state import RunState, StateStore
 
 
@@ -48,9 +49,13 @@ class RunStatus:
     #: when the server last rewrote status.json (its clock, never later than this machine's now):
     #: the clients' progress, which the idle guard counts like the watchdog does
     last_status: float | None = None
+    #: the batch allocation the run lives in (a Slurm job: id, state, reason, nodes, time left)
+    allocation: AllocationStatus | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["allocation"] = self.allocation.to_dict() if self.allocation is not None else None
+        return d
 
 
 def parse_metrics_tail(text: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -75,6 +80,8 @@ class StatusObserver:
 
     def __init__(self, state: RunState, gpu: bool = False) -> None:
         self.gpu = gpu  # also read the hosts' GPUs (nvidia-smi in the same round trip): the idle guard's input
+        self._allocation: Any = None  # monitor.allocation.AllocationReader (throttled), made at the first call
+        self._allocation_run = state.run_id
         self._reset(state)
 
     def _reset(self, state: RunState) -> None:
@@ -163,10 +170,24 @@ class StatusObserver:
             last_round_end=last_round.get("end") if last_round else None,
             gpu_util_pct=max(utils) if utils else None,
             last_status=on_this_clock(status_time, store.clock()),
+            allocation=self._allocation_status(store, state),
         )
         if phase != state.phase:
             _record_phase(store, state, phase, summary)
         return status
+
+
+    def _allocation_status(self, store: StateStore, state: RunState) -> AllocationStatus | None:
+        """The run's Slurm job (None for hosts and clouds, and once torn down), asked at most
+        every ``monitor.allocation.ALLOCATION_CHECK_S``: a follower calls this every few seconds."""
+        from fedctl.monitor.allocation import AllocationReader
+
+        if state.phase == Phase.TORN_DOWN:
+            return None
+        if self._allocation is None or self._allocation_run != state.run_id:
+            self._allocation = AllocationReader.for_run(state, store) or False
+            self._allocation_run = state.run_id
+        return self._allocation.get() if self._allocation else None
 
 
 def observe(store: StateStore, state: RunState) -> RunStatus:

@@ -132,6 +132,11 @@ def register_allocation_status(provider: str, target: str) -> None:
     _ALLOCATION_STATUS[provider] = target
 
 
+def has_allocation_status(provider: str) -> bool:
+    """Whether runs of ``provider`` live in a batch allocation whose status can be read."""
+    return provider in _ALLOCATION_STATUS
+
+
 # the Slurm provider's (fedctl/providers/slurm_status.py). TODO(S3): slurm.py could override
 # Provider.allocation_status itself in one line; it is registered here because slurm.py is not ours
 register_allocation_status("slurm", "fedctl.providers.slurm_status:provider_allocation_status")

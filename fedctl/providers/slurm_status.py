@@ -53,17 +53,20 @@ def parse_show_job(job: str, text: str) -> AllocationStatus:
         problems.append(f"scontrol printed {len(text)} characters; read the first {MAX_OUTPUT}")
         text = text[:MAX_OUTPUT]
     mine: dict[str, str] | None = None
+    parts: list[dict[str, str]] = []  # a heterogeneous job's other components (HetJobId=job)
     lines = [ln for ln in text.splitlines() if ln.strip()]
     for n, line in enumerate(lines[:MAX_RECORDS], 1):
         fields = _fields(line)
         if "JobId" not in fields:
             problems.append(f"line {n} is not a job record: {line[:80]!r}")
-        elif fields["JobId"] != job:
-            problems.append(f"line {n} is job {fields['JobId'][:20]}, not {job} (a heterogeneous job's part?)")
-        elif mine is not None:
-            problems.append(f"line {n}: job {job} printed twice; the first record is used")
-        else:
+        elif fields["JobId"] == job and mine is None:
             mine = fields
+        elif fields["JobId"] == job:
+            problems.append(f"line {n}: job {job} printed twice; the first record is used")
+        elif fields.get("HetJobId") == job:
+            parts.append(fields)
+        else:
+            problems.append(f"line {n} is job {fields['JobId'][:20]}, no part of job {job}")
     if len(lines) > MAX_RECORDS:
         problems.append(f"{len(lines) - MAX_RECORDS} more line(s) not read")
     if mine is None:
@@ -80,14 +83,16 @@ def parse_show_job(job: str, text: str) -> AllocationStatus:
     live = AllocationStatus(job, state).ended is False
     if not live and exit_code not in ("0:0", ""):
         reason = ", ".join(r for r in (reason, f"exit {exit_code}") if r)
-    nodelist = mine.get("NodeList", "")
-    nodelist = "" if nodelist in _NO_VALUE else nodelist
+    # a heterogeneous job (the server on a node of its own): its components' nodes together
+    lists = [r.get("NodeList", "") for r in (mine, *parts)]
+    nodelist = ",".join(x for x in lists if x not in _NO_VALUE)
+    counts = [_NODES.match(r.get("NumNodes", "")) for r in (mine, *parts)]
     nodes: int | None = None
-    m = _NODES.match(mine.get("NumNodes", ""))
-    if m is None:
-        problems.append(f"NumNodes {mine.get('NumNodes', '(missing)')[:40]!r} is not a node count")
+    if any(m is None for m in counts):
+        bad = next(r.get("NumNodes", "(missing)") for r, m in zip((mine, *parts), counts) if m is None)
+        problems.append(f"NumNodes {bad[:40]!r} is not a node count")
     else:
-        nodes = int(m.group(1))
+        nodes = sum(int(m.group(1)) for m in counts if m is not None)
     elapsed = _duration(mine, "RunTime", problems)
     limit_text = mine.get("TimeLimit", "")
     limit = None if limit_text == "UNLIMITED" else _duration(mine, "TimeLimit", problems)
