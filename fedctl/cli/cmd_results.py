@@ -1,4 +1,5 @@
-"""``fedctl results [--out DIR]`` (collect + report) and ``fedctl results compare RUN_A RUN_B ...``."""
+"""``fedctl results [--out DIR]`` (collect + report) and ``fedctl results compare RUN_A RUN_B ...`` (or
+``compare SWEEP``: a sweep's configurations)."""
 
 from __future__ import annotations
 
@@ -102,25 +103,42 @@ def results_cmd(
 
 @results_app.command("compare")
 def compare_cmd(
-    runs: List[str] = typer.Argument(..., help="run ids under results/ or results folders"),
-    target: Optional[float] = typer.Option(None, "--target", help="target accuracy (default: what every run reached)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: results/compare.png); a .md table goes next to it"),
+    runs: List[str] = typer.Argument(..., help="run ids under results/ or results folders; or sweeps "
+                                               "(a name under results/sweeps/ or a sweep's folder)"),
+    target: Optional[float] = typer.Option(None, "--target", help="target accuracy (default: what every run reached; "
+                                                                   "a sweep's own target_accuracy)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: results/compare.png, a sweep's "
+                                                           "compare.png in its folder); a .md table goes next to it"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Accuracy curves of several runs on one plot and a table of rounds and time to a target accuracy."""
+    """Accuracy curves of several runs on one plot and a table of rounds and time to a target accuracy.
+
+    Given sweeps, it compares their configurations: each one's mean curve over its seeds with a
+    min-max band, and mean final and best accuracy with their standard deviation."""
     from fedctl.errors import UsageError
     from fedctl.results import compare, resolve_run
+    from fedctl.results.compare import compare_sweeps, resolve_sweep
 
     e = env()
-    if len(runs) < 2:
-        raise UsageError("compare needs at least two runs")
     if target is not None and not 0 < target <= 1:
         raise UsageError(f"--target {target} must be an accuracy in (0, 1]")
-    folders = [resolve_run(r, _results_root()) for r in runs]
-    dest = out or (_results_root() / "compare.png")
-    if dest.suffix.lower() != ".png":
-        raise UsageError(f"--out {dest}: give a .png file name")
-    comp = compare(folders, dest, target)
+    if out is not None and out.suffix.lower() != ".png":
+        raise UsageError(f"--out {out}: give a .png file name")
+    sweeps = [resolve_sweep(r, _results_root()) for r in runs]
+    comp: Any
+    if any(s is not None for s in sweeps):
+        if not all(sweeps):
+            others = [r for r, s in zip(runs, sweeps) if s is None]
+            raise UsageError(f"{', '.join(others)}: not a sweep; compare sweeps with sweeps, runs with runs",
+                             hint="a run of a sweep is in results/sweeps/<name>/ beside its table")
+        folders = [s for s in sweeps if s is not None]
+        dest = out or (folders[0] / "compare.png" if len(folders) == 1 else _results_root() / "compare.png")
+        comp = compare_sweeps(folders, dest, target)
+    else:
+        if len(runs) < 2:
+            raise UsageError("compare needs at least two runs (or one sweep)")
+        folders = [resolve_run(r, _results_root()) for r in runs]
+        comp = compare(folders, out or (_results_root() / "compare.png"), target)
     if as_json:
         e.print_json(comp.to_dict())
         return

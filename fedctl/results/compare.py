@@ -115,3 +115,79 @@ def compare(runs: Sequence[Path], out: Path, target: float | None = None) -> Com
         lines.append(line)
     atomic_write(table, ("\n".join(lines) + "\n").encode())
     return Comparison(target, rows, out, table)
+
+
+# -- a sweep's configurations (fedctl sweep): mean curves and mean numbers over the seeds -------------------
+@dataclass
+class SweepComparison:
+    """The configurations of one or more sweeps compared: one row per configuration."""
+
+    target: float | None
+    rows: list[dict[str, Any]]
+    plot: Path
+    table: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "rows": self.rows, "plot": str(self.plot), "table": str(self.table)}
+
+
+def resolve_sweep(arg: str, root: Path = Path("results")) -> Path | None:
+    """A sweep argument: a sweep's results folder, or a sweep's name under ``root/sweeps``; None when
+    ``arg`` is neither (it may be a run)."""
+    from fedctl.sweep.outcomes import TABLE_JSON
+
+    for cand in (Path(arg), root / "sweeps" / arg):
+        if (cand / TABLE_JSON).is_file():
+            return cand
+    return None
+
+
+def compare_sweeps(sweeps: Sequence[Path], out: Path, target: float | None = None) -> SweepComparison:
+    """Every configuration of ``sweeps``: its mean curve with the seeds' min-max band on one plot
+    (``out``, a PNG) and a table (``out`` with .md) of mean final/best accuracy (sample std) and mean
+    rounds and time to a target over the seeds that reached it.
+
+    ``target`` None: the sweeps' own ``target_accuracy`` when they agree on one, else, as for runs, the
+    highest accuracy every finished run reached.
+    """
+    from fedctl.sweep.curves import curve_axis, plot_all
+    from fedctl.sweep.outcomes import ConfigRow, group, load_sweep
+
+    loaded = [load_sweep(Path(s)) for s in sweeps]
+    own = {t for _, _, _, t in loaded}
+    if target is None and len(own) == 1:
+        target = next(iter(own))
+    rows: list[ConfigRow] = []
+    for name, _, runs, _ in loaded:
+        for row in group(runs, None):
+            rows.append(ConfigRow(((("sweep", name),) if len(loaded) > 1 else ()) + row.params, row.outcomes))
+    if target is None:
+        bests = [o.best_accuracy for r in rows for o in r.finished if o.best_accuracy is not None]
+        target = min(bests) if bests else None
+    if target is not None:  # the rounds and times to this target
+        rows = [ConfigRow(r.params, tuple(group([o.run for o in r.outcomes], target)[0].outcomes)) for r in rows]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_all(rows, curve_axis(rows), target, out, "accuracy per configuration")
+    dicts = []
+    for r in rows:
+        d = r.to_dict([], target, updates=False)
+        dicts.append({"configuration": r.label, **d})
+    lines = [f"Target accuracy: {fmt_value(target)}. Means over each configuration's finished seeds; "
+             "std: sample standard deviation (ddof=1).", "",
+             "| Configuration | n | Failed | Final accuracy | Best accuracy | Rounds to target | Time to target | Reached |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def pm(m: float | None, s: float | None) -> str:
+        return fmt_value(m) + (f" ± {fmt_value(s)}" if s is not None else "")
+
+    for d in dicts:
+        rnd = d.get("rounds_to_target_mean")
+        lines.append(f"| {d['configuration'].replace('|', '/')} | {d['n']}/{d['runs']} | {d['failed']} "
+                     f"| {pm(d['final_accuracy_mean'], d['final_accuracy_std'])} "
+                     f"| {pm(d['best_accuracy_mean'], d['best_accuracy_std'])} "
+                     f"| {'-' if rnd is None else f'{rnd:.1f}'} | {fmt_duration(d.get('seconds_to_target_mean'))} "
+                     f"| {d.get('reached_target', '-')} |")
+    table = out.with_suffix(".md")
+    atomic_write(table, ("\n".join(lines) + "\n").encode())
+    return SweepComparison(target, dicts, out, table)
