@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 METRICS_FILE = "metrics.jsonl"
 #: the round-line keys with a meaning of their own; every other number on the line is a metric
 ROUND_KEYS = ("type", "round", "rounds", "start", "end", "sampled", "reported", "dropped", "clients", "strategy",
-              "updates")
+              "updates", "eval_round")
 SUMMARY_KEYS = ("type", "status", "reason", "rounds_completed", "wall_s")
 #: a line longer than this without a newline is not waited for any more (a runaway writer)
 MAX_PARTIAL = 1 << 20
@@ -99,6 +99,9 @@ class RoundRecord(NamedTuple):
     values: Dict[str, float] = {}
     nonfinite: Tuple[str, ...] = ()  # keys that held NaN/inf: "loss", "clients.3.loss"
     updates: Tuple[Dict[str, Any], ...] = ()  # an asynchronous server update: one entry per client update
+    #: the round (model version) whose model ``loss``/``accuracy`` were measured on; None: not evaluated,
+    #: or a payload that does not say (its accuracy then belongs to this round's model)
+    eval_round: Optional[int] = None
 
     @property
     def loss(self) -> Optional[float]:
@@ -144,6 +147,8 @@ class RoundRecord(NamedTuple):
         }
         if self.updates:
             out["updates"] = [dict(u) for u in self.updates]
+        if self.eval_round is not None:
+            out["eval_round"] = self.eval_round
         out.update(self.values)
         return out
 
@@ -226,6 +231,7 @@ def parse_round(obj: Dict[str, Any]) -> Optional[RoundRecord]:
         round=rnd, rounds=integer(obj.get("rounds")), start=number(obj.get("start")), end=number(obj.get("end")),
         sampled=ids(obj.get("sampled")), reported=ids(obj.get("reported")), dropped=dropped, clients=clients,
         strategy=text_or_none(obj.get("strategy")), values=values, nonfinite=tuple(bad), updates=updates,
+        eval_round=integer(obj.get("eval_round")),
     )
 
 

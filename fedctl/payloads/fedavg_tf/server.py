@@ -44,6 +44,7 @@ class Server:
     def __init__(self, args: argparse.Namespace, cfg: dict, token: bytes) -> None:
         from fedtf import data, models, training  # noqa: PLC0415 - TF only after the config is good
         from fedtf.coordinator import Coordinator  # noqa: PLC0415
+        from fedtf.evaluation import Evaluator  # noqa: PLC0415
         from fedtf.robust import UpdateLimits  # noqa: PLC0415
         from fedtf.strategies import make_strategy  # noqa: PLC0415
         import numpy as np  # noqa: PLC0415
@@ -56,11 +57,14 @@ class Server:
         shards = data.client_shards(self.ds, cfg)
         input_shape = self.ds.x_train.shape[1:]
         self.model = models.build_model(cfg["model"], input_shape, self.ds.classes,
-                                        base_dir=os.path.dirname(os.path.abspath(args.config)))
+                                        base_dir=os.path.dirname(os.path.abspath(args.config)),
+                                        mixed_precision=cfg["train"]["mixed_precision"])
         self.trainer = training.Trainer(self.model, input_shape, cfg["train"])
         self.layout = self.trainer.layout
         self.weights = self.layout.get()
         self.trainer.evaluate(self.ds.x_test[:2], self.ds.y_test[:2])  # trace eval before round 1
+        self.evaluator = Evaluator(self.trainer, self.layout,
+                                   *data.eval_subset(self.ds, cfg["test_subset"], cfg["seed"]))
         self.strategy = make_strategy(cfg["strategy"], self.layout.size, cfg["clients"])
         self.metrics = MetricsWriter(os.path.join(self.run_dir, "metrics.jsonl"))
         st, coord_args = cfg["strategy"], (token, self.layout.shapes, [len(s) for s in shards],
@@ -92,7 +96,10 @@ class Server:
             self.tb = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard"))
         log("server", f"{cfg['clients']} clients, {cfg['rounds']} rounds, strategy "
                       f"{cfg['strategy']['name']}, model {cfg['model']} ({self.layout.size} weights), "
-                      f"data {cfg['data']['dataset']} {len(self.ds.y_train)} train / {len(self.ds.y_test)} test")
+                      f"data {cfg['data']['dataset']} {len(self.ds.y_train)} train / {len(self.ds.y_test)} test "
+                      f"(evaluated on {self.evaluator.examples}"
+                      f"{', in the background' if cfg['evaluate_in_background'] else ''}); "
+                      f"dtype policy {self.model.dtype_policy.name}")
 
     # -- resume -------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -116,9 +123,15 @@ class Server:
         if self.coord.counted is not None:  # SCAFFOLD: which updates the restored c holds
             got_counted = info.get("counted")
             self.coord.counted = got_counted if isinstance(got_counted, dict) else None
-        done = {m["round"] for m in self.metrics.round_lines()}
-        if info.get("line") and rnd not in done:  # crashed between checkpoint and metrics line
-            self.metrics.write(info["line"])
+        done = {m["round"]: m for m in self.metrics.round_lines()}
+        line = info.get("line")
+        if line and info.get("eval_pending") == rnd:  # its evaluation was running in the background
+            if rnd in done and done[rnd].get("eval_round") == rnd:  # it finished: count its result
+                self._note_eval(done[rnd].get("loss"), done[rnd].get("accuracy"))
+            else:  # it never finished: evaluate the checkpoint's model now, complete its line
+                self._evaluated(rnd, line, *self.evaluator.evaluate(self.weights))
+        elif line and rnd not in done:  # crashed between checkpoint and metrics line
+            self.metrics.write(line)
         log("server", f"resumed from checkpoint after round {rnd}")
 
     # -- serving ------------------------------------------------------------------------------
@@ -156,12 +169,27 @@ class Server:
         log("server", f"{seen}/{cfg['clients']} clients connected; starting at round {self.start_round}")
 
     def evaluate_now(self) -> tuple[float, float]:
-        """Evaluate the global model on the test set; remember final and best accuracy."""
-        self.layout.set(self.weights)
-        loss, acc = self.trainer.evaluate(self.ds.x_test, self.ds.y_test)
-        self.final = (loss, acc)
-        self.best_acc = acc if self.best_acc is None else max(self.best_acc, acc)
+        """Evaluate the global model on the test set (or test_subset), in this thread; remember
+        final and best accuracy."""
+        self.evaluator.wait()
+        loss, acc, _ = self.evaluator.evaluate(self.weights)
+        self._note_eval(loss, acc)
         return loss, acc
+
+    def _note_eval(self, loss, acc) -> None:
+        self.final = (loss, acc)
+        if acc is not None:
+            self.best_acc = acc if self.best_acc is None else max(self.best_acc, acc)
+
+    def _evaluated(self, r: int, line: dict, loss: float, acc: float, secs: float) -> None:
+        """Round `r`'s model was evaluated (in the background thread, or at resume): complete its
+        line and write it. The next metrics write waits for this (Evaluator.wait)."""
+        self._note_eval(loss, acc)
+        line.update(loss=loss, accuracy=acc, eval_round=r, eval_s=round(secs, 4))
+        self.metrics.write(line)
+        self._tensorboard(r, loss, acc, line["end"] - line["start"])
+        log("server", f"round {r}/{self.cfg['rounds']} evaluated: loss {_fmt(loss)} accuracy {_fmt(acc)} "
+                      f"({secs:.2f}s)")
 
     def save_checkpoint(self, r: int, line: dict, extra: dict) -> None:
         """Checkpoint after round (server update) `r`, with its round line and `extra` info."""
@@ -203,23 +231,39 @@ class Server:
                                    f"updates after {sm['retries'] + 1} attempts", t_start)
             self.weights = self._aggregate(r, st)
             self.coord.settle(r, sorted(st.updates))  # after the close's and the aggregate's rejections
-            loss = acc = None
-            if r % cfg["evaluate_every"] == 0 or r == cfg["rounds"]:
-                loss, acc = self.evaluate_now()
+            self.evaluator.wait()  # round r-1's evaluation writes its line before round r's
             line = {"type": "round", "round": r, "rounds": cfg["rounds"], "start": started,
                     "end": time.time(), "sampled": st.sampled, "reported": sorted(st.updates),
                     "dropped": [{"id": k, "reason": v} for k, v in sorted(st.dropped.items())],
                     "rejected": len(st.rejected),
                     "clients": {str(k): st.client_metrics[k] for k in sorted(st.updates)},
-                    "loss": loss, "accuracy": acc, "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
-                    "strategy": cfg["strategy"]["name"]}
-            self.save_checkpoint(r, line, {})
-            self.metrics.write(line)
-            self._tensorboard(r, loss, acc, line["end"] - started)
-            log("server", f"round {r}/{cfg['rounds']}: {len(st.updates)}/{len(st.sampled)} updates, "
-                          f"loss {_fmt(loss)} accuracy {_fmt(acc)} ({line['end'] - started:.2f}s)"
-                          + (f", dropped {dict(st.dropped)}" if st.dropped else ""))
+                    "loss": None, "accuracy": None, "eval_round": None, "bytes_in": st.bytes_in,
+                    "bytes_out": st.bytes_out, "strategy": cfg["strategy"]["name"]}
+            self._round_done(r, line, st)
         return self.finish("finished", None, t_start)
+
+    def _round_done(self, r: int, line: dict, st: RoundState) -> None:
+        """Checkpoint round `r` and write its line, evaluating its model when due: in the background
+        (the next round opens at once; the line is written when the evaluation ends) unless it is
+        the last round, whose accuracy the run's result is."""
+        cfg = self.cfg
+        due = r % cfg["evaluate_every"] == 0 or r == cfg["rounds"]
+        took = f"{len(st.updates)}/{len(st.sampled)} updates ({line['end'] - line['start']:.2f}s)" + \
+            (f", dropped {dict(st.dropped)}" if st.dropped else "")
+        if due and cfg["evaluate_in_background"] and r < cfg["rounds"]:
+            self.save_checkpoint(r, line, {"eval_pending": r})
+            self.evaluator.submit(self.weights, lambda *res, r=r, line=line: self._evaluated(r, line, *res))
+            log("server", f"round {r}/{cfg['rounds']}: {took}; evaluating it in the background")
+            return
+        if due:
+            loss, acc, secs = self.evaluator.evaluate(self.weights)
+            self._note_eval(loss, acc)
+            line.update(loss=loss, accuracy=acc, eval_round=r, eval_s=round(secs, 4))
+        self.save_checkpoint(r, line, {})
+        self.metrics.write(line)
+        self._tensorboard(r, line["loss"], line["accuracy"], line["end"] - line["start"])
+        log("server", f"round {r}/{cfg['rounds']}: {took}, loss {_fmt(line['loss'])} "
+                      f"accuracy {_fmt(line['accuracy'])}")
 
     def status(self, **fields) -> None:
         """Rewrite status.json with `fields` (and the time)."""
@@ -269,6 +313,7 @@ class Server:
 
     def finish(self, status: str, reason: str | None, t_start: float) -> int:
         cfg = self.cfg
+        self.evaluator.wait()  # a background evaluation's line comes before the summary
         done = [m["round"] for m in self.metrics.round_lines()]
         summary = {"type": "summary", "rounds_completed": max(done, default=0),
                    "final_accuracy": self.final[1], "final_loss": self.final[0],
@@ -281,7 +326,8 @@ class Server:
         checkpoint.atomic_write_json(os.path.join(self.run_dir, "summary.json"),
                                      {**summary, "rounds": cfg["rounds"], "clients": cfg["clients"],
                                       "strategy": cfg["strategy"]["name"], "model": cfg["model"],
-                                      "dataset": cfg["data"]["dataset"], "seed": cfg["seed"]})
+                                      "dataset": cfg["data"]["dataset"], "seed": cfg["seed"],
+                                      "eval_examples": self.evaluator.examples})
         if status == "finished":
             self.layout.set(self.weights)
             tmp = os.path.join(self.run_dir, f".final_model.{os.getpid()}.weights.h5")

@@ -13,7 +13,9 @@ from typing import Any
 
 from fedtf import async_config  # a sibling: fedctl loads this file alone, payload dir on the path
 
-MODELS = ("mlp", "cnn", "logreg")
+MODELS = ("mlp", "cnn", "logreg", "resnet18")
+PRECISIONS = ("off", "auto", "on")  # train.mixed_precision (fedtf/models.py)
+VECTORIZE = ("auto", "on", "off")  # train.vectorize (fedtf/vectorised.py)
 DATASETS = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "npz")
 PARTITIONS = ("iid", "dirichlet", "shards")
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedbuff", "fedasync")
@@ -37,7 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "strategy": {"name": "fedavg", "mu": 0.01, "server_lr": None, "server_momentum": 0.9,
                  **async_config.DEFAULTS},
     "sampling": {"fraction": 1.0, "min_clients": 2, "round_timeout_s": 120.0, "retries": 2},
-    "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "optimizer": "sgd"},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "optimizer": "sgd",
+              "mixed_precision": "off", "vectorize": "auto", "vectorize_chunk": None},
     "realism": {"latency_ms": 0.0, "bandwidth_mbps": 0.0, "dropout": 0.0,
                 "slow_fraction": 0.0, "slow_factor": 1.0},
     # Defences against a client that holds the run token but misbehaves (see fedtf/robust.py and
@@ -45,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "robustness": {"max_update_norm": 1.0e6, "max_norm_ratio": 10.0, "read_timeout_s": 60.0,
                    "max_connections": None},
     "evaluate_every": 1,
+    "test_subset": None,             # evaluate on this many test examples (a fixed sample), null: all
+    "evaluate_in_background": True,  # evaluate round r's model while round r+1's clients train
     "tensorboard": False,
 }
 # server_lr default depends on the strategy: a server Adam with step 1.0 diverges.
@@ -123,6 +128,13 @@ def _section(d: Any, path: str, defaults: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _bool(d: dict, key: str) -> bool:
+    v = d.get(key, DEFAULTS[key])
+    if not isinstance(v, bool):
+        raise ConfigProblem(key, f"expected true or false, got {v!r}")
+    return v
+
+
 def _model(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ConfigProblem("model", f"expected a string, got {v!r}", ", ".join(MODELS) + ", file.py:build_fn")
@@ -194,6 +206,12 @@ def validate(d: dict, core: dict | None = None, base_dir: str | None = None) -> 
     tr["batch_size"] = _int(tr["batch_size"], "train.batch_size", 1)
     tr["lr"] = _num(tr["lr"], "train.lr", 0.0, lo_open=True)
     _choice(tr["optimizer"], "train.optimizer", OPTIMIZERS, "optimizer")
+    _choice(tr["mixed_precision"], "train.mixed_precision", PRECISIONS, "mode")
+    if isinstance(tr["vectorize"], bool):  # YAML 1.1 reads a bare on/off as true/false
+        tr["vectorize"] = "on" if tr["vectorize"] else "off"
+    _choice(tr["vectorize"], "train.vectorize", VECTORIZE, "mode")
+    if tr["vectorize_chunk"] is not None:  # clients per vectorised computation; null: from memory
+        tr["vectorize_chunk"] = _int(tr["vectorize_chunk"], "train.vectorize_chunk", 1)
     if st["name"] == "scaffold" and tr["optimizer"] != "sgd":  # option II's c_i assumes lr * gradient steps
         raise ConfigProblem("train.optimizer", f"strategy scaffold needs plain SGD steps, got {tr['optimizer']!r}",
                             "sgd with scaffold")
@@ -218,10 +236,10 @@ def validate(d: dict, core: dict | None = None, base_dir: str | None = None) -> 
         rob["max_connections"] = _int(rob["max_connections"], "robustness.max_connections", 2)
     out["robustness"] = rob
     out["evaluate_every"] = _int(d.get("evaluate_every", DEFAULTS["evaluate_every"]), "evaluate_every", 1)
-    tb = d.get("tensorboard", DEFAULTS["tensorboard"])
-    if not isinstance(tb, bool):
-        raise ConfigProblem("tensorboard", f"expected true or false, got {tb!r}")
-    out["tensorboard"] = tb
+    ts = d.get("test_subset", DEFAULTS["test_subset"])
+    out["test_subset"] = None if ts is None else _int(ts, "test_subset", 1)
+    out["evaluate_in_background"] = _bool(d, "evaluate_in_background")
+    out["tensorboard"] = _bool(d, "tensorboard")
     user_sampling = d.get("sampling") if isinstance(d.get("sampling"), dict) else {}
     if core is not None and user_sampling.get("min_clients") is None:
         # the default (2) must not make a 1-client run impossible
@@ -247,8 +265,6 @@ DIGITS_SHAPE = (8, 8, 1)
 # keras.datasets train splits, used as shipped (no split of our own).
 KERAS_TRAIN = {"mnist": (60000, (28, 28, 1)), "fashion_mnist": (60000, (28, 28, 1)),
                "cifar10": (50000, (32, 32, 3))}
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-_NPY_MAX_HEADER = 10000  # numpy's own limit on an .npy header (np.load's max_header_size)
 
 
 def _digits_train_size(test_fraction: float) -> int:
@@ -256,60 +272,22 @@ def _digits_train_size(test_fraction: float) -> int:
     return sum(n - max(1, int(round(n * test_fraction))) for n in DIGITS_CLASS_COUNTS)
 
 
-def _npy_shape(f: Any) -> tuple | None:
-    """The shape in an .npy header (format versions 1-3), or None when it is not one we can read."""
-    import ast  # noqa: PLC0415 - only for npz data
-    import struct  # noqa: PLC0415
-
-    head = f.read(10)
-    if len(head) < 10 or head[:6] != b"\x93NUMPY":
-        return None
-    if head[6] == 1:
-        size = struct.unpack("<H", head[8:10])[0]
-    else:
-        size = struct.unpack("<I", head[8:10] + f.read(2))[0]
-    if size > _NPY_MAX_HEADER:
-        return None
-    try:
-        header = ast.literal_eval(f.read(size).decode("utf-8"))
-        shape = tuple(int(n) for n in header["shape"])
-    except (ValueError, SyntaxError, TypeError, KeyError, UnicodeDecodeError, MemoryError, RecursionError):
-        return None
-    return shape if all(n >= 0 for n in shape) else None
-
-
-def _npz_shapes(path: str) -> dict[str, tuple] | None:
-    """Shapes of the four arrays of an .npz, read from their headers (no numpy, no array data).
-
-    None when the file is not here (it must then exist on the hosts, which check it at start) or a
-    header cannot be read; ConfigProblem when np.load would certainly fail on it."""
-    import zipfile  # noqa: PLC0415 - only for npz data
+def _npz_shapes(path: str, cifar: bool) -> dict[str, tuple] | None:
+    """Shapes of an .npz's arrays from their headers (fedtf/npzfile.py); None when the file is not
+    here (the hosts check it at start) or np.load must judge it. cifar: the arrays must be CIFAR's."""
+    from fedtf import npzfile  # noqa: PLC0415 - only for npz data
 
     if not os.path.isfile(path):
         return None
     try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise ConfigProblem("data.path", f"{path} is not an .npz file (a zip of .npy arrays, "
-                            "as np.savez writes)") from None
+        infos = npzfile.read_infos(path)
+        if infos is not None and cifar:
+            npzfile.check_cifar(path, infos)
+    except npzfile.NpzProblem as e:
+        raise ConfigProblem("data.path", str(e)) from None
     except OSError:
         return None
-    shapes: dict[str, tuple] = {}
-    with zf:
-        names = set(zf.namelist())
-        missing = [k for k in NPZ_KEYS if f"{k}.npy" not in names]
-        if missing:
-            raise ConfigProblem("data.path", f"{path} lacks {', '.join(missing)}")
-        for key in ("x_train", "y_train"):
-            try:
-                with zf.open(f"{key}.npy") as f:
-                    shape = _npy_shape(f)
-            except (OSError, zipfile.BadZipFile, NotImplementedError, RuntimeError):
-                return None  # e.g. an encrypted or oddly compressed member: let np.load judge
-            if shape is None:
-                return None
-            shapes[key] = shape
-    return shapes
+    return None if infos is None else {k: v.shape for k, v in infos.items()}
 
 
 def _data_size(data: dict, base_dir: str | None) -> tuple[int, tuple] | None:
@@ -319,13 +297,13 @@ def _data_size(data: dict, base_dir: str | None) -> tuple[int, tuple] | None:
         return _digits_train_size(data["test_fraction"]), DIGITS_SHAPE
     if name == "synthetic":
         return data["synthetic"]["train"], (data["synthetic"]["features"],)
-    if name in KERAS_TRAIN:
+    if name in KERAS_TRAIN and not (name == "cifar10" and data["path"]):
         return KERAS_TRAIN[name]
-    if name == "npz" and data["path"]:
+    if name in ("npz", "cifar10") and data["path"]:
         path = os.path.expanduser(data["path"])
         if not os.path.isabs(path) and base_dir is not None:
             path = os.path.join(base_dir, path)
-        shapes = _npz_shapes(path)
+        shapes = _npz_shapes(path, name == "cifar10")
         if shapes is None:
             return None
         n = math.prod(shapes["y_train"])  # data.load_dataset flattens the labels
@@ -345,6 +323,9 @@ def _check_data_fits(out: dict, core: dict | None, base_dir: str | None) -> None
     if out["model"] == "cnn" and len(example) == 1 and math.isqrt(example[0]) ** 2 != example[0]:
         raise ConfigProblem("model", f"cnn needs image data, got {example[0]} flat features",
                             "mlp, logreg, or data whose features make a square image")
+    if out["model"] == "resnet18" and len(example) != 3:
+        raise ConfigProblem("model", f"resnet18 needs image data (height, width, channels), got examples "
+                            f"of shape {example}", "mlp, cnn, logreg, or image data such as cifar10")
     if core is None:
         return
     clients = int(core["clients"])

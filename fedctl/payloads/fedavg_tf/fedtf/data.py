@@ -6,14 +6,18 @@ on every host, disjoint, cover the training set and are never empty.
 """
 from __future__ import annotations
 
+import os
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import npzfile
+
 
 @dataclass(frozen=True)
 class Dataset:
-    x_train: np.ndarray  # float32 in [0, 1]; image data keeps (H, W, C), flat data (F,)
+    x_train: np.ndarray  # float32 in [0, 1] (CIFAR: standardised per channel); images (H, W, C), flat (F,)
     y_train: np.ndarray  # int32 labels 0..classes-1
     x_test: np.ndarray
     y_test: np.ndarray
@@ -72,12 +76,14 @@ def load_dataset(data_cfg: dict, seed: int) -> Dataset:
         xtr, ytr, xte, yte = synthetic(s["train"], s["test"], s["features"], s["classes"],
                                        s["noise"], seed)
     elif name == "npz":
-        with np.load(data_cfg["path"], allow_pickle=False) as f:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f]
-            if missing:
-                raise ValueError(f"data.path: {data_cfg['path']} lacks {', '.join(missing)}")
-            xtr, ytr, xte, yte = (_images(_scale(f["x_train"])), f["y_train"],
-                                  _images(_scale(f["x_test"])), f["y_test"])
+        xtr, ytr, xte, yte = read_npz(data_cfg["path"])
+        xtr, xte = _images(_scale(xtr)), _images(_scale(xte))
+    elif name == "cifar10":  # never downloads: a CIFAR-shaped npz, or Keras's cache
+        if data_cfg["path"]:
+            xtr, ytr, xte, yte = read_npz(data_cfg["path"], cifar=True)
+        else:
+            xtr, ytr, xte, yte = keras_cifar10_cache()
+        xtr, xte = per_channel(xtr, xte)
     else:  # keras.datasets: downloads on first use, needs internet on the host
         import keras  # noqa: PLC0415
         mod = getattr(keras.datasets, name)
@@ -88,6 +94,100 @@ def load_dataset(data_cfg: dict, seed: int) -> Dataset:
     classes = int(max(ytr.max(), yte.max())) + 1
     return Dataset(np.ascontiguousarray(xtr, np.float32), ytr,
                    np.ascontiguousarray(xte, np.float32), yte, classes, name)
+
+
+def read_npz(path: str, cifar: bool = False) -> tuple:
+    """x_train, y_train, x_test, y_test of an .npz, checked from its headers before any array is
+    read (fedtf/npzfile.py): plain numbers only, each header agreeing with the bytes stored, and
+    with `cifar` the shapes of keras.datasets.cifar10. ValueError names the file, key and what is valid."""
+    try:
+        infos = npzfile.read_infos(path)
+        if infos is not None:
+            npzfile.check_bounded(path, infos)
+            if cifar:
+                npzfile.check_cifar(path, infos)
+    except OSError as e:
+        raise ValueError(f"data.path: cannot read {path}: {e.strerror or e}") from None
+    except npzfile.NpzProblem as e:
+        raise ValueError(f"data.path: {e}") from None
+    with np.load(path, allow_pickle=False) as f:
+        arrays = tuple(f[k] for k in npzfile.NPZ_KEYS)
+    if cifar:
+        for key, y in zip(("y_train", "y_test"), arrays[1::2]):
+            if y.size and int(y.min()) < 0:
+                raise ValueError(f"data.path: {path}: {key} holds a negative label {int(y.min())} "
+                                 "(valid: class numbers 0, 1, ...)")
+    return arrays
+
+
+# Where keras.datasets.cifar10.load_data() leaves the extracted batches (Keras 3, then Keras 2).
+CIFAR_CACHE = ("cifar-10-batches-py-target/cifar-10-batches-py", "cifar-10-batches-py")
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """The CIFAR batches are pickles (dicts of numpy arrays and lists): load those and nothing
+    else, so a tampered cache file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how protocol 2 spells bytes (a python 3 pickle of a batch)
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        d = _ArraysOnly(f, encoding="bytes").load()
+    x = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x), np.asarray(d[b"labels"], np.int32)
+
+
+def keras_cifar10_cache() -> tuple:
+    """CIFAR-10 from Keras's download cache ($KERAS_HOME or ~/.keras, datasets/), never a download."""
+    root = os.path.join(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"), "datasets")
+    for sub in CIFAR_CACHE:
+        folder = os.path.join(root, sub)
+        if os.path.isfile(os.path.join(folder, "test_batch")):
+            break
+    else:
+        raise ValueError(
+            f"data.dataset cifar10: no CIFAR-10 in Keras's cache on this host (looked for "
+            f"{os.path.join(root, CIFAR_CACHE[-1])}/data_batch_1..5 and test_batch); fedctl never "
+            "downloads it. Put the extracted cifar-10-python.tar.gz there, or give data.path: an .npz "
+            "with x_train uint8 [N, 32, 32, 3], y_train, x_test, y_test (keras.datasets.cifar10's arrays)")
+    try:
+        train = [_cifar_batch(os.path.join(folder, f"data_batch_{i}")) for i in range(1, 6)]
+        xte, yte = _cifar_batch(os.path.join(folder, "test_batch"))
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
+        raise ValueError(f"data.dataset cifar10: the Keras cache in {folder} is unreadable: {e}") from None
+    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), xte, yte)
+
+
+def per_channel(xtr: np.ndarray, xte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Images scaled to [0, 1], then standardised per channel with the training set's mean and
+    standard deviation (the same numbers on every host: they come from the same arrays)."""
+    xtr = xtr.astype(np.float32) / np.float32(255.0)
+    xte = xte.astype(np.float32) / np.float32(255.0)
+    axes = tuple(range(xtr.ndim - 1))
+    mean = xtr.mean(axis=axes, dtype=np.float64).astype(np.float32)
+    std = np.maximum(xtr.std(axis=axes, dtype=np.float64), 1e-3).astype(np.float32)
+    xtr -= mean
+    xtr /= std
+    xte -= mean
+    xte /= std
+    return xtr, xte
+
+
+def eval_subset(ds: Dataset, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test examples the server evaluates on: all (n None), or a fixed seeded sample of n
+    (the same every round, so accuracies of different rounds compare)."""
+    if n is None or n >= len(ds.y_test):
+        return ds.x_test, ds.y_test
+    idx = np.sort(np.random.default_rng([seed, 8]).choice(len(ds.y_test), n, replace=False))
+    return ds.x_test[idx], ds.y_test[idx]
 
 
 def partition(labels: np.ndarray, clients: int, how: str, seed: int, alpha: float = 0.5,
