@@ -200,6 +200,7 @@ def write_curves(out_dir: Path, grid_keys: Sequence[str], rows: Sequence[ConfigR
     except ImportError:
         return ["curves not drawn: matplotlib is not installed (pip install 'fedctl-fl[results]')"]
     axis = curve_axis(rows)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     plot_all(rows, axis, target, Path(out_dir) / "curves.png", "accuracy of every configuration")
     for key in grid_keys:
         plot_by(rows, key, axis, target, Path(out_dir) / file_for(key))

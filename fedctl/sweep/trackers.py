@@ -66,6 +66,7 @@ def _clear_events(folder: Path) -> None:
 def write_tensorboard(log_dir: Path, grid_keys: Sequence[str], rows: Sequence[ConfigRow]) -> list[str]:
     """Write the TensorBoard log dir; returns notes (tensorboard not installed) instead of raising."""
     try:
+        import tensorboard  # noqa: F401 - the package itself: its parts may linger in sys.modules
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.plugins.hparams import summary_v2 as hp
         from tensorboard.summary.writer.record_writer import RecordWriter
