@@ -8,7 +8,6 @@ run state, the latest sample of each host and the metrics aggregated so far.
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import time
 from collections import deque
@@ -19,6 +18,7 @@ from fedctl.contract import ServerStatus, parse_status
 from fedctl.cost import run_cost
 from fedctl.monitor.allocation import aged
 from fedctl.monitor.collect import HostSample, server_host_name
+from fedctl.monitor.targets import client_hosts, log_filter_matches  # noqa: F401 - re-exported
 from fedctl.monitor.metrics import MetricsAggregator
 from fedctl.monitor.snapshot import (
     Alert,
@@ -37,35 +37,12 @@ from fedctl.providers.base import AllocationStatus
 from fedctl.state import RunState
 
 DONE_PHASES = (Phase.FINISHED, Phase.FAILED, Phase.STOPPED, Phase.TEARING_DOWN, Phase.TORN_DOWN)
-_CLIENT_TARGET = re.compile(r"^client-0*(\d+)$")
 
 
 @dataclass
 class _HostView:
     last: HostSample | None = None  # the latest attempt
     last_ok: HostSample | None = None  # the latest successful probe
-
-
-def client_hosts(state: RunState) -> dict[int, tuple[str, str]]:
-    """client id -> (host name, process label) from the processes recorded in the state."""
-    out: dict[int, tuple[str, str]] = {}
-    for h in state.hosts:
-        for p in h.processes:
-            for cid in p.client_ids:
-                out[int(cid)] = (h.name, p.label)
-    return out
-
-
-def log_filter_matches(line: LogLine, target: str | None, clients: dict[int, tuple[str, str]]) -> bool:
-    """Does ``line`` belong to ``target`` (host name, role, process label, or ``client-07`` = client id 7)?"""
-    if not target or target == "all":
-        return True
-    if target in (line.host, line.role, line.label, line.name):
-        return True
-    m = _CLIENT_TARGET.fullmatch(target)
-    if m and int(m.group(1)) in clients:
-        return clients[int(m.group(1))] == (line.host, line.label)
-    return line.role == "server+client" and target in ("server", "client")
 
 
 class WatchModel:

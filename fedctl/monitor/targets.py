@@ -15,6 +15,7 @@ from typing import Sequence
 
 from fedctl.errors import UsageError
 from fedctl.model import HostStatus
+from fedctl.monitor.snapshot import LogLine
 from fedctl.state import HostRecord, ProcessRecord, RunState
 
 _CLIENT = re.compile(r"^client-0*(\d+)$")
@@ -75,3 +76,25 @@ def _same_name(name: str, target: str) -> bool:
     def norm(text: str) -> str:
         return re.sub(r"(?<=[-_])0+(?=\d)", "", text)
     return norm(name) == norm(target)
+
+
+def client_hosts(state: RunState) -> dict[int, tuple[str, str]]:
+    """client id -> (host name, process label) from the processes recorded in the state."""
+    out: dict[int, tuple[str, str]] = {}
+    for h in state.hosts:
+        for p in h.processes:
+            for cid in p.client_ids:
+                out[int(cid)] = (h.name, p.label)
+    return out
+
+
+def log_filter_matches(line: LogLine, target: str | None, clients: dict[int, tuple[str, str]]) -> bool:
+    """Does ``line`` belong to ``target`` (host name, role, process label, or ``client-07`` = client id 7)?"""
+    if not target or target == "all":
+        return True
+    if target in (line.host, line.role, line.label, line.name):
+        return True
+    m = _CLIENT.fullmatch(target)
+    if m and int(m.group(1)) in clients:
+        return clients[int(m.group(1))] == (line.host, line.label)
+    return line.role == "server+client" and target in ("server", "client")

@@ -142,8 +142,9 @@ def test_the_slurm_provider_answers_through_the_hook_and_others_have_none() -> N
     assert down.problems == ("cannot ask slurmctld: scontrol show failed (1): Unable to contact slurm controller",)
     # nothing submitted yet: no job to ask about
     assert allocation_status([slurm_host("slurm-server", "server", job=None)], cli=cli) is None
-    static = provider_class("static").from_run([HostInfo(name="h1", address="127.0.0.1")], ctx)
-    assert isinstance(static, Provider) and static.allocation_status(static_hosts := []) is None and not static_hosts
+    static_hosts = [HostInfo(name="h1", address="127.0.0.1")]
+    static = provider_class("static").from_run(static_hosts, ctx)
+    assert isinstance(static, Provider) and static.allocation_status(static_hosts) is None
 
 
 def test_the_reader_asks_at_most_every_ten_seconds() -> None:
