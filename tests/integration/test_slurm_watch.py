@@ -7,7 +7,11 @@ that price. fedctl runs as its console script with the echo payload; this machin
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -73,6 +77,12 @@ def test_status_and_watch_show_the_running_job_and_cost_counts_its_node_hours(sl
         assert once.returncode == 0, once.stdout + once.stderr
         line = next(ln for ln in once.stdout.splitlines() if ln.startswith(f"job {job} "))
         assert line.startswith(f"job {job} RUNNING on fl[1-2] (2 nodes) · ") and line.endswith(" node-h"), line
+        if shutil.which("tmux") is not None:
+            _watch_80x24_shows_the_job(proj, slurm, job, tmp_path)
+        # the following watch (plain lines): the job read off the screen's thread, at once and every 10 s
+        plain = _fedctl(proj, slurm, "watch", "--duration", "4", "--interval", "1")
+        assert plain.returncode == 0, plain.stdout + plain.stderr
+        assert f" job={job} job_state=RUNNING nodes=fl[1-2]" in plain.stdout, plain.stdout
         snap = _json(proj, slurm, "watch")
         assert (snap["allocation"]["job"], snap["allocation"]["state"]) == (job, "RUNNING")
         assert snap["node_hours"] > 0 and snap["cost"] == pytest.approx(snap["node_hours"] * 2.5, rel=0.05)
@@ -88,6 +98,33 @@ def test_status_and_watch_show_the_running_job_and_cost_counts_its_node_hours(sl
     assert cost["unpriced"] == []
     table = _fedctl(proj, slurm, "cost", "--run", run_id)
     assert f"job {job}" in table.stdout and "node-hours" in table.stdout
+
+
+def _watch_80x24_shows_the_job(proj: Path, slurm: SlurmCluster, job: str, tmp_path: Path) -> None:
+    """The live screen in an 80x24 tmux pane: the job line under the header, within the screen,
+    no word broken; q quits (the run goes on)."""
+    from tests.integration.test_watch_80x24 import tmux_pane
+    from tests.unit.test_render import broken_words
+
+    session = f"fedctl-sw-{os.getpid()}"
+    done = tmp_path / "watch.rc"
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in slurm.env().items() if k in ("SLURM_CONF", "PATH", "PYTHONPATH"))
+    cmd = (f"cd {shlex.quote(str(proj))} && env -u COLUMNS -u LINES {env} {sys.executable} -m fedctl watch "
+           f"--interval 0.5; echo $? > {done}")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
+    try:
+        subprocess.run(["tmux", "resize-window", "-t", session, "-x", "80", "-y", "24"], check=True)
+        lines = wait_until(lambda: (lambda got: got if any(ln.startswith(f"job {job} RUNNING") for ln in got)
+                                    and any(ln.startswith("hosts (") for ln in got) else None)(tmux_pane(session)),
+                           60, interval=0.3, what="the 80x24 screen with the job line")
+        assert len(lines) <= 24 and max(len(ln) for ln in lines) <= 80, "\n".join(lines)
+        assert broken_words(lines) == [], "\n".join(lines)
+        line = next(ln for ln in lines if ln.startswith(f"job {job} "))
+        assert line.startswith(f"job {job} RUNNING on fl[1-2] (2 nodes) · ") and " left of 10m00s" in line, line
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        wait_until(lambda: done.exists() and done.read_text().strip() == "0", 15, interval=0.2, what="watch to quit")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
 
 
 def test_a_pending_job_shows_pending_and_its_reason(slurm: SlurmCluster, tmp_path: Path) -> None:
