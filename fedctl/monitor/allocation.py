@@ -17,7 +17,7 @@ from fedctl.providers.base import AllocationStatus
 if TYPE_CHECKING:
     from fedctl.state import RunState, StateStore
 
-#: at most this often (seconds) fedctl asks the scheduler about the job (as ``ops.follow.ENDED_CHECK_S``)
+#: at most this often (seconds) fedctl asks the scheduler about the job (``ops.follow.ENDED_CHECK_S`` is this)
 ALLOCATION_CHECK_S = 10.0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fedctl.model import LIVE_PHASES
+from fedctl.monitor.allocation import ALLOCATION_CHECK_S
 from fedctl.ops.common import open_fleet, server_record
 from fedctl.state import RunState, StateStore
 
@@ -62,8 +63,9 @@ def on_this_clock(server_time: float | None, now: float) -> float | None:
     return None if server_time is None else now - max(0.0, now - server_time)
 
 
-#: how often a follower asks the provider whether the run's machines ended (a squeue call on Slurm)
-ENDED_CHECK_S = 10.0
+#: how often a follower asks the provider whether the run's machines ended (a squeue call on Slurm):
+#: the cadence at which watch and status read the job too (one number for both)
+ENDED_CHECK_S = ALLOCATION_CHECK_S
 _ended_checked: dict[str, float] = {}
 
 
