@@ -155,6 +155,19 @@ def teardown(
     # collecting results, so only where something ran and the machine got an address.
     ssh_recs = recs if not machines else [
         r for r in recs if provider.reachable(r.info) and (r.processes or state.started_at is not None)]
+    gone = _gone(provider, recs, progress) if machines and ssh_recs else None
+    if gone is not None:
+        # the machines ended under the run (a Slurm job's time limit ...): its processes with them;
+        # their files are still on the shared filesystem, read from the login node instead
+        state.event(f"teardown: {gone}", store.clock)
+        for r in ssh_recs:
+            for p in r.processes:
+                if p.status in LIVE_PROCS:
+                    p.status = ProcStatus.STOPPED
+        if collect:
+            report.collect, secrets = _collect_without_machines(store, state, provider, ssh_recs, progress)
+        store.save(state)
+        ssh_recs = []
 
     if ssh_recs:
         with open_fleet(store, ssh_recs) as fleet:
@@ -257,6 +270,41 @@ def _destroy_machines(
         o.ok, o.removed, o.error, o.leftover_pids, o.leftover_files = True, True, None, [], []
         r.status, r.processes, r.error = HostStatus.TORN_DOWN, [], None
         r.released_at = r.released_at or now
+
+
+def _gone(provider: Any, recs: list[HostRecord], progress: Progress) -> str | None:
+    """Why the run's machines ended under it (``Provider.ended``: a Slurm job's time limit,
+    preemption, a node failure, a scancel), when they did and the provider can still read their
+    files (``files_connector``: the shared filesystem); None otherwise (the usual teardown)."""
+    from fedctl.errors import FedctlError
+
+    if not callable(getattr(provider, "files_connector", None)):
+        return None
+    try:
+        why = provider.ended([r.info for r in recs])
+    except FedctlError as exc:  # cannot ask (the login node is down): the usual path says what fails
+        progress(f"could not ask whether the run's machines ended: {exc}")
+        return None
+    if why:
+        progress(f"{why}: its nodes cannot be reached; the results are collected from the login node")
+    return why
+
+
+def _collect_without_machines(store: StateStore, state: RunState, provider: Any, recs: list[HostRecord],
+                              progress: Progress) -> tuple[CollectReport | None, list[str]]:
+    """Collect the results of machines that are gone through the provider's ``files_connector``
+    (each host's files on the shared filesystem, only under its own workdir), and the run tokens
+    the report masks. (None, []) when the run never started."""
+    from fedctl.fleet import Fleet
+    from fedctl.ops.common import host_infos, known_hosts_path
+
+    if state.started_at is None and not any(r.processes for r in state.hosts):
+        return None, []
+    with Fleet(host_infos(recs), known_hosts=known_hosts_path(store),
+               connector_factory=provider.files_connector) as fleet:
+        names = [r.name for r in recs]
+        collected = collect_raw(store, state, progress=progress, fleet=fleet, hosts=names)
+        return collected, _run_tokens(fleet, state, names)
 
 
 def forget(store: StateStore, state: RunState, names: Sequence[str]) -> list[str]:

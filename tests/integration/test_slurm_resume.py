@@ -1,0 +1,185 @@
+"""A fedctl run whose Slurm job ends under it, on a real cluster (``slurm_cluster.py``).
+
+- teardown reports the job's end as slurmctld says it and collects the results from the login node
+  (the shared filesystem): the nodes can no longer be reached through steps;
+- ``fedctl start --resume`` submits a new allocation for the same run and the server goes on from its
+  checkpoint (fedavg_tf): no round is done twice; teardown then leaves nothing.
+
+The cluster here keeps an ended job in slurmctld's memory for Slurm's default 5 minutes
+(``MinJobAge=300``; the shared fixture's 2 s would race the ``fedctl status`` that reads the reason).
+fedctl runs as its console script; the login node is this machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from tests.integration.slurm_cluster import SlurmCluster, slurm_available
+from tests.waiting import wait_until
+
+FEDCTL = shutil.which("fedctl")
+pytestmark = pytest.mark.skipif(FEDCTL is None, reason="the fedctl console script is not installed")
+REPO = Path(__file__).resolve().parents[2]
+ECHO = REPO / "tests" / "payloads" / "echo"
+
+
+class RememberingCluster(SlurmCluster):
+    """The test cluster, with slurmctld remembering an ended job for 300 s (Slurm's default)."""
+
+    def _write_conf(self) -> None:
+        super()._write_conf()
+        text = self.conf.read_text()
+        assert "MinJobAge=2\n" in text
+        self.conf.write_text(text.replace("MinJobAge=2\n", "MinJobAge=300\n"))
+
+
+@contextlib.contextmanager
+def _running(root: Path) -> Iterator[SlurmCluster]:
+    cluster = RememberingCluster(root).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        assert cluster.leftover_pids() == []
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    reason = slurm_available()
+    if reason:
+        pytest.skip(reason)
+    with _running(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+def _project(tmp_path: Path, config: dict[str, Any], nodes: int = 2) -> Path:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "fedctl.yaml").write_text(yaml.safe_dump(config))
+    (proj / "slurm.yaml").write_text(yaml.safe_dump({
+        "provider": "slurm", "defaults": {"python": sys.executable},
+        "slurm": {"partition": "debug", "nodes": nodes, "time": "10"}}))
+    return proj
+
+
+def _fedctl(proj: Path, slurm: SlurmCluster, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**slurm.env(), "COLUMNS": "200", "FEDCTL_POLL_S": "0.2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([FEDCTL or "fedctl", *args], cwd=proj, env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _ok(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout + res.stderr
+
+
+def _state(proj: Path) -> dict[str, Any]:
+    path = proj / ".fedctl" / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _job(proj: Path) -> str:
+    ids = {(h["info"].get("machine") or {}).get("id") for h in _state(proj)["hosts"]}
+    assert len(ids) == 1, ids
+    return str(ids.pop())
+
+
+def _squeue(slurm: SlurmCluster) -> str:
+    return slurm.run(["squeue", "-h", "-o", "%i"]).stdout.strip()
+
+
+def _run_dir(proj: Path, run_id: str) -> Path:
+    return proj / ".fedctl" / "local" / "slurm" / run_id
+
+
+def _rounds(metrics: Path) -> list[int]:
+    if not metrics.exists():
+        return []
+    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    return [int(r["round"]) for r in lines if r.get("type") == "round"]
+
+
+def _server_metrics(proj: Path, run_id: str) -> Path:
+    """The server's metrics.jsonl in the run folder (the shared filesystem)."""
+    return _run_dir(proj, run_id) / "slurm-server" / "runs" / run_id / "metrics.jsonl"
+
+
+def test_teardown_of_a_run_whose_job_ended_collects_from_the_login_node(slurm: SlurmCluster,
+                                                                         tmp_path: Path) -> None:
+    """The job is cancelled under a running experiment (as preemption would end it): teardown says
+    how it ended, collects metrics and logs from the shared run folder, then removes it."""
+    proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 2000, "echo_round_s": 0.2})
+    _ok(_fedctl(proj, slurm, "provision", "--clients", "2", "-i", "slurm.yaml", "--yes"))
+    _ok(_fedctl(proj, slurm, "start"))
+    run_id, job = _state(proj)["run_id"], _job(proj)
+    metrics = _server_metrics(proj, run_id)
+    wait_until(lambda: len(_rounds(metrics)) >= 3, 120, interval=0.2, what="three rounds in metrics.jsonl")
+    slurm.run(["scancel", job])
+    wait_until(lambda: _squeue(slurm) == "", 60, what="the job gone from squeue")
+    done = _rounds(metrics)
+    out = _ok(_fedctl(proj, slurm, "teardown", "--yes"))
+    assert f"job {job} ended: CANCELLED" in out, out
+    assert "the results are collected from the login node" in out, out
+    results = proj / "results" / run_id
+    assert _rounds(results / "metrics.jsonl") == done == list(range(1, len(done) + 1))
+    assert "says hello" in (results / "logs" / "slurm-server" / "server.log").read_text()
+    assert (results / "logs" / "slurm-node-02" / "client-0.log").exists()
+    assert _squeue(slurm) == ""
+    assert not _run_dir(proj, run_id).exists()
+
+
+def test_a_job_killed_by_its_time_limit_is_said_and_resumed_in_a_new_allocation(slurm: SlurmCluster,
+                                                                               tmp_path: Path) -> None:
+    """The echo payload: the job is shortened to 1 minute mid-run and Slurm kills it (TIMEOUT);
+    status says TimeLimit; ``start --resume`` runs the same run in a new job, which goes on after
+    the last round written; the run finishes and teardown leaves nothing."""
+    proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 600, "echo_round_s": 0.25})
+    _run_id, before, rounds = _resume_after_time_limit(proj, slurm, min_round=3)
+    assert 3 <= len(before) < 600 and rounds[:len(before)] == before
+    assert rounds == list(range(1, 601))  # each round once: the resumed server went on after the last
+
+
+def _resume_after_time_limit(proj: Path, slurm: SlurmCluster, min_round: int) -> tuple[str, list[int], list[int]]:
+    """Provision, start, kill the job by its time limit after ``min_round`` rounds, resume in a new
+    job, wait for the end, tear down. Returns (run id, rounds before the kill, all rounds)."""
+    _ok(_fedctl(proj, slurm, "provision", "--clients", "2", "-i", "slurm.yaml", "--yes"))
+    _ok(_fedctl(proj, slurm, "start"))
+    run_id, job = _state(proj)["run_id"], _job(proj)
+    metrics = _server_metrics(proj, run_id)
+    wait_until(lambda: len(_rounds(metrics)) >= min_round, 300, interval=0.2, what=f"{min_round} rounds done")
+    # the shortest limit Slurm has (a minute, the job has run longer): it kills the job at its next check
+    slurm.run(["scontrol", "update", f"jobid={job}", "TimeLimit=1"])
+    wait_until(lambda: _squeue(slurm) == "", 150, interval=0.5, what="Slurm to end the job at its time limit")
+    before = _rounds(metrics)
+    res = _fedctl(proj, slurm, "status", "--json")
+    _ok(res)
+    hosts = json.loads(res.stdout)["hosts"]
+    assert [f"job {job} ended: TIMEOUT (TimeLimit)" in (h["error"] or "") for h in hosts] == [True] * 3, hosts
+    out = _ok(_fedctl(proj, slurm, "start", "--resume"))
+    assert f"job {job} ended: TIMEOUT (TimeLimit): resuming run {run_id} in a new allocation" in out, out
+    new_job = _job(proj)
+    assert new_job != job and _squeue(slurm) == new_job
+    rounds = wait_until(lambda: _finished(metrics), 600, interval=0.5, what="the resumed run to finish")
+    out = _ok(_fedctl(proj, slurm, "teardown", "--yes"))
+    assert _squeue(slurm) == ""
+    assert not _run_dir(proj, run_id).exists()
+    assert _rounds(proj / "results" / run_id / "metrics.jsonl") == rounds
+    return run_id, before, rounds
+
+
+def _finished(metrics: Path) -> list[int] | None:
+    """The round numbers of metrics.jsonl once its summary line says the run finished."""
+    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()] if metrics.exists() else []
+    if not lines or lines[-1].get("type") != "summary":
+        return None
+    return [int(r["round"]) for r in lines if r.get("type") == "round"]
