@@ -23,9 +23,10 @@ deploy and start then reach each node through ``SlurmStepConnector`` (commands a
 long-running processes as steps started by the agent). ``release`` also removes the run folder
 (it holds the ``.fedctl-tree`` mark fedctl put there; checked on the spot, as teardown checks).
 
-Not built: GPUs (``gpus_per_node`` is refused with ``NotBuiltError``, exit 6, before anything is
-submitted); the server on a node of its own (a heterogeneous job: today its step always shares the
-first node, there is no setting for it); watch/cost for jobs.
+GPUs (``gpus_per_node``): each client host records its share of its node's allocated GPUs
+(``scontrol show job -d``) and its processes are placed on them by fedctl itself
+(``slurm_gpus.py``); the server sees none. ``server: own``: a heterogeneous job whose component 0
+is the server's node (no GPUs), component 1 the clients' nodes. Not built: watch/cost for jobs.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from fedctl.connectors.base import HostInfo
-from fedctl.errors import NotBuiltError
 from fedctl.provider_fields import MachineRecord
 from fedctl.providers import register
 from fedctl.providers.base import HostUpdate, Provider, ProviderError, RunContext
@@ -58,13 +58,6 @@ CANCEL_TIMEOUT_S = 300.0
 #: how long allocate waits for the agent to report from a compute node (seconds)
 AGENT_TIMEOUT_S = 120.0
 
-NOT_BUILT_GPUS = (
-    "provider slurm: GPUs (slurm.gpus_per_node) are not built yet: fedctl would have to place each "
-    "client process on one of the node's allocated GPUs itself (Slurm gives overlapping steps the same "
-    "GPU, see docs/slurm.md). Nothing was submitted. Leave gpus_per_node out to run on CPUs, or use "
-    "provider: static with the nodes of an interactive allocation (salloc).")
-
-
 @register("slurm")
 class SlurmProvider(Provider):
     """One allocation per run; hosts are its nodes."""
@@ -82,6 +75,7 @@ class SlurmProvider(Provider):
         self.run = run
         s = settings(self._hosts[0])
         known = str(run.local_root.parent / "known_hosts") if run.local_root is not None else None
+        self._known_hosts = known
         self.cli = cli or SlurmCli(connector=login_connector(s, known))
         self._run_dir = None if run_dir is None else PurePosixPath(str(run_dir))
         self.poll_s = poll_s if poll_s is not None else float(os.environ.get("FEDCTL_POLL_S", "3"))
@@ -131,18 +125,44 @@ class SlurmProvider(Provider):
         gone = [j for j in jobs if j not in live]
         return "; ".join(f"job {j} ended: {self.cli.end_report(j)}" for j in gone) or None
 
+    # -- a run whose job ended under it (fedctl.providers.slurm_renew) --------------------------
+    def files_connector(self, info: HostInfo) -> "Connector":
+        """A connector that reads ``info``'s files on the login node (the shared filesystem) when
+        its node is gone with the job: what teardown collects the results through. It fetches only
+        files strictly under the host's workdir in the run folder."""
+        from fedctl.providers.slurm_renew import files_connector
+
+        return files_connector(info, login_connector(settings(info), self._known_hosts))
+
+    def reallocate(self, hosts: Sequence[HostInfo]) -> list[HostInfo]:
+        """A new allocation for the run after its job ended (``start --resume``): whatever is left
+        of the old job is cancelled (ours by name and comment) and leaves squeue, its agent's files
+        are set aside (a new agent would start its steps again), then ``acquire`` submits the new
+        job as provision does (intent journaled before sbatch, id the moment it is known) and gives
+        each host a node; each host keeps its workdir, so the payload, config and checkpoint are there."""
+        from fedctl.providers.slurm_renew import set_aside_job_files
+
+        old = sorted({h.machine.id for h in hosts if h.machine is not None and h.machine.id})
+        cancel_ours(self.cli, self.run.run_id, self.run.origin, old, CANCEL_TIMEOUT_S, self.poll_s, self._say,
+                    self.clock)
+        set_aside_job_files(self.cli, self.run_dir, old, TREE_MARKER)
+        self._say(f"job {', '.join(old) or '(none recorded)'} is over: submitting a new allocation for run "
+                  f"{self.run.run_id}")
+        return self.acquire(hosts)
+
     # -- what provision calls -------------------------------------------------------------------
     def acquire(self, hosts: Sequence[HostInfo]) -> list[HostInfo]:
         """The run's allocation, each host on a node with its own workdir in the run folder
         (``allocate``). What is not built yet is refused before anything is submitted."""
-        if any(settings(h).gpus_per_node for h in hosts):
-            raise NotBuiltError(NOT_BUILT_GPUS)
         return self.allocate(hosts)
 
     # -- the built steps -------------------------------------------------------------------------
     def allocate(self, hosts: Sequence[HostInfo], start_timeout_s: float = START_TIMEOUT_S,
                  agent_timeout_s: float = AGENT_TIMEOUT_S) -> list[HostInfo]:
-        """Submit (or adopt) the run's allocation, wait until it runs, give each host a node."""
+        """Submit (or adopt) the run's allocation, wait until it runs, give each host a node (and,
+        with GPUs, its share of the node's allocated GPUs: ``fedctl.providers.slurm_gpus``)."""
+        from fedctl.providers.slurm_gpus import place_hosts
+
         missing = self.cli.available()
         if missing:
             raise ProviderError(missing)
@@ -162,25 +182,35 @@ class SlurmProvider(Provider):
             self._prepare_dir()
             job = self.cli.submit(sbatch_argv(s, self.run.run_id, self.run.origin, n_nodes, self.run_dir,
                                               self.run.max_hours))
-            self._say(f"submitted job {job} ({n_nodes} node(s))")
+            own = " + 1 for the server" if s.server == "own" else ""
+            self._say(f"submitted job {job} ({n_nodes} node(s){own})")
+        if s.gpus_per_node:  # nvidia-smi as the hosts see it: only their allocated GPUs (slurm_nvidia_smi.py)
+            shim = Path(__file__).with_name("slurm_nvidia_smi.py").read_bytes()
+            self.cli.write(self.run_dir / "bin" / "nvidia-smi", shim, mode=0o755)
         cur = {n: self._journal(h, "create", confirm=True, job=job) for n, h in cur.items()}
         cur = {n: self._journal(h, "wait", confirm=False) for n, h in cur.items()}
         running = wait_running(self.cli, job, start_timeout_s, self.poll_s, self._say, self.clock)
-        nodes = self.cli.hostnames(running.nodes)
+        het = s.server == "own"
+        if het and len(running.components) != 2:
+            raise ProviderError(f"job {job} should be a heterogeneous job of 2 components (server: own), "
+                                f"squeue shows {len(running.components) or 1}")
+        client_nodes = self.cli.hostnames(running.components[1] if het else running.nodes)
+        server_nodes = self.cli.hostnames(running.components[0]) if het else client_nodes
         addrs = self.cli.node_addresses(running.nodes)
-        self._say(f"job {job} running on {', '.join(nodes)}")
+        gpus = self.cli.job_gpus(job) if s.gpus_per_node else None
+        where = f"server on {server_nodes[0]}, clients on " if het else ""
+        self._say(f"job {job} running: {where}{', '.join(client_nodes)}"
+                  + (f"; GPUs {', '.join(f'{n}:{list(g)}' for n, g in sorted(gpus.items()) if g)}" if gpus else ""))
         self._wait_agent(job, agent_timeout_s)
-        out, k = [], 0
-        for info in cur.values():
-            # the server's step shares the first node; client hosts take the nodes in turn
-            if "server" in info.roles:
-                node = nodes[0]
-            else:
-                node, k = nodes[k % len(nodes)], k + 1
+        placed_at = place_hosts([(n, "server" in h.roles) for n, h in cur.items()], server_nodes, client_nodes,
+                                gpus, het)
+        out = []
+        for name, info in cur.items():
+            node, extra = placed_at[name]
             # each host its own workdir: hosts that share a home (the shared filesystem) must not
             # share one; the address clients reach is the node's NodeAddr (its name may not resolve)
             placed = dataclasses.replace(info, address=node, private_address=addrs.get(node),
-                                         workdir=str(self.run_dir / info.name))
+                                         workdir=str(self.run_dir / info.name), extra={**info.extra, **extra})
             out.append(self._journal(placed, "wait", confirm=True))
         return out
 

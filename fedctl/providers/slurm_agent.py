@@ -7,9 +7,10 @@ library only (the compute nodes' Python may have nothing else).
 
 The protocol is files in ``RUN_DIR`` (fedctl writes each file whole, then renames it into place):
 
-- ``steps/NAME.json`` = ``{"node": "fl2", "argv": [...], "env": {...}}``: start one job step,
-  ``srun --overlap -N1 -n1 -w NODE --job-name NAME`` running ``argv``; its output goes to
-  ``logs/NAME.out``.
+- ``steps/NAME.json`` = ``{"node": "fl2", "argv": [...], "env": {...}, "het_group": "1"}``: start
+  one job step, ``srun [--het-group=N] --overlap -N1 -n1 -w NODE --job-name NAME`` running ``argv``
+  (``het_group``: the node's component of a heterogeneous allocation; absent or null otherwise);
+  its output goes to ``logs/NAME.out``.
 - ``status/NAME.json`` (written by the agent): ``{"state": "running" | "exited", "code": N}``.
 - ``stop``: end every step (SIGTERM to each srun, which Slurm forwards to the step) and exit; the
   allocation ends with the batch script.
@@ -36,9 +37,11 @@ def _write(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def step_argv(name: str, node: str, argv: list) -> list:
-    """The srun command line of one step on ``node``."""
-    return ["srun", "--overlap", "-N1", "-n1", "-w", node, f"--job-name={name}", "--kill-on-bad-exit=1", *argv]
+def step_argv(name: str, node: str, argv: list, het_group: object = None) -> list:
+    """The srun command line of one step on ``node`` (of het group ``het_group`` in a heterogeneous
+    allocation: srun's default is group 0, the server's node)."""
+    het = [] if het_group is None else ["--het-group=%d" % int(str(het_group))]
+    return ["srun", *het, "--overlap", "-N1", "-n1", "-w", node, f"--job-name={name}", "--kill-on-bad-exit=1", *argv]
 
 
 def main(run_dir: str) -> int:
@@ -59,7 +62,7 @@ def main(run_dir: str) -> int:
             spec = json.loads(req.read_text())
             env = {**os.environ, **{str(k): str(v) for k, v in (spec.get("env") or {}).items()}}
             with open(root / "logs" / f"{name}.out", "ab") as log:
-                running[name] = subprocess.Popen(step_argv(name, spec["node"], list(spec["argv"])), env=env,
+                running[name] = subprocess.Popen(step_argv(name, spec["node"], list(spec["argv"]), spec.get("het_group")), env=env,
                                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             _write(root / "status" / f"{name}.json", {"state": "running"})
         for name, proc in running.items():

@@ -2,7 +2,7 @@
 
 No Slurm command runs here: like the rest of the inventory it is checked completely before anything
 is submitted. The hosts are slots of one allocation: ``<prefix>-server`` (its step shares the first
-node) and ``<prefix>-node-NN`` for at most ``nodes`` nodes; the plan uses as many as the clients
+node, or with ``server: own`` runs on a node of its own, a heterogeneous job's component 0) and ``<prefix>-node-NN`` for at most ``nodes`` nodes; the plan uses as many as the clients
 need. Their addresses are placeholders until the allocation runs (``scontrol show hostnames``).
 
 Everything the provider needs later is kept in each host's typed ``SlurmHostSettings``, persisted in
@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from fedctl.config.loader import (
     KeyPath,
+    check_choice,
     check_int,
     check_keys,
     check_number,
@@ -32,7 +33,10 @@ from fedctl.errors import ConfigError
 from fedctl.provider_fields import ProviderSettings, register_settings
 
 KEYS = ("login", "partition", "nodes", "gpus_per_node", "cpus_per_task", "mem", "time", "account", "qos",
-        "constraint", "sbatch_args", "name_prefix", "price_per_node_hour", "price_per_gpu_hour")
+        "constraint", "sbatch_args", "name_prefix", "price_per_node_hour", "price_per_gpu_hour", "server", "server_partition")
+#: where the server's step runs: on the first client node (shared) or on a CPU node of its own (a
+#: heterogeneous job: component 0 the server's node, component 1 the clients' nodes)
+SERVER_PLACES = ("shared", "own")
 LOGIN_KEYS = ("address", "user", "port", "identity_file", "environment", "workdir")
 DEFAULT_NODES = 1
 #: sbatch options fedctl sets itself: an extra argument may not override them (fedctl finds its
@@ -68,6 +72,8 @@ class SlurmHostSettings(ProviderSettings):
     qos: str | None = None
     constraint: str | None = None
     sbatch_args: tuple[str, ...] = ()
+    server: str = "shared"  # SERVER_PLACES
+    server_partition: str | None = None  # server: own: the partition of the server's node (default: partition)
     # what the cluster charges (service units or money), for clusters that bill; None: not known
     price_per_node_hour: float | None = None
     price_per_gpu_hour: float | None = None
@@ -95,11 +101,13 @@ def parse_section(
     for key in ("gpus_per_node", "cpus_per_task"):
         if sec.get(key) is not None:
             fields[key] = check_int(file, (*path, key), sec[key], 1 if key == "cpus_per_task" else 0, 1024)
-    for key in ("partition", "account", "qos"):
+    if sec.get("server") is not None:
+        fields["server"] = check_choice(file, (*path, "server"), sec["server"], SERVER_PLACES)
+    for key in ("partition", "account", "qos", "server_partition"):
         if sec.get(key) is not None:
             value = check_str(file, (*path, key), sec[key])
             if not _NAME.match(value):
-                raise ConfigError(file, (*path, key), f"{preview(value)} is not a Slurm {key} name "
+                raise ConfigError(file, (*path, key), f"{preview(value)} is not a Slurm {key.split('_')[-1]} name "
                                   "(letters, digits, '_', '.', '-')")
             fields[key] = value
     if sec.get("mem") is not None:
@@ -115,6 +123,9 @@ def parse_section(
             fields[key] = check_number(file, (*path, key), sec[key], 0.0)
     if sec.get("constraint") is not None:
         fields["constraint"] = check_str(file, (*path, "constraint"), sec["constraint"])
+    if fields.get("server_partition") and fields.get("server", "shared") != "own":
+        raise ConfigError(file, (*path, "server_partition"), "is only used with server: own (the server's "
+                          "node of its own); with server: shared its step shares the first client node")
     fields["sbatch_args"] = _sbatch_args(file, (*path, "sbatch_args"), sec.get("sbatch_args"))
     fields.update(_login(file, (*path, "login"), sec.get("login")))
     prefix = check_str(file, (*path, "name_prefix"), sec.get("name_prefix", "slurm"))

@@ -33,6 +33,7 @@ from typing import BinaryIO, Callable, Mapping
 from fedctl.connectors.base import CommandResult, Connector, HostInfo
 from fedctl.deploy import IDENT_SH, RUN_MARK_ENV, ProcRef, parse_pidfile
 from fedctl.errors import ConnectError, RemoteError
+from fedctl.providers.slurm_gpus import HET_GROUP_KEY, gpus_text, host_gpus, visible_devices
 from fedctl.providers.slurm_jobs import ENDED, SlurmCli
 
 
@@ -50,6 +51,10 @@ class SlurmStepConnector(Connector):
         self.node = host.address
         self.cli = cli
         self._steps = 0
+        # a heterogeneous allocation (server: own): the component this host's node belongs to
+        self.het_group = host.extra.get(HET_GROUP_KEY)
+        # a GPU allocation: the GPUs of the node given to this host (None: no GPUs asked)
+        self.gpus = host_gpus(host.extra)
 
     def connect(self) -> None:
         """Check that the job runs and holds this node (idempotent)."""
@@ -66,8 +71,19 @@ class SlurmStepConnector(Connector):
 
     def step_argv(self, command: str) -> list[str]:
         """The srun command line that runs ``command`` with a POSIX shell on the node."""
-        return ["srun", f"--jobid={self.job}", "--overlap", "-N1", "-n1", "-w", self.node, "--quiet",
-                "--job-name=fedctl-cmd", "sh", "-c", command]
+        het = [f"--het-group={self.het_group}"] if self.het_group is not None else []
+        return ["srun", f"--jobid={self.job}", *het, "--overlap", "-N1", "-n1", "-w", self.node, "--quiet",
+                "--job-name=fedctl-cmd", "sh", "-c", self._gpu_view() + command]
+
+    def _gpu_view(self) -> str:
+        """Shell lines that make the step's ``nvidia-smi`` show only this host's GPUs: the run
+        folder's ``bin/nvidia-smi`` (``slurm_nvidia_smi.py``) first on PATH, where the node has a
+        real one, and ``FEDCTL_SLURM_GPUS`` telling it which (empty without a GPU allocation)."""
+        if self.gpus is None or self.agent_dir is None:
+            return ""
+        shim = shlex.quote(str(self.agent_dir / "bin"))
+        return (f"export FEDCTL_SLURM_GPUS={shlex.quote(gpus_text(self.gpus))}; "
+                f'if command -v nvidia-smi >/dev/null 2>&1; then PATH={shim}:"$PATH"; export PATH; fi; ')
 
     def run(self, command: str, timeout: float | None = None, env: Mapping[str, str] | None = None,
             stdin: bytes | None = None) -> CommandResult:
@@ -92,7 +108,13 @@ class SlurmStepConnector(Connector):
         file "PID START" is written by the step before the command runs, as ``deploy`` does)."""
         if self.agent_dir is None:
             raise ConnectError(f"host {self.host.name}: no agent folder for this allocation (a bug in fedctl)")
-        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in {**self.host.environment, **(env or {}),
+        env = dict(env or {})
+        if self.gpus is not None:
+            # fedctl placed the process on the k-th of this host's GPUs (or none): it sees that one
+            # GPU only, never the node's others (Slurm's own CUDA_VISIBLE_DEVICES for a step covers
+            # all of the job's GPUs on the node)
+            env["CUDA_VISIBLE_DEVICES"] = visible_devices(self.gpus, env.get("CUDA_VISIBLE_DEVICES"))
+        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in {**self.host.environment, **env,
                                                                           RUN_MARK_ENV: cwd}.items())
         q = shlex.quote
         script = (IDENT_SH + f"cd {q(cwd)} || exit 1\n"
@@ -101,7 +123,7 @@ class SlurmStepConnector(Connector):
                   f"{exports}exec /bin/sh -c {q('exec ' + command)} > {q(log)} 2>&1 < /dev/null\n")
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.host.name}-{posixpath.basename(pidfile)}")[:100]
         self._steps += 1
-        request = {"node": self.node, "argv": ["/bin/sh", "-c", script], "env": {}}
+        request = {"node": self.node, "argv": ["/bin/sh", "-c", script], "env": {}, "het_group": self.het_group}
         self.cli.write(self.agent_dir / "steps" / f"{name}-{self._steps}.json", json.dumps(request).encode())
         deadline = time.monotonic() + timeout
         while True:

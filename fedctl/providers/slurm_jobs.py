@@ -12,6 +12,7 @@ stale or edited state cannot cancel someone else's job.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -58,7 +59,9 @@ class Job:
     comment: str
     state: str  # PENDING, RUNNING, COMPLETING ...
     reason: str  # why it is pending (Resources, Priority, PartitionDown ...), "None" when running
-    nodes: str  # the node list expression (fl[1-2]); empty while pending
+    nodes: str  # the node list expression (fl[1-2]; a het job's components joined: fl1,fl[2-3]); empty while pending
+    #: a heterogeneous job's node list per component (het offset 0, 1 ...); () for a plain job
+    components: tuple[str, ...] = ()
 
     @property
     def run_id(self) -> str | None:
@@ -80,16 +83,29 @@ def slurm_time(s: SlurmHostSettings, max_hours: float | None) -> str:
 
 def sbatch_argv(s: SlurmHostSettings, run_id: str, origin: str, nodes: int, run_dir: PurePosixPath | Path,
                 max_hours: float | None) -> list[str]:
-    """The ``sbatch`` command line of the run's allocation (the batch script is ``run_dir/alloc.sh``)."""
-    argv = ["sbatch", "--parsable", f"--job-name={job_name(run_id)}", f"--comment={job_comment(origin)}",
-            f"--nodes={nodes}", f"--time={slurm_time(s, max_hours)}", f"--chdir={run_dir}",
-            f"--output={run_dir / 'slurm-%j.out'}"]
-    for flag, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos),
-                        ("constraint", s.constraint), ("mem", s.mem), ("cpus-per-task", s.cpus_per_task),
-                        ("gpus-per-node", s.gpus_per_node)):
+    """The ``sbatch`` command line of the run's allocation (the batch script is ``run_dir/alloc.sh``).
+
+    With ``server: own`` a heterogeneous job: component 0 is one node for the server (no GPUs, no
+    constraint or extra arguments; ``server_partition`` if set), component 1 the ``nodes`` client
+    nodes; both carry the run's name and comment, so fedctl finds (and cancels) either."""
+    ours = [f"--job-name={job_name(run_id)}", f"--comment={job_comment(origin)}",
+            f"--time={slurm_time(s, max_hours)}"]
+    ours += [f"--{flag}={value}" for flag, value in (("account", s.account), ("qos", s.qos)) if value is not None]
+    files = [f"--chdir={run_dir}", f"--output={run_dir / 'slurm-%j.out'}"]
+    clients = [f"--nodes={nodes}"]
+    for flag, value in (("partition", s.partition), ("constraint", s.constraint), ("mem", s.mem),
+                        ("cpus-per-task", s.cpus_per_task), ("gpus-per-node", s.gpus_per_node)):
         if value is not None:
-            argv.append(f"--{flag}={value}")
-    return [*argv, *s.sbatch_args, str(run_dir / "alloc.sh")]
+            clients.append(f"--{flag}={value}")
+    clients += s.sbatch_args
+    if s.server != "own":
+        return ["sbatch", "--parsable", *ours, *files, *clients, str(run_dir / "alloc.sh")]
+    server = ["--nodes=1", "--ntasks=1"]
+    for flag, value in (("partition", s.server_partition or s.partition), ("mem", s.mem),
+                        ("cpus-per-task", s.cpus_per_task)):
+        if value is not None:
+            server.append(f"--{flag}={value}")
+    return ["sbatch", "--parsable", *ours, *files, *server, ":", *ours, *clients, str(run_dir / "alloc.sh")]
 
 
 class SlurmCli:
@@ -193,16 +209,19 @@ class SlurmCli:
                 return []  # every one of them is gone from slurmctld's memory
             raise
         found = []
-        for line in out.splitlines():
-            parts = line.split(_SEP)
-            if len(parts) != 6:
-                continue
-            job = Job(*[p.strip() for p in parts])
+        for job in _merge_components(out):
             if id_list is not None:
                 found.append(job)
             elif job.run_id is not None and (run_ids is None or job.run_id in set(run_ids)):
                 found.append(job)
         return found
+
+    def job_gpus(self, job_id: str) -> dict[str, tuple[int, ...]]:
+        """Each node's allocated GPU indices (``scontrol show job -d``; every component of a
+        heterogeneous job): the truth for placement, the node's nvidia-smi may show more."""
+        from fedctl.providers.slurm_gpus import parse_job_gpus
+
+        return parse_job_gpus(self.run(["scontrol", "show", "job", "-d", job_id]), self.hostnames)
 
     def hostnames(self, nodelist: str) -> list[str]:
         """``fl[1-2]`` -> ``["fl1", "fl2"]`` (``scontrol show hostnames``)."""
@@ -258,6 +277,39 @@ class SlurmCli:
         """``scancel`` these jobs (an ended one is no error)."""
         if ids:
             self.run(["scancel", *ids])
+
+
+_HET_ID = re.compile(r"^(\d+)\+(\d+)$")
+
+
+def _merge_components(out: str) -> list[Job]:
+    """squeue's rows as jobs: a heterogeneous job's components (``12+0``, ``12+1``) become one
+    job ``12`` (running when all run; ended when one ended; its node lists joined and kept per component)."""
+    jobs: dict[str, list[tuple[int, Job]]] = {}
+    for line in out.splitlines():
+        parts = line.split(_SEP)
+        if len(parts) != 6:
+            continue
+        job = Job(*[p.strip() for p in parts])
+        m = _HET_ID.match(job.id)
+        base, offset = (m.group(1), int(m.group(2))) if m else (job.id, -1)
+        jobs.setdefault(base, []).append((offset, dataclasses.replace(job, id=base)))
+    merged = []
+    for base, rows in jobs.items():
+        rows.sort(key=lambda r: r[0])
+        if rows[0][0] < 0:  # a plain job
+            merged.append(rows[0][1])
+            continue
+        comps = [j for _, j in rows]
+        states = [j.state for j in comps]
+        state = next((st for st in states if st in ENDED), None) or next(
+            (st for st in states if st != "RUNNING"), "RUNNING")
+        reason = next((j.reason for j in comps if j.reason not in ("", "None")), comps[0].reason)
+        nodes = tuple(j.nodes for j in comps)
+        merged.append(dataclasses.replace(comps[0], state=state, reason=reason,
+                                          nodes=",".join(n for n in nodes if n) if all(nodes) else "",
+                                          components=nodes))
+    return merged
 
 
 def wait_running(cli: SlurmCli, job_id: str, timeout_s: float, poll_s: float,

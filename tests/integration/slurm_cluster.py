@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -43,6 +44,18 @@ def slurm_available() -> str | None:
     if missing:
         return (f"Slurm is not installed ({', '.join(missing)} missing): "
                 "apt-get install slurmctld slurmd slurm-client munge")
+    return None
+
+
+def mknod_permitted(folder: Path) -> str | None:
+    """None when character devices can be made in ``folder`` (root, or CAP_MKNOD: the fake GPUs
+    need them), else why not (for pytest.skip)."""
+    probe = Path(folder) / ".mknod-probe"
+    try:
+        os.mknod(probe, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except OSError as e:
+        return f"fake GPUs need mknod of a character device, not permitted here: {e}"
+    probe.unlink()
     return None
 
 
@@ -96,8 +109,14 @@ def _stepds_in(root: Path) -> list[int]:
 class SlurmCluster:
     """One test cluster: ``start()`` it, use ``env()`` for Slurm commands, ``stop()`` it."""
 
-    def __init__(self, root: Path, nodes: int = 4, partition: str = "debug") -> None:
+    def __init__(self, root: Path, nodes: int = 4, partition: str = "debug", gpus_per_node: int = 0,
+                 cpu_partition: str | None = None) -> None:
         self.root = Path(root)
+        #: fake GPUs per node (``Gres=gpu:N``, ``gres.conf`` File= on character devices made with mknod
+        #: under the cluster's folder: Slurm refuses regular files); 0 = none (the default cluster)
+        self.gpus_per_node = gpus_per_node
+        #: a second partition with the same nodes (a cluster's CPU partition, for the server's node)
+        self.cpu_partition = cpu_partition
         self.names = [f"fl{i}" for i in range(1, nodes + 1)]
         self.partition = partition
         self.cluster = f"fl{secrets.token_hex(4)}"
@@ -141,12 +160,35 @@ class SlurmCluster:
             "MinJobAge=2", "InactiveLimit=0", "SlurmdTimeout=30", "SlurmctldTimeout=30",
             "MessageTimeout=5",
         ]
+        gres = ""
+        if self.gpus_per_node:
+            lines.append("GresTypes=gpu")
+            gres = f" Gres=gpu:{self.gpus_per_node}"
+            self._write_gres_conf()
         for name, port in zip(self.names, node_ports):
             lines.append(f"NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={port} "
-                         f"CPUs={NODE_CPUS} RealMemory={NODE_MEM_MB} State=UNKNOWN")
+                         f"CPUs={NODE_CPUS} RealMemory={NODE_MEM_MB}{gres} State=UNKNOWN")
         lines.append(f"PartitionName={self.partition} Nodes={','.join(self.names)} Default=YES "
                      "MaxTime=INFINITE State=UP")
+        if self.cpu_partition:
+            lines.append(f"PartitionName={self.cpu_partition} Nodes={','.join(self.names)} "
+                         "MaxTime=INFINITE State=UP")
         self.conf.write_text("\n".join(lines) + "\n")
+
+    def _write_gres_conf(self) -> None:
+        """``gres.conf``: each node's fake GPUs are character devices under ``<root>/dev/<node>``
+        (``mknod``, as /dev/null's numbers: Slurm only checks that the file is a device)."""
+        lines = []
+        for name in self.names:
+            folder = self.root / "dev" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(self.gpus_per_node):
+                dev = folder / f"nvidia{i}"
+                if not dev.exists():
+                    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+            files = f"{folder}/nvidia[0-{self.gpus_per_node - 1}]"
+            lines.append(f"NodeName={name} Name=gpu File={files}")
+        (self.root / "gres.conf").write_text("\n".join(lines) + "\n")
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> "SlurmCluster":
@@ -261,10 +303,10 @@ class SlurmCluster:
 
 
 @contextlib.contextmanager
-def running_cluster(root: Path) -> Iterator[SlurmCluster]:
+def running_cluster(root: Path, gpus_per_node: int = 0, cpu_partition: str | None = None) -> Iterator[SlurmCluster]:
     """A started cluster under ``root`` for a block (a test module's fixture); stopped at its end,
-    with no process of it left."""
-    cluster = SlurmCluster(root).start()
+    with no process of it left. ``gpus_per_node``: fake GPUs on each node (see ``SlurmCluster``)."""
+    cluster = SlurmCluster(root, gpus_per_node=gpus_per_node, cpu_partition=cpu_partition).start()
     try:
         yield cluster
     finally:

@@ -39,6 +39,13 @@ def test_a_full_section_gives_a_server_and_one_slot_per_node_with_typed_settings
     assert settings_from_dict(settings_to_dict(s)) == s
 
 
+def test_server_defaults_to_sharing_the_first_node_and_own_takes_a_partition() -> None:
+    assert inv({}).hosts[0].provider_settings.server == "shared"
+    s = inv({"server": "own", "server_partition": "cpu", "partition": "gpu"}).hosts[0].provider_settings
+    assert (s.server, s.server_partition, s.partition) == ("own", "cpu", "gpu")
+    assert settings_from_dict(settings_to_dict(s)) == s
+
+
 def test_prices_are_optional_numbers_kept_in_the_settings_and_no_part_of_the_allocation() -> None:
     s = inv({"price_per_node_hour": 1.5, "price_per_gpu_hour": 0}).hosts[0].provider_settings
     assert isinstance(s, SlurmHostSettings)
@@ -63,6 +70,9 @@ def test_prices_are_optional_numbers_kept_in_the_settings_and_no_part_of_the_all
     ({"login": {"user": "me"}}, "slurm.login.address", "required"),
     ({"login": {"address": "h", "proxy": "x"}}, "slurm.login.proxy", "unknown key"),
     ({"gpus": 2}, "slurm.gpus", "unknown key"),
+    ({"server": "alone"}, "slurm.server", "not one of the choices"),
+    ({"server_partition": "cpu"}, "slurm.server_partition", "only used with server: own"),
+    ({"server": "own", "server_partition": "cpu queue"}, "slurm.server_partition", "partition name"),
     ({"price_per_node_hour": -1}, "slurm.price_per_node_hour", ">= 0"),
     ({"price_per_gpu_hour": "cheap"}, "slurm.price_per_gpu_hour", "must be a number"),
     ({"price_per_gpu_hour": True}, "slurm.price_per_gpu_hour", "must be a number"),
@@ -104,9 +114,11 @@ def test_time_comes_from_the_section_then_the_budget_then_a_day() -> None:
 
 
 @pytest.mark.skipif(shutil.which("fedctl") is None, reason="the fedctl console script is not installed")
-def test_provision_says_plainly_what_is_not_built_and_submits_nothing(tmp_path: Path) -> None:
-    # GPUs are the part not built yet: refused before anything is submitted
-    (tmp_path / "slurm.yaml").write_text("provider: slurm\nslurm:\n  partition: debug\n  nodes: 2\n  gpus_per_node: 1\n")
+def test_provision_refuses_a_mistake_in_the_section_and_submits_nothing(tmp_path: Path) -> None:
+    # GPUs are built now (tests/integration/test_slurm_gpu.py); a key that contradicts another is
+    # refused with its key path before anything is submitted
+    (tmp_path / "slurm.yaml").write_text("provider: slurm\nslurm:\n  partition: debug\n  nodes: 2\n"
+                                         "  gpus_per_node: 1\n  server_partition: cpu\n")
     env = {**os.environ, "COLUMNS": "200", "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
     # an sbatch that records being called: provision must not submit an allocation it cannot use
     (tmp_path / "bin").mkdir()
@@ -114,12 +126,7 @@ def test_provision_says_plainly_what_is_not_built_and_submits_nothing(tmp_path: 
     (tmp_path / "bin" / "sbatch").chmod(0o755)
     res = subprocess.run(["fedctl", "provision", "-i", "slurm.yaml", "-n", "2", "--yes"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert res.returncode == 6, res.stderr
+    assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
-    assert "GPUs (slurm.gpus_per_node) are not built yet" in res.stderr
-    assert "Nothing was submitted" in res.stderr
+    assert "slurm.yaml: slurm.server_partition" in res.stderr and "server: own" in res.stderr
     assert not (tmp_path / "sbatch-called").exists()
-    # and teardown of that run finishes without any Slurm command (nothing was ever submitted)
-    res = subprocess.run(["fedctl", "teardown", "--yes"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120, stdin=subprocess.DEVNULL)
-    assert res.returncode == 0, res.stderr
