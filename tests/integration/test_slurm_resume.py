@@ -183,3 +183,23 @@ def _finished(metrics: Path) -> list[int] | None:
     if not lines or lines[-1].get("type") != "summary":
         return None
     return [int(r["round"]) for r in lines if r.get("type") == "round"]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow is not installed")
+def test_fedavg_tf_killed_by_its_time_limit_goes_on_from_its_checkpoint_in_a_new_job(slurm: SlurmCluster,
+                                                                                       tmp_path: Path) -> None:
+    """The real Keras payload: Slurm kills the job at its time limit mid-run; ``start --resume`` in a
+    new job restores the checkpoint (its server says after which round) and only later rounds run:
+    metrics.jsonl holds each round once, those before the kill unchanged."""
+    rounds_total = 60
+    proj = _project(tmp_path, {
+        "rounds": rounds_total, "model": "mlp", "data": {"dataset": "digits", "partition": "iid"},
+        "sampling": {"min_clients": 2, "round_timeout_s": 120}, "train": {"epochs": 3, "batch_size": 16, "lr": 0.05}})
+    run_id, before, rounds = _resume_after_time_limit(proj, slurm, min_round=2)
+    assert 2 <= len(before) < rounds_total and rounds[:len(before)] == before
+    assert rounds == list(range(1, rounds_total + 1))  # no round before the kill was done again
+    log = (proj / "results" / run_id / "logs" / "slurm-server" / "server.log").read_text()
+    resumed = [int(x.split("resumed from checkpoint after round ")[1].split()[0]) for x in log.splitlines()
+               if "resumed from checkpoint after round " in x]
+    assert len(resumed) == 1 and len(before) <= resumed[0] <= len(before) + 1, log[-3000:]
