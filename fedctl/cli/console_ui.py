@@ -94,6 +94,10 @@ class ConsoleUI:
         if self._text:
             self.e.console.print(plan_table(plan_rows(inputs.plan), title=f"plan: {inputs.experiment.clients} clients"))
             print_estimate(self.e, inputs.plan, inputs.experiment.rounds)
+        from fedctl.budget import budget_notes
+
+        for note in budget_notes(inputs.plan, inputs.experiment.budget):
+            self.notice(note, "warning")
 
     def provisioned(self, report: Any) -> None:
         from fedctl.cli.render import plan_table
@@ -128,12 +132,14 @@ class ConsoleUI:
         if not self._text or not self.e.console.is_terminal:
             return None
         from fedctl.dashboard.live import WatchLoop
+        from fedctl.monitor.allocation import AllocationReader
         from fedctl.ops.common import open_fleet
 
         with open_fleet(store, state.hosts) as fleet:
             # the guards also count status.json's time, which the monitor reads but the snapshot omits
             loop = WatchLoop(state, fleet, self.e.console, interval=interval, until_done=True,
                              reload_state=store.load_or_none, run_mode=True,
+                             allocation=AllocationReader.for_run(state, store),
                              stop_when=lambda snap: stop_when(snap, loop.model.status))
             outcome = loop.run()
         if outcome.reason == "detached":
