@@ -175,7 +175,8 @@ def compare_sweeps(sweeps: Sequence[Path], out: Path, target: float | None = Non
         dicts.append({"configuration": r.label, **d})
     lines = [f"Target accuracy: {fmt_value(target)}. Means over each configuration's finished seeds; "
              "std: sample standard deviation (ddof=1).", "",
-             "| Configuration | n | Failed | Final accuracy | Best accuracy | Rounds to target | Time to target | Reached |",
+             "| Configuration | n | Failed | Final accuracy | Best accuracy | Rounds to target | Time to target "
+             "| Reached |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
 
     def pm(m: float | None, s: float | None) -> str:

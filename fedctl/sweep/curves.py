@@ -176,7 +176,9 @@ def plot_by(rows: Sequence[ConfigRow], key: str, axis: str, target: float | None
             values.append(v)
         panels.setdefault(tuple((k, x) for k, x in row.params if k != key), []).append(row)
     shown = list(panels.items())[:MAX_PANELS]
-    title = f"accuracy by {key}" + (f" (first {MAX_PANELS} of {len(panels)} panels)" if len(panels) > MAX_PANELS else "")
+    title = f"accuracy by {key}"
+    if len(panels) > MAX_PANELS:
+        title += f" (first {MAX_PANELS} of {len(panels)} panels)"
     plt, fig, axes = _figure(len(shown), f"{title}\n{BAND_NOTE}")
     colour = dict(zip(map(fmt_param, values), _colours(len(values))))
     handles: dict[str, Any] = {}

@@ -69,7 +69,7 @@ def run_outcome(run: SweepRun, target: float | None) -> RunOutcome:
     from fedctl.results.compare import reach, updates_to
 
     if run.status not in (FINISHED, FAILED):
-        return RunOutcome(run, MISSING, run.status, None)
+        return RunOutcome(run, MISSING, run.status + (f" ({run.error})" if run.error else ""), None)
     if not run.results_dir:
         why = (run.error or "failed") if run.status == FAILED else "finished but no results folder recorded"
         return RunOutcome(run, FAILED if run.status == FAILED else MISSING, why, None)

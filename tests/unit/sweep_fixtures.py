@@ -81,7 +81,8 @@ FAILED_KEY = "fedprox-3-s2"
 
 def accuracies(strategy: str, mc: int, seed: int, rounds: int = 6) -> list[float]:
     """A different, not monotone accuracy curve for every configuration and seed."""
-    speed = 0.04 + 0.02 * (strategy == "fedprox") + 0.01 * (mc == 3) + 0.008 * seed * (1 + 0.5 * (mc == 3) + 0.25 * (strategy == "fedprox"))
+    fedprox = strategy == "fedprox"
+    speed = 0.04 + 0.02 * fedprox + 0.01 * (mc == 3) + 0.008 * seed * (1 + 0.5 * (mc == 3) + 0.25 * fedprox)
     return [round(min(0.97, 0.2 + speed * r + (0.03 if r == 4 else 0.0) - 0.004 * seed * (r == rounds)), 6)
             for r in range(1, rounds + 1)]
 

@@ -91,7 +91,8 @@ def test_the_failed_run_is_counted_and_named_never_dropped(sweep):
     assert (row["runs"], row["n"], row["failed"], row["missing"]) == ("3", "2", "1", "0")
     md = (out / "table.md").read_text()
     assert "Runs not in the means (1):" in md
-    assert f"- {FAILED_KEY} (strategy.name=fedprox, sampling.min_clients=3, seed 2): failed: the server exited with 1" in md
+    assert (f"- {FAILED_KEY} (strategy.name=fedprox, sampling.min_clients=3, seed 2): "
+            "failed: the server exited with 1") in md
     assert "ddof=1" in md and "ddof=1" in (out / "table.tex").read_text()
     tex = (out / "table.tex").read_text()
     assert FAILED_KEY in tex and "fedprox & 3 & 2 & 1 & 0 &" in tex
@@ -100,7 +101,7 @@ def test_the_failed_run_is_counted_and_named_never_dropped(sweep):
 def test_queued_and_metricless_runs_are_missing_with_their_reason(tmp_path):
     good = write_run(tmp_path / "a", fedavg_tf_lines([0.5, 0.7]))
     runs = [SweepRun("a", (("x", 1),), 1, "finished", "r1", str(good)),
-            SweepRun("b", (("x", 1),), 2, "interrupted", "r2", None),
+            SweepRun("b", (("x", 1),), 2, "interrupted", "r2", None, "stopped with the campaign"),
             SweepRun("c", (("x", 1),), 3, "finished", "r3", str(tmp_path / "gone"))]
     out = write_sweep_outputs(tmp_path / "o", "t", ["x"], runs, None)
     row = read_csv(out / "table.csv")[0]
@@ -108,7 +109,7 @@ def test_queued_and_metricless_runs_are_missing_with_their_reason(tmp_path):
     assert row["final_accuracy_std"] == ""  # one seed: no sample std
     assert "rounds_to_target_mean" not in row  # no target: no target columns
     md = (out / "table.md").read_text()
-    assert "- b (x=1, seed 2): missing: interrupted" in md
+    assert "- b (x=1, seed 2): missing: interrupted (stopped with the campaign)" in md
     assert f"- c (x=1, seed 3): missing: no metrics.jsonl in {tmp_path / 'gone'}" in md
 
 

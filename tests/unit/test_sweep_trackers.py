@@ -74,7 +74,8 @@ def test_the_tensorboard_log_does_not_import_tensorflow(tmp_path):
     pytest.importorskip("tensorboard")
     code = ("import sys; from pathlib import Path; from tests.unit.sweep_fixtures import grid_runs, GRID\n"
             "from fedctl.sweep.outcomes import group; from fedctl.sweep.trackers import write_tensorboard\n"
-            f"write_tensorboard(Path({str(tmp_path / 'tb')!r}), GRID, group(grid_runs(Path({str(tmp_path)!r})), None))\n"
+            f"write_tensorboard(Path({str(tmp_path / 'tb')!r}), GRID,\n"
+            f"                  group(grid_runs(Path({str(tmp_path)!r})), None))\n"
             "print('tensorflow' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
