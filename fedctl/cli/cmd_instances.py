@@ -4,6 +4,11 @@ Lists what the provider's API reports (not what the state believes), marks each 
 folder's run, an orphan of this folder (its run is gone from the state), another folder's, or
 unknown (this folder's, but its state cannot be read), and with ``--sweep`` terminates exactly the
 orphans it lists, after asking, each re-checked by its tags just before the call.
+
+On Slurm (the inventory given says ``provider: slurm``, or, without ``-i``, this folder's newest run
+was on Slurm) the same command lists this user's fedctl jobs that squeue shows (named ``fedctl-<run>``,
+commented ``fedctl-origin=...``) and ``--sweep`` cancels this folder's orphan jobs
+(``fedctl.providers.slurm_orphans``).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ def _table(rows: list[Any], title: str) -> Any:
 def instances_cmd(
     inventory: Optional[str] = InventoryOpt,
     show_all: bool = typer.Option(False, "--all", help="also instances that ended (shutting down, terminated)"),
-    sweep: bool = typer.Option(False, "--sweep", help="terminate this folder's orphans (after asking)"),
+    sweep: bool = typer.Option(False, "--sweep", help="terminate this folder's orphans (Slurm: cancel its orphan jobs), after asking"),
     any_folder: bool = typer.Option(
         False, "--any-folder", help="with --sweep: also fedctl instances started from other folders or machines, and this folder's "
         "while its state cannot be read"
@@ -47,12 +52,18 @@ def instances_cmd(
     yes: bool = YesOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """List the cloud instances fedctl created (orphans included); --sweep terminates orphans."""
+    """List the cloud instances (or, on Slurm, the jobs) fedctl created, orphans included; --sweep ends orphans."""
     from fedctl.errors import UsageError
     from fedctl.providers.aws_orphans import ORPHAN, UNKNOWN, listing, provider_here, sweep_plan
 
+    from fedctl.providers.slurm_orphans import slurm_cli_here
+
     e = env()
     store = e.store
+    cli = slurm_cli_here(store, inventory)
+    if cli is not None:
+        _slurm_jobs(e, cli, sweep, any_folder, yes, as_json)
+        return
     provider = provider_here(store, inventory, progress=progress)
     if not sweep:
         rows = listing(store, provider, include_ended=show_all)
@@ -94,6 +105,68 @@ def instances_cmd(
     else:
         e.console.print(f"swept {len(swept)} instance(s); none of them bills any more"
                         + (f"; left alone (tags changed since listed): {', '.join(skipped)}" if skipped else ""))
+
+
+def _jobs_table(rows: list[Any], title: str) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=title, title_justify="left")
+    for col in ("job", "run", "state", "nodes / reason", "whose"):
+        t.add_column(col)
+    style = {"this run": "green", "orphan": "red", "other folder": "yellow", "unknown (state unreadable)": "magenta"}
+    for x in rows:
+        j = x.job
+        where = j.nodes or (j.reason if j.reason not in ("", "None") else "-")
+        t.add_row(j.id, j.run_id or "-", j.state, where, Text(x.whose, style=style.get(x.whose, "dim")))
+    return t
+
+
+def _slurm_jobs(e: Any, cli: Any, sweep: bool, any_folder: bool, yes: bool, as_json: bool) -> None:
+    """``fedctl instances`` on a Slurm cluster: this user's fedctl jobs; --sweep cancels orphans."""
+    from fedctl.errors import UsageError
+    from fedctl.providers.slurm_orphans import ORPHAN, UNKNOWN, listing, sweep_plan
+    from fedctl.providers.slurm_orphans import sweep as sweep_jobs
+
+    store = e.store
+    if not sweep:
+        rows = listing(store, cli)
+        if as_json:
+            e.print_json({"jobs": [x.to_dict() for x in rows]})
+            return
+        e.console.print(_jobs_table(rows, f"fedctl jobs on {cli.where} ({len(rows)})"))
+        orphans = [x for x in rows if x.whose == ORPHAN]
+        if orphans:
+            e.err.print(f"[yellow]{len(orphans)} orphan job(s) hold an allocation:[/] `fedctl instances --sweep` "
+                        "cancels them")
+        if any(x.whose == UNKNOWN for x in rows):
+            e.err.print(f"[yellow]jobs of this folder, but {store.state_file} cannot be read:[/] they may be the "
+                        "live run's; run the fedctl version that wrote it")
+        return
+    with store.lock():  # not while another fedctl changes this folder's run
+        plan = sweep_plan(store, cli, any_folder)
+        if plan.refused:
+            raise UsageError(
+                f"{len(plan.refused)} job(s) of this folder ({', '.join(x.job.id for x in plan.refused)}) cannot "
+                f"be told from the live run's: {store.state_file} cannot be read",
+                hint="use the fedctl version that wrote the state (`fedctl teardown` ends its run), or "
+                "`fedctl instances --sweep --any-folder` to cancel them anyway")
+        if not plan.targets:
+            if as_json:
+                e.print_json({"cancelled": [], "left": []})
+            else:
+                e.console.print("no orphan jobs: nothing to sweep")
+            return
+        if not as_json:
+            e.console.print(_jobs_table(plan.targets, "to cancel (exactly these)"))
+        e.confirm(f"cancel {len(plan.targets)} job(s)?", yes)
+        done = sweep_jobs(cli, plan.targets, say=progress)
+    if as_json:
+        e.print_json({"cancelled": done.cancelled, "left": done.left})
+    else:
+        e.console.print(f"cancelled {len(done.cancelled)} job(s); squeue shows none of them any more"
+                        + (f"; left alone (name or comment changed, or ended, since listed): {', '.join(done.left)}"
+                           if done.left else ""))
 
 
 def register(app: typer.Typer) -> None:
