@@ -33,7 +33,7 @@ from typing import BinaryIO, Callable, Mapping
 from fedctl.connectors.base import CommandResult, Connector, HostInfo
 from fedctl.deploy import IDENT_SH, RUN_MARK_ENV, ProcRef, parse_pidfile
 from fedctl.errors import ConnectError, RemoteError
-from fedctl.providers.slurm_gpus import HET_GROUP_KEY, gpus_text, host_gpus, visible_devices
+from fedctl.providers.slurm_gpus import HET_GROUP_KEY, cuda_devices_sh, gpus_text, host_gpus, visible_devices
 from fedctl.providers.slurm_jobs import ENDED, SlurmCli
 
 
@@ -109,13 +109,15 @@ class SlurmStepConnector(Connector):
         if self.agent_dir is None:
             raise ConnectError(f"host {self.host.name}: no agent folder for this allocation (a bug in fedctl)")
         env = dict(env or {})
+        gpu_sh = ""
         if self.gpus is not None:
             # fedctl placed the process on the k-th of this host's GPUs (or none): it sees that one
             # GPU only, never the node's others (Slurm's own CUDA_VISIBLE_DEVICES for a step covers
-            # all of the job's GPUs on the node)
-            env["CUDA_VISIBLE_DEVICES"] = visible_devices(self.gpus, env.get("CUDA_VISIBLE_DEVICES"))
+            # all of the job's GPUs on the node); set in the step, in the step's numbering
+            gpu_sh = cuda_devices_sh(visible_devices(self.gpus, env.pop("CUDA_VISIBLE_DEVICES", None)))
         exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in {**self.host.environment, **env,
                                                                           RUN_MARK_ENV: cwd}.items())
+        exports += gpu_sh
         q = shlex.quote
         script = (IDENT_SH + f"cd {q(cwd)} || exit 1\n"
                   '_i=$(_st $$) || _i=-\n'

@@ -174,3 +174,23 @@ def place_hosts(hosts: Sequence[tuple[str, bool]], server_nodes: Sequence[str], 
                 extra[GPUS_KEY] = gpus_text(share)
         out[name] = (nodes[name], extra)
     return out
+
+
+def cuda_devices_sh(index: str) -> str:
+    """Shell lines, run inside the process's job step, that export ``CUDA_VISIBLE_DEVICES`` for
+    allocated GPU ``index`` (absolute, as scontrol numbers it; ``""``: no GPU) in the numbering the
+    step uses: where Slurm constrains devices (cgroup) it numbers a step's GPUs from 0, so the GPU is
+    looked up by its position in ``SLURM_STEP_GPUS`` (absolute) within Slurm's own
+    ``CUDA_VISIBLE_DEVICES`` for the step; without them (or the GPU), the absolute index is right."""
+    if not index:
+        return "export CUDA_VISIBLE_DEVICES=\n"
+    if not index.isdigit():
+        raise ProviderError(f"GPU index {index!r} is not a number")
+    return (f"_w={index}; _d=$_w\n"
+            'if [ -n "${SLURM_STEP_GPUS:-}" ] && [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then\n'
+            '  _n=0; _p=-1; for _g in $(echo "$SLURM_STEP_GPUS" | tr , " "); do\n'
+            '    [ "$_g" = "$_w" ] && _p=$_n; _n=$((_n + 1)); done\n'
+            '  _n=0; for _c in $(echo "$CUDA_VISIBLE_DEVICES" | tr , " "); do\n'
+            '    [ "$_n" = "$_p" ] && _d=$_c; _n=$((_n + 1)); done\n'
+            "fi\n"
+            "export CUDA_VISIBLE_DEVICES=$_d\n")

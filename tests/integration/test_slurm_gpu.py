@@ -50,10 +50,12 @@ def gpu_slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster
         yield cluster
 
 
-def _project(tmp_path: Path, slurm: dict[str, Any], fake: Path) -> tuple[Path, dict[str, str]]:
+def _project(tmp_path: Path, slurm: dict[str, Any], fake: Path, rounds: int = 2000,
+             placement: dict[str, Any] | None = None) -> tuple[Path, dict[str, str]]:
     proj = tmp_path / "proj"
     proj.mkdir()
-    (proj / "fedctl.yaml").write_text(yaml.safe_dump({"payload": str(ECHO), "rounds": 2000, "echo_round_s": 0.2}))
+    config = {"payload": str(ECHO), "rounds": rounds, "echo_round_s": 0.2, "placement": placement or {}}
+    (proj / "fedctl.yaml").write_text(yaml.safe_dump(config))
     section = {"partition": "debug", "time": "10", **slurm}
     (proj / "slurm.yaml").write_text(yaml.safe_dump({"provider": "slurm", "defaults": {"python": sys.executable},
                                                      "slurm": section}))
@@ -119,10 +121,13 @@ def test_clients_run_on_the_allocated_gpus_one_each_and_the_server_on_none(gpu_s
 
 
 def test_the_server_on_a_node_of_its_own_a_heterogeneous_job(gpu_slurm: SlurmCluster, tmp_path: Path) -> None:
+    """server: own: the server's step runs on component 0's node (the cpu partition), which no
+    client uses; with processes_per_gpu 2 a client host's two processes share its one GPU (and its
+    memory); the run finishes, and teardown leaves no job."""
     fake = install(tmp_path / "gpu", NODE_GPUS).parent
     proj, env = _project(tmp_path, {"nodes": 2, "gpus_per_node": 1, "server": "own", "server_partition": "cpu"},
-                         fake)
-    _fedctl(proj, gpu_slurm, env, "provision", "--clients", "2", "-i", "slurm.yaml", "--yes")
+                         fake, rounds=100, placement={"processes_per_gpu": 2})
+    _fedctl(proj, gpu_slurm, env, "provision", "--clients", "4", "-i", "slurm.yaml", "--yes")
     try:
         _fedctl(proj, gpu_slurm, env, "start")
         st = _state(proj)
@@ -130,22 +135,29 @@ def test_the_server_on_a_node_of_its_own_a_heterogeneous_job(gpu_slurm: SlurmClu
         nodes = {h["info"]["name"]: h["info"]["address"] for h in st["hosts"]}
         server_node = nodes.pop("slurm-server")
         assert server_node not in set(nodes.values()) and len(set(nodes.values())) == 2, nodes
-        # squeue: component 0 on the cpu partition, the server's step on that node; clients' steps elsewhere
-        comps = gpu_slurm.run(["squeue", "-h", "-j", job, "-o", "%i %P %N"]).stdout.split("\n")
-        assert sorted(ln.split()[:2] for ln in comps if ln.strip()) == [[f"{job}+0", "cpu"], [f"{job}+1", "debug"]]
+        # squeue: component 0 on the cpu partition, component 1 the clients' (on debug)
+        comps = gpu_slurm.run(["squeue", "-h", "-j", job, "-o", "%i %P"]).stdout.splitlines()
+        assert sorted(comps) == [f"{job}+0 cpu", f"{job}+1 debug"]
         # every step of the job, either component's (a step's id is its component's own job id .N)
         ids = set(gpu_slurm.run(["squeue", "-h", "-j", job, "-o", "%A"]).stdout.split())
         assert len(ids) == 2, ids
         steps = [ln.split() for ln in gpu_slurm.run(["squeue", "-h", "-s", "-o", "%i %j %N"]).stdout.splitlines()]
         step_nodes = {s[1].rsplit(".pid", 1)[0]: s[2] for s in steps if len(s) == 3 and s[0].split(".")[0] in ids}
         assert step_nodes["slurm-server-server"] == server_node, step_nodes
-        assert {step_nodes[f"{n}-client-0"] for n in nodes} == set(nodes.values()), step_nodes
+        assert {step_nodes[f"{n}-client-{k}"] for n in nodes for k in (0, 1)} == set(nodes.values()), step_nodes
         server = next(p for p in st["hosts"][0]["processes"] if p["role"] == "server")
         assert _environ(server["pid"])["CUDA_VISIBLE_DEVICES"] == ""
-        wait_until(lambda: _round(proj) >= 3, 120, interval=0.2, what="three rounds with the server on its own node")
+        for h in st["hosts"][1:]:
+            assert h["info"]["extra"]["slurm_gpus"] == "2"  # the first GPU free on the node
+            procs = [_environ(p["pid"]) for p in h["processes"] if p["role"] == "client"]
+            assert [e["CUDA_VISIBLE_DEVICES"] for e in procs] == ["2", "2"]  # processes_per_gpu 2 allows it
+            assert [e["FEDCTL_GPU_MEMORY_MB"] for e in procs] == [str(int(16384 * 0.9 / 2))] * 2
+        wait_until(lambda: _round(proj) >= 100, 180, interval=0.5, what="the run's 100 rounds, server on its node")
     finally:
         _fedctl(proj, gpu_slurm, env, "teardown", "--yes")
     assert _our_jobs(gpu_slurm) == []
+    summary = [p for p in (proj / "results").rglob("summary.json")]
+    assert len(summary) == 1, list((proj / "results").rglob("*"))
 
 
 def _round(proj: Path) -> int:

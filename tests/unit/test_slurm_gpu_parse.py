@@ -20,6 +20,7 @@ from fedctl.providers.slurm_gpus import (
     parse_job_gpus,
     place_hosts,
     share_gpus,
+    cuda_devices_sh,
     visible_devices,
 )
 from fedctl.providers.slurm_jobs import _SEP, _merge_components, sbatch_argv
@@ -97,6 +98,19 @@ def test_a_process_sees_the_allocated_gpu_it_was_placed_on_and_the_server_none()
     with pytest.raises(ProviderError, match="placed on GPU 2"):
         visible_devices((2, 3), "2")
     assert host_gpus({}) is None and host_gpus({GPUS_KEY: ""}) == () and host_gpus({GPUS_KEY: "2,3"}) == (2, 3)
+
+
+@pytest.mark.parametrize("step_env, index, expect", [
+    ({}, "3", "3"),  # no GPUs given to the step by Slurm: the absolute index
+    ({"SLURM_STEP_GPUS": "2,3", "CUDA_VISIBLE_DEVICES": "2,3"}, "3", "3"),  # unconstrained: absolute
+    ({"SLURM_STEP_GPUS": "2,3", "CUDA_VISIBLE_DEVICES": "0,1"}, "3", "1"),  # cgroup-constrained: from 0
+    ({"SLURM_STEP_GPUS": "2,3", "CUDA_VISIBLE_DEVICES": "0,1"}, "", ""),  # placed on none: sees none
+])
+def test_the_step_sets_the_gpu_in_its_own_numbering(step_env: dict, index: str, expect: str) -> None:
+    env = {"PATH": os.environ["PATH"], **step_env}
+    out = subprocess.run(["sh", "-c", cuda_devices_sh(index) + 'printf %s "$CUDA_VISIBLE_DEVICES"'], env=env,
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    assert out == expect
 
 
 def test_squeue_rows_of_a_heterogeneous_job_are_one_job() -> None:
