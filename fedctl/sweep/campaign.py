@@ -19,17 +19,30 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from fedctl.errors import FedctlError, StateError
 from fedctl.model import LIVE_PHASES, Phase
 from fedctl.sweep.plan import CampaignPlan
-from fedctl.sweep.state import CampaignState, SweepStore
+from fedctl.sweep.packing import capacity, run_state_for
+from fedctl.sweep.state import CampaignState, SweepStore, parse_only, reconcile, select
 
 
 class SweepUI(Protocol):
     """The RunUI steps the fleet uses (progress, notice, confirm, plan, provisioned, torn_down)
     plus ``frame``: the campaign's snapshot after each tick and after each change of a run."""
+
+    def progress(self, message: str) -> None: ...
+    def notice(self, message: str, level: str = "info") -> None: ...
+    def confirm(self, question: str) -> None: ...
+    def plan(self, inputs: Any) -> None: ...
+    def provisioned(self, report: Any) -> None: ...
+    def torn_down(self, report: Any) -> None: ...
+    def frame(self, view: Any, changed: Sequence[str] = ()) -> None: ...
+
+
+class QuietSweepUI:
+    """A SweepUI that shows nothing and agrees to everything (programs, tests)."""
 
     def progress(self, message: str) -> None: ...
     def notice(self, message: str, level: str = "info") -> None: ...
@@ -50,111 +63,6 @@ class CampaignOutcome:
     @property
     def failed(self) -> list[str]:
         return [k for k, r in self.state.runs.items() if r.status == "failed"]
-
-
-def reconcile(state: CampaignState | None, plan: CampaignPlan, clock: Any = time.time) -> CampaignState:
-    """The campaign's state for this sweep file: runs it adds are queued; a run whose meaning
-    changed (the base file, clients, rounds or a --set changed its resolved config) is refused,
-    since its results would no longer compare with the others'; a run left ``running`` by a
-    killed fedctl is ``interrupted``."""
-    from fedctl.sweep.records import SweepRun
-
-    spec = plan.spec
-    if state is None:
-        state = CampaignState(name=spec.name, created_at=clock())
-    state.spec_path = spec.path
-    changed = [p.run.key for p in plan.runs
-               if p.run.key in state.fingerprints and state.fingerprints[p.run.key] != p.fingerprint
-               and state.runs[p.run.key].status != "queued"]
-    if changed:
-        raise StateError(
-            f"{spec.path} changed what {len(changed)} run(s) of campaign {spec.name} mean (e.g. {changed[0]}): "
-            "their resolved experiment (base file, clients, rounds or --set) differs from the one they ran",
-            hint=f"give the sweep a new name, or remove .fedctl/sweeps/{spec.name} and results/sweeps/{spec.name} "
-            "to start it afresh (adding grid values or seeds is fine: only the new runs run)")
-    for p in plan.runs:
-        old = state.runs.get(p.run.key)
-        state.runs[p.run.key] = old if old is not None else SweepRun(p.run.key, p.run.params, p.run.seed)
-        state.fingerprints[p.run.key] = p.fingerprint
-    for key, r in state.runs.items():
-        if r.status == "running":
-            state.set(key, clock, status="interrupted", error="fedctl stopped while it ran", finished_at=clock())
-    state.progress = {}
-    return state
-
-
-def parse_only(texts: Iterable[str]) -> list[tuple[str, Any]]:
-    """``--only KEY=VALUE`` as (key, value), the value parsed as YAML like ``--set``."""
-    from fedctl.config.overrides import parse_override
-
-    return [(o.dotted, o.value) for o in (parse_override(t) for t in texts)]
-
-
-def select(state: CampaignState, keys: Sequence[str], only: Sequence[tuple[str, Any]] = (),
-           rerun_failed: bool = False) -> list[str]:
-    """The runs to run now, in order: queued and interrupted ones (failed ones too with
-    ``rerun_failed``), among those matching every ``--only`` pair."""
-    from fedctl.errors import UsageError
-
-    wanted = {"queued", "interrupted"} | ({"failed"} if rerun_failed else set())
-    grid = {k for r in state.runs.values() for k, _ in r.params} | {"seed"}
-    for k, _ in only:
-        if k not in grid:
-            raise UsageError(f"--only {k}: not a grid key of campaign {state.name}",
-                             hint="valid: " + ", ".join(sorted(grid)))
-    out = []
-    for key in keys:
-        run = state.runs[key]
-        values = {**dict(run.params), "seed": run.seed}
-        if run.status in wanted and all(_same(values.get(k), v) for k, v in only):
-            out.append(key)
-    return out
-
-
-def _same(a: Any, b: Any) -> bool:
-    return a == b or str(a) == str(b)
-
-
-def capacity(fleet_state: Any, per_gpu: int = 1) -> int:
-    """How many runs the fleet holds at once without over-subscribing a machine: per machine
-    (this machine for the local provider's hosts, else each address), the CPU cores (or GPU slots,
-    ``processes_per_gpu`` per GPU, for client processes placed on a GPU) over the client
-    processes one run puts there; the smallest over the machines, at least 1. The FL server waits
-    on its clients most of the time and is not counted."""
-    use: dict[str, list[int]] = {}  # machine -> [cpu processes, gpu processes]
-    cap: dict[str, list[int]] = {}
-    for rec in fleet_state.hosts:
-        machine = "local" if rec.info.kind == "local" else rec.info.address
-        gpus = [g for g in rec.client_gpus] + [None] * (len(rec.client_processes) - len(rec.client_gpus))
-        u = use.setdefault(machine, [0, 0])
-        u[0] += sum(1 for g in gpus[:len(rec.client_processes)] if g is None)
-        u[1] += sum(1 for g in gpus[:len(rec.client_processes)] if g is not None)
-        facts = rec.facts
-        cap[machine] = [(facts.cpus or 1) if facts else 1, (facts.gpu_count * per_gpu) if facts else 0]
-    fits = []
-    for machine, (cpu_procs, gpu_procs) in use.items():
-        cpus, slots = cap[machine]
-        if cpu_procs:
-            fits.append(cpus // cpu_procs)
-        if gpu_procs:
-            fits.append(slots // gpu_procs)
-    return max(1, min(fits)) if fits else 1
-
-
-def run_state_for(fleet_state: Any, run_id: str, config_path: str | None) -> Any:
-    """A run's own state: the fleet's hosts (how to reach them, workdirs, placement, facts,
-    acquisition times: the campaign's budget counts from the fleet's provision) with the run's id
-    and nothing owned or running yet."""
-    from fedctl.state import RunState
-
-    st = RunState.from_dict(fleet_state.to_dict())
-    st.run_id, st.phase, st.events, st.previous_runs = run_id, Phase.PROVISIONED, [], []
-    st.started_at = st.finished_at = None
-    st.results_dir = st.error = None
-    st.config_path = config_path
-    for rec in st.hosts:
-        rec.owned, rec.processes = [], []
-    return st
 
 
 class Campaign:
@@ -414,4 +322,4 @@ def run_campaign(sweeps: SweepStore, plan: CampaignPlan, ui: SweepUI, only: Sequ
     return Campaign(sweeps, plan, ui, interval).run(parse_only(only), rerun_failed)
 
 
-__all__ = ["Campaign", "CampaignOutcome", "SweepUI", "capacity", "reconcile", "run_campaign", "select"]
+__all__ = ["Campaign", "CampaignOutcome", "QuietSweepUI", "SweepUI", "capacity", "reconcile", "run_campaign", "select"]

@@ -1,8 +1,9 @@
 """A campaign's state: ``.fedctl/sweeps/<name>/sweep.json``, every run with its status.
 
 Layout under ``.fedctl/sweeps/<name>/``: ``sweep.json`` (this file's ``CampaignState``, saved
-atomically on every change), ``lock``, ``fleet/`` (the StateStore that provisions and tears down
-the campaign's one fleet) and ``runs/<key>/`` (one StateStore per run, holding a copy of the
+atomically on every change), ``lock``, ``.fedctl/`` (the fleet's StateStore: it provisions and
+tears down the campaign's one fleet, and is an ordinary fedctl folder: ``cd .fedctl/sweeps/<name>
+&& fedctl status`` or ``fedctl teardown`` work there) and ``runs/<key>/`` (one StateStore per run, holding a copy of the
 fleet's hosts with the run's own id, port, run dir, token and processes). Results go to
 ``results/sweeps/<name>/runs/<key>/``.
 
@@ -20,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from fedctl.errors import StateError, StateLockedError
 from fedctl.fsutil import atomic_write
@@ -118,7 +119,9 @@ class SweepStore:
     def fleet_store(self) -> Any:
         from fedctl.state import StateStore
 
-        return StateStore(self.root / "fleet", clock=self.clock)
+        # named .fedctl: the local provider keeps its hosts in <store's folder>/.fedctl/local, and
+        # `cd .fedctl/sweeps/<name> && fedctl status` (or teardown) treats the fleet as any run
+        return StateStore(self.root / ".fedctl", clock=self.clock)
 
     def run_store(self, key: str) -> Any:
         from fedctl.state import StateStore
@@ -169,3 +172,66 @@ def list_campaigns(state_dir: str | Path) -> list[str]:
     """Names of the campaigns with a state under ``state_dir``."""
     root = Path(state_dir) / "sweeps"
     return sorted(p.parent.name for p in root.glob("*/sweep.json")) if root.is_dir() else []
+
+
+def reconcile(state: CampaignState | None, plan: Any, clock: Any = time.time) -> CampaignState:
+    """The campaign's state for this sweep file: runs it adds are queued; a run whose meaning
+    changed (the base file, clients, rounds or a --set changed its resolved config) is refused,
+    since its results would no longer compare with the others'; a run left ``running`` by a
+    killed fedctl is ``interrupted``."""
+    from fedctl.sweep.records import SweepRun
+
+    spec = plan.spec
+    if state is None:
+        state = CampaignState(name=spec.name, created_at=clock())
+    state.spec_path = spec.path
+    changed = [p.run.key for p in plan.runs
+               if p.run.key in state.fingerprints and state.fingerprints[p.run.key] != p.fingerprint
+               and state.runs[p.run.key].status != "queued"]
+    if changed:
+        raise StateError(
+            f"{spec.path} changed what {len(changed)} run(s) of campaign {spec.name} mean (e.g. {changed[0]}): "
+            "their resolved experiment (base file, clients, rounds or --set) differs from the one they ran",
+            hint=f"give the sweep a new name, or remove .fedctl/sweeps/{spec.name} and results/sweeps/{spec.name} "
+            "to start it afresh (adding grid values or seeds is fine: only the new runs run)")
+    for p in plan.runs:
+        old = state.runs.get(p.run.key)
+        state.runs[p.run.key] = old if old is not None else SweepRun(p.run.key, p.run.params, p.run.seed)
+        state.fingerprints[p.run.key] = p.fingerprint
+    for key, r in state.runs.items():
+        if r.status == "running":
+            state.set(key, clock, status="interrupted", error="fedctl stopped while it ran", finished_at=clock())
+    state.progress = {}
+    return state
+
+
+def parse_only(texts: Iterable[str]) -> list[tuple[str, Any]]:
+    """``--only KEY=VALUE`` as (key, value), the value parsed as YAML like ``--set``."""
+    from fedctl.config.overrides import parse_override
+
+    return [(o.dotted, o.value) for o in (parse_override(t) for t in texts)]
+
+
+def select(state: CampaignState, keys: Sequence[str], only: Sequence[tuple[str, Any]] = (),
+           rerun_failed: bool = False) -> list[str]:
+    """The runs to run now, in order: queued and interrupted ones (failed ones too with
+    ``rerun_failed``), among those matching every ``--only`` pair."""
+    from fedctl.errors import UsageError
+
+    wanted = {"queued", "interrupted"} | ({"failed"} if rerun_failed else set())
+    grid = {k for r in state.runs.values() for k, _ in r.params} | {"seed"}
+    for k, _ in only:
+        if k not in grid:
+            raise UsageError(f"--only {k}: not a grid key of campaign {state.name}",
+                             hint="valid: " + ", ".join(sorted(grid)))
+    out = []
+    for key in keys:
+        run = state.runs[key]
+        values = {**dict(run.params), "seed": run.seed}
+        if run.status in wanted and all(_same(values.get(k), v) for k, v in only):
+            out.append(key)
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or str(a) == str(b)
