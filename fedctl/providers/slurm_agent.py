@@ -62,8 +62,9 @@ def main(run_dir: str) -> int:
             spec = json.loads(req.read_text())
             env = {**os.environ, **{str(k): str(v) for k, v in (spec.get("env") or {}).items()}}
             with open(root / "logs" / f"{name}.out", "ab") as log:
-                running[name] = subprocess.Popen(step_argv(name, spec["node"], list(spec["argv"]), spec.get("het_group")), env=env,
-                                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                argv = step_argv(name, spec["node"], list(spec["argv"]), spec.get("het_group"))
+                running[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL)
             _write(root / "status" / f"{name}.json", {"state": "running"})
         for name, proc in running.items():
             code = proc.poll()

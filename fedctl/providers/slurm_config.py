@@ -2,8 +2,9 @@
 
 No Slurm command runs here: like the rest of the inventory it is checked completely before anything
 is submitted. The hosts are slots of one allocation: ``<prefix>-server`` (its step shares the first
-node, or with ``server: own`` runs on a node of its own, a heterogeneous job's component 0) and ``<prefix>-node-NN`` for at most ``nodes`` nodes; the plan uses as many as the clients
-need. Their addresses are placeholders until the allocation runs (``scontrol show hostnames``).
+node, or with ``server: own`` runs on a node of its own, a heterogeneous job's component 0) and
+``<prefix>-node-NN`` for at most ``nodes`` nodes; the plan uses as many as the clients need.
+Their addresses are placeholders until the allocation runs (``scontrol show hostnames``).
 
 Everything the provider needs later is kept in each host's typed ``SlurmHostSettings``, persisted in
 the state, so teardown works from the state alone, even when the inventory file is gone.
@@ -33,7 +34,8 @@ from fedctl.errors import ConfigError
 from fedctl.provider_fields import ProviderSettings, register_settings
 
 KEYS = ("login", "partition", "nodes", "gpus_per_node", "cpus_per_task", "mem", "time", "account", "qos",
-        "constraint", "sbatch_args", "name_prefix", "price_per_node_hour", "price_per_gpu_hour", "server", "server_partition")
+        "constraint", "sbatch_args", "name_prefix", "price_per_node_hour", "price_per_gpu_hour", "server",
+        "server_partition")
 #: where the server's step runs: on the first client node (shared) or on a CPU node of its own (a
 #: heterogeneous job: component 0 the server's node, component 1 the clients' nodes)
 SERVER_PLACES = ("shared", "own")
