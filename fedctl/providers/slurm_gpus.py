@@ -11,10 +11,11 @@ server's host records none) and places the client processes itself:
   allocated GPUs, in the recorded order, so the host's GPU facts are its allocation (the node may
   have more);
 - fedctl's processes-per-GPU placement (``fedctl.plan.place_on_gpus``) then numbers them 0..n-1,
-  and the connector gives process ``k`` ``CUDA_VISIBLE_DEVICES`` = the k-th allocated index
-  (``visible_devices``); a process placed on no GPU (the server) gets ``CUDA_VISIBLE_DEVICES=""``.
+  and the connector gives a process placed on ``k`` the k-th allocated GPU (``visible_devices``),
+  exported inside its step in the step's own numbering (``cuda_devices_sh``: relative where Slurm
+  constrains devices by cgroup); a process placed on no GPU (the server) gets ``CUDA_VISIBLE_DEVICES=""``.
 
-Pure functions: no Slurm command runs here.
+Pure functions (``cuda_devices_sh`` returns shell text): no Slurm command runs here.
 """
 
 from __future__ import annotations
