@@ -16,7 +16,9 @@ limit, fedctl, flower, limit, ... (--repeats of each), so a change in the machin
   provider: the server and one client process per CPU core); rounds from its metrics.jsonl.
 - flower: bench/flower_torch_app.py (Flower's quickstart-pytorch ClientApp/ServerApp pattern,
   FedAvg, centralized evaluation each round) under `flwr.simulation.run_simulation` with the Ray
-  backend, in --flower-python; rounds from the app's own timestamps.
+  backend, in --flower-python; rounds from the app's own timestamps. One Ray actor per core with
+  one torch thread each (--flower-client-cpus 1), the set-up Flower's docs advise tuning
+  `client_resources` for; Flower's default (2 CPUs an actor) is a flag away.
 - limit: bench/flower_torch_limit.py, fedavg_tf's training + aggregation + evaluation in one process
   (the vectorised client training when fedtf/vectorised.py provides it).
 
@@ -212,7 +214,10 @@ def prepare(a: argparse.Namespace, folder: Path) -> tuple[dict, dict]:
     shards = data.client_shards(ds, res)
     m = config.samples_per_round(res)
     assert m == round(a.fraction * a.clients), (m, a.fraction, a.clients)
-    assert res["evaluate_every"] == 1 and res["strategy"]["name"] == "fedavg"
+    assert res["evaluate_every"] == 1 and res["strategy"]["name"] == "fedavg" and res["model"] == "mlp"
+    assert {k: res["train"][k] for k in ("epochs", "batch_size", "lr", "optimizer")} == \
+        {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "optimizer": "sgd"}, res["train"]
+    assert res["realism"]["dropout"] == 0.0 and res["realism"]["latency_ms"] == 0.0
     assert np.array_equal(ds.x_train, xtr) and np.array_equal(ds.y_train, ytr)
     sizes = sorted({len(s) for s in shards})
     np.savez(folder / "shards.npz", idx=np.concatenate(shards),
@@ -322,8 +327,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flower-python", default="/work/benchenv/bin/python",
                    help="python of the bench env with flwr[simulation] and torch")
-    p.add_argument("--flower-client-cpus", type=float, default=2.0,
-                   help="Ray CPUs per ClientApp actor (Flower's default 2: one actor on a 2-core machine)")
+    p.add_argument("--flower-client-cpus", type=float, default=1.0,
+                   help="Ray CPUs per ClientApp actor, which Ray also gives the actor as its OMP (torch) "
+                        "threads. Default 1: one single-threaded actor per core, as fedctl runs one client "
+                        "process per core; Flower's own default, 2, makes one 2-thread actor here, which "
+                        "was 10-50x slower per round on a busy 2-core machine")
     p.add_argument("--skip", action="append", default=[], choices=["fedctl", "flower", "limit"])
     p.add_argument("--sample-interval", type=float, default=0.25, help="seconds between memory samples")
     p.add_argument("--timeout", type=float, default=1800, help="seconds for one run")

@@ -89,7 +89,7 @@ def run(cfg_full: dict) -> dict:
         tr.layout.set(w)
         loss, acc = tr.evaluate(ds.x_test, ds.y_test)
         lines.append({"round": r, "start": start, "end": time.time(), "loss": loss, "accuracy": acc})
-    return {"rounds": lines, "mode": mode}
+    return {"rounds": lines, "mode": f"{mode}, TF {tf.__version__}"}
 
 
 def main() -> int:
