@@ -206,7 +206,10 @@ class Campaign:
             self._finish(key, "finished" if ok else "failed", why)
             return
         trip = guard_tripped(store, st, GuardInputs.of_status(status))
-        if trip is not None:
+        if trip is not None and trip.reason in ("max_cost", "max_hours"):
+            # the campaign's budget (the runs carry it): not the run's fault, it runs again later
+            self._finish(key, "interrupted", f"stopped by the campaign's budget: {trip.message}")
+        elif trip is not None:
             self._finish(key, "failed", f"stopped by a guard: {trip.message}")
 
     def _finish(self, key: str, status: str, error: str | None = None) -> None:

@@ -150,6 +150,20 @@ def test_a_failing_value_fails_its_runs_only_and_runs_pack_without_oversubscribi
     assert all(run_pids(rid) == [] for rid in all_run_ids(st))
 
 
+def test_the_campaigns_budget_stops_it_and_leaves_the_runs_to_run_again(tmp_path):
+    proj = write_project(tmp_path / "proj", {
+        "name": "budget", "clients": 2, "rounds": 40, "grid": {"echo_round_s": [1.0, 1.1]}, "parallel": 1,
+        "budget": {"max_hours": 0.004},  # 14.4 s of the fleet, tripped from 80% of it
+    })
+    res = fedctl(proj, "sweep", "sweep.yaml", "--interval", "0.3", timeout=300)
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "campaign stopped by its budget" in res.stderr and "max_hours" in res.stderr
+    st = campaign(proj, "budget")
+    assert set(statuses(st).values()) <= {"queued", "interrupted"}  # none finished, none failed, none left running
+    assert fleet_state(proj, "budget")["phase"] == "torn_down"
+    assert all(run_pids(rid) == [] for rid in all_run_ids(st))
+
+
 def test_a_campaign_on_sshd_hosts_leaves_nothing_behind(sshd_fleet, tmp_path, monkeypatch):
     fleet = sshd_fleet(2)
     proj = write_project(tmp_path / "proj", {
