@@ -63,22 +63,14 @@ def parse_ids(text: str, clients: int) -> list[int]:
     return ids
 
 
-class VirtualClient:
-    """One federated client's own state inside a shared process."""
-
-    def __init__(self, cid: int, x, y, n: int, slow: bool) -> None:
-        self.cid, self.x, self.y, self.n, self.slow = cid, x, y, n, slow
-
-
 class Client:
     is_async = False  # fedbuff / fedasync (set in __init__)
 
     def __init__(self, args: argparse.Namespace, cfg: dict, token: bytes, ids: list[int]) -> None:
-        from fedtf import data, models, training  # noqa: PLC0415
+        from fedtf import data, models, training, vectorised  # noqa: PLC0415
+        from fedtf.vectorised_round import load_clients  # noqa: PLC0415
         from fedtf.realism import Realism  # noqa: PLC0415
         import numpy as np  # noqa: PLC0415
-        import tensorflow as tf  # noqa: PLC0415
-
         self.np, self.cfg, self.ids, self.token, self.args = np, cfg, ids, token, args
         self.role = f"client {','.join(map(str, ids)) if len(ids) <= 8 else f'{ids[0]}..{ids[-1]}'}"
         training.configure_threads()
@@ -86,9 +78,6 @@ class Client:
         ds = data.load_dataset(cfg["data"], cfg["seed"])
         shards = data.client_shards(ds, cfg)
         self.realism = Realism(cfg["realism"], cfg["clients"], cfg["seed"])
-        self.clients = {k: VirtualClient(k, tf.constant(ds.x_train[shards[k]]),
-                                         tf.constant(ds.y_train[shards[k]]), len(shards[k]),
-                                         self.realism.is_slow(k)) for k in ids}
         input_shape = ds.x_train.shape[1:]
         model = models.build_model(cfg["model"], input_shape, ds.classes,
                                    base_dir=os.path.dirname(os.path.abspath(args.config)))
@@ -97,9 +86,14 @@ class Client:
         local = "fedprox" if self.is_async and st["local"] == "fedprox" else st["name"]
         self.trainer = training.Trainer(model, input_shape, cfg["train"], local, st["mu"])
         self.layout = self.trainer.layout
+        # train.vectorize: the ids sampled together train as one computation (traced here)
+        self.vec = vectorised.make(model, input_shape, cfg["train"], local, st["mu"],
+                                   lambda m: log(self.role, m))
+        self.clients, self.pool = load_clients(ds, shards, ids, self.realism, self.vec is not None)
         del ds  # only the own shards stay in memory
         first = self.clients[ids[0]]
-        self.trainer.warmup(first.x, first.y)  # trace the train step now, not inside round 1
+        if self.vec is None:
+            self.trainer.warmup(first.x, first.y)  # trace the train step now, not inside round 1
         self.variates = None  # SCAFFOLD's committed c_i of our ids
         if self.trainer.scaffold:
             from fedtf.scaffold_state import STATE_DIR, ControlVariates  # noqa: PLC0415
@@ -125,6 +119,7 @@ class Client:
         self.heartbeat_s = float(os.environ.get("FEDTF_HEARTBEAT_S", 30))
         self._round: tuple[int, str] | None = None  # (seq, ids) of the round this process works on
         self._training = False
+        self._wave: list = []  # async tasks not yet trained: the next wave (under _sent_lock)
         log(self.role, f"{len(ids)} virtual clients, {sum(c.n for c in self.clients.values())} examples; "
                        f"server {self.host}:{self.port}")
 
@@ -221,7 +216,9 @@ class Client:
         self._after, self._inst = int(msg.meta["seq"]), str(msg.meta.get("instance", ""))
         if msg.meta.get("mode") == "async":  # one client's task: train it aside, poll on at once
             self._round = (self._after, ",".join(map(str, self.ids)))
-            self._track(self.trains.submit(self.train_round, msg, len(body)))
+            with self._sent_lock:
+                self._wave.append((msg, len(body)))
+            self._track(self.trains.submit(self.train_wave))
             return None
         self.train_round(msg, len(body))
         return None
@@ -264,7 +261,6 @@ class Client:
     def train_round(self, msg, download_bytes: int) -> None:
         """Train this process's sampled ids of the task `msg` and queue their uploads."""
         seq, rnd = int(msg.meta["seq"]), int(msg.meta["round"])
-        global_w = msg.flat("w")
         c = msg.flat("c") if self.trainer.scaffold else None
         task = (str(msg.meta.get("instance", "")), seq, rnd)  # which run of which round this is
         if self.variates is not None:
@@ -273,46 +269,70 @@ class Client:
         mine = [k for k in msg.meta["sampled"] if k in self.clients]
         self._round, self._training = (seq, ",".join(map(str, mine))), True
         try:
-            self._train_ids(msg, mine, seq, rnd, global_w, c, task, download_bytes)
+            self._train_works(self._works(msg, mine, c, task, download_bytes))
         finally:
             self._training = False
 
-    def _train_ids(self, msg, mine: list[int], seq: int, rnd: int, global_w, c, task,
-                   download_bytes: int) -> None:
-        from fedtf.transport import encode  # noqa: PLC0415
-        np, cfg = self.np, self.cfg
+    def train_wave(self) -> None:
+        """Async: train every task that has come in since the last wave, together (one
+        computation when vectorised; their model versions may differ)."""
+        with self._sent_lock:
+            wave, self._wave = self._wave, []
+        if not wave:
+            return  # an earlier wave took these tasks
+        works = []
+        for msg, nbytes in wave:
+            seq, rnd = int(msg.meta["seq"]), int(msg.meta["round"])
+            task = (str(msg.meta.get("instance", "")), seq, rnd)
+            works += self._works(msg, [k for k in msg.meta["sampled"] if k in self.clients], None, task, nbytes)
+        self._training = True
+        try:
+            self._train_works(works)
+        finally:
+            self._training = False
+
+    def _works(self, msg, mine: list[int], c, task, download_bytes: int) -> list:
+        """The sampled ids of `msg` that do not drop out (simulated; reported at once), each with
+        its rng stream and SCAFFOLD's c and c_i."""
+        from fedtf.vectorised_round import Work  # noqa: PLC0415
+        seq, rnd = task[1], task[2]
+        global_w, works = msg.flat("w"), []
         for k in mine:
-            vc = self.clients[k]
             # async: one client may train the same version twice; its ticket (seq) tells them apart
-            stream = [cfg["seed"], k, rnd, int(msg.meta.get("attempt", 0))] + ([seq] if self.is_async else [])
-            rng = np.random.default_rng(stream)
+            stream = [self.cfg["seed"], k, rnd, int(msg.meta.get("attempt", 0))] + ([seq] if self.is_async else [])
+            rng = self.np.random.default_rng(stream)
             if self.realism.drops_out(rng):
                 self._submit(f"/drop?seq={seq}&id={k}", b"", k, 0.0)
                 log(self.role, f"round {rnd}: client {k} drops out (simulated)")
                 continue
-            self.layout.set(global_w)
-            correction = base = None
-            if c is not None:
-                base = self.variates.base(k)  # c_i as the server has counted it
-                correction = c - base
-            t0 = time.perf_counter()
-            loss = self.trainer.train(vc.x, vc.y, vc.n, rng, global_w, correction)
-            new_w = self.layout.get()
-            train_s = time.perf_counter() - t0
-            groups = {"w": self.layout.split(new_w)}
+            base = self.variates.base(k) if c is not None else None  # c_i as the server has counted it
+            works.append(Work(k, seq, rnd, task, global_w, rng, download_bytes, c, base))
+        return works
+
+    def _train_works(self, works: list) -> None:
+        """Train `works` (one at a time, or as one computation) and queue one upload each."""
+        from fedtf.transport import encode  # noqa: PLC0415
+        from fedtf.vectorised_round import train_works  # noqa: PLC0415
+        np, lr = self.np, self.cfg["train"]["lr"]
+        if not works:
+            return
+        for w, done in zip(works, train_works(self.trainer, self.vec, self.pool, self.clients, works)):
+            vc = self.clients[w.k]
+            groups = {"w": self.layout.split(done.weights)}
             dc = None
-            if c is not None:  # SCAFFOLD option II: c_i+ = c_i - c + (x - y) / (K lr)
-                steps = self.trainer.steps(vc.n)
-                c_new = base - c + (global_w - new_w) / np.float32(steps * cfg["train"]["lr"])
-                dc = (c_new - base).astype(np.float32)
+            if w.c is not None:  # SCAFFOLD option II: c_i+ = c_i - c + (x - y) / (K lr)
+                c_new = w.base - w.c + (w.start - done.weights) / np.float32(self.trainer.steps(vc.n) * lr)
+                dc = (c_new - w.base).astype(np.float32)
                 groups["dc"] = self.layout.split(dc)  # c_i moves by dc only once the server takes it
-            meta = {"client": k, "round": rnd, "seq": seq, "instance": task[0], "examples": vc.n, "loss": loss,
-                    "train_s": round(train_s, 4)}
+            meta = {"client": w.k, "round": w.rnd, "seq": w.seq, "instance": w.task[0], "examples": vc.n,
+                    "loss": done.loss, "train_s": round(done.train_s, 4)}
+            if self.vec is not None:
+                meta["vectorised"] = len(works)  # trained together with this many clients
             body_size_guess = 4 * self.layout.size * len(groups)
-            delay = self.realism.delay(rng, download_bytes, body_size_guess, train_s, vc.slow)
+            delay = self.realism.delay(w.rng, w.download_bytes, body_size_guess, done.train_s, vc.slow)
             meta["simulated_delay_s"] = round(delay, 4)
             body = encode(meta, groups)
-            self._submit(f"/update?seq={seq}&id={k}", body, k, delay, dc, task)
+            self._submit(f"/update?seq={w.seq}&id={w.k}", body, w.k, delay, dc, w.task)
 
     def _post(self, path: str, body: bytes, k: int, delay: float, dc=None, task=None) -> None:
         """Send one update (or drop notice); on the server's 200, commit the update's SCAFFOLD `dc`."""
