@@ -129,8 +129,9 @@ def status_cmd(as_json: bool = JsonOpt) -> None:
     store = e.store
     state = store.load()
     st = observe(store, state)
+    gone = _machines_ended(store, state, st)
     if as_json:
-        e.print_json(st.to_dict())
+        e.print_json({**st.to_dict(), "machines_ended": gone})
         return
     acc = "-" if st.accuracy is None else f"{st.accuracy:.4f}"
     e.console.print(
@@ -138,7 +139,26 @@ def status_cmd(as_json: bool = JsonOpt) -> None:
     )
     if st.error:
         e.console.print(f"[red]{as_text(st.error)}[/]", highlight=False)
+    if gone:
+        e.console.print(f"[red]the run's machines are gone: {as_text(gone)}[/]", highlight=False)
+        e.err.print("`fedctl start --resume` continues the run on new ones (Slurm: a new allocation, from the "
+                    "checkpoint); `fedctl teardown` collects its results", highlight=False)
     e.console.print(status_table(st))
+
+
+def _machines_ended(store: Any, state: Any, st: Any) -> str | None:
+    """Why the run's machines are gone for good (a Slurm job's time limit, preemption, a node
+    failure, a scancel: ``Provider.ended``), asked only when a host could not be reached."""
+    from fedctl.errors import FedctlError
+    from fedctl.model import HostStatus
+    from fedctl.providers import for_run
+
+    if not any(h.reachable is False for h in st.hosts):
+        return None
+    try:
+        return for_run(state, store).ended([r.info for r in state.hosts if r.status != HostStatus.TORN_DOWN])
+    except FedctlError:  # cannot ask (the login node is down): the hosts' errors say what failed
+        return None
 
 
 def stop_cmd(

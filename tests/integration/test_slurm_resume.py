@@ -127,6 +127,9 @@ def test_teardown_of_a_run_whose_job_ended_collects_from_the_login_node(slurm: S
     slurm.run(["scancel", job])
     wait_until(lambda: _squeue(slurm) == "", 60, what="the job gone from squeue")
     done = _rounds(metrics)
+    status = _ok(_fedctl(proj, slurm, "status"))
+    assert f"the run's machines are gone: job {job} ended: CANCELLED" in status, status
+    assert "`fedctl start --resume` continues the run on new ones" in status, status
     out = _ok(_fedctl(proj, slurm, "teardown", "--yes"))
     assert f"job {job} ended: CANCELLED" in out, out
     assert "the results are collected from the login node" in out, out
@@ -163,7 +166,9 @@ def _resume_after_time_limit(proj: Path, slurm: SlurmCluster, min_round: int) ->
     before = _rounds(metrics)
     res = _fedctl(proj, slurm, "status", "--json")
     _ok(res)
-    hosts = json.loads(res.stdout)["hosts"]
+    status = json.loads(res.stdout)
+    assert status["machines_ended"] == f"job {job} ended: TIMEOUT (TimeLimit)", status
+    hosts = status["hosts"]
     assert [f"job {job} ended: TIMEOUT (TimeLimit)" in (h["error"] or "") for h in hosts] == [True] * 3, hosts
     out = _ok(_fedctl(proj, slurm, "start", "--resume"))
     assert f"job {job} ended: TIMEOUT (TimeLimit): resuming run {run_id} in a new allocation" in out, out
