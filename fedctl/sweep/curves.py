@@ -103,16 +103,19 @@ def _draw(ax: Any, curve: Curve | None, colour: Any, label: str) -> bool:
     return True
 
 
-def _legend(fig: Any, handles: list[Any], labels: list[str]) -> None:
-    """The figure's legend outside the panels on the right, at most MAX_LEGEND entries."""
+def _legend(fig: Any, handles: list[Any], labels: list[str], target: float | None = None) -> None:
+    """The figure's legend outside the panels on the right, at most MAX_LEGEND entries (+ the target)."""
     if not handles:
         return
+    from matplotlib.lines import Line2D
+
     more = len(handles) - MAX_LEGEND
     if more > 0:
-        from matplotlib.lines import Line2D
-
         handles = handles[:MAX_LEGEND] + [Line2D([], [], color="none")]
         labels = labels[:MAX_LEGEND] + [f"... {more} more (table.csv)"]
+    if target is not None:
+        handles = handles + [Line2D([], [], color="#777777", linestyle=":", linewidth=1)]
+        labels = labels + [f"target {target:g}"]
     fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.79, 0.93), fontsize=8, frameon=False,
                labelspacing=0.9)
 
@@ -162,7 +165,7 @@ def plot_all(rows: Sequence[ConfigRow], axis: str, target: float | None, path: P
             labels.append(legend_label(row.params, len(row.finished)))
     if not handles:
         ax.text(0.5, 0.5, "no finished run reported accuracy", ha="center", va="center", transform=ax.transAxes)
-    _legend(fig, handles, labels)
+    _legend(fig, handles, labels, target)
     return _finish(plt, fig, [ax], axis, target, path)
 
 
@@ -189,7 +192,7 @@ def plot_by(rows: Sequence[ConfigRow], key: str, axis: str, target: float | None
             if _draw(ax, config_curve(row, axis), colour[v], f"{key}={v}"):
                 handles.setdefault(v, ax.lines[-1])
     order = [fmt_param(v) for v in values if fmt_param(v) in handles]
-    _legend(fig, [handles[v] for v in order], [legend_label([(key, v)]) for v in order])
+    _legend(fig, [handles[v] for v in order], [legend_label([(key, v)]) for v in order], target)
     return _finish(plt, fig, axes, axis, target, path)
 
 

@@ -77,13 +77,13 @@ def test_many_configurations_keep_the_legend_bounded(tmp_path):
     seen = []
     real = curves._legend
     monkey = pytest.MonkeyPatch()
-    monkey.setattr(curves, "_legend", lambda fig, h, l: (real(fig, h, l), seen.append(fig.legends[-1]))[0])
+    monkey.setattr(curves, "_legend", lambda fig, h, l, t: (real(fig, h, l, t), seen.append(fig.legends[-1]))[0])
     try:
-        write_curves(tmp_path / "o", ["train.lr"], group(runs, None), None)
+        write_curves(tmp_path / "o", ["train.lr"], group(runs, None), 0.55)
     finally:
         monkey.undo()
     texts = [t.get_text() for t in seen[0].get_texts()]
-    assert len(texts) == MAX_LEGEND + 1 and texts[-1] == "... 5 more (table.csv)"
+    assert len(texts) == MAX_LEGEND + 2 and texts[-2:] == ["... 5 more (table.csv)", "target 0.55"]
     assert legend_label([("data.path", "a" * 60)], n=3) == "data.path=" + "a" * 17 + "... (n=3)"
     plt.close("all")
 
