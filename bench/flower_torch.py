@@ -250,7 +250,8 @@ def run_fedctl(i: int, a: argparse.Namespace, folder: Path) -> dict:
     rounds = [x for x in lines if x.get("type") == "round"]
     if len(rounds) != a.rounds:
         raise SystemExit(f"fedctl #{i}: {len(rounds)} round lines in {metrics}, expected {a.rounds}")
-    return {**m, "round_s": per_round(rounds), "accuracy": rounds[-1]["accuracy"], "detail": ""}
+    return {**m, "round_s": per_round(rounds), "cadence": cadence(rounds), "accuracy": rounds[-1]["accuracy"],
+            "detail": ""}
 
 
 def run_flower(i: int, a: argparse.Namespace, folder: Path) -> dict:
@@ -266,7 +267,8 @@ def run_flower(i: int, a: argparse.Namespace, folder: Path) -> dict:
     rounds = res["rounds"]
     detail = (f"flwr {res['flwr']}, torch {res['torch']}, {res['actors']} Ray actor(s) of "
               f"{res['client_cpus']:g} CPUs")
-    return {**m, "round_s": per_round(rounds), "accuracy": rounds[-1]["accuracy"], "detail": detail}
+    return {**m, "round_s": per_round(rounds), "cadence": cadence(rounds), "accuracy": rounds[-1]["accuracy"],
+            "detail": detail}
 
 
 def run_limit(i: int, a: argparse.Namespace, folder: Path) -> dict:
@@ -276,8 +278,8 @@ def run_limit(i: int, a: argparse.Namespace, folder: Path) -> dict:
                                  str(folder / "fedctl.yaml"), "--out", str(out)],
                  folder, env, folder / f"limit-{i}.log", a.sample_interval, a.timeout)
     res = json.loads(out.read_text())
-    return {**m, "round_s": per_round(res["rounds"]), "accuracy": res["rounds"][-1]["accuracy"],
-            "detail": res["mode"]}
+    return {**m, "round_s": per_round(res["rounds"]), "cadence": cadence(res["rounds"]),
+            "accuracy": res["rounds"][-1]["accuracy"], "detail": res["mode"]}
 
 
 def _med(runs: list[dict], key: str) -> float:
@@ -335,6 +337,7 @@ def main() -> int:
     p.add_argument("--skip", action="append", default=[], choices=["fedctl", "flower", "limit"])
     p.add_argument("--sample-interval", type=float, default=0.25, help="seconds between memory samples")
     p.add_argument("--timeout", type=float, default=1800, help="seconds for one run")
+    p.add_argument("--keep", help="an empty (or new) folder to work in and keep, instead of a temporary one")
     a = p.parse_args()
     if "flower" not in a.skip and not os.access(a.flower_python, os.X_OK):
         raise SystemExit(f"--flower-python {a.flower_python} is not there: make the bench env "
@@ -342,7 +345,10 @@ def main() -> int:
     become_subreaper()
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench-flower-torch-") as d:
-        folder = Path(d)
+        folder = Path(a.keep or d)  # --keep: data, configs, logs and metrics stay there to read
+        folder.mkdir(parents=True, exist_ok=True)
+        if any(folder.iterdir()):
+            raise SystemExit(f"--keep {folder}: the folder is not empty")
         _, facts = prepare(a, folder)
         runners = {"fedctl": run_fedctl, "flower": run_flower, "limit": run_limit}
         results: dict[str, list[dict]] = {k: [] for k in runners}
@@ -350,7 +356,9 @@ def main() -> int:
             for name, fn in runners.items():
                 if name not in a.skip:
                     results[name].append(fn(i, a, folder))
-                    print(f"{name} #{i}: {results[name][-1]['round_s']:.3f} s/round", file=sys.stderr)
+                    r = results[name][-1]
+                    print(f"{name} #{i}: {r['round_s']:.3f} s/round; each round: "
+                          + " ".join(f"{x:.2f}" for x in r["cadence"]), file=sys.stderr)
         loads.append(os.getloadavg()[0])
         print(table(results, a, facts, loads))
     return 0
