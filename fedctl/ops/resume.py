@@ -168,9 +168,10 @@ def resume(store: StateStore, state: RunState, progress: Progress = quiet, ready
                 return _fail(store, state, report, "the server did not resume")
             server.status = "running"
             state.server.port = int(ready["port"])
-            if renewed:  # where the clients reach it now: the new node's address
-                info = state.host(server_rec.name).info
-                state.server.address = info.private_address or info.address
+            # where the clients reach it now (as start says it): a new allocation's node may be
+            # another one, also when an earlier resume got the allocation and was killed before this
+            info = state.host(server_rec.name).info
+            state.server.address = "127.0.0.1" if info.kind == "local" else info.private_address or info.address
             store.save(state)
 
         def restart_clients(c: Connector) -> int:
