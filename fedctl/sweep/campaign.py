@@ -128,6 +128,11 @@ class Campaign:
         self.state.parallel = fit if want == "auto" else min(int(want), fit)
         if want != "auto" and int(want) > fit:
             self.ui.notice(f"parallel: {want} would over-subscribe the fleet: {fit} run(s) at once", "warning")
+        port = self.plan.inputs.experiment.server.fixed_port
+        if port is not None and self.state.parallel > 1:  # two servers cannot listen on one port
+            self.ui.notice(f"server.port is fixed ({port}): one run at a time (`server.port: auto` packs them)",
+                           "warning")
+            self.state.parallel = 1
         self.state.fleet = str(fstate.phase)
         self.sweeps.save(self.state)
 

@@ -150,6 +150,54 @@ def test_a_failing_value_fails_its_runs_only_and_runs_pack_without_oversubscribi
     assert all(run_pids(rid) == [] for rid in all_run_ids(st))
 
 
+def test_a_fixed_server_port_runs_one_run_at_a_time(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:  # a port free now, for the base's fixed server.port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proj = write_project(tmp_path / "proj", {"name": "port", "clients": 2, "rounds": 2,
+                                             "grid": {"echo_round_s": [0.3, 0.4]}},
+                         base={"payload": str(ECHO), "server": {"port": port}})
+    monkeypatch.chdir(proj)
+    spec = load_sweep("sweep.yaml")
+    sweeps = SweepStore(proj / ".fedctl", spec.name)
+    plan = plan_campaign(spec, None, [], sweeps.fleet_store(), cpu_count=1)  # room for two at once
+    assert run_campaign(sweeps, plan, QuietSweepUI(), interval=0.2).failed == []
+    st = campaign(proj, "port")
+    assert st["parallel"] == 1 and most_at_once(st["runs"]) == 1
+
+
+def test_a_campaign_whose_fedctl_was_killed_cleans_up_and_resumes(tmp_path):
+    proj = write_project(tmp_path / "proj", {
+        "name": "killed", "clients": 2, "rounds": 4, "grid": {"echo_round_s": [0.5, 0.6]}, "parallel": 1,
+    })
+    proc = subprocess.Popen([sys.executable, "-m", "fedctl", "sweep", "sweep.yaml", "--interval", "0.3"], cwd=proj,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=ENV)
+    try:
+        def running_with_a_round() -> str | None:
+            path = proj / ".fedctl" / "sweeps" / "killed" / "sweep.json"
+            st = json.loads(path.read_text()) if path.exists() else {"runs": [], "progress": {}}
+            live = [r for r in st["runs"] if r["status"] == "running"
+                    and st["progress"].get(r["key"], {}).get("round", 0) >= 1]
+            return live[0]["run_id"] if live else None
+
+        killed_run = wait_until(running_with_a_round, 180, interval=0.1, what="a run past its first round")
+    finally:
+        proc.kill()  # SIGKILL: no clean-up of any kind
+        proc.wait(30)
+    assert run_pids(killed_run) != []  # its processes outlived fedctl
+    res = fedctl(proj, "sweep", "sweep.yaml", "--interval", "0.3", timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "tearing down the fleet a stopped fedctl left" in res.stdout + res.stderr
+    st = campaign(proj, "killed")
+    assert set(statuses(st).values()) == {"finished"}
+    again = next(r for r in st["runs"] if killed_run in all_run_ids({"events": [
+        e for e in st["events"] if e["key"] == r["key"]]}))
+    assert again["attempts"] == 2 and again["run_id"] != killed_run
+    assert run_pids(killed_run) == [] and fleet_state(proj, "killed")["phase"] == "torn_down"
+
+
 def test_the_campaigns_budget_stops_it_and_leaves_the_runs_to_run_again(tmp_path):
     proj = write_project(tmp_path / "proj", {
         "name": "budget", "clients": 2, "rounds": 40, "grid": {"echo_round_s": [1.0, 1.1]}, "parallel": 1,
