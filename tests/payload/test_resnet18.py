@@ -131,3 +131,33 @@ def test_resnet18_trains_end_to_end_on_synthetic_cifar(tmp_path):
     server_log = (tmp_path / "server.log").read_text()
     assert "11173962 weights" in server_log and "evaluated on 16" in server_log
     assert (tmp_path / "final_model.weights.h5").stat().st_size > 4 * 11_173_962
+
+
+def test_loss_scale_keeps_float16_gradients_that_would_flush_to_zero(policy_restored):
+    import tensorflow as tf
+    from fedtf.loss_scale import DynamicLossScale
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    layer = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")
+    x = tf.ones((1, 4))
+
+    def grads(scale: DynamicLossScale | None):
+        with tf.GradientTape() as tape:
+            y = layer(x)                          # float16 compute
+            loss = tf.cast(y, tf.float32) * 1e-9  # a gradient of 1e-9: below float16's smallest
+            if scale is not None:
+                loss = scale.scaled(loss)
+        g = tape.gradient(loss, layer.trainable_variables)
+        return (g, None) if scale is None else scale.unscale(g)
+
+    plain, _ = grads(None)
+    assert float(tf.reduce_max(tf.abs(plain[0]))) == 0.0  # flushed: no training signal at all
+    scale = DynamicLossScale()
+    kept, finite = grads(scale)
+    assert bool(finite) and np.allclose(kept[0].numpy(), 1e-9, rtol=1e-2)
+    # an overflow skips the step (zero gradient) and halves the scale
+    big = DynamicLossScale(initial=1e38)
+    with tf.GradientTape() as tape:
+        loss = big.scaled(tf.cast(layer(x), tf.float32) * 1e3)
+    out, finite = big.unscale(tape.gradient(loss, layer.trainable_variables))
+    assert not bool(finite) and float(tf.reduce_max(tf.abs(out[0]))) == 0.0 and big.scale.numpy() == np.float32(1e38) / np.float32(2)
