@@ -19,12 +19,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
 
 from tests.integration.slurm_cluster import SlurmCluster, slurm_available
+from tests.integration.sshd import SshdFleet
 from tests.waiting import wait_until
 
 FEDCTL = shutil.which("fedctl")
@@ -62,13 +63,15 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         yield cluster
 
 
-def _project(tmp_path: Path, config: dict[str, Any], nodes: int = 2) -> Path:
+def _project(tmp_path: Path, config: dict[str, Any], nodes: int = 2, login: dict[str, Any] | None = None) -> Path:
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / "fedctl.yaml").write_text(yaml.safe_dump(config))
+    section: dict[str, Any] = {"partition": "debug", "nodes": nodes, "time": "10"}
+    if login is not None:
+        section["login"] = login
     (proj / "slurm.yaml").write_text(yaml.safe_dump({
-        "provider": "slurm", "defaults": {"python": sys.executable},
-        "slurm": {"partition": "debug", "nodes": nodes, "time": "10"}}))
+        "provider": "slurm", "defaults": {"python": sys.executable}, "slurm": section}))
     return proj
 
 
@@ -116,13 +119,30 @@ def _server_metrics(proj: Path, run_id: str) -> Path:
 
 def test_teardown_of_a_run_whose_job_ended_collects_from_the_login_node(slurm: SlurmCluster,
                                                                          tmp_path: Path) -> None:
-    """The job is cancelled under a running experiment (as preemption would end it): teardown says
-    how it ended, collects metrics and logs from the shared run folder, then removes it."""
+    """The job is cancelled under a running experiment (as preemption would end it): status and
+    teardown say how it ended; teardown collects metrics and logs from the shared run folder, then
+    removes it."""
     proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 2000, "echo_round_s": 0.2})
+    _collect_after_cancel(proj, slurm, proj / ".fedctl" / "local" / "slurm")
+
+
+def test_teardown_collects_through_an_ssh_login_node(slurm: SlurmCluster, sshd_fleet: Callable[[int], SshdFleet],
+                                                     tmp_path: Path) -> None:
+    """The same through ``slurm.login`` (a loopback sshd host): the files are read and fetched there."""
+    [h] = sshd_fleet(1).host_infos()
+    workdir = tmp_path / "login-workdir"
+    login = {"address": h.address, "port": h.port, "user": h.user, "identity_file": h.identity_file,
+             "workdir": str(workdir), "environment": {"SLURM_CONF": str(slurm.conf)}}
+    proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 2000, "echo_round_s": 0.2}, login=login)
+    _collect_after_cancel(proj, slurm, workdir / "slurm")
+
+
+def _collect_after_cancel(proj: Path, slurm: SlurmCluster, runs: Path) -> None:
+    """Provision and start a long echo run, cancel its job, check status and teardown's collection."""
     _ok(_fedctl(proj, slurm, "provision", "--clients", "2", "-i", "slurm.yaml", "--yes"))
     _ok(_fedctl(proj, slurm, "start"))
     run_id, job = _state(proj)["run_id"], _job(proj)
-    metrics = _server_metrics(proj, run_id)
+    metrics = runs / run_id / "slurm-server" / "runs" / run_id / "metrics.jsonl"
     wait_until(lambda: len(_rounds(metrics)) >= 3, 120, interval=0.2, what="three rounds in metrics.jsonl")
     slurm.run(["scancel", job])
     wait_until(lambda: _squeue(slurm) == "", 60, what="the job gone from squeue")
@@ -138,7 +158,7 @@ def test_teardown_of_a_run_whose_job_ended_collects_from_the_login_node(slurm: S
     assert "says hello" in (results / "logs" / "slurm-server" / "server.log").read_text()
     assert (results / "logs" / "slurm-node-02" / "client-0.log").exists()
     assert _squeue(slurm) == ""
-    assert not _run_dir(proj, run_id).exists()
+    assert not (runs / run_id).exists()
 
 
 def test_a_job_killed_by_its_time_limit_is_said_and_resumed_in_a_new_allocation(slurm: SlurmCluster,
