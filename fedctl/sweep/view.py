@@ -66,7 +66,9 @@ def campaign_view(state: CampaignState, fleet_state: Any, now: float) -> Campaig
         cost, per_hour = dict(rc.total), dict(rc.per_hour)
         hosts = tuple(f"{h.name} ({h.role}, {h.status})" for h in fleet_state.hosts)
         starts = [h.acquired_at for h in fleet_state.hosts if h.acquired_at]
-        elapsed = now - min(starts) if starts else None
+        ends = [h.released_at for h in fleet_state.hosts]
+        end = max(ends) if ends and all(ends) else now  # a torn-down fleet's time is over
+        elapsed = end - min(starts) if starts else None
         phase = str(fleet_state.phase)
     return CampaignView(state.name, state.counts(), len(state.runs), state.parallel, tuple(running), failed,
                         phase, hosts, cost, per_hour, elapsed)

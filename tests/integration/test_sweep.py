@@ -203,9 +203,12 @@ def test_the_campaigns_budget_stops_it_and_leaves_the_runs_to_run_again(tmp_path
         "name": "budget", "clients": 2, "rounds": 40, "grid": {"echo_round_s": [1.0, 1.1]}, "parallel": 1,
         "budget": {"max_hours": 0.004},  # 14.4 s of the fleet, tripped from 80% of it
     })
-    res = fedctl(proj, "sweep", "sweep.yaml", "--interval", "0.3", timeout=300)
+    res = fedctl(proj, "sweep", "sweep.yaml", "--interval", "0.3", "--json", timeout=300)
     assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-3000:]
     assert "campaign stopped by its budget" in res.stderr and "max_hours" in res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]  # --json: every stdout line is JSON
+    assert {"frame", "torn_down"} <= {e["event"] for e in events}
+    assert events[-1] == {"event": "torn_down", "ok": True, "phase": "torn_down"}
     st = campaign(proj, "budget")
     assert set(statuses(st).values()) <= {"queued", "interrupted"}  # none finished, none failed, none left running
     assert fleet_state(proj, "budget")["phase"] == "torn_down"

@@ -134,3 +134,13 @@ def test_the_live_view_fits_80_by_24_with_many_runs():
     text = "\n".join(lines)
     assert "0/40 done, 12 running, 20 queued, 8 failed" in text and "and 4 more running" in text
     assert plain_lines(replace(view, running=view.running[:1]))[1].startswith("  running strategy.name-fedprox")
+
+
+def test_the_views_elapsed_time_and_cost_stop_when_the_fleet_is_released():
+    fleet = RunState(run_id="f")
+    rec = host("c", "10.0.0.2", 1, 2)
+    rec.info = replace(rec.info, price_per_hour=3.6)
+    rec.acquired_at, rec.released_at = 100.0, 160.0
+    fleet.hosts = [rec]
+    view = campaign_view(CampaignState(name="c"), fleet, 1000.0)
+    assert view.elapsed_s == 60.0 and view.cost == {"USD": pytest.approx(0.06)}
