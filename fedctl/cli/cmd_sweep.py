@@ -105,6 +105,8 @@ def sweep_cmd(
     rerun_failed: bool = typer.Option(False, "--rerun-failed", help="run failed runs again too"),
     only: OptList = typer.Option(None, "--only", help="only runs with KEY=VALUE (a grid key or seed; repeatable)"),
     interval: float = typer.Option(2.0, "--interval", help="seconds between progress checks"),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="also log the runs to MLflow: a tracking URI or a "
+                                         "folder (mlruns for ./mlruns); needs mlflow installed"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a campaign: every combination of the sweep file's grid values, once per seed, on one
@@ -132,7 +134,8 @@ def sweep_cmd(
         return
     ui = SweepConsoleUI(e, yes, as_json)
     try:
-        outcome = run_campaign(sweeps, plan, ui, only=list(only or []), rerun_failed=rerun_failed, interval=interval)
+        outcome = run_campaign(sweeps, plan, ui, only=list(only or []), rerun_failed=rerun_failed, interval=interval,
+                               mlflow=mlflow)
     finally:
         ui.close()
     _summary(e, outcome.state, outcome.outputs, as_json)
@@ -175,7 +178,8 @@ def _dry_run(e: CliEnv, sweeps: Any, plan: Any, as_json: bool) -> None:
 
 
 def _summary(e: CliEnv, state: Any, outputs: Any, as_json: bool) -> None:
-    from fedctl.sweep.view import headline, campaign_view
+    from fedctl.cli.common import as_text
+    from fedctl.sweep.view import campaign_view, headline
 
     view = campaign_view(state, None, e.clock())
     if as_json:
@@ -186,7 +190,11 @@ def _summary(e: CliEnv, state: Any, outputs: Any, as_json: bool) -> None:
         return
     e.console.print(f"campaign {state.name}: {headline(view)}")
     if outputs is not None:
+        from fedctl.sweep.tables import sweep_notes
+
         e.console.print(f"tables and curves: {outputs}")
+        for note in sweep_notes(outputs):
+            e.err.print(f"[yellow]note:[/] {as_text(note)}")
 
 
 def _status(e: CliEnv, which: Optional[str], as_json: bool) -> None:

@@ -69,8 +69,8 @@ class Campaign:
     """One invocation of a campaign: the fleet's store and session, the runs in flight."""
 
     def __init__(self, sweeps: SweepStore, plan: CampaignPlan, ui: SweepUI, interval: float = 2.0,
-                 grace_s: float = 10.0) -> None:
-        self.sweeps, self.plan, self.ui = sweeps, plan, ui
+                 grace_s: float = 10.0, mlflow: str | None = None) -> None:
+        self.sweeps, self.plan, self.ui, self.mlflow = sweeps, plan, ui, mlflow
         self.interval, self.grace_s = interval, grace_s
         self.clock = sweeps.clock
         self.fleet = sweeps.fleet_store()
@@ -317,7 +317,8 @@ class Campaign:
 
         spec = self.plan.spec
         runs = [self.state.runs[k] for k in self.planned]
-        return write_sweep_outputs(self.sweeps.results, spec.name, spec.grid_keys, runs, spec.target_accuracy)
+        return write_sweep_outputs(self.sweeps.results, spec.name, spec.grid_keys, runs, spec.target_accuracy,
+                                   mlflow=self.mlflow)
 
 
 def _counts_text(state: CampaignState) -> str:
@@ -325,9 +326,10 @@ def _counts_text(state: CampaignState) -> str:
 
 
 def run_campaign(sweeps: SweepStore, plan: CampaignPlan, ui: SweepUI, only: Sequence[str] = (),
-                 rerun_failed: bool = False, interval: float = 2.0) -> CampaignOutcome:
-    """The library call behind ``fedctl sweep``: see ``Campaign``."""
-    return Campaign(sweeps, plan, ui, interval).run(parse_only(only), rerun_failed)
+                 rerun_failed: bool = False, interval: float = 2.0, mlflow: str | None = None) -> CampaignOutcome:
+    """The library call behind ``fedctl sweep``: see ``Campaign``. ``mlflow``: log the runs to that
+    MLflow tracking URI or folder ("" for ./mlruns) with the tables."""
+    return Campaign(sweeps, plan, ui, interval, mlflow=mlflow).run(parse_only(only), rerun_failed)
 
 
 __all__ = ["Campaign", "CampaignOutcome", "QuietSweepUI", "SweepUI", "capacity", "reconcile", "run_campaign", "select"]
