@@ -16,6 +16,7 @@ at once (train.vectorize_chunk, or what FEDTF_VECTORIZE_MB, default 2048, holds)
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -75,11 +76,15 @@ class VectorTrainer:
                 stacked, stacked if self.scaffold else []]
         self._fn = tf.function(self._impl, input_signature=spec)
         # XLA compiles the whole loop (the step alone was slower than no XLA: one launch per step),
-        # once per shape (clients, steps, pool rows): it is used from the second time a shape comes,
-        # so a shape seen once costs no compile; steps are padded up to 2^(k/4) (<= 19% more)
+        # once per shape (clients, steps, pool rows), on a thread of its own while the plain graph
+        # trains: a shape is trained with XLA once its compile is done (steps are padded up to
+        # 2^(k/4), <= 19% more, so that few shapes come)
         self.xla = _use_xla(model, self.forward.kind)
         self._fn_xla = tf.function(self._impl, input_signature=spec, jit_compile=True) if self.xla else None
-        self.shapes_seen: dict[tuple, int] = {}
+        self.compiled: dict[tuple, threading.Event] = {}
+        self.compiles: list[threading.Thread] = []
+        self.xla_error: str | None = None
+        self._lock = threading.Lock()
 
     # -- graph code ---------------------------------------------------------------------------
     def _impl(self, x, y, idx, mask, active, lossw, w0, corr):
@@ -127,8 +132,8 @@ class VectorTrainer:
                 mhat = m[j] / (1.0 - tf.pow(0.9, tt))
                 vhat = v[j] / (1.0 - tf.pow(0.999, tt))
                 w[j] = w[j] - a * (lr * mhat / (tf.sqrt(vhat) + 1e-7))
-            else:
-                w[j] = w[j] - a * (lr * g)
+            else:  # lr x 0/1 first: one pass over g fewer than a * (lr * g), and the same floats
+                w[j] = w[j] - (lr * a) * g
         return tuple(w), loss, tuple(m), tuple(v), t
 
     # -- python API ---------------------------------------------------------------------------
@@ -166,9 +171,10 @@ class VectorTrainer:
         return [tf.constant(arr[:, off[i]:off[i + 1]].reshape(len(flats), *s))
                 for i, s in zip(self.order, self.shapes)]
 
-    def train(self, x, y, jobs: list[Job]) -> list[Result]:
+    def train(self, x, y, jobs: list[Job], xla: bool = True) -> list[Result]:
         """Train `jobs` on the pool (x, y: every client's rows, tensors or arrays); one Result
-        each, in order. The rngs are drawn from here, one permutation per epoch each."""
+        each, in order. The rngs are drawn from here, one permutation per epoch each. xla=False:
+        the plain graph, and no compile for these shapes."""
         out: list[Result] = []
         x, y = tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32)
         for s in range(0, len(jobs), self.chunk):
@@ -178,10 +184,9 @@ class VectorTrainer:
             corr = self._stack([j.correction if j.correction is not None
                                 else np.zeros(self.layout.size, np.float32) for j in part]) \
                 if self.scaffold else []
-            shape = (len(part), idx.shape[1], int(x.shape[0]))
-            seen = self.shapes_seen[shape] = self.shapes_seen.get(shape, 0) + 1
-            fn = self._fn_xla if self.xla and seen > 1 else self._fn
-            w, total = fn(x, y, idx, mask, active, lossw, self._stack([j.start for j in part]), corr)
+            args = (x, y, idx, mask, active, lossw, self._stack([j.start for j in part]), corr)
+            fn = self._pick((len(part), idx.shape[1], int(x.shape[0])), args) if xla else self._fn
+            w, total = fn(*args)
             w = [t.numpy() for t in w]
             total = total.numpy()
             wall = time.perf_counter() - t0
@@ -193,11 +198,39 @@ class VectorTrainer:
                 out.append(Result(flat, float(total[c]) / job.n, wall * float(share[c])))
         return out
 
+    def _pick(self, shape: tuple, args: tuple):
+        """The XLA function when this shape is compiled, else the plain graph (and the compile
+        starts aside: not a daemon thread, so that the process waits for it rather than dying in
+        the middle of TensorFlow at exit)."""
+        if not self.xla:
+            return self._fn
+        with self._lock:
+            done = self.compiled.get(shape)
+            if done is None:
+                done = self.compiled[shape] = threading.Event()
+                t = threading.Thread(target=self._compile, args=(done, args), name="xla-compile")
+                self.compiles.append(t)
+                t.start()
+        return self._fn_xla if done.is_set() else self._fn
+
+    def _compile(self, done: threading.Event, args: tuple) -> None:
+        try:
+            self._fn_xla(*args)  # compiles for these shapes (and trains a copy, thrown away)
+        except (tf.errors.OpError, ValueError, RuntimeError) as e:  # this shape stays on the plain graph
+            self.xla_error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
+            return
+        done.set()
+
+    def wait_compiled(self, timeout: float | None = None) -> None:
+        """Wait for the XLA compiles under way (benchmarks and tests: to time or check XLA)."""
+        for t in list(self.compiles):
+            t.join(timeout)
+
     def warmup(self, x, y) -> None:
         """Trace the compiled training once (on a copy of the start weights: nothing is kept)."""
         n = min(int(x.shape[0]), self.batch)
         start = self.layout.get()
-        self.train(x[:n], y[:n], [Job(0, n, np.random.default_rng(0), start)])
+        self.train(x[:n], y[:n], [Job(0, n, np.random.default_rng(0), start)], xla=False)
 
 
 def _bucket(steps: int) -> int:
