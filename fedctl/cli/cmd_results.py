@@ -136,7 +136,10 @@ def compare_cmd(
         comp = compare_sweeps(folders, dest, target)
     else:
         if len(runs) < 2:
-            raise UsageError("compare needs at least two runs (or one sweep)")
+            where = _results_root() / "sweeps" / runs[0]
+            raise UsageError(f"{runs[0]}: not a sweep (no table.json there nor in {where}); "
+                             "compare needs at least two runs or one sweep",
+                             hint="a sweep's folder is results/sweeps/<name>/ (written when `fedctl sweep` ends)")
         folders = [resolve_run(r, _results_root()) for r in runs]
         comp = compare(folders, out or (_results_root() / "compare.png"), target)
     if as_json:

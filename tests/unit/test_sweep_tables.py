@@ -190,7 +190,7 @@ def test_compare_refuses_a_sweep_mixed_with_a_run(sweep, tmp_path):
     try:
         with pytest.raises(UsageError, match="not a sweep"):
             app(args=["results", "compare", str(out), runs[0].results_dir], standalone_mode=False)
-        with pytest.raises(UsageError, match="at least two runs"):
+        with pytest.raises(UsageError, match="not a sweep .*; compare needs at least two runs or one sweep"):
             app(args=["results", "compare", runs[0].results_dir], standalone_mode=False)
     finally:
         set_env(old)
