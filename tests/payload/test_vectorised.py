@@ -159,6 +159,18 @@ def test_make_off_and_on():
     assert isinstance(vt, vectorised.VectorTrainer) and len(lines) == 1 and "vectorised training" in lines[0]
 
 
+def test_chunk_follows_the_memory_budget(monkeypatch):
+    """No train.vectorize_chunk: as many clients per computation as FEDTF_VECTORIZE_MB holds."""
+    training.seed_everything(0)
+    model = models.build_model("mlp", (784,), 10)  # 199,210 weights: ~5 MB per client and more
+    tc = _train_cfg(vectorize_chunk=None, batch_size=10)
+    monkeypatch.setenv("FEDTF_VECTORIZE_MB", "12")
+    small = vectorised.VectorTrainer(model, (784,), tc).chunk
+    monkeypatch.setenv("FEDTF_VECTORIZE_MB", "2048")
+    big = vectorised.VectorTrainer(model, (784,), tc).chunk
+    assert 1 <= small <= 2 and big >= 100
+
+
 def test_train_clients_entry_point():
     """The benchmark's entry point: same results as the trainer it wraps, one per shard, and the
     compiled trainer reused across calls."""

@@ -67,7 +67,6 @@ class VectorTrainer:
         pos = {id(v): i for i, v in enumerate(model.weights)}
         self.order = [pos[id(v)] for v in model.trainable_variables]
         self.shapes = [tuple(v.shape) for v in model.trainable_variables]
-        self.chunk = _chunk(train_cfg.get("vectorize_chunk"), model, self.batch, self.adam)
         stacked = [tf.TensorSpec([None, *s], tf.float32) for s in self.shapes]
         spec = [tf.TensorSpec([None, *input_shape], tf.float32), tf.TensorSpec([None], tf.int32),
                 tf.TensorSpec([None, None, self.batch], tf.int32),
@@ -80,6 +79,8 @@ class VectorTrainer:
         # trains: a shape is trained with XLA once its compile is done (steps are padded up to
         # 2^(k/4), <= 19% more, so that few shapes come)
         self.xla = _use_xla(model, self.forward.kind)
+        # a compile trains a copy beside the round: twice the memory then
+        self.chunk = _chunk(train_cfg.get("vectorize_chunk"), model, self.batch, self.adam, self.xla)
         self._fn_xla = tf.function(self._impl, input_signature=spec, jit_compile=True) if self.xla else None
         self.compiled: dict[tuple, threading.Event] = {}
         self.compiles: list[threading.Thread] = []
@@ -255,10 +256,10 @@ def _use_xla(model: keras.Model, kind: str) -> bool:
     return not convs or bool(tf.config.list_logical_devices("GPU"))
 
 
-def _chunk(limit, model: keras.Model, batch: int, adam: bool) -> int:
+def _chunk(limit, model: keras.Model, batch: int, adam: bool, xla: bool) -> int:
     """Clients per call: the config's limit, or what FEDTF_VECTORIZE_MB holds (weights, start,
     gradient, correction and Adam's moments per client, plus the activations of a batch kept for
-    the backward pass)."""
+    the backward pass; twice that with XLA, whose compile trains a copy beside the round)."""
     if limit:
         return int(limit)
     params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
@@ -268,7 +269,7 @@ def _chunk(limit, model: keras.Model, batch: int, adam: bool) -> int:
             acts += int(np.prod([d or 1 for d in layer.output.shape[1:]]))
         except (AttributeError, ValueError, TypeError):  # a layer without one output: estimate low
             continue
-    per_client = 4 * (params * (6 + 2 * adam) + 3 * acts * batch)
+    per_client = 4 * (params * (6 + 2 * adam) + 3 * acts * batch) * (2 if xla else 1)
     budget = float(os.environ.get("FEDTF_VECTORIZE_MB", 2048)) * 2**20
     return max(1, int(budget // max(per_client, 1)))
 
