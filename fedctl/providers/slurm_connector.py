@@ -23,6 +23,7 @@ import json
 import os
 import posixpath
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -125,8 +126,11 @@ class SlurmStepConnector(Connector):
                   f"{exports}exec /bin/sh -c {q('exec ' + command)} > {q(log)} 2>&1 < /dev/null\n")
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.host.name}-{posixpath.basename(pidfile)}")[:100]
         self._steps += 1
+        # the agent starts each request name once for the allocation's life: a counter alone would
+        # restart at 1 in the next fedctl process (start --resume) and be skipped, so a random part too
         request = {"node": self.node, "argv": ["/bin/sh", "-c", script], "env": {}, "het_group": self.het_group}
-        self.cli.write(self.agent_dir / "steps" / f"{name}-{self._steps}.json", json.dumps(request).encode())
+        step = f"{name}-{self._steps}-{secrets.token_hex(4)}"
+        self.cli.write(self.agent_dir / "steps" / f"{step}.json", json.dumps(request).encode())
         deadline = time.monotonic() + timeout
         while True:
             text = self.cli.read(PurePosixPath(self.expand(pidfile)))

@@ -228,3 +228,31 @@ def test_fedavg_tf_killed_by_its_time_limit_goes_on_from_its_checkpoint_in_a_new
     resumed = [int(x.split("resumed from checkpoint after round ")[1].split()[0]) for x in log.splitlines()
                if "resumed from checkpoint after round " in x]
     assert len(resumed) == 1 and len(before) <= resumed[0] <= len(before) + 1, log[-3000:]
+
+
+def test_resume_inside_a_running_allocation_restarts_a_dead_client_as_a_new_step(slurm: SlurmCluster,
+                                                                                   tmp_path: Path) -> None:
+    """One client's process dies while the job runs: ``start --resume`` (a new fedctl process, whose
+    step requests must not repeat the names the agent already ran) starts it again as a step of the
+    same job; the run goes on to the end."""
+    import os
+    import signal
+
+    proj = _project(tmp_path, {"payload": str(ECHO), "rounds": 120, "echo_round_s": 0.25})
+    _ok(_fedctl(proj, slurm, "provision", "--clients", "2", "-i", "slurm.yaml", "--yes"))
+    _ok(_fedctl(proj, slurm, "start"))
+    run_id, job = _state(proj)["run_id"], _job(proj)
+    metrics = _server_metrics(proj, run_id)
+    wait_until(lambda: len(_rounds(metrics)) >= 2, 120, interval=0.2, what="two rounds done")
+    [pidfile] = (_run_dir(proj, run_id) / "slurm-node-02" / "runs" / run_id).glob("client-*.pid")
+    old_pid = int(pidfile.read_text().split()[0])
+    os.kill(old_pid, signal.SIGKILL)
+    wait_until(lambda: not Path(f"/proc/{old_pid}").exists(), 30, interval=0.1, what="the client to die")
+    _ok(_fedctl(proj, slurm, "start", "--resume"))
+    new_pid = int(pidfile.read_text().split()[0])
+    assert new_pid != old_pid and Path(f"/proc/{new_pid}").exists()
+    assert _job(proj) == job and _squeue(slurm) == job  # the same allocation, no new job
+    rounds = wait_until(lambda: _finished(metrics), 300, interval=0.5, what="the run to finish")
+    assert rounds == list(range(1, 121))
+    _ok(_fedctl(proj, slurm, "teardown", "--yes"))
+    assert _squeue(slurm) == ""
