@@ -36,10 +36,9 @@ class AllocationReader:
     @classmethod
     def for_run(cls, state: "RunState", store: "StateStore", every_s: float = ALLOCATION_CHECK_S) -> "AllocationReader | None":
         """The reader of the run's allocation, None when its provider has none (hosts, clouds)."""
-        from fedctl.providers import for_run
-        from fedctl.providers.base import has_allocation_status
+        from fedctl.providers import for_run, provider_class
 
-        if not has_allocation_status(state.provider):
+        if not provider_class(state.provider).has_allocation:
             return None
         provider = for_run(state, store)
         infos = [r.info for r in state.hosts]

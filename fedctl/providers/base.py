@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import importlib
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,26 +121,6 @@ class AllocationStatus:
 
 #: provider name -> "module:function" that reads its allocation's status (lazy: nothing is imported
 #: until a run of that provider asks). The function is called as ``fn(provider, hosts)``.
-_ALLOCATION_STATUS: dict[str, str] = {}
-
-
-def register_allocation_status(provider: str, target: str) -> None:
-    """Say where ``provider``'s allocation status is read (``"module:function"``); twice is a bug."""
-    if provider in _ALLOCATION_STATUS and _ALLOCATION_STATUS[provider] != target:
-        raise RuntimeError(f"allocation status of provider {provider!r} registered twice")
-    _ALLOCATION_STATUS[provider] = target
-
-
-def has_allocation_status(provider: str) -> bool:
-    """Whether runs of ``provider`` live in a batch allocation whose status can be read."""
-    return provider in _ALLOCATION_STATUS
-
-
-# the Slurm provider's (fedctl/providers/slurm_status.py). TODO(S3): slurm.py could override
-# Provider.allocation_status itself in one line; it is registered here because slurm.py is not ours
-register_allocation_status("slurm", "fedctl.providers.slurm_status:provider_allocation_status")
-
-
 def folder_origin(state_root: str | Path) -> str:
     """A short, stable id of this machine's fedctl folder (not the path itself: tags are visible to
     anyone with read access to the account)."""
@@ -163,6 +142,8 @@ class Provider(abc.ABC):
     section_module: ClassVar[str | None] = None
     #: whether ``on_finish: poweroff`` may power its hosts off (not a cluster's shared compute nodes)
     can_power_off: ClassVar[bool] = True
+    #: whether its runs live in a batch allocation (a Slurm job) that ``allocation_status`` reads
+    has_allocation: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod
@@ -190,11 +171,5 @@ class Provider(abc.ABC):
     def allocation_status(self, hosts: Sequence[HostInfo]) -> AllocationStatus | None:
         """The batch allocation the hosts live in, as the scheduler says now (one scheduler command:
         callers ask at most every few seconds); None for providers without one (host sources,
-        clouds). A provider with an allocation registers its reader (``register_allocation_status``)."""
-        target = _ALLOCATION_STATUS.get(self.name)
-        if target is None:
-            return None
-        module, _, func = target.partition(":")
-        reader: Callable[[Provider, Sequence[HostInfo]], AllocationStatus | None] = getattr(
-            importlib.import_module(module), func)
-        return reader(self, hosts)
+        clouds). A provider with an allocation sets ``has_allocation`` and overrides this."""
+        return None

@@ -26,7 +26,8 @@ long-running processes as steps started by the agent). ``release`` also removes 
 GPUs (``gpus_per_node``): each client host records its share of its node's allocated GPUs
 (``scontrol show job -d``) and its processes are placed on them by fedctl itself
 (``slurm_gpus.py``); the server sees none. ``server: own``: a heterogeneous job whose component 0
-is the server's node (no GPUs), component 1 the clients' nodes. Not built: watch/cost for jobs.
+is the server's node (no GPUs), component 1 the clients' nodes. Watch, status and cost
+read the job through ``allocation_status`` (``slurm_status.py``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from fedctl.connectors.base import HostInfo
 from fedctl.provider_fields import MachineRecord
 from fedctl.providers import register
-from fedctl.providers.base import HostUpdate, Provider, ProviderError, RunContext
+from fedctl.providers.base import AllocationStatus, HostUpdate, Provider, ProviderError, RunContext
 from fedctl.providers.slurm_config import SlurmHostSettings, settings
 from fedctl.providers.slurm_jobs import ENDED, SlurmCli, cancel_ours, sbatch_argv, wait_running
 
@@ -65,6 +66,7 @@ class SlurmProvider(Provider):
     creates_machines = True
     section_module = "fedctl.providers.slurm_config"
     can_power_off = False  # the nodes are the cluster's: the job's end is what stops the billing
+    has_allocation = True
 
     def __init__(self, hosts: Sequence[HostInfo], run: RunContext, cli: SlurmCli | None = None,
                  run_dir: Path | PurePosixPath | None = None, poll_s: float | None = None,
@@ -110,6 +112,12 @@ class SlurmProvider(Provider):
         self.run.journal(HostUpdate(info.name, info=info, released_at=released_at))
         return info
 
+    def allocation_status(self, hosts: Sequence[HostInfo]) -> AllocationStatus | None:
+        """The run's job as slurmctld says now, through this provider's login connection."""
+        from fedctl.providers.slurm_status import allocation_status
+
+        return allocation_status(hosts, cli=self.cli)
+
     def reachable(self, info: HostInfo) -> bool:
         """A host whose node is known (not the ``(slurm node)`` placeholder)."""
         return info.machine is not None and info.machine.id is not None and not info.address.startswith("(")
@@ -153,7 +161,7 @@ class SlurmProvider(Provider):
     # -- what provision calls -------------------------------------------------------------------
     def acquire(self, hosts: Sequence[HostInfo]) -> list[HostInfo]:
         """The run's allocation, each host on a node with its own workdir in the run folder
-        (``allocate``). What is not built yet is refused before anything is submitted."""
+        (``allocate``)."""
         return self.allocate(hosts)
 
     # -- the built steps -------------------------------------------------------------------------

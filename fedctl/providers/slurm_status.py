@@ -11,14 +11,11 @@ else is reported in ``AllocationStatus.problems``, never guessed. Callers ask at
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from fedctl.connectors.base import HostInfo
 from fedctl.providers.base import AllocationStatus, ProviderError
 from fedctl.providers.slurm_jobs import SlurmCli
-
-if TYPE_CHECKING:
-    from fedctl.providers.base import Provider
 
 #: at most this much of scontrol's answer is read (one job's record is ~1-2 KB; a het job a few)
 MAX_OUTPUT = 64 * 1024
@@ -149,9 +146,3 @@ def allocation_status(hosts: Sequence[HostInfo], cli: SlurmCli | None = None,
     except OSError as e:  # the login node's SSH connection
         return AllocationStatus(job, UNKNOWN, problems=(f"cannot reach {cli.where}: {e}",))
     return parse_show_job(job, out)
-
-
-def provider_allocation_status(provider: "Provider", hosts: Sequence[HostInfo]) -> AllocationStatus | None:
-    """``Provider.allocation_status`` for ``provider: slurm`` (registered in ``providers.base``):
-    through the provider's own login connection."""
-    return allocation_status(hosts, cli=getattr(provider, "cli", None))
