@@ -24,7 +24,7 @@ from typing import Any, Protocol, Sequence
 from fedctl.errors import FedctlError, StateError
 from fedctl.model import LIVE_PHASES, Phase
 from fedctl.sweep.plan import CampaignPlan
-from fedctl.sweep.packing import capacity, run_state_for
+from fedctl.sweep.packing import FleetJournal, capacity, merge_owned, run_state_for
 from fedctl.sweep.state import CampaignState, SweepStore, parse_only, reconcile, select
 
 
@@ -173,7 +173,9 @@ class Campaign:
         store.session = self.session  # the campaign's connections, one per host
         config_path = self.plan.spec.base or self.plan.spec.path
         st = run_state_for(fstate, run_id, config_path)
+        merge_owned(self.fleet, st, intended=True)  # and its run dirs, before they are made
         store.save(st)
+        journal = FleetJournal(self.fleet, st)
         old = self.state.runs[key]
         self.state.set(key, self.clock, status="running", run_id=run_id, started_at=self.clock(),
                        finished_at=None, error=None, results_dir=None, attempts=old.attempts + 1)
@@ -181,6 +183,7 @@ class Campaign:
         self.sweeps.save(self.state)
         self.ui.progress(f"starting run {key} ({run_id})")
         self.inflight[key] = (store, None)
+        journal.attach()
         try:
             with store.lock():
                 report = start(store, st, planned.experiment, progress=self.ui.progress)
@@ -188,7 +191,7 @@ class Campaign:
             self._finish(key, "failed", str(exc))
             return
         finally:
-            self._merge_owned(store)
+            journal.detach()
         if not report.ok:
             self._finish(key, "failed", store.load().error or "start failed")
             return
@@ -238,7 +241,7 @@ class Campaign:
             error = error or f"could not stop and collect: {exc}"
             self.ui.notice(f"run {key}: {exc}", "error")
         self._report(dest, st)
-        self._merge_owned(store)
+        merge_owned(self.fleet, st)
         if stopped:  # verified stopped: the fleet's teardown need not look for it any more
             fstate = self.fleet.load()
             fstate.previous_runs = [r for r in fstate.previous_runs if r != st.run_id]
@@ -263,19 +266,6 @@ class Campaign:
             return
         except Exception as exc:  # noqa: BLE001 - a plot failure must not stop the campaign
             self.ui.notice(f"results report of {dest.name} incomplete: {type(exc).__name__}: {exc}", "warning")
-
-    def _merge_owned(self, store: Any) -> None:
-        """What the run created on the hosts becomes the fleet's: its teardown removes it."""
-        try:
-            st = store.load()
-        except StateError:
-            return
-        fstate = self.fleet.load()
-        for rec in st.hosts:
-            frec = fstate.host(rec.name)
-            for o in rec.owned:
-                frec.own(o.path, o.kind, o.keep)
-        self.fleet.save(fstate)
 
     def _stop_inflight(self, status: str) -> None:
         for key in list(self.inflight):

@@ -47,3 +47,49 @@ def run_state_for(fleet_state: Any, run_id: str, config_path: str | None) -> Any
     for rec in st.hosts:
         rec.owned, rec.processes = [], []
     return st
+
+
+class FleetJournal:
+    """A run's ``HostRecord.journal``: what the run creates on a host is recorded in the fleet's
+    state the moment it is recorded in the run's, so the fleet's teardown removes it even when
+    fedctl is stopped (Ctrl-C, a kill) before the run's own state was saved. Thread-safe: the run's
+    hosts are prepared in parallel."""
+
+    def __init__(self, fleet_store: Any, run_state: Any) -> None:
+        import threading
+
+        self.fleet_store, self.run_state = fleet_store, run_state
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            merge_owned(self.fleet_store, self.run_state)
+
+    def attach(self) -> None:
+        for rec in self.run_state.hosts:
+            rec.journal = self  # type: ignore[attr-defined] - not a field: never persisted
+
+    def detach(self) -> None:
+        for rec in self.run_state.hosts:
+            rec.__dict__.pop("journal", None)
+
+
+def merge_owned(fleet_store: Any, run_state: Any, intended: bool = False) -> None:
+    """Record in the fleet's state what ``run_state``'s hosts own; with ``intended`` also each
+    host's run dir before it exists (intent first: the run id is new, so no folder of anyone else's
+    can be there, and teardown removes it only with fedctl's marker in it)."""
+    import posixpath
+
+    from fedctl.deploy import remote_run_dir
+
+    fstate = fleet_store.load()
+    for rec in run_state.hosts:
+        frec = fstate.host(rec.name)
+        for o in list(rec.owned):
+            frec.own(o.path, o.kind, o.keep)
+        if intended and rec.workdir:
+            frec.own(posixpath.normpath(remote_run_dir(rec, run_state.run_id)), "tree")
+        # holders before trees (stable): teardown removes newest first, so every tree goes before
+        # the folders holding it are tried (a run dir recorded as intent precedes its runs/ holder)
+        frec.owned.sort(key=lambda o: o.kind != "dir")
+    fleet_store.save(fstate)

@@ -6,9 +6,11 @@ fast; one campaign runs the real fedavg_tf payload (Keras training) end to end.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -70,13 +72,20 @@ def all_run_ids(st: dict) -> set[str]:
     return {e["run_id"] for e in st["events"] if e.get("run_id")}
 
 
-def test_an_interrupted_campaign_resumes_and_finishes_each_run_exactly_once(tmp_path):
+@pytest.mark.parametrize("where", ["local", "sshd"])
+def test_an_interrupted_campaign_resumes_and_finishes_each_run_exactly_once(tmp_path, request, where):
     proj = write_project(tmp_path / "proj", {
         "name": "resume", "clients": 2, "rounds": 3,
         "grid": {"echo_round_s": [0.2, 0.3], "echo_wait_s": [20, 30]}, "seeds": [1, 2], "parallel": 1,
     })
+    args = ["sweep", "sweep.yaml", "--interval", "0.3"]
+    fleet = None
+    if where == "sshd":
+        fleet = request.getfixturevalue("sshd_fleet")(2)
+        fleet.write_inventory(proj / "inventory.yaml")
+        args += ["-i", "inventory.yaml", "--yes"]
     out = (tmp_path / "out.txt").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "fedctl", "sweep", "sweep.yaml", "--interval", "0.3"], cwd=proj,
+    proc = subprocess.Popen([sys.executable, "-m", "fedctl", *args], cwd=proj,
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV)
     try:
         def first_done_and_next_running() -> bool:
@@ -104,7 +113,7 @@ def test_an_interrupted_campaign_resumes_and_finishes_each_run_exactly_once(tmp_
     assert fleet_state(proj, "resume")["phase"] == "torn_down"
     assert all(run_pids(rid) == [] for rid in all_run_ids(st))
 
-    res = fedctl(proj, "sweep", "sweep.yaml", "--interval", "0.3", timeout=900)
+    res = fedctl(proj, *args, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     st = campaign(proj, "resume")
     assert set(statuses(st).values()) == {"finished"} and len(st["runs"]) == 8
@@ -117,7 +126,18 @@ def test_an_interrupted_campaign_resumes_and_finishes_each_run_exactly_once(tmp_
     assert fleet_state(proj, "resume")["phase"] == "torn_down"
     assert all(run_pids(rid) == [] for rid in all_run_ids(st))
     assert not any((proj / ".fedctl" / "sweeps" / "resume" / ".fedctl" / "local").rglob("*"))
-    assert (proj / "results" / "sweeps" / "resume" / "table.csv").is_file()
+    if fleet is not None:
+        assert files_under(fleet) == []
+    # the table's numbers are the runs' own: mean and sample std of final accuracy over the seeds
+    with (proj / "results" / "sweeps" / "resume" / "table.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 4
+    for row in table:
+        finals = [json.loads((Path(r["results_dir"]) / "summary.json").read_text())["final_accuracy"]
+                  for r in st["runs"] if all(str(v) == row[k] for k, v in r["params"])]
+        assert len(finals) == 2 and int(row["n"]) == 2
+        assert float(row["final_accuracy_mean"]) == pytest.approx(statistics.mean(finals), abs=1e-4)
+        assert float(row["final_accuracy_std"]) == pytest.approx(statistics.stdev(finals), abs=1e-4)
     # the same command once more has nothing to run
     again = fedctl(proj, "sweep", "sweep.yaml", timeout=120)
     assert again.returncode == 0 and "nothing to run" in again.stdout

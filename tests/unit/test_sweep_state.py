@@ -144,3 +144,30 @@ def test_the_views_elapsed_time_and_cost_stop_when_the_fleet_is_released():
     fleet.hosts = [rec]
     view = campaign_view(CampaignState(name="c"), fleet, 1000.0)
     assert view.elapsed_s == 60.0 and view.cost == {"USD": pytest.approx(0.06)}
+
+
+def test_the_fleet_knows_a_runs_folders_before_and_as_they_are_made(tmp_path):
+    """A Ctrl-C during a run's start left its run dir on sshd hosts: the fleet's teardown did not
+    know it. Now the run dir is recorded in the fleet before start, and whatever start records
+    (payload folder, holders) reaches the fleet's state at once, not when the run's state is saved."""
+    from fedctl.sweep.packing import FleetJournal, merge_owned
+
+    fleet_store = StateStore(tmp_path / "fleet")
+    fleet = RunState(run_id="fleet")
+    rec = host("c", "10.0.0.2", 1, 2)
+    rec.workdir = "/w"
+    fleet.hosts = [rec]
+    fleet_store.save(fleet)
+    st = run_state_for(fleet, "20261206-000000-abcd", None)
+    merge_owned(fleet_store, st, intended=True)
+    assert [o.path for o in fleet_store.load().hosts[0].owned] == ["/w/runs/20261206-000000-abcd"]
+    journal = FleetJournal(fleet_store, st)
+    journal.attach()
+    st.hosts[0].own("/w/runs", "dir")
+    st.hosts[0].own("/w/payloads/echo", "tree")
+    journal.detach()
+    st.hosts[0].own("/w/later", "tree")  # detached: the run's own state records it, the fleet not yet
+    # the holder first: teardown goes newest first, so the run dir is removed before runs/ is tried
+    assert [o.path for o in fleet_store.load().hosts[0].owned] == [
+        "/w/runs", "/w/runs/20261206-000000-abcd", "/w/payloads/echo"]
+    assert "journal" not in st.to_dict()["hosts"][0]
