@@ -103,7 +103,9 @@ class Campaign:
                 except KeyboardInterrupt:
                     outcome.interrupted = True
                     self.ui.notice("interrupted: stopping the runs in flight, collecting what they have and "
-                                   "tearing the fleet down", "warning")
+                                   "tearing the fleet down (Ctrl-C again stops the clean-up; the same command, or "
+                                   f"`fedctl teardown` in .fedctl/sweeps/{self.state.name}, then finishes it)",
+                                   "warning")
                 finally:
                     self._stop_inflight("interrupted" if outcome.interrupted or outcome.trip else "failed")
                     self._teardown()

@@ -132,3 +132,9 @@ def test_cli_dry_run_lists_the_runs_and_the_estimate(tmp_path):
     text = cli(tmp_path, "sweep", "sweep.yaml", "--dry-run")
     assert text.returncode == 0 and "echo_round_s-0.2_seed-2" in text.stdout and "estimate:" in text.stdout
     assert not (tmp_path / ".fedctl").exists()
+
+
+def test_cli_status_without_a_campaign_says_so_and_exits_2(tmp_path):
+    res = cli(tmp_path, "sweep", "status")
+    assert res.returncode == 2 and "no campaign here" in res.stderr
+    assert not (tmp_path / ".fedctl").exists()
