@@ -1,7 +1,8 @@
 """The sweep file: a campaign of runs, every combination of ``grid`` values once per seed.
 
     name: strategies-vs-skew
-    base: fedctl.yaml            # optional: the experiment every run starts from (relative to this file)
+    base: fedctl.yaml            # optional: the experiment every run starts from (relative to this file;
+                                 # omitted: the fedctl.yaml beside this file if there is one, else defaults)
     clients: 10                  # optional: every run's --clients (else the base's)
     rounds: 100                  # optional: every run's --rounds (else the base's)
     grid:                        # dotted --set keys -> the values to try
@@ -146,6 +147,8 @@ def load_sweep(path: str) -> SweepSpec:
             raise ConfigError(file, "base", f"{preview(base)} is not a file (read from {folder})",
                               "an experiment file such as fedctl.yaml, relative to the sweep file")
         base = str(base_path)
+    elif (folder / "fedctl.yaml").is_file():  # as `fedctl run` reads ./fedctl.yaml: the one beside the sweep
+        base = str(folder / "fedctl.yaml")
     clients = None if raw.get("clients") is None else check_int(file, ("clients",), raw["clients"], 1, 100_000)
     rounds = None if raw.get("rounds") is None else check_int(file, ("rounds",), raw["rounds"], 1, 1_000_000)
     grid = _grid(file, raw.get("grid"))

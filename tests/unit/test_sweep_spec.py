@@ -138,3 +138,13 @@ def test_cli_status_without_a_campaign_says_so_and_exits_2(tmp_path):
     res = cli(tmp_path, "sweep", "status")
     assert res.returncode == 2 and "no campaign here" in res.stderr
     assert not (tmp_path / ".fedctl").exists()
+
+
+def test_without_base_the_fedctl_yaml_beside_the_sweep_file_is_the_base(tmp_path):
+    sweep_file(tmp_path, grid={"echo_round_s": [0.1]})
+    data = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
+    del data["base"]
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(data))
+    assert load_sweep(str(tmp_path / "sweep.yaml")).base == str(tmp_path / "fedctl.yaml")
+    (tmp_path / "fedctl.yaml").unlink()
+    assert load_sweep(str(tmp_path / "sweep.yaml")).base is None
