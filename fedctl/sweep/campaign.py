@@ -321,6 +321,10 @@ def run_campaign(sweeps: SweepStore, plan: CampaignPlan, ui: SweepUI, only: Sequ
                  rerun_failed: bool = False, interval: float = 2.0, mlflow: str | None = None) -> CampaignOutcome:
     """The library call behind ``fedctl sweep``: see ``Campaign``. ``mlflow``: log the runs to that
     MLflow tracking URI or folder ("" for ./mlruns) with the tables."""
+    if mlflow is not None:  # a missing MLflow is said before the runs, not after them
+        from fedctl.sweep.trackers import check_mlflow
+
+        check_mlflow()
     return Campaign(sweeps, plan, ui, interval, mlflow=mlflow).run(parse_only(only), rerun_failed)
 
 

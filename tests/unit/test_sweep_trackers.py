@@ -134,3 +134,15 @@ def test_mlflow_uri_keeps_a_scheme_and_makes_a_folder_a_file_store(tmp_path, mon
     assert mlflow_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert mlflow_uri("") == (tmp_path / "mlruns").as_uri()
     assert mlflow_uri("store/x") == (tmp_path / "store" / "x").as_uri()
+
+
+def test_a_campaign_asking_for_mlflow_without_it_stops_before_any_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_campaign(..., mlflow=...)`` checks MLflow first: nothing of the campaign is touched."""
+    import sys
+
+    from fedctl.errors import UsageError
+    from fedctl.sweep.campaign import run_campaign
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow -> ImportError
+    with pytest.raises(UsageError, match="MLflow is not installed"):
+        run_campaign(None, None, None, mlflow="mlruns")  # type: ignore[arg-type]
