@@ -79,9 +79,8 @@ def main(argv=None) -> int:
     default = "vectorised + XLA" if trainer("auto").xla else "vectorised"
     runs = {"sequential": run_seq, "vectorised": lambda: run_vec(plain),
             "vectorised + XLA": lambda: run_vec(xla)}
-    for fn in runs.values():  # warm-up: traces, and XLA's compile (aside, from a shape's 1st call)
+    for fn in runs.values():  # warm-up: traces, and XLA's compile (from a shape's 2nd call)
         fn()
-    xla.wait_compiled()
     results = {name: fn() for name, fn in runs.items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}

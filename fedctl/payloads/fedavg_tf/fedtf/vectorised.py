@@ -16,7 +16,6 @@ at once (train.vectorize_chunk, or what FEDTF_VECTORIZE_MB, default 2048, holds)
 from __future__ import annotations
 
 import os
-import threading
 import time
 from dataclasses import dataclass
 
@@ -75,17 +74,15 @@ class VectorTrainer:
                 stacked, stacked if self.scaffold else []]
         self._fn = tf.function(self._impl, input_signature=spec)
         # XLA compiles the whole loop (the step alone was slower than no XLA: one launch per step),
-        # once per shape (clients, steps, pool rows), on a thread of its own while the plain graph
-        # trains: a shape is trained with XLA once its compile is done (steps are padded up to
-        # 2^(k/4), <= 19% more, so that few shapes come)
+        # once per shape (clients, steps, pool rows), in the training call from the second time a
+        # shape comes: a shape seen once costs no compile (steps are padded up to 2^(k/4), <= 19%
+        # more, so that few shapes come). Not on a thread of its own beside the plain graph: under
+        # load that starved a client process's poll past the server's goodbye (a fedbuff test).
         self.xla = _use_xla(model, self.forward.kind)
-        # a compile trains a copy beside the round: twice the memory then
-        self.chunk = _chunk(train_cfg.get("vectorize_chunk"), model, self.batch, self.adam, self.xla)
+        self.chunk = _chunk(train_cfg.get("vectorize_chunk"), model, self.batch, self.adam)
         self._fn_xla = tf.function(self._impl, input_signature=spec, jit_compile=True) if self.xla else None
-        self.compiled: dict[tuple, threading.Event] = {}
-        self.compiles: list[threading.Thread] = []
+        self.shapes_seen: dict[tuple, int] = {}
         self.xla_error: str | None = None
-        self._lock = threading.Lock()
 
     # -- graph code ---------------------------------------------------------------------------
     def _impl(self, x, y, idx, mask, active, lossw, w0, corr):
@@ -186,7 +183,7 @@ class VectorTrainer:
                                 else np.zeros(self.layout.size, np.float32) for j in part]) \
                 if self.scaffold else []
             args = (x, y, idx, mask, active, lossw, self._stack([j.start for j in part]), corr)
-            fn = self._pick((len(part), idx.shape[1], int(x.shape[0])), args) if xla else self._fn
+            fn = self._pick((len(part), idx.shape[1], int(x.shape[0]))) if xla else self._fn
             w, total = fn(*args)
             w = [t.numpy() for t in w]
             total = total.numpy()
@@ -199,33 +196,21 @@ class VectorTrainer:
                 out.append(Result(flat, float(total[c]) / job.n, wall * float(share[c])))
         return out
 
-    def _pick(self, shape: tuple, args: tuple):
-        """The XLA function when this shape is compiled, else the plain graph (and the compile
-        starts aside: not a daemon thread, so that the process waits for it rather than dying in
-        the middle of TensorFlow at exit)."""
-        if not self.xla:
+    def _pick(self, shape: tuple):
+        """XLA from a shape's second call (unless its compile failed), else the plain graph."""
+        if not self.xla or self.xla_error is not None:
             return self._fn
-        with self._lock:
-            done = self.compiled.get(shape)
-            if done is None:
-                done = self.compiled[shape] = threading.Event()
-                t = threading.Thread(target=self._compile, args=(done, args), name="xla-compile")
-                self.compiles.append(t)
-                t.start()
-        return self._fn_xla if done.is_set() else self._fn
+        seen = self.shapes_seen[shape] = self.shapes_seen.get(shape, 0) + 1
+        if seen < 2:
+            return self._fn
 
-    def _compile(self, done: threading.Event, args: tuple) -> None:
-        try:
-            self._fn_xla(*args)  # compiles for these shapes (and trains a copy, thrown away)
-        except (tf.errors.OpError, ValueError, RuntimeError) as e:  # this shape stays on the plain graph
-            self.xla_error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
-            return
-        done.set()
-
-    def wait_compiled(self, timeout: float | None = None) -> None:
-        """Wait for the XLA compiles under way (benchmarks and tests: to time or check XLA)."""
-        for t in list(self.compiles):
-            t.join(timeout)
+        def run(*args):
+            try:
+                return self._fn_xla(*args)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:  # XLA refused
+                self.xla_error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}"
+                return self._fn(*args)
+        return run
 
     def warmup(self, x, y) -> None:
         """Trace the compiled training once (on a copy of the start weights: nothing is kept)."""
@@ -256,10 +241,10 @@ def _use_xla(model: keras.Model, kind: str) -> bool:
     return not convs or bool(tf.config.list_logical_devices("GPU"))
 
 
-def _chunk(limit, model: keras.Model, batch: int, adam: bool, xla: bool) -> int:
+def _chunk(limit, model: keras.Model, batch: int, adam: bool) -> int:
     """Clients per call: the config's limit, or what FEDTF_VECTORIZE_MB holds (weights, start,
     gradient, correction and Adam's moments per client, plus the activations of a batch kept for
-    the backward pass; twice that with XLA, whose compile trains a copy beside the round)."""
+    the backward pass)."""
     if limit:
         return int(limit)
     params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
@@ -269,7 +254,7 @@ def _chunk(limit, model: keras.Model, batch: int, adam: bool, xla: bool) -> int:
             acts += int(np.prod([d or 1 for d in layer.output.shape[1:]]))
         except (AttributeError, ValueError, TypeError):  # a layer without one output: estimate low
             continue
-    per_client = 4 * (params * (6 + 2 * adam) + 3 * acts * batch) * (2 if xla else 1)
+    per_client = 4 * (params * (6 + 2 * adam) + 3 * acts * batch)
     budget = float(os.environ.get("FEDTF_VECTORIZE_MB", 2048)) * 2**20
     return max(1, int(budget // max(per_client, 1)))
 
