@@ -40,6 +40,7 @@ from fedctl.config.loader import (
 from fedctl.config.overrides import _KEY_PART
 from fedctl.errors import ConfigError
 from fedctl.model import name_problem
+from fedctl.runtypes import Budget  # the campaign's: the fleet's cost and hours, provision to teardown
 from fedctl.sweep.records import SweepRun
 
 SWEEP_KEYS = ("name", "base", "clients", "rounds", "grid", "seeds", "target_accuracy", "parallel", "budget")
@@ -50,18 +51,6 @@ MAX_RUNS = 1000
 #: campaign owns (seed, budget, on_finish, payload): a grid over them cannot share one fleet.
 FIXED_KEYS = ("clients", "placement", "server", "payload", "seed", "budget", "on_finish", "name")
 MAX_KEY_CHARS = 100
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The campaign's budget: the fleet's cost and hours from provision to teardown."""
-
-    max_cost: float | None = None
-    max_hours: float | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.max_cost is not None or self.max_hours is not None
 
 
 @dataclass(frozen=True)
