@@ -12,6 +12,13 @@ makes masked no-op steps until the longest is done. Memory stays bounded: at mos
 at once (train.vectorize_chunk, or what FEDTF_VECTORIZE_MB, default 2048, holds).
 
 `train_clients` is the plain entry point (a benchmark's "limit": no server, no HTTP).
+
+Known limit: "the same math" is up to float rounding (batched kernels sum in another order, ~1e-7),
+and a max-pool on data with flat regions (clipped or MNIST-like images: equal inputs give equal
+conv outputs) turns that rounding into a different choice among tied maxima, so the gradient goes
+to another position: after ten CNN steps on MNIST-shaped synthetic data single weights differed by
+~1e-2 (either way: a per-client convolution in place of the grouped one showed it on other data).
+Dense models, and CNNs on data without ties, agree within 1e-5 (tests/payload/test_vectorised.py).
 """
 from __future__ import annotations
 
