@@ -98,6 +98,7 @@ def _check_lines(rounds: dict[int, dict], n: int, name: str = "fedbuff", k: int 
         assert r["staleness_mean"] == pytest.approx(sum(st) / len(st), abs=1e-3)
         assert all(u["version"] == r["round"] - 1 - u["staleness"] for u in r["updates"])
         assert set(r["reported"]) == {u["client"] for u in r["updates"]} and r["accuracy"] is not None
+        assert r["eval_round"] == r["round"]  # the model version the accuracy belongs to
 
 
 @pytest.mark.timeout(300)

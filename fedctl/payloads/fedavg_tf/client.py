@@ -80,7 +80,8 @@ class Client:
         self.realism = Realism(cfg["realism"], cfg["clients"], cfg["seed"])
         input_shape = ds.x_train.shape[1:]
         model = models.build_model(cfg["model"], input_shape, ds.classes,
-                                   base_dir=os.path.dirname(os.path.abspath(args.config)))
+                                   base_dir=os.path.dirname(os.path.abspath(args.config)),
+                                   mixed_precision=cfg["train"]["mixed_precision"])
         st = cfg["strategy"]
         self.is_async = config.async_config.is_async(st["name"])
         local = "fedprox" if self.is_async and st["local"] == "fedprox" else st["name"]

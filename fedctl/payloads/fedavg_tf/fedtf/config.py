@@ -206,9 +206,10 @@ def validate(d: dict, core: dict | None = None, base_dir: str | None = None) -> 
     tr["batch_size"] = _int(tr["batch_size"], "train.batch_size", 1)
     tr["lr"] = _num(tr["lr"], "train.lr", 0.0, lo_open=True)
     _choice(tr["optimizer"], "train.optimizer", OPTIMIZERS, "optimizer")
+    for key in ("mixed_precision", "vectorize"):
+        if isinstance(tr[key], bool):  # YAML 1.1 reads a bare on/off as true/false
+            tr[key] = "on" if tr[key] else "off"
     _choice(tr["mixed_precision"], "train.mixed_precision", PRECISIONS, "mode")
-    if isinstance(tr["vectorize"], bool):  # YAML 1.1 reads a bare on/off as true/false
-        tr["vectorize"] = "on" if tr["vectorize"] else "off"
     _choice(tr["vectorize"], "train.vectorize", VECTORIZE, "mode")
     if tr["vectorize_chunk"] is not None:  # clients per vectorised computation; null: from memory
         tr["vectorize_chunk"] = _int(tr["vectorize_chunk"], "train.vectorize_chunk", 1)

@@ -16,6 +16,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
+from .loss_scale import DynamicLossScale  # noqa: E402
+
 _THREADS_SET = False
 
 
@@ -110,6 +112,9 @@ class Trainer:
         if self.scaffold and self.optimizer != "sgd":  # config.validate refuses it; keep the guard here
             raise ValueError(f"train.optimizer: scaffold needs sgd, got {self.optimizer!r}")
         self.lr = tf.Variable(self.lr_value, dtype=tf.float32, trainable=False)
+        # float16 compute (train.mixed_precision): gradients through float16 activations underflow
+        # without a loss scale; a step whose scaled gradients overflow is skipped whole
+        self.loss_scale = DynamicLossScale() if model.dtype_policy.name == "mixed_float16" else None
         self.mu = tf.Variable(float(mu), dtype=tf.float32, trainable=False)
         zeros = lambda: [tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.vars]  # noqa: E731
         self.anchor = zeros() if self.prox else []
@@ -138,20 +143,31 @@ class Trainer:
                 if self.prox:
                     obj = obj + self.mu / 2.0 * tf.add_n(
                         [tf.reduce_sum(tf.square(v - a)) for v, a in zip(self.vars, self.anchor)])
-            grads = tape.gradient(obj, self.vars)
+                if self.loss_scale is not None:  # scaled on the tape, so the gradient sees it
+                    obj = self.loss_scale.scaled(obj)
+            if self.loss_scale is None:
+                grads, keep = tape.gradient(obj, self.vars), None
+            else:
+                grads, finite = self.loss_scale.unscale(tape.gradient(obj, self.vars))
+                keep = tf.cast(finite, tf.float32)  # 0: an overflowed step changes nothing
             for j, (v, g) in enumerate(zip(self.vars, grads)):
                 if self.scaffold:
                     g = g + self.corr[j]
                 if self.optimizer == "adam":
                     if j == 0:
-                        self.t.assign_add(1.0)
-                    self.m[j].assign(0.9 * self.m[j] + 0.1 * g)
-                    self.v[j].assign(0.999 * self.v[j] + 0.001 * tf.square(g))
-                    mhat = self.m[j] / (1.0 - tf.pow(0.9, self.t))
-                    vhat = self.v[j] / (1.0 - tf.pow(0.999, self.t))
-                    v.assign_sub(self.lr * mhat / (tf.sqrt(vhat) + 1e-7))
+                        self.t.assign_add(1.0 if keep is None else keep)
+                    m = 0.9 * self.m[j] + 0.1 * g
+                    w = 0.999 * self.v[j] + 0.001 * tf.square(g)
+                    if keep is not None:
+                        m, w = keep * m + (1.0 - keep) * self.m[j], keep * w + (1.0 - keep) * self.v[j]
+                    self.m[j].assign(m)
+                    self.v[j].assign(w)
+                    mhat = self.m[j] / (1.0 - tf.pow(0.9, tf.maximum(self.t, 1.0)))
+                    vhat = self.v[j] / (1.0 - tf.pow(0.999, tf.maximum(self.t, 1.0)))
+                    step = self.lr * mhat / (tf.sqrt(vhat) + 1e-7)
+                    v.assign_sub(step if keep is None else keep * step)
                 else:
-                    v.assign_sub(self.lr * g)
+                    v.assign_sub(self.lr * g if keep is None else keep * self.lr * g)
             total += loss * tf.cast(tf.shape(idx)[0], tf.float32)
         return total / tf.cast(n, tf.float32)
 
