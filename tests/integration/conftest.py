@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
 from tests.integration.sshd import SshdFleet, sshd_available
+
+if TYPE_CHECKING:
+    from tests.integration.slurm_cluster import SlurmCluster
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -53,3 +56,17 @@ def sshd_fleet(tmp_path: Path) -> Iterator[Callable[[int], SshdFleet]]:
 def known_hosts(tmp_path: Path) -> str:
     """fedctl's own known_hosts file for this test (not created yet)."""
     return str(tmp_path / ".fedctl" / "known_hosts")
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SlurmCluster"]:
+    """A real Slurm cluster (``slurm_cluster.py``) for one test module, started in well under a
+    second and stopped at its end with no process left; skipped with the reason where Slurm is
+    missing. A module that needs another cluster (GPUs, a longer MinJobAge) defines its own."""
+    from tests.integration.slurm_cluster import running_cluster, slurm_available
+
+    reason = slurm_available()
+    if reason:
+        pytest.skip(reason)
+    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster

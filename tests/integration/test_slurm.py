@@ -7,7 +7,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import pytest
 
@@ -16,20 +16,10 @@ from fedctl.connectors.base import HostInfo
 from fedctl.providers.base import HostUpdate, ProviderError, RunContext
 from fedctl.providers.slurm import SlurmProvider
 from fedctl.providers.slurm_jobs import SlurmCli
-from tests.integration.slurm_cluster import SlurmCluster, running_cluster, slurm_available
+from tests.integration.slurm_cluster import SlurmCluster
 from tests.integration.sshd import SshdFleet
 from tests.waiting import wait_until
 
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """One cluster for this module's tests (started in well under a second); stopped at the end
-    with no process left."""
-    reason = slurm_available()
-    if reason:
-        pytest.skip(reason)
-    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
 
 
 def test_cluster_runs_cancels_and_leaves_no_job(slurm: SlurmCluster) -> None:

@@ -13,26 +13,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.integration.slurm_cluster import SlurmCluster, running_cluster, slurm_available
+from tests.integration.slurm_cluster import SlurmCluster
 from tests.waiting import wait_until
 
 FEDCTL = shutil.which("fedctl")
 pytestmark = pytest.mark.skipif(FEDCTL is None, reason="the fedctl console script is not installed")
 ECHO = Path(__file__).resolve().parents[2] / "tests" / "payloads" / "echo"
 
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    reason = slurm_available()
-    if reason:
-        pytest.skip(reason)
-    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
 
 
 def _fedctl(proj: Path, slurm: SlurmCluster, *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,12 +15,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import yaml
 
-from tests.integration.slurm_cluster import SlurmCluster, running_cluster, slurm_available
+from tests.integration.slurm_cluster import SlurmCluster
 from tests.integration.sshd import SshdFleet
 from tests.waiting import wait_until
 
@@ -29,15 +29,6 @@ pytestmark = pytest.mark.skipif(FEDCTL is None, reason="the fedctl console scrip
 REPO = Path(__file__).resolve().parents[2]
 ECHO = REPO / "tests" / "payloads" / "echo"
 
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """One cluster for this module's runs; stopped at the end with no process left."""
-    reason = slurm_available()
-    if reason:
-        pytest.skip(reason)
-    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
 
 
 def _project(tmp_path: Path, config: dict[str, Any], nodes: int = 2, login: dict[str, Any] | None = None) -> Path:

@@ -14,24 +14,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.integration.slurm_cluster import SlurmCluster, running_cluster, slurm_available
+from tests.integration.slurm_cluster import SlurmCluster
 from tests.integration.test_slurm_run import ECHO, _assert_nothing_left, _fedctl, _job, _squeue, _start, _state
 from tests.waiting import wait_until
 
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """One cluster for this module's runs; stopped at the end with no process left."""
-    reason = slurm_available()
-    if reason:
-        pytest.skip(reason)
-    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
 
 
 def _project(tmp_path: Path, config: dict[str, Any], price: float | None = None) -> Path:
