@@ -209,6 +209,8 @@ def prepare(a: argparse.Namespace, folder: Path) -> tuple[dict, dict]:
                         "round_timeout_s": 300},
            "train": {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "optimizer": "sgd"},
            "evaluate_every": 1}
+    if a.fedctl_processes:  # clients per client process: ceil(clients / processes)
+        cfg["placement"] = {"clients_per_host": -(-a.clients // a.fedctl_processes)}
     # The workload, checked through the payload's own code: sample size, shards, data.
     res = config.resolve(cfg)
     ds = data.load_dataset(res["data"], res["seed"])
@@ -335,6 +337,11 @@ def main() -> int:
                         "threads. Default 1: one single-threaded actor per core, as fedctl runs one client "
                         "process per core; Flower's own default, 2, makes one 2-thread actor here, which "
                         "was 10-50x slower per round on a busy 2-core machine")
+    p.add_argument("--fedctl-processes", type=int, default=1,
+                   help="fedctl client processes on this machine (0: fedctl's default, one per core). "
+                        "Default 1: a round's sampled clients then train as ONE vectorised computation, "
+                        "which on a CPU is bound by per-step overhead, not by the number of clients: two "
+                        "processes of 5 clients each take as long as one of 10 and contend for the cores")
     p.add_argument("--skip", action="append", default=[], choices=["fedctl", "flower", "limit"])
     p.add_argument("--sample-interval", type=float, default=0.25, help="seconds between memory samples")
     p.add_argument("--timeout", type=float, default=1800, help="seconds for one run")

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fedctl.config.experiment import CORE_KEYS, load_experiment
 from fedctl.config.inventory import load_inventory
@@ -16,8 +17,8 @@ from fedctl.plan import make_plan
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-FEDAVG_KEYS = ["model", "data", "strategy", "sampling", "train", "realism", "robustness", "evaluate_every",
-               "tensorboard"]
+# the keys the fedavg_tf payload declares it owns (its manifest), not a copy that drifts
+FEDAVG_KEYS = yaml.safe_load((REPO / "fedctl" / "payloads" / "fedavg_tf" / "payload.yaml").read_text())["config"]["keys"]
 
 
 @pytest.mark.parametrize("name", ["local.yaml", "cloud-gpu.yaml", "jump-host.yaml", "loopback.yaml"])
