@@ -217,10 +217,13 @@ def test_fedavg_tf_killed_by_its_time_limit_goes_on_from_its_checkpoint_in_a_new
     """The real Keras payload: Slurm kills the job at its time limit mid-run; ``start --resume`` in a
     new job restores the checkpoint (its server says after which round) and only later rounds run:
     metrics.jsonl holds each round once, those before the kill unchanged."""
-    rounds_total = 60
+    # the run must outlast the job's time limit (a minute, checked by slurmctld about every 30 s):
+    # training is fast, so a simulated 4 Mbit/s link holds each round ~0.9 s (150 rounds >= 2 min)
+    rounds_total = 150
     proj = _project(tmp_path, {
         "rounds": rounds_total, "model": "mlp", "data": {"dataset": "digits", "partition": "iid"},
-        "sampling": {"min_clients": 2, "round_timeout_s": 120}, "train": {"epochs": 3, "batch_size": 16, "lr": 0.05}})
+        "sampling": {"min_clients": 2, "round_timeout_s": 120}, "realism": {"bandwidth_mbps": 4},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 0.05}})
     run_id, before, rounds = _resume_after_time_limit(proj, slurm, min_round=2)
     assert 2 <= len(before) < rounds_total and rounds[:len(before)] == before
     assert rounds == list(range(1, rounds_total + 1))  # no round before the kill was done again
