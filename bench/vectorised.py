@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         return vectorised.VectorTrainer(model, shape, tc)
 
     plain, xla = trainer("0"), trainer("1")
-    os.environ["FEDTF_VECTORIZE_XLA"] = "auto"
+    os.environ["FEDTF_VECTORIZE_XLA"] = "auto"  # what bench measured as the XLA default (opt-in now)
     default = "vectorised + XLA" if trainer("auto").xla else "vectorised"
     runs = {"sequential": run_seq, "vectorised": lambda: run_vec(plain),
             "vectorised + XLA": lambda: run_vec(xla)}

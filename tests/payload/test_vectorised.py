@@ -19,6 +19,12 @@ SIZES = [7, 13, 4]  # batch 4: partial last batches; the 4-example client is don
 SHAPES = {"logreg": (6,), "mlp": (6,), "cnn": (8, 8, 1)}
 
 
+
+@pytest.fixture(autouse=True)
+def _xla_where_it_helps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The XLA path stays tested here (it is opt-in: FEDTF_VECTORIZE_XLA=auto or 1)."""
+    monkeypatch.setenv("FEDTF_VECTORIZE_XLA", "auto")
+
 def _train_cfg(**kw) -> dict:
     return {"epochs": 2, "batch_size": 4, "lr": 0.05, "optimizer": "sgd", "vectorize_chunk": 2, **kw}
 
