@@ -353,11 +353,19 @@ def cancel_ours(cli: SlurmCli, run_id: str, origin: str, recorded: Sequence[str]
     # re-check on the spot: the ids squeue showed a moment ago may have ended or been reused
     recheck = [j.id for j in cli.jobs(ids=mine) if j.run_id == run_id and j.origin == origin]
     cli.cancel(recheck)
+    wait_gone(cli, recheck, {(run_id, origin)}, timeout_s, poll_s, say, clock)
+    return recheck
+
+
+def wait_gone(cli: SlurmCli, ids: Sequence[str], ours: set[tuple[str, str]], timeout_s: float, poll_s: float,
+              say: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
+    """Wait until squeue shows none of the cancelled ``ids`` still named and commented as one of
+    ``ours`` ((run id, origin) pairs); ProviderError after ``timeout_s``."""
     deadline = clock() + timeout_s
     while True:
-        left = [j.id for j in cli.jobs(ids=recheck) if j.run_id == run_id and j.origin == origin]
+        left = [j.id for j in cli.jobs(ids=list(ids)) if (j.run_id, j.origin) in ours]
         if not left:
-            return recheck
+            return
         if clock() >= deadline:
             raise ProviderError(f"jobs {', '.join(left)} still in squeue {timeout_s:g}s after scancel")
         say(f"waiting for job(s) {', '.join(left)} to leave squeue")

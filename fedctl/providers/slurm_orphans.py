@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 
 from fedctl.errors import UsageError
 from fedctl.providers.aws_orphans import ORPHAN, OTHER_FOLDER, THIS_RUN, UNKNOWN, folder_view
-from fedctl.providers.base import ProviderError, folder_origin
-from fedctl.providers.slurm_jobs import Job, SlurmCli
+from fedctl.providers.base import folder_origin
+from fedctl.providers.slurm_jobs import Job, SlurmCli, wait_gone
 from fedctl.state import StateStore
 
 #: a job named ``fedctl-*`` without fedctl's origin comment: not fedctl's, never cancelled
@@ -140,13 +140,5 @@ def sweep(cli: SlurmCli, targets: Sequence[ListedJob], say: Callable[[str], None
         result.left += [i for i in ids if i not in still]
         cli.cancel(still)
         result.cancelled += still
-    deadline = clock() + timeout_s
-    ours = set(groups)
-    while True:
-        left = [j.id for j in cli.jobs(ids=result.cancelled) if (j.run_id, j.origin) in ours]
-        if not left:
-            return result
-        if clock() >= deadline:
-            raise ProviderError(f"jobs {', '.join(left)} still in squeue {timeout_s:g}s after scancel")
-        say(f"waiting for job(s) {', '.join(left)} to leave squeue")
-        time.sleep(poll_s)  # polling slurmctld
+    wait_gone(cli, result.cancelled, set(groups), timeout_s, poll_s, say, clock)
+    return result
