@@ -36,6 +36,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from fedtf import blas  # noqa: E402 - before anything imports numpy
+
+blas.limit_threads()
+
 from fedtf import config  # noqa: E402
 from fedtf.metrics import log  # noqa: E402
 

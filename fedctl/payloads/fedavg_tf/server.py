@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # TensorFlow-free names for annotations only
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from fedtf import blas  # noqa: E402 - before anything imports numpy
+
+blas.limit_threads()
+
 from fedtf import checkpoint, config  # noqa: E402
 from fedtf.metrics import MetricsWriter, log, write_status  # noqa: E402
 
@@ -53,18 +57,20 @@ class Server:
         self.args, self.cfg, self.run_dir = args, cfg, os.path.abspath(args.run_dir)
         training.configure_threads()
         training.seed_everything(cfg["seed"])
-        self.ds = data.load_dataset(cfg["data"], cfg["seed"])
-        shards = data.client_shards(self.ds, cfg)
-        input_shape = self.ds.x_train.shape[1:]
-        self.model = models.build_model(cfg["model"], input_shape, self.ds.classes,
+        # a local: the server needs the shard sizes and the test set, and keeps only those (the
+        # training set was the largest array of its process)
+        ds = data.load_dataset(cfg["data"], cfg["seed"])
+        shards = data.client_shards(ds, cfg)
+        input_shape = ds.x_train.shape[1:]
+        self.model = models.build_model(cfg["model"], input_shape, ds.classes,
                                         base_dir=os.path.dirname(os.path.abspath(args.config)),
                                         mixed_precision=cfg["train"]["mixed_precision"])
         self.trainer = training.Trainer(self.model, input_shape, cfg["train"])
         self.layout = self.trainer.layout
         self.weights = self.layout.get()
-        self.trainer.evaluate(self.ds.x_test[:2], self.ds.y_test[:2])  # trace eval before round 1
+        self.trainer.evaluate(ds.x_test[:2], ds.y_test[:2])  # trace eval before round 1
         self.evaluator = Evaluator(self.trainer, self.layout,
-                                   *data.eval_subset(self.ds, cfg["test_subset"], cfg["seed"]))
+                                   *data.eval_subset(ds, cfg["test_subset"], cfg["seed"]))
         self.strategy = make_strategy(cfg["strategy"], self.layout.size, cfg["clients"])
         self.metrics = MetricsWriter(os.path.join(self.run_dir, "metrics.jsonl"))
         st, coord_args = cfg["strategy"], (token, self.layout.shapes, [len(s) for s in shards],
@@ -96,7 +102,7 @@ class Server:
             self.tb = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard"))
         log("server", f"{cfg['clients']} clients, {cfg['rounds']} rounds, strategy "
                       f"{cfg['strategy']['name']}, model {cfg['model']} ({self.layout.size} weights), "
-                      f"data {cfg['data']['dataset']} {len(self.ds.y_train)} train / {len(self.ds.y_test)} test "
+                      f"data {cfg['data']['dataset']} {len(ds.y_train)} train / {len(ds.y_test)} test "
                       f"(evaluated on {self.evaluator.examples}"
                       f"{', in the background' if cfg['evaluate_in_background'] else ''}); "
                       f"dtype policy {self.model.dtype_policy.name}")

@@ -28,8 +28,11 @@ class Evaluator:
     """Evaluates flat weight vectors on a fixed test set, here or in one background thread."""
 
     def __init__(self, trainer, layout, x: np.ndarray, y: np.ndarray) -> None:
+        from .training import eval_batches  # noqa: PLC0415 - TensorFlow: this module has none at import
+
         self.trainer, self.layout = trainer, layout
-        self.x, self.y = x, y
+        self._examples = int(len(y))
+        self.batches = eval_batches(x, y)  # tensors made once, not every round
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._gate_path = os.environ.get(GATE_ENV) or None
@@ -37,14 +40,14 @@ class Evaluator:
 
     @property
     def examples(self) -> int:
-        return int(len(self.y))
+        return self._examples
 
     def evaluate(self, weights: np.ndarray) -> tuple[float, float, float]:
         """(mean loss, accuracy, seconds) of `weights`, in this thread."""
         self._pass_gate()
         t = time.perf_counter()
         self.layout.set(weights)
-        loss, acc = self.trainer.evaluate(self.x, self.y)
+        loss, acc = self.trainer.evaluate_batches(self.batches)
         return loss, acc, time.perf_counter() - t
 
     def submit(self, weights: np.ndarray, done: Callable[[float, float, float], None]) -> None:

@@ -211,9 +211,20 @@ class Trainer:
 
     def evaluate(self, x, y, batch: int = 4096) -> tuple[float, float]:
         """Mean loss and accuracy of the current model on (x, y)."""
-        loss, correct, n = 0.0, 0.0, len(y)
-        for s in range(0, n, batch):
-            l, c = self._eval(tf.constant(x[s:s + batch]), tf.constant(y[s:s + batch]))
+        return self.evaluate_batches(eval_batches(x, y, batch))
+
+    def evaluate_batches(self, batches: list) -> tuple[float, float]:
+        """Mean loss and accuracy of the current model on `batches` (from `eval_batches`)."""
+        loss, correct, n = 0.0, 0.0, 0
+        for xb, yb in batches:
+            l, c = self._eval(xb, yb)
             loss += float(l)
             correct += float(c)
-        return loss / n, correct / n
+            n += int(yb.shape[0])
+        return loss / max(n, 1), correct / max(n, 1)
+
+
+def eval_batches(x, y, batch: int = 4096) -> list:
+    """(x, y) as a list of tensor batches. The server's evaluator makes them once: converting its
+    test set from numpy every round cost about a tenth of the server's time (py-spy)."""
+    return [(tf.constant(x[s:s + batch]), tf.constant(y[s:s + batch])) for s in range(0, len(y), batch)]
