@@ -66,3 +66,45 @@ def test_the_evaluator_gives_what_the_trainer_gives_on_the_arrays():
     ref = tr._eval(x, y)  # one pass over all 5000
     assert loss == pytest.approx(float(ref[0]) / 5000, rel=1e-5)
     assert acc == pytest.approx(float(ref[1]) / 5000, abs=1e-9)
+
+
+@pytest.mark.e2e
+def test_server_ready_names_the_port_before_set_up_and_early_connections_are_served(tmp_path):
+    """server.ready is written when the port is bound, before TensorFlow is imported, so fedctl
+    starts the clients while the server sets up; a connection made then waits in the kernel's
+    queue and is answered once the server serves (and one without the token gets a 401)."""
+    import yaml
+    from fedtf.transport import Connection
+
+    from tests.waiting import wait_until
+
+    cfg = {"clients": 2, "seed": 0, "model": "mlp", "rounds": 1,
+           "data": {"dataset": "synthetic", "partition": "iid",
+                    "synthetic": {"train": 60, "test": 40, "features": 16, "classes": 4, "noise": 1.0}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "token").write_text("early-token-0123456789")
+    os.chmod(tmp_path / "token", 0o600)
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, os.path.join(PAYLOAD_DIR, "server.py"), "--config", str(tmp_path / "config.yaml"),
+           "--run-dir", str(tmp_path), "--token-file", str(tmp_path / "token"), "--host", "127.0.0.1", "--port", "0"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd="/",
+                                env={**os.environ, "FEDTF_INTRA_THREADS": "1", "FEDTF_CONNECT_WAIT_S": "120"})
+    try:
+        def ready():
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                return json.loads((tmp_path / "server.ready").read_text())
+            except (OSError, ValueError):
+                return None
+
+        port = wait_until(ready, 120, interval=0.02, what="server.ready")["port"]
+        # importing TensorFlow takes seconds: the set-up line cannot be there yet
+        assert "clients, 1 rounds" not in log.read_text()
+        code, body = Connection("127.0.0.1", port, b"early-token-0123456789", timeout=120).request("GET", "/health")
+        assert code == 200 and json.loads(body)["finished"] is None, body
+        assert "clients, 1 rounds" in log.read_text()  # the answer came from the set-up server
+        assert Connection("127.0.0.1", port, b"wrong-token-000000000000", timeout=30).request("GET", "/health")[0] == 401
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)

@@ -3,6 +3,9 @@
 Sync strategies run rounds here; fedbuff / fedasync run fedtf/async_loop.py (one server update per
 round line) on fedtf/async_coord.py's tickets.
 
+server.ready (the port) is written as soon as the port is bound, before TensorFlow is imported, so
+that fedctl starts the clients while this process still sets up (see `bind`).
+
     python server.py --config C --run-dir D --token-file T [--host H] [--port P] [--resume]
 """
 from __future__ import annotations
@@ -141,30 +144,14 @@ class Server:
         log("server", f"resumed from checkpoint after round {rnd}")
 
     # -- serving ------------------------------------------------------------------------------
-    def serve(self) -> None:
+    def serve(self, listener) -> None:
+        """Serve the run's endpoints on `listener` (from `bind`) in a background thread."""
         from fedtf.endpoints import make_http_server  # noqa: PLC0415
-        port = self.args.port
-        ready = os.path.join(self.run_dir, "server.ready")
-        candidates = [port]
-        if port == 0 and self.args.resume and os.path.exists(ready):
-            try:  # clients still dial the old port: take it back if it is free
-                with open(ready, encoding="utf-8") as f:
-                    candidates = [int(json.load(f)["port"]), 0]
-            except (OSError, ValueError, KeyError):
-                pass
-        for i, p in enumerate(candidates):
-            try:
-                rob = self.cfg["robustness"]
-                self.httpd = make_http_server(self.coord, self.args.host, p, rob["read_timeout_s"],
-                                              rob["max_connections"])
-                break
-            except OSError as e:
-                if i == len(candidates) - 1:
-                    raise SystemExit(f"cannot bind {self.args.host}:{p}: {e}") from e
+        rob = self.cfg["robustness"]
+        self.httpd = make_http_server(self.coord, self.args.host, 0, rob["read_timeout_s"],
+                                      rob["max_connections"], listener=listener)
         threading.Thread(target=self.httpd.serve_forever, daemon=True, name="http").start()
-        actual = self.httpd.server_address[1]
-        checkpoint.atomic_write_json(ready, {"port": actual, "pid": os.getpid()})
-        log("server", f"listening on {self.args.host}:{actual}")
+        log("server", f"serving on {self.args.host}:{self.httpd.server_address[1]}")
 
     # -- rounds -------------------------------------------------------------------------------
     def wait_clients(self) -> None:
@@ -353,6 +340,39 @@ def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
+def bind(args: argparse.Namespace, clients: int):
+    """Listen on the run's port and write server.ready, before TensorFlow is imported.
+
+    fedctl starts the client processes once server.ready names the port, so their start-up
+    (importing TensorFlow, loading their shards, tracing) overlaps the server's own instead of
+    following it: seconds off every run. Until the server serves, the clients' connections wait
+    in the kernel's queue (fedtf.httpserve.listen). A resumed server takes back the port its
+    clients still dial when it is free."""
+    from fedtf.endpoints import fleet_defaults  # noqa: PLC0415 - numpy, no TensorFlow
+    from fedtf.httpserve import listen  # noqa: PLC0415
+
+    ready = os.path.join(args.run_dir, "server.ready")
+    candidates = [args.port]
+    if args.port == 0 and args.resume and os.path.exists(ready):
+        try:
+            with open(ready, encoding="utf-8") as f:
+                candidates = [int(json.load(f)["port"]), 0]
+        except (OSError, ValueError, KeyError):
+            pass
+    backlog = fleet_defaults(clients)[1]
+    for i, port in enumerate(candidates):
+        try:
+            listener = listen((args.host, port), backlog)
+            break
+        except OSError as e:
+            if i == len(candidates) - 1:
+                raise SystemExit(f"cannot bind {args.host}:{port}: {e}") from e
+    actual = listener.getsockname()[1]
+    checkpoint.atomic_write_json(ready, {"port": actual, "pid": os.getpid()})
+    log("server", f"listening on {args.host}:{actual}")
+    return listener
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -365,6 +385,7 @@ def main(argv=None) -> int:
     if token is None:
         return EXIT_CONFIG
     os.makedirs(args.run_dir, exist_ok=True)
+    listener = bind(args, cfg["clients"])
     try:
         server = Server(args, cfg, token)
     except ValueError as e:  # data/model problems (e.g. too few examples for the shards)
@@ -372,7 +393,7 @@ def main(argv=None) -> int:
         return EXIT_CONFIG
     if args.resume:
         server.restore()
-    server.serve()
+    server.serve(listener)
     return server.run()
 
 

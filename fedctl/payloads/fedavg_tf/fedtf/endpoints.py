@@ -66,8 +66,11 @@ def pending_cap(max_connections: int) -> int:
 def make_http_server(coord: Coordinator, host: str, port: int, read_timeout_s: float = READ_TIMEOUT_S,
                      max_connections: int | None = None, backlog: int | None = None, *,
                      head_timeout_s: float = HEAD_TIMEOUT_S, pending_per_source: int = PENDING_PER_SOURCE,
-                     max_pending: int | None = None, body_base_s: float = BODY_BASE_S) -> GuardedHTTPServer:
-    """The run's HTTP server (bound, not yet serving). None sizes a limit from the fleet."""
+                     max_pending: int | None = None, body_base_s: float = BODY_BASE_S,
+                     listener=None) -> GuardedHTTPServer:
+    """The run's HTTP server (bound, not yet serving). None sizes a limit from the fleet.
+    `listener`: an already listening socket to serve (see `fedtf.httpserve.listen`), else
+    (host, port) is bound here."""
     auto_conns, auto_backlog = fleet_defaults(len(coord.shard_sizes))
     conns = max_connections or auto_conns
 
@@ -89,7 +92,8 @@ def make_http_server(coord: Coordinator, host: str, port: int, read_timeout_s: f
     return GuardedHTTPServer((host, port), authorize, handle, coord.max_body, max_connections=conns,
                              backlog=backlog or auto_backlog, read_timeout_s=read_timeout_s,
                              head_timeout_s=head_timeout_s, pending_per_source=pending_per_source,
-                             max_pending=max_pending or pending_cap(conns), body_base_s=body_base_s)
+                             max_pending=max_pending or pending_cap(conns), body_base_s=body_base_s,
+                             listener=listener)
 
 
 def _get(coord: Coordinator, path: str, q: dict) -> Reply:

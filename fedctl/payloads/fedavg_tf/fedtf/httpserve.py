@@ -46,6 +46,14 @@ class _Conn:
         self.idle = self.authed = False  # idle: kept alive between requests; authed: holds a slot
 
 
+def listen(address: tuple[str, int], backlog: int) -> socket.socket:
+    """A TCP socket bound to `address` and listening; raises OSError when the port is taken.
+    Connections made before anyone accepts wait in the kernel's queue (at most `backlog`): they
+    cost this process nothing until the server serves them, with all its limits."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET  # server.bind may be "::"
+    return socket.create_server(address, family=family, backlog=backlog)
+
+
 class GuardedHTTPServer:
     """The server: `serve_forever()` on a thread, `shutdown()` from another, then `server_close()`.
 
@@ -57,14 +65,15 @@ class GuardedHTTPServer:
                  handle: Callable[[Request, bytes], Reply], max_body: int, *, max_connections: int,
                  backlog: int, read_timeout_s: float, head_timeout_s: float = HEAD_TIMEOUT_S,
                  pending_per_source: int = PENDING_PER_SOURCE, max_pending: int = 1024,
-                 body_base_s: float = BODY_BASE_S) -> None:
+                 body_base_s: float = BODY_BASE_S, listener: socket.socket | None = None) -> None:
         self.authorize, self.handle, self.max_body = authorize, handle, max_body
         self.max_connections, self.request_queue_size = max_connections, backlog
         self.read_timeout_s, self.head_timeout_s = read_timeout_s, head_timeout_s
         self.pending_per_source, self.max_pending = pending_per_source, max_pending
         self.body_base_s = body_base_s
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET  # server.bind may be "::"
-        self._listener = socket.create_server(address, family=family, backlog=backlog)
+        # `listener`: a socket bound (and listening) before this object could be made, e.g. by
+        # server.py before it imports TensorFlow; `address` is then not bound again
+        self._listener = listener if listener is not None else listen(address, backlog)
         self._listener.setblocking(False)
         self.server_address = self._listener.getsockname()[:2]
         self._wake_r, self._wake_w = socket.socketpair()
