@@ -20,7 +20,9 @@ limit, fedctl, flower, limit, ... (--repeats of each), so a change in the machin
   one torch thread each (--flower-client-cpus 1), the set-up Flower's docs advise tuning
   `client_resources` for; Flower's default (2 CPUs an actor) is a flag away.
 - limit: bench/flower_torch_limit.py, fedavg_tf's training + aggregation + evaluation in one process
-  (the vectorised client training when fedtf/vectorised.py provides it).
+  (the vectorised client training when fedtf/vectorised.py provides it), on the run's own sampled
+  clients and client streams (fedtf/streams.py): its accuracy curve is fedctl's, and the table's
+  last line says by how much they differ.
 
 Measured per run: seconds per round (start to start, the last round start to end; median over
 rounds 2..R, round 1 being each framework's warm-up), the whole command's wall time, peak memory of
@@ -254,7 +256,7 @@ def run_fedctl(i: int, a: argparse.Namespace, folder: Path) -> dict:
     if len(rounds) != a.rounds:
         raise SystemExit(f"fedctl #{i}: {len(rounds)} round lines in {metrics}, expected {a.rounds}")
     return {**m, "round_s": per_round(rounds), "cadence": cadence(rounds), "accuracy": rounds[-1]["accuracy"],
-            "detail": ""}
+            "curve": [x["accuracy"] for x in rounds], "detail": ""}
 
 
 def run_flower(i: int, a: argparse.Namespace, folder: Path) -> dict:
@@ -282,7 +284,8 @@ def run_limit(i: int, a: argparse.Namespace, folder: Path) -> dict:
                  folder, env, folder / f"limit-{i}.log", a.sample_interval, a.timeout)
     res = json.loads(out.read_text())
     return {**m, "round_s": per_round(res["rounds"]), "cadence": cadence(res["rounds"]),
-            "accuracy": res["rounds"][-1]["accuracy"], "detail": res["mode"]}
+            "accuracy": res["rounds"][-1]["accuracy"], "curve": [x["accuracy"] for x in res["rounds"]],
+            "detail": res["mode"]}
 
 
 def _med(runs: list[dict], key: str) -> float:
@@ -312,7 +315,20 @@ def table(results: dict[str, list[dict]], a: argparse.Namespace, facts: dict, lo
                     f"| {_med(fc, 'pss_mb') / _med(li, 'pss_mb'):.2f}x | | | | 1.0 = fedctl costs "
                     f"nothing over its own loop |")
     notes = [r["note"] for rs in results.values() for r in rs if r["note"]]
+    if fc and li:
+        notes.append(curve_note(fc, li))
     return "\n".join(rows + ([""] + notes if notes else []))
+
+
+def curve_note(fedctl: list[dict], limit: list[dict]) -> str:
+    """How far fedctl's accuracy curve is from the limit's, round by round. Both sample the same
+    clients and draw the same client streams (fedtf/streams.py), so the curves are the same but
+    for float rounding: a gap here is a fedctl bug, not noise."""
+    gaps = [max((abs(a - b) for a, b in zip(f["curve"], li["curve"])), default=float("nan"))
+            for f in fedctl for li in limit]
+    lengths = {len(r["curve"]) for r in fedctl + limit}
+    return (f"Accuracy curve, fedctl against the limit (same sampled clients and client streams): largest "
+            f"per-round difference {max(gaps):.2g} over {'/'.join(map(str, sorted(lengths)))} rounds.")
 
 
 def main() -> int:

@@ -24,6 +24,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 
+def client_rng(seed: int, k: int, r: int) -> np.random.Generator:
+    """Client k's stream in round r, drawn as a fedavg_tf client draws it (fedtf/streams.py):
+    the drop-out draw first (the benchmark's rate is 0), the training's permutations after; so
+    the limit trains each round's clients exactly as the run does, and its curve is the run's."""
+    from fedtf import streams  # noqa: PLC0415
+
+    rng = streams.client_stream(seed, int(k), r)
+    rng.random()  # the drop-out draw
+    return rng
+
+
 def _vectorised_trainer(ds, shards, cfg: dict, m: int, w0: np.ndarray):
     """(train(ks, r, w) -> the updated flat weights of each client k, trained as one computation by
     fedtf.vectorised.train_clients, a note); (None, why) when that is not there or refuses the call.
@@ -40,8 +51,8 @@ def _vectorised_trainer(ds, shards, cfg: dict, m: int, w0: np.ndarray):
     vcfg = {**cfg, "classes": ds.classes}
 
     def train(ks, r, w):
-        rngs = [np.random.default_rng([cfg["seed"], int(k), r]) for k in ks]
-        return fn(cfg["model"], w, [(ds.x_train[shards[k]], ds.y_train[shards[k]]) for k in ks], vcfg, rngs)
+        return fn(cfg["model"], w, [(ds.x_train[shards[k]], ds.y_train[shards[k]]) for k in ks], vcfg,
+                  [client_rng(cfg["seed"], k, r) for k in ks])
 
     try:
         for r in (10**6, 10**6 + 1):  # round numbers no timed round uses
@@ -68,7 +79,9 @@ def run(cfg_full: dict) -> dict:
     tr = training.Trainer(model, ds.x_train.shape[1:], cfg["train"])
     strat = make_strategy(cfg["strategy"], tr.layout.size, cfg["clients"])
     w = tr.layout.get()
-    rng = np.random.default_rng([cfg["seed"], 9])
+    from fedtf import streams  # noqa: PLC0415
+
+    rng = streams.sampler(cfg["seed"])  # the server's sampling: the same clients every round
     m = config.samples_per_round(cfg)
     vec, mode = _vectorised_trainer(ds, shards, cfg, m, w)
     tr.warmup(xs[0], ys[0])  # the payload's client and server trace these before round 1 too
@@ -76,14 +89,14 @@ def run(cfg_full: dict) -> dict:
     lines = []
     for r in range(1, cfg["rounds"] + 1):
         start = time.time()
-        ks = sorted(int(k) for k in rng.choice(cfg["clients"], m, replace=False))
+        ks = streams.sample(rng, cfg["clients"], m)
         if vec is not None:
             ups = [Update(k, len(shards[k]), u) for k, u in zip(ks, vec(ks, r, w))]
         else:
             ups = []
             for k in ks:
                 tr.layout.set(w)
-                tr.train(xs[k], ys[k], len(shards[k]), np.random.default_rng([cfg["seed"], k, r]), w)
+                tr.train(xs[k], ys[k], len(shards[k]), client_rng(cfg["seed"], k, r), w)
                 ups.append(Update(k, len(shards[k]), tr.layout.get()))
         w = strat.aggregate(w, ups)
         tr.layout.set(w)

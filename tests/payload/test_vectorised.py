@@ -210,3 +210,36 @@ def test_config_vectorize_rejects(train, key):
         config.validate({"train": train})
     assert e.value.key_path == key
     assert config.validate({})["train"]["vectorize"] == "auto"
+
+
+def test_a_process_holding_most_clients_pools_the_training_set_as_it_is():
+    """load_clients: a process whose shards cover the training set pools it as it is (clients
+    name their rows: no gathered copy while loading); one holding few clients gathers theirs back
+    to back. Both train to the same weights for the same clients."""
+    from fedtf import data
+    from fedtf.realism import Realism
+    from fedtf.vectorised_round import Work, load_clients, train_works
+
+    cfg = config.resolve({"clients": 6, "seed": 2, "model": "logreg",
+                          "data": {"dataset": "synthetic", "partition": "iid",
+                                   "synthetic": {"train": 90, "test": 10, "features": 6, "classes": 3}}})
+    ds = data.load_dataset(cfg["data"], cfg["seed"])
+    shards = data.client_shards(ds, cfg)
+    realism = Realism(cfg["realism"], cfg["clients"], cfg["seed"])
+    every, whole = load_clients(ds, shards, list(range(6)), realism, True)
+    few, gathered = load_clients(ds, shards, [1, 4], realism, True)
+    assert int(whole[0].shape[0]) == 90 and all(every[k].rows is not None for k in every)
+    assert int(gathered[0].shape[0]) == len(shards[1]) + len(shards[4]) and few[4].rows is None
+    training.seed_everything(0)
+    model = models.build_model("logreg", (6,), 3)
+    vt = vectorised.VectorTrainer(model, (6,), _train_cfg())
+    start = vt.layout.get()
+
+    def works():
+        return [Work(k, 1, 1, ("i", 1, 1), start, np.random.default_rng([7, k]), 0) for k in (1, 4)]
+
+    a = [t.weights for t in train_works(None, vt, whole, every, works())]
+    b = [t.weights for t in train_works(None, vt, gathered, few, works())]
+    assert max(float(np.abs(w - start).max()) for w in a) > 1e-3
+    for wa, wb in zip(a, b):
+        np.testing.assert_allclose(wa, wb, atol=1e-6)

@@ -40,7 +40,7 @@ from fedtf import blas  # noqa: E402 - before anything imports numpy
 
 blas.limit_threads()
 
-from fedtf import config  # noqa: E402
+from fedtf import config, streams  # noqa: E402
 from fedtf.metrics import log  # noqa: E402
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_CONFIG, EXIT_RUN_FAILED = 0, 1, 2, 4
@@ -304,8 +304,8 @@ class Client:
         global_w, works = msg.flat("w"), []
         for k in mine:
             # async: one client may train the same version twice; its ticket (seq) tells them apart
-            stream = [self.cfg["seed"], k, rnd, int(msg.meta.get("attempt", 0))] + ([seq] if self.is_async else [])
-            rng = self.np.random.default_rng(stream)
+            rng = streams.client_stream(self.cfg["seed"], k, rnd, int(msg.meta.get("attempt", 0)),
+                                        seq if self.is_async else None)
             if self.realism.drops_out(rng):
                 self._submit(f"/drop?seq={seq}&id={k}", b"", k, 0.0)
                 log(self.role, f"round {rnd}: client {k} drops out (simulated)")

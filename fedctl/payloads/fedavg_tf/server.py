@@ -28,7 +28,7 @@ from fedtf import blas  # noqa: E402 - before anything imports numpy
 
 blas.limit_threads()
 
-from fedtf import checkpoint, config  # noqa: E402
+from fedtf import checkpoint, config, streams  # noqa: E402
 from fedtf.metrics import MetricsWriter, log, write_status  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 3, 2
@@ -95,7 +95,7 @@ class Server:
         self._status_at = 0.0
         self._status_lock = threading.Lock()
         self.coord.on_progress = self._progress
-        self.rng = np.random.default_rng([cfg["seed"], 7])
+        self.rng = streams.sampler(cfg["seed"])
         self.start_round, self.best_acc, self.final = 1, None, (None, None)
         self.wall_before = 0.0
         self.ckpt_dir = os.path.join(self.run_dir, "checkpoint")
@@ -205,7 +205,7 @@ class Server:
         for r in range(self.start_round, cfg["rounds"] + 1):
             started = time.time()
             for attempt in range(sm["retries"] + 1):
-                sampled = sorted(int(k) for k in self.rng.choice(cfg["clients"], m, replace=False))
+                sampled = streams.sample(self.rng, cfg["clients"], m)
                 self.coord.open_round(r, sampled, self.weights, self.strategy.broadcast(),
                                       {"rounds": cfg["rounds"], "attempt": attempt})
                 self.status(round=r, rounds=cfg["rounds"], phase="training",

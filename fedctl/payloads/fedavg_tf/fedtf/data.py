@@ -26,11 +26,15 @@ class Dataset:
 
 
 def _scale(x: np.ndarray) -> np.ndarray:
+    """float32 in [0, 1]. No copy beyond the one float32 array: a process's training set is its
+    largest array, and every extra copy while loading was a peak of its memory."""
     x = np.asarray(x)
     if x.dtype == np.uint8 or (x.size and float(x.max()) > 1.0):
         hi = 255.0 if x.dtype == np.uint8 or float(x.max()) > 16.0 else 16.0
-        return (x.astype(np.float32) / hi).astype(np.float32)
-    return x.astype(np.float32)
+        out = x.astype(np.float32)  # a copy (x is not float32, or is float32 above 1)
+        out /= np.float32(hi)
+        return out
+    return x.astype(np.float32, copy=False)
 
 
 def _images(x: np.ndarray) -> np.ndarray:

@@ -37,14 +37,16 @@ import tensorflow as tf  # noqa: E402
 
 @dataclass
 class Job:
-    """One client's local training: its rows [offset, offset+n) of the pool, its rng (which gives
-    one permutation per epoch, as in the sequential mode), its start weights (flat, wire order)
-    and SCAFFOLD's correction c - c_i (flat) or None."""
+    """One client's local training: its rows [offset, offset+n) of the pool (or, with `rows`,
+    those rows of it: the pool is then the whole training set), its rng (which gives one
+    permutation per epoch, as in the sequential mode), its start weights (flat, wire order) and
+    SCAFFOLD's correction c - c_i (flat) or None."""
     offset: int
     n: int
     rng: np.random.Generator
     start: np.ndarray
     correction: np.ndarray | None = None
+    rows: np.ndarray | None = None
 
 
 @dataclass
@@ -158,7 +160,8 @@ class VectorTrainer:
         lossw = np.zeros((len(jobs), steps), np.float32)
         for c, job in enumerate(jobs):
             for e in range(self.epochs):
-                perm = job.rng.permutation(job.n).astype(np.int32) + np.int32(job.offset)
+                perm = job.rng.permutation(job.n).astype(np.int32)
+                perm = perm + np.int32(job.offset) if job.rows is None else job.rows[perm]
                 s0 = e * per[c]
                 for i in range(per[c]):
                     part = perm[i * b:(i + 1) * b]

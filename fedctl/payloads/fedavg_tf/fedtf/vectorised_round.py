@@ -13,10 +13,12 @@ import numpy as np
 
 class VirtualClient:
     """One federated client's own state inside a shared process: its shard, as its own tensors
-    (sequential) or as rows [offset, offset + n) of the process's pool (vectorised)."""
+    (sequential) or as rows of the process's pool (vectorised): [offset, offset + n), or `rows`
+    when the pool is the whole training set."""
 
-    def __init__(self, cid: int, x, y, n: int, slow: bool, offset: int = 0) -> None:
+    def __init__(self, cid: int, x, y, n: int, slow: bool, offset: int = 0, rows=None) -> None:
         self.cid, self.x, self.y, self.n, self.slow, self.offset = cid, x, y, n, slow, offset
+        self.rows = rows
 
 
 @dataclass
@@ -41,14 +43,26 @@ class Trained:
     train_s: float
 
 
+#: a process whose shards hold at least this share of the training set pools all of it as it is
+WHOLE_POOL_SHARE = 2 / 3
+
+
 def load_clients(ds, shards: list, ids: list[int], realism, pooled: bool):
     """The VirtualClients of `ids` and, when `pooled`, the (x, y) pool tensors that hold their
-    shards back to back (one copy: the clients then hold no tensors of their own)."""
+    shards (one copy: the clients then hold no tensors of their own): back to back, or, when they
+    cover most of the training set (one process holding every client), the training set as it is,
+    each client naming its rows. That spares a gathered copy of the largest array while the
+    process loads: the peak is the set and its tensor, not those and the gathered array too."""
     import tensorflow as tf  # noqa: PLC0415
 
     if not pooled:
         return {k: VirtualClient(k, tf.constant(ds.x_train[shards[k]]), tf.constant(ds.y_train[shards[k]]),
                                  len(shards[k]), realism.is_slow(k)) for k in ids}, None
+    held = sum(len(shards[k]) for k in ids)
+    if held >= WHOLE_POOL_SHARE * len(ds.y_train):
+        pool = (tf.constant(ds.x_train), tf.constant(ds.y_train))
+        return {k: VirtualClient(k, None, None, len(shards[k]), realism.is_slow(k),
+                                 rows=np.asarray(shards[k], np.int32)) for k in ids}, pool
     offsets = np.concatenate([[0], np.cumsum([len(shards[k]) for k in ids])]).astype(np.int64)
     rows = np.concatenate([shards[k] for k in ids])
     pool = (tf.constant(ds.x_train[rows]), tf.constant(ds.y_train[rows]))
@@ -63,7 +77,7 @@ def train_works(trainer, vec, pool, clients: dict, works: list[Work]) -> Iterato
     if vec is not None:
         from .vectorised import Job  # noqa: PLC0415
         jobs = [Job(clients[w.k].offset, clients[w.k].n, w.rng, w.start,
-                    None if w.c is None else w.c - w.base) for w in works]
+                    None if w.c is None else w.c - w.base, clients[w.k].rows) for w in works]
         for r in vec.train(pool[0], pool[1], jobs):
             yield Trained(r.weights, r.loss, r.train_s)
         return
