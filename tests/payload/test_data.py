@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from fedtf.config import resolve
+from fedtf import data
 from fedtf.data import client_shards, load_dataset, partition
 
 
@@ -78,3 +79,56 @@ def test_npz_dataset_scaled(tmp_path):
     cfg = resolve({"clients": 2, "data": {"dataset": "npz", "path": str(p)}})
     ds = load_dataset(cfg["data"], 0)
     assert ds.x_train.shape == (50, 28, 28, 1) and ds.x_train.max() <= 1.0 and ds.x_train.dtype == np.float32
+
+
+@pytest.mark.parametrize("images", [False, True])
+def test_the_server_loads_labels_and_test_set_but_no_training_example(tmp_path, images, monkeypatch):
+    """train_features=False: same labels, test set, classes and x_train shape as a full load;
+    x_train holds no memory, and an npz's x_train member is never read."""
+    rng = np.random.default_rng(0)
+    xtr = rng.integers(0, 256, (50, 28, 28) if images else (50, 12)).astype(np.uint8)
+    xte = rng.integers(0, 256, (20, 28, 28) if images else (20, 12)).astype(np.uint8)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=xtr, y_train=rng.integers(0, 5, 50), x_test=xte, y_test=rng.integers(0, 5, 20))
+    cfg = {"dataset": "npz", "path": str(path)}
+    full = data.load_dataset(cfg, 0)
+    read = []
+    real_load = np.load
+
+    class Spy:  # records which members are read
+        def __init__(self, *a, **kw):
+            self.f = real_load(*a, **kw)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getitem__(self, key):
+            read.append(key)
+            return self.f[key]
+
+    monkeypatch.setattr(data.np, "load", Spy)
+    lean = data.load_dataset(cfg, 0, train_features=False)
+    assert "x_train" not in read and read
+    assert lean.x_train.shape == full.x_train.shape and lean.x_train.nbytes == full.x_train.nbytes
+    assert lean.x_train.base is not None and not lean.x_train.flags.writeable
+    assert lean.x_train.strides[0] == 0  # a broadcast view: one example's worth of memory
+    np.testing.assert_array_equal(lean.y_train, full.y_train)
+    np.testing.assert_array_equal(lean.x_test, full.x_test)
+    np.testing.assert_array_equal(lean.y_test, full.y_test)
+    assert lean.classes == full.classes
+    cfgs = resolve({"clients": 5, "seed": 0, "data": {"dataset": "npz", "path": str(path),
+                                                      "partition": "dirichlet", "alpha": 0.5}})
+    assert [s.tolist() for s in client_shards(lean, cfgs)] == [s.tolist() for s in client_shards(full, cfgs)]
+
+
+def test_without_training_features_a_generated_set_keeps_its_labels_and_test_set():
+    cfg = {"dataset": "synthetic", "synthetic": {"train": 40, "test": 10, "features": 6, "classes": 3,
+                                                 "noise": 1.0}}
+    cfg = resolve({"clients": 4, "data": cfg})["data"]
+    full, lean = load_dataset(cfg, 3), load_dataset(cfg, 3, train_features=False)
+    assert lean.x_train.shape == (40, 6) and lean.x_train.strides[0] == 0 and not lean.x_train.any()
+    np.testing.assert_array_equal(lean.y_train, full.y_train)
+    np.testing.assert_array_equal(lean.x_test, full.x_test)

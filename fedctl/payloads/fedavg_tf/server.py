@@ -60,9 +60,8 @@ class Server:
         self.args, self.cfg, self.run_dir = args, cfg, os.path.abspath(args.run_dir)
         training.configure_threads()
         training.seed_everything(cfg["seed"])
-        # a local: the server needs the shard sizes and the test set, and keeps only those (the
-        # training set was the largest array of its process)
-        ds = data.load_dataset(cfg["data"], cfg["seed"])
+        # the server needs the shard sizes (labels) and the test set, never a training example
+        ds = data.load_dataset(cfg["data"], cfg["seed"], train_features=False)
         shards = data.client_shards(ds, cfg)
         input_shape = ds.x_train.shape[1:]
         self.model = models.build_model(cfg["model"], input_shape, ds.classes,

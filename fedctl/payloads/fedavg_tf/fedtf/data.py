@@ -67,8 +67,48 @@ def synthetic(train: int, test: int, features: int, classes: int, noise: float, 
     return x[:train], y[:train], x[train:], y[train:]
 
 
-def load_dataset(data_cfg: dict, seed: int) -> Dataset:
-    """Load the configured data set, scaled to float32 in [0, 1], labels int32."""
+def load_dataset(data_cfg: dict, seed: int, train_features: bool = True) -> Dataset:
+    """Load the configured data set, scaled to float32 in [0, 1], labels int32.
+
+    train_features=False (the server: it partitions by the labels and evaluates on the test set,
+    and never reads a training example): x_train is a read-only placeholder of the right shape
+    that holds no memory, and an npz's x_train is not even read (the largest array: the server's
+    peak memory was the whole training set)."""
+    name = data_cfg["dataset"]
+    if not train_features and name == "npz":
+        return _labels_and_test(data_cfg["path"])
+    ds = _load(data_cfg, seed)
+    return ds if train_features else _without_train_features(ds, ds.x_train.shape)
+
+
+def _placeholder(shape: tuple) -> np.ndarray:
+    """A read-only, zero-filled float32 array of `shape` that holds one example's worth of memory
+    (a broadcast view)."""
+    return np.broadcast_to(np.zeros(shape[1:], np.float32), shape)
+
+
+def _without_train_features(ds: Dataset, shape: tuple) -> Dataset:
+    return Dataset(_placeholder(shape), ds.y_train, ds.x_test, ds.y_test, ds.classes, ds.name)
+
+
+def _labels_and_test(path: str) -> Dataset:
+    """An npz's training labels and test set; x_train's shape from its header (read in full only
+    when its header is one np.load reads and fedtf/npzfile.py does not)."""
+    ytr, xte, yte = read_npz(path, keys=("y_train", "x_test", "y_test"))
+    infos = npzfile.read_infos(path)  # read_npz has checked the file: headers only
+    if infos is not None:
+        shape = tuple(infos["x_train"].shape)
+    else:
+        shape = read_npz(path, keys=("x_train",))[0].shape
+    shape = shape + (1,) if len(shape) == 3 else shape  # as _images: 28x28 grey images get a channel
+    xte = _images(_scale(xte))
+    ytr = np.asarray(ytr).reshape(-1).astype(np.int32)
+    yte = np.asarray(yte).reshape(-1).astype(np.int32)
+    classes = int(max(ytr.max(), yte.max())) + 1
+    return Dataset(_placeholder(shape), ytr, np.ascontiguousarray(xte, np.float32), yte, classes, "npz")
+
+
+def _load(data_cfg: dict, seed: int) -> Dataset:
     name = data_cfg["dataset"]
     if name == "digits":
         from sklearn.datasets import load_digits  # noqa: PLC0415 - only when used
@@ -100,10 +140,11 @@ def load_dataset(data_cfg: dict, seed: int) -> Dataset:
                    np.ascontiguousarray(xte, np.float32), yte, classes, name)
 
 
-def read_npz(path: str, cifar: bool = False) -> tuple:
-    """x_train, y_train, x_test, y_test of an .npz, checked from its headers before any array is
-    read (fedtf/npzfile.py): plain numbers only, each header agreeing with the bytes stored, and
-    with `cifar` the shapes of keras.datasets.cifar10. ValueError names the file, key and what is valid."""
+def read_npz(path: str, cifar: bool = False, keys: tuple[str, ...] = npzfile.NPZ_KEYS) -> tuple:
+    """The arrays `keys` (default x_train, y_train, x_test, y_test) of an .npz, in that order,
+    checked from its headers before any array is read (fedtf/npzfile.py): plain numbers only, each
+    header agreeing with the bytes stored, and with `cifar` the shapes of keras.datasets.cifar10.
+    ValueError names the file, key and what is valid."""
     try:
         infos = npzfile.read_infos(path)
         if infos is not None:
@@ -115,9 +156,9 @@ def read_npz(path: str, cifar: bool = False) -> tuple:
     except npzfile.NpzProblem as e:
         raise ValueError(f"data.path: {e}") from None
     with np.load(path, allow_pickle=False) as f:
-        arrays = tuple(f[k] for k in npzfile.NPZ_KEYS)
+        arrays = tuple(f[k] for k in keys)
     if cifar:
-        for key, y in zip(("y_train", "y_test"), arrays[1::2]):
+        for key, y in ((k, a) for k, a in zip(keys, arrays) if k in ("y_train", "y_test")):
             if y.size and int(y.min()) < 0:
                 raise ValueError(f"data.path: {path}: {key} holds a negative label {int(y.min())} "
                                  "(valid: class numbers 0, 1, ...)")
