@@ -16,7 +16,8 @@ from typing import Any, Iterable, Sequence
 from fedctl.config.loader import parse_yaml_text, preview, safe_text
 from fedctl.errors import ConfigError
 
-_KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+#: One name of a dotted key path (``--set a.b=1``, a sweep's grid key).
+KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 #: Characters of the ``--set`` text an error message repeats.
 SOURCE_CHARS = 120
 
@@ -54,7 +55,7 @@ def parse_override(text: str) -> Override:
         raise ConfigError(source, None, "expected KEY.PATH=VALUE (the key is empty)")
     parts = tuple(key.split("."))
     for part in parts:
-        if not part or not _KEY_PART.fullmatch(part):
+        if not part or not KEY_PART.fullmatch(part):
             raise ConfigError(
                 source, None,
                 f"key {preview(key)} is malformed: dot-separated names of letters, digits, '_' or '-'",

@@ -37,7 +37,7 @@ from fedctl.config.loader import (
     preview,
     require_mapping,
 )
-from fedctl.config.overrides import _KEY_PART
+from fedctl.config.overrides import KEY_PART
 from fedctl.errors import ConfigError
 from fedctl.model import name_problem
 from fedctl.runtypes import Budget  # the campaign's: the fleet's cost and hours, provision to teardown
@@ -177,7 +177,7 @@ def _grid(file: str, raw: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     out = []
     for key, values in grid.items():
         parts = key.split(".")
-        if not all(p and _KEY_PART.fullmatch(p) for p in parts):
+        if not all(p and KEY_PART.fullmatch(p) for p in parts):
             raise ConfigError(file, ("grid", key), "is not a key path: dot-separated names of letters, digits, "
                               "'_' or '-', as after --set")
         if parts[0] in FIXED_KEYS:
