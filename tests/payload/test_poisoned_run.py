@@ -116,6 +116,17 @@ class Run:
 
         ready = wait_until(ready_file, timeout, interval=0.1, what="the server's ready file")
         self._spawn("client.py", ["--server", f"127.0.0.1:{ready['port']}", "--client-ids", "0,1,2"], "client.log")
+
+        def serving() -> bool:
+            """The ready file comes before the server's set-up (its clients start up meanwhile,
+            and retry); this attacker does not retry, so it starts once the server answers."""
+            assert self.server.poll() is None, self.log()
+            try:
+                return Connection("127.0.0.1", ready["port"], TOKEN.encode(), timeout=5).request("GET", "/health")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(serving, timeout, interval=0.1, what="the server serving")
         self.attacker = Attacker(ready["port"], self.poisoned)
         self.attacker.start()
 

@@ -143,9 +143,12 @@ class Server:
         log("server", f"resumed from checkpoint after round {rnd}")
 
     # -- serving ------------------------------------------------------------------------------
-    def serve(self, listener) -> None:
-        """Serve the run's endpoints on `listener` (from `bind`) in a background thread."""
+    def serve(self, listener=None) -> None:
+        """Serve the run's endpoints on `listener` (from `bind`; None: bind now) in a background
+        thread."""
         from fedtf.endpoints import make_http_server  # noqa: PLC0415
+        if listener is None:
+            listener = bind(self.args, self.cfg["clients"])
         rob = self.cfg["robustness"]
         self.httpd = make_http_server(self.coord, self.args.host, 0, rob["read_timeout_s"],
                                       rob["max_connections"], listener=listener)
