@@ -100,12 +100,8 @@ def _labels_and_test(path: str) -> Dataset:
         shape = tuple(infos["x_train"].shape)
     else:
         shape = read_npz(path, keys=("x_train",))[0].shape
-    shape = shape + (1,) if len(shape) == 3 else shape  # as _images: 28x28 grey images get a channel
-    xte = _images(_scale(xte))
-    ytr = np.asarray(ytr).reshape(-1).astype(np.int32)
-    yte = np.asarray(yte).reshape(-1).astype(np.int32)
-    classes = int(max(ytr.max(), yte.max())) + 1
-    return Dataset(_placeholder(shape), ytr, np.ascontiguousarray(xte, np.float32), yte, classes, "npz")
+    # _images on the zero-stride view gives a full load's shape and still holds no memory
+    return _dataset(_images(_placeholder(shape)), ytr, _images(_scale(xte)), yte, "npz")
 
 
 def _load(data_cfg: dict, seed: int) -> Dataset:
@@ -133,11 +129,17 @@ def _load(data_cfg: dict, seed: int) -> Dataset:
         mod = getattr(keras.datasets, name)
         (xtr, ytr), (xte, yte) = mod.load_data()
         xtr, xte = _images(_scale(xtr)), _images(_scale(xte))
+    return _dataset(np.ascontiguousarray(xtr, np.float32), ytr, xte, yte, name)
+
+
+def _dataset(xtr: np.ndarray, ytr, xte, yte, name: str) -> Dataset:
+    """The Dataset of loaded arrays: labels int32 and flat, classes from both label sets, the test
+    features contiguous float32 (`xtr` as given: a full load makes it contiguous, the server's
+    placeholder must stay a view)."""
     ytr = np.asarray(ytr).reshape(-1).astype(np.int32)
     yte = np.asarray(yte).reshape(-1).astype(np.int32)
     classes = int(max(ytr.max(), yte.max())) + 1
-    return Dataset(np.ascontiguousarray(xtr, np.float32), ytr,
-                   np.ascontiguousarray(xte, np.float32), yte, classes, name)
+    return Dataset(xtr, ytr, np.ascontiguousarray(xte, np.float32), yte, classes, name)
 
 
 def read_npz(path: str, cifar: bool = False, keys: tuple[str, ...] = npzfile.NPZ_KEYS) -> tuple:
