@@ -24,18 +24,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 
-def client_rng(seed: int, k: int, r: int) -> np.random.Generator:
+def client_rng(realism, seed: int, k: int, r: int) -> np.random.Generator:
     """Client k's stream in round r, drawn as a fedavg_tf client draws it (fedtf/streams.py):
-    the drop-out draw first (the benchmark's rate is 0), the training's permutations after; so
-    the limit trains each round's clients exactly as the run does, and its curve is the run's."""
+    the run's drop-out draw first (`realism.drops_out`; the benchmark's rate is 0), the training's
+    permutations after; so the limit trains each round's clients exactly as the run does, and its
+    curve is the run's."""
     from fedtf import streams  # noqa: PLC0415
 
     rng = streams.client_stream(seed, int(k), r)
-    rng.random()  # the drop-out draw
+    if realism.drops_out(rng):
+        raise SystemExit("the limit runs without simulated drop-outs (realism.dropout: 0)")
     return rng
 
 
-def _vectorised_trainer(ds, shards, cfg: dict, m: int, w0: np.ndarray):
+def _vectorised_trainer(ds, shards, cfg: dict, m: int, w0: np.ndarray, realism):
     """(train(ks, r, w) -> the updated flat weights of each client k, trained as one computation by
     fedtf.vectorised.train_clients, a note); (None, why) when that is not there or refuses the call.
 
@@ -52,7 +54,7 @@ def _vectorised_trainer(ds, shards, cfg: dict, m: int, w0: np.ndarray):
 
     def train(ks, r, w):
         return fn(cfg["model"], w, [(ds.x_train[shards[k]], ds.y_train[shards[k]]) for k in ks], vcfg,
-                  [client_rng(cfg["seed"], k, r) for k in ks])
+                  [client_rng(realism, cfg["seed"], k, r) for k in ks])
 
     try:
         for r in (10**6, 10**6 + 1):  # round numbers no timed round uses
@@ -66,6 +68,7 @@ def run(cfg_full: dict) -> dict:
     """Run the configured rounds in this process; return the round lines and the mode used."""
     import tensorflow as tf  # noqa: PLC0415
     from fedtf import config, data, models, training  # noqa: PLC0415
+    from fedtf.realism import Realism  # noqa: PLC0415
     from fedtf.strategies import Update, make_strategy  # noqa: PLC0415
 
     cfg = config.resolve(cfg_full)
@@ -83,7 +86,8 @@ def run(cfg_full: dict) -> dict:
 
     rng = streams.sampler(cfg["seed"])  # the server's sampling: the same clients every round
     m = config.samples_per_round(cfg)
-    vec, mode = _vectorised_trainer(ds, shards, cfg, m, w)
+    realism = Realism(cfg["realism"], cfg["clients"], cfg["seed"])
+    vec, mode = _vectorised_trainer(ds, shards, cfg, m, w, realism)
     tr.warmup(xs[0], ys[0])  # the payload's client and server trace these before round 1 too
     tr.evaluate(ds.x_test[:2], ds.y_test[:2])
     lines = []
@@ -96,7 +100,7 @@ def run(cfg_full: dict) -> dict:
             ups = []
             for k in ks:
                 tr.layout.set(w)
-                tr.train(xs[k], ys[k], len(shards[k]), client_rng(cfg["seed"], k, r), w)
+                tr.train(xs[k], ys[k], len(shards[k]), client_rng(realism, cfg["seed"], k, r), w)
                 ups.append(Update(k, len(shards[k]), tr.layout.get()))
         w = strat.aggregate(w, ups)
         tr.layout.set(w)
